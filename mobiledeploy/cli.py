@@ -1,0 +1,186 @@
+"""Thin click layer: parse, call one library function, print, exit code.
+
+Exit codes are a contract for CI: 0 ok, 1 user error, 2 usage error, 3 gate failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import MobiledeployError
+
+EXIT_ERROR = 1
+
+
+class _Group(click.Group):
+    """Turns user errors into one line on stderr and exit 1; ``--debug`` keeps the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MobiledeployError as exc:
+            if ctx.meta.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mobiledeploy")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for user errors (for bug reports).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Make a trained Keras MobileNet ready for phones and small ARM boards.
+
+    \b
+    mobiledeploy quantize model.h5 --calib calibration_data/ -o build/
+    """
+    ctx.meta["debug"] = debug
+    _quiet_libraries()
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", "calib", required=True, type=click.Path(path_type=Path),
+              help="Calibration data: a folder of real images (searched recursively), or a "
+                   ".npy/.npz array (N,H,W,C) of 0..255 pixels. Use images like the ones the model "
+                   "will see in production; blank or random images give bad int8 ranges.")
+@click.option("-o", "--output", default=Path("build"), show_default=True, type=click.Path(path_type=Path),
+              help="Output folder. It appears complete or not at all.")
+@click.option("--num-calib", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Images used for calibration. 100-500 is plenty for MobileNets; more costs time.")
+@click.option("--num-holdout", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Further images, not used for calibration, on which int8 drift is measured.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the calibration sampling: same seed, same files.")
+@click.option("--preprocess", default="auto", show_default=True,
+              type=click.Choice(["auto", "mobilenet", "unit", "raw"]),
+              help="Pixel scaling. mobilenet: x/127.5-1 (keras.applications MobileNets); unit: x/255; "
+                   "raw: unchanged (model has its own Rescaling, or arrays are already scaled). auto: raw "
+                   "when the model starts with a Rescaling/Normalization layer, else mobilenet.")
+@click.option("--crop-fraction", default=0.875, show_default=True, type=click.FloatRange(0.1, 1.0),
+              help="Center-crop fraction: resize the shorter side to size/fraction, then crop. 0.875 is "
+                   "the ImageNet evaluation standard (256 -> 224); 1.0 keeps the whole image.")
+@click.option("--io", "io", default="int8", show_default=True, type=click.Choice(["int8", "float"]),
+              help="Input/output type of the int8 TFLite file. int8 for microcontrollers and NPUs that "
+                   "want integer I/O; float to feed float images and let the model quantize them.")
+@click.option("--per-tensor", is_flag=True,
+              help="Per-tensor weight scales instead of per-channel. Only for accelerators that require "
+                   "it: folded MobileNet depthwise weights collapse under one scale per tensor.")
+@click.option("--trust-model-code", is_flag=True,
+              help="Allow Lambda layers and custom objects, which run code stored in the model file. "
+                   "Only for files you wrote or vetted.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines).")
+def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout: int, seed: int,
+             preprocess: str, crop_fraction: float, io: str, per_tensor: bool, trust_model_code: bool,
+             overwrite: bool, as_json: bool) -> None:
+    """Fold BatchNorm, calibrate int8, and export TFLite and ONNX files.
+
+    Writes model_folded.keras, model_float.tflite, model_int8.tflite, model_float.onnx,
+    model_int8.onnx and manifest.json to the output folder, and prints the int8 drift
+    against the float model on held-out images.
+    """
+    from .pipeline import quantize as run
+    from .types import QuantizeOptions
+
+    options = QuantizeOptions(
+        num_calib=num_calib, num_holdout=num_holdout, seed=seed, preprocess=preprocess,
+        crop_fraction=crop_fraction, io=io, per_channel=not per_tensor,
+        trust_model_code=trust_model_code, overwrite=overwrite,
+    )
+    if trust_model_code:
+        click.echo("warning: --trust-model-code: code stored in the model file may run", err=True)
+    with _Progress(enabled=not as_json) as progress:
+        result = run(model, calib, output, options, progress.update)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    _print_quantize(result)
+
+
+def _print_quantize(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    fold = result.fold
+    cal = result.calibration
+    console.print(
+        f"folded {len(fold.folded)} BatchNorm layers; max |orig - folded| = {fold.max_abs_diff:.2e} "
+        f"(relative {fold.rel_diff:.1e} <= {fold.rel_tolerance:g}) on {fold.samples} images"
+    )
+    if fold.unfolded:
+        console.print(f"[yellow]not folded:[/] {', '.join(fold.unfolded)}")
+    console.print(
+        f"calibration: {len(cal.calib)} samples from {cal.source} (seed {cal.seed}), "
+        f"{len(cal.holdout)} held out, {len(cal.skipped)} unreadable skipped"
+    )
+    files = Table(title=f"artifacts in {result.output_dir}")
+    for column in ("file", "format", "precision", "size (KiB)", "check"):
+        files.add_column(column, justify="right" if column.startswith("size") else "left")
+    for artifact in result.artifacts:
+        check = ""
+        if artifact.format == "tflite" and artifact.precision == "int8":
+            check = f"full int8, {artifact.details['float_ops']} float ops, io {artifact.details['io']}"
+        elif artifact.format == "onnx" and artifact.precision == "int8":
+            check = "QDQ S8S8, all Conv/Gemm quantized"
+        files.add_row(artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check)
+    console.print(files)
+    held = "held-out" if cal.holdout else "calibration (no images held out)"
+    drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
+    for column in ("artifact", "top-1 agreement", "SQNR (dB)", "max |diff|"):
+        drift.add_column(column, justify="left" if column == "artifact" else "right")
+    for row in result.drift:
+        sqnr = "inf" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f}"
+        drift.add_row(row.artifact, f"{row.agreement:.1%}", sqnr, f"{row.max_abs_diff:.4f}")
+    console.print(drift)
+    console.print(f"done in {result.seconds:.1f} s")
+
+
+class _Progress:
+    """A rich progress bar on stderr, one task per pipeline step."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar = None
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self._bar.start()
+        return self
+
+    def update(self, step: str, done: int, total: int) -> None:
+        if self._bar is None:
+            return
+        if step not in self._tasks:
+            for task in self._tasks.values():  # a new step means the earlier ones are done
+                self._bar.update(task, completed=self._bar.tasks[task].total)
+            self._tasks[step] = self._bar.add_task(step, total=max(total, 1))
+        self._bar.update(self._tasks[step], completed=done, total=max(total, 1))
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _quiet_libraries() -> None:
+    """TensorFlow, absl and tf2onnx log at INFO/WARNING by default; keep stderr for real problems."""
+    for name in ("tensorflow", "absl", "tf2onnx", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,90 @@
+"""ONNX export: tf2onnx float model, then ONNX Runtime static quantization (QDQ, S8S8)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..errors import ExportError
+from ..types import Artifact, ExportSettings
+
+FLOAT_FILE = "model_float.onnx"
+INT8_FILE = "model_int8.onnx"
+COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm"})
+
+
+def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
+           settings: ExportSettings) -> list[Artifact]:
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    float_path = directory / FLOAT_FILE
+    shape = (None, *model.inputs[0].shape[1:])
+    signature = (tf.TensorSpec(shape, tf.float32, name="input"),)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=settings.opset)
+    except Exception as exc:
+        raise ExportError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:200]}") from None
+    onnx.save(proto, str(float_path))
+
+    int8_path = directory / INT8_FILE
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        # Symbolic shape inference needs sympy and adds nothing for fixed-size CNNs.
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        try:
+            quantize_static(
+                str(prepared), str(int8_path), _reader(proto.graph.input[0].name, representative),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=settings.per_channel,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime quantization failed: {str(exc).strip().splitlines()[0][:200]}") from None
+    unquantized = float_compute_nodes(int8_path)
+    if unquantized:
+        raise ExportError(
+            f"{INT8_FILE}: {len(unquantized)} compute node(s) were left in float ({', '.join(unquantized[:5])})"
+        )
+    return [
+        Artifact(FLOAT_FILE, "onnx", "float32", details={"runtime": "ONNX Runtime", "opset": settings.opset}),
+        Artifact(INT8_FILE, "onnx", "int8", details={
+            "runtime": "ONNX Runtime", "opset": settings.opset, "format": "QDQ", "activations": "int8",
+            "weights": "int8", "per_channel": settings.per_channel, "io": "float32",
+        }),
+    ]
+
+
+def _reader(input_name: str, representative: Callable[[], Iterable[np.ndarray]]):
+    """An onnxruntime CalibrationDataReader over the shared calibration batches."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._feeds = ({input_name: batch} for batch in representative())
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    return Reader()
+
+
+def float_compute_nodes(path: Path) -> list[str]:
+    """Conv/MatMul/Gemm nodes whose weight input does not come from a DequantizeLinear."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    return [
+        node.name or node.op_type for node in graph.node
+        if node.op_type in COMPUTE_OPS
+        and any(producers.get(name) != "DequantizeLinear" for name in node.input[:2])
+    ]

@@ -1,0 +1,368 @@
+"""Read a model file safely: Keras 3 and Keras 2 ``.h5``, ``.keras``, Keras 2 SavedModel.
+
+Nothing from the file is executed. The architecture is read as JSON and checked against an
+allowlist of the MobileNet family's layers *before* Keras deserializes anything; Lambda
+layers and custom objects are refused unless the caller explicitly trusts the file.
+
+Keras 2 files (most ``model.h5`` files in the wild) do not load with Keras 3's
+``load_model`` (e.g. DepthwiseConv2D's ``groups`` key), so every format goes through the
+same path: config JSON -> sanitize -> ``from_config`` -> weights assigned by layer name.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ModelLoadError
+
+# Layer classes the pipeline (folding, converters, cost model) knows how to handle.
+SUPPORTED_LAYERS = frozenset(
+    {
+        "InputLayer", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
+        "ReLU", "LeakyReLU", "Softmax", "Activation", "ZeroPadding2D", "MaxPooling2D",
+        "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Add",
+        "Multiply", "Concatenate", "Dropout", "Flatten", "Reshape", "Dense", "Rescaling",
+        "Normalization",
+    }
+)
+SUPPORTED_ACTIVATIONS = frozenset(
+    {"linear", "relu", "relu6", "softmax", "sigmoid", "hard_sigmoid", "swish", "silu",
+     "hard_swish", "hard_silu", "tanh", "elu", "gelu"}
+)
+CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
+MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A Keras 3 model plus where it came from (recorded in the manifest)."""
+
+    model: Any  # keras.Model
+    path: str
+    source_format: str  # "h5", "keras", "savedmodel"
+    saved_by: str  # Keras version that wrote the file, when known
+    trusted: bool
+
+
+def load_model(path: str | Path, *, trust: bool = False) -> LoadedModel:
+    """Load ``path`` as a Keras 3 model without running code from it.
+
+    Pass ``trust=True`` only for files you made or vetted: it lets Lambda layers and custom
+    objects through (Keras unsafe mode).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(
+            f"model not found: {path}; expected a .h5 or .keras file or a SavedModel directory"
+        )
+    if path.is_dir():
+        return _load_savedmodel(path, trust)
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return _load_h5(path, trust)
+    if suffix == ".keras":
+        return _load_keras_zip(path, trust)
+    raise ModelLoadError(
+        f"{path}: unknown model format '{suffix or '(no extension)'}'; "
+        "expected .h5, .keras or a SavedModel directory"
+    )
+
+
+# --- format readers ---------------------------------------------------------------------
+
+
+def _load_h5(path: Path, trust: bool) -> LoadedModel:
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise ModelLoadError(
+            f"{path}: not a readable HDF5 file ({_first_line(exc)}); "
+            "re-save the model with model.save('model.h5') or model.save('model.keras')"
+        ) from None
+    with handle:
+        raw = handle.attrs.get("model_config")
+        if raw is None:
+            hint = "it holds weights only" if "layer_names" in handle.attrs else "no model_config"
+            raise ModelLoadError(
+                f"{path}: HDF5 file is not a full Keras model ({hint}); "
+                "save the whole model with model.save('model.h5'), not save_weights()"
+            )
+        config = _parse_json(raw, path)
+        saved_by = _as_str(handle.attrs.get("keras_version", "unknown"))
+        model = _build(config, path, trust)
+        group = handle["model_weights"] if "model_weights" in handle else handle
+        weights = dict(_h5_weights(group, path))
+    _assign_weights(model, weights, path)
+    return LoadedModel(model, str(path), "h5", saved_by, trust)
+
+
+def _h5_weights(group, path: Path) -> Iterator[tuple[str, list]]:
+    import numpy as np
+
+    for layer_name in group.keys():
+        layer_group = group[layer_name]
+        names = [_as_str(n) for n in layer_group.attrs.get("weight_names", [])]
+        try:
+            yield layer_name, [(n, np.asarray(layer_group[n])) for n in names]
+        except (KeyError, OSError) as exc:
+            raise ModelLoadError(
+                f"{path}: weights of layer '{layer_name}' are unreadable ({_first_line(exc)}); "
+                "the file is truncated or corrupt: re-save or re-download it"
+            ) from None
+
+
+def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
+    import keras
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = _parse_json(archive.read("config.json"), path)
+            metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in archive.namelist() else {}
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise ModelLoadError(
+            f"{path}: not a valid .keras archive ({_first_line(exc)}); "
+            "re-save the model with model.save('model.keras')"
+        ) from None
+    _check_config(config, path, trust)
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=not trust)
+    except Exception as exc:  # Keras raises many types for broken archives
+        raise ModelLoadError(
+            f"{path}: Keras could not rebuild the model ({_first_line(exc)}); "
+            "re-save it with the Keras version that trained it"
+        ) from None
+    return LoadedModel(_as_functional(model), str(path), "keras",
+                       str(metadata.get("keras_version", "unknown")), trust)
+
+
+def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
+    if not (path / "saved_model.pb").exists():
+        raise ModelLoadError(
+            f"{path}: directory is not a SavedModel (no saved_model.pb); "
+            "pass a .h5/.keras file or a SavedModel directory"
+        )
+    metadata_file = path / "keras_metadata.pb"
+    if not metadata_file.exists():
+        raise ModelLoadError(
+            f"{path}: SavedModel has no Keras metadata (keras_metadata.pb), so its layers "
+            "cannot be folded; save the Keras model itself with model.save('model.keras')"
+        )
+    from tensorflow.python.keras.protobuf import saved_metadata_pb2
+
+    proto = saved_metadata_pb2.SavedMetadata()
+    try:
+        proto.ParseFromString(metadata_file.read_bytes())
+        root = next(n for n in proto.nodes if n.node_path == "root")
+        meta = json.loads(root.metadata)
+        config = {"class_name": meta["class_name"], "config": meta["config"]}
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{metadata_file}: unreadable Keras metadata ({_first_line(exc)}); "
+            "re-save the model with model.save('model.keras')"
+        ) from None
+    model = _build(config, path, trust)
+    import tensorflow as tf
+
+    try:
+        restored = tf.saved_model.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: TensorFlow could not read the SavedModel variables ({_first_line(exc)})"
+        ) from None
+    weights: dict[str, list] = {}
+    for variable in restored.variables:
+        layer_name, _, weight_name = variable.name.rpartition("/")
+        weights.setdefault(layer_name, []).append((weight_name, variable.numpy()))
+    _assign_weights(model, weights, path)
+    return LoadedModel(model, str(path), "savedmodel", str(meta.get("keras_version", "unknown")), trust)
+
+
+# --- config checks and model building ---------------------------------------------------
+
+
+def _build(config: dict, path: Path, trust: bool):
+    """Check, sanitize and deserialize a Keras 2 or Keras 3 model config (no weights)."""
+    import keras
+
+    _check_config(config, path, trust)
+    config = _sanitize_keras2(config)
+    class_name = config.get("class_name")
+    builder = keras.Sequential if class_name == "Sequential" else keras.Model
+    try:
+        with keras.saving.custom_object_scope({}), _safe_mode(not trust):
+            model = builder.from_config(config["config"])
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: Keras could not rebuild the architecture ({_first_line(exc)}); "
+            "re-save it as .keras with the Keras version that trained it"
+        ) from None
+    return _as_functional(model)
+
+
+def _safe_mode(enabled: bool):
+    from keras.src.saving import serialization_lib
+
+    return serialization_lib.SafeModeScope(enabled)
+
+
+def _check_config(config: dict, path: Path, trust: bool) -> None:
+    class_name = config.get("class_name")
+    if class_name not in MODEL_CLASSES:
+        raise ModelLoadError(
+            f"{path}: top-level object is a '{class_name}', expected a Functional or "
+            "Sequential Keras model"
+        )
+    layers = config.get("config", {}).get("layers")
+    if not isinstance(layers, list):
+        raise ModelLoadError(f"{path}: model config has no layer list; the file is corrupt")
+    for layer in layers:
+        _check_layer(layer, path, trust)
+
+
+def _check_layer(layer: dict, path: Path, trust: bool) -> None:
+    kind = layer.get("class_name")
+    cfg = layer.get("config", {}) or {}
+    name = cfg.get("name") or layer.get("name") or "?"
+    if kind in CODE_LAYERS or _has_custom_object(cfg):
+        if trust:
+            return
+        what = "a Lambda layer" if kind in CODE_LAYERS else "a custom object"
+        raise ModelLoadError(
+            f"{path}: layer '{name}' is {what}, which would run code stored in the file; "
+            "refused. Replace it with built-in layers, or pass --trust-model-code if you "
+            "wrote or vetted this file"
+        )
+    if kind in MODEL_CLASSES:
+        raise ModelLoadError(
+            f"{path}: layer '{name}' is a nested model; nested models are not supported yet. "
+            "Rebuild the model as one flat Functional model (call the inner layers directly)"
+        )
+    if kind not in SUPPORTED_LAYERS:
+        if trust and layer.get("module") not in (None, "keras.layers"):
+            return
+        raise ModelLoadError(
+            f"{path}: layer '{name}' has unsupported type {kind}; supported: "
+            f"{', '.join(sorted(SUPPORTED_LAYERS))}"
+        )
+    activation = cfg.get("activation")
+    if isinstance(activation, str) and activation not in SUPPORTED_ACTIVATIONS:
+        raise ModelLoadError(
+            f"{path}: layer '{name}' uses unsupported activation '{activation}'; "
+            f"supported: {', '.join(sorted(SUPPORTED_ACTIVATIONS))}"
+        )
+
+
+def _has_custom_object(value: Any) -> bool:
+    """True when a config holds a serialized Python function or a class from outside Keras."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__lambda__":
+            return True
+        module = value.get("module")
+        if isinstance(module, str) and module and not module.startswith(("keras", "builtins")):
+            return True
+        return any(_has_custom_object(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_custom_object(v) for v in value)
+    return False
+
+
+def _sanitize_keras2(config: dict) -> dict:
+    """Drop Keras 2 keys that Keras 3 constructors reject (same meaning, new defaults)."""
+    config = json.loads(json.dumps(config))
+    for layer in config["config"]["layers"]:
+        cfg = layer.get("config", {})
+        if layer.get("class_name") == "DepthwiseConv2D":
+            if cfg.get("groups", 1) != 1:
+                raise ModelLoadError(
+                    f"layer '{cfg.get('name')}': DepthwiseConv2D with groups={cfg['groups']} "
+                    "has no Keras 3 equivalent"
+                )
+            cfg.pop("groups", None)
+    return config
+
+
+def _as_functional(model):
+    """Sequential models become Functional so every later stage sees one graph type."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ModelLoadError(
+                f"Sequential model '{model.name}' has no input shape; add an Input layer"
+            )
+        inputs = keras.Input(shape=model.inputs[0].shape[1:], name=f"{model.name}_input")
+        outputs = inputs
+        for layer in model.layers:
+            outputs = layer(outputs)
+        model = keras.Model(inputs, outputs, name=model.name)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelLoadError(
+            f"model '{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} "
+            "outputs; expected one image input and one output"
+        )
+    # Keras 2 configs nest the single input in a list; Keras 3 then warns on every call.
+    model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or None in shape[1:] or shape[3] not in (1, 3):
+        raise ModelLoadError(
+            f"model input shape is {shape}; expected (batch, height, width, 1 or 3) with a "
+            "fixed height and width (set input_shape when building the model)"
+        )
+    return model
+
+
+def _assign_weights(model, weights: dict[str, list], path: Path) -> None:
+    """Give every layer its saved weights, matched by layer name then by weight name."""
+    for layer in model.layers:
+        expected = layer.weights
+        if not expected:
+            continue
+        saved = weights.get(layer.name)
+        if saved is None:
+            raise ModelLoadError(
+                f"{path}: no saved weights for layer '{layer.name}'; the file is incomplete"
+            )
+        by_name = {_short(n): a for n, a in saved}
+        values = []
+        for index, variable in enumerate(expected):
+            short = _short(variable.name)
+            value = by_name.get(short)
+            if value is None and len(saved) == len(expected):
+                value = saved[index][1]
+            if value is None or tuple(value.shape) != tuple(variable.shape):
+                found = None if value is None else tuple(value.shape)
+                raise ModelLoadError(
+                    f"{path}: weight '{short}' of layer '{layer.name}' has shape {found}, "
+                    f"expected {tuple(variable.shape)}; the file does not match its own config"
+                )
+            values.append(value)
+        layer.set_weights(values)
+
+
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def _parse_json(raw, path: Path) -> dict:
+    try:
+        data = json.loads(_as_str(raw))
+    except (ValueError, UnicodeDecodeError):
+        raise ModelLoadError(f"{path}: model config is not valid JSON; the file is corrupt") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: model config is not a JSON object; the file is corrupt")
+    return data
+
+
+def _as_str(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,116 @@
+"""A small runner contract over Keras, LiteRT and ONNX Runtime.
+
+Every runner takes preprocessed float32 batches (N, H, W, C) and returns float32 outputs, so
+callers never see a runtime's quantization or layout details. Quantized inputs/outputs of
+int8 TFLite files are (de)quantized here with the file's own scale and zero point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .errors import MobiledeployError
+
+
+class Runner(Protocol):
+    name: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Outputs for one preprocessed float32 batch."""
+
+
+class KerasRunner:
+    def __init__(self, model, name: str = "keras"):
+        self.model = model
+        self.name = name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model(batch, training=False), np.float32)
+
+
+class TFLiteRunner:
+    """LiteRT interpreter (XNNPACK on CPU). Resizes the batch dimension as needed."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.name = Path(path).name
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        except (ValueError, RuntimeError) as exc:
+            raise MobiledeployError(
+                f"{path}: LiteRT cannot load this file ({str(exc).splitlines()[0][:160]}); "
+                "it is not a valid .tflite model — re-run mobiledeploy quantize"
+            ) from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self._batch = None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if self._batch != len(batch):
+            self.interpreter.resize_tensor_input(self.input["index"], [len(batch), *batch.shape[1:]])
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.output = self.interpreter.get_output_details()[0]
+            self._batch = len(batch)
+        self.interpreter.set_tensor(self.input["index"], quantize(batch, self.input))
+        self.interpreter.invoke()
+        return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+class OnnxRunner:
+    """ONNX Runtime on the CPU execution provider."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        self.name = Path(path).name
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise MobiledeployError(
+                f"{path}: ONNX Runtime cannot load this file ({str(exc).splitlines()[0][:160]}); "
+                "it is not a valid .onnx model — re-run mobiledeploy quantize"
+            ) from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: batch.astype(np.float32)})[0], np.float32)
+
+
+def open_runner(path: str | Path, num_threads: int | None = None) -> Runner:
+    """The runner for an artifact file, chosen by extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".tflite":
+        return TFLiteRunner(path, num_threads)
+    if suffix == ".onnx":
+        return OnnxRunner(path, num_threads)
+    if suffix == ".keras":
+        import keras
+
+        return KerasRunner(keras.saving.load_model(path, compile=False), Path(path).name)
+    raise MobiledeployError(f"{path}: no runner for '{suffix}' files; expected .tflite, .onnx or .keras")
+
+
+def quantize(batch: np.ndarray, details: dict) -> np.ndarray:
+    """Float -> the tensor's dtype using its (scale, zero point); float tensors pass through."""
+    dtype = details["dtype"]
+    if np.issubdtype(dtype, np.floating):
+        return batch.astype(dtype)
+    scale, zero_point = details["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(batch / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, details: dict) -> np.ndarray:
+    if np.issubdtype(values.dtype, np.floating):
+        return values.astype(np.float32)
+    scale, zero_point = details["quantization"]
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)

@@ -1,0 +1,62 @@
+"""Write an output folder all at once: build it under a temporary name, then rename.
+
+A failed or interrupted run leaves the destination as it was: absent, or the previous
+complete result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import OutputError
+
+
+def check_destination(destination: Path, overwrite: bool) -> None:
+    """Fail early, before any work, when the destination cannot be (re)written."""
+    if destination.exists() and not destination.is_dir():
+        raise OutputError(f"output path {destination} is a file; expected a folder name")
+    if destination.exists() and any(destination.iterdir()) and not overwrite:
+        raise OutputError(
+            f"output folder {destination} already exists and is not empty; "
+            "pass --overwrite to replace it, or choose another -o folder"
+        )
+    parent = destination.resolve().parent
+    if not parent.exists():
+        raise OutputError(f"cannot create {destination}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write to {parent}: permission denied; choose another -o folder")
+
+
+@contextlib.contextmanager
+def staged_directory(destination: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``destination``; publish it on success."""
+    destination = Path(destination)
+    check_destination(destination, overwrite)
+    parent = destination.resolve().parent
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=parent))
+    try:
+        yield staging
+        _publish(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _publish(staging: Path, destination: Path) -> None:
+    staging.chmod(0o755)
+    if not destination.exists():
+        staging.rename(destination)
+        return
+    backup = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+    destination.rename(backup)
+    try:
+        staging.rename(destination)
+    except BaseException:
+        backup.rename(destination)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,184 @@
+"""Frozen dataclasses passed between pipeline stages.
+
+Stages never import each other; they exchange these values, and ``pipeline`` chains them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Scaling = Literal["mobilenet", "unit", "raw"]
+IoType = Literal["int8", "float"]
+
+SCALINGS: dict[str, str] = {
+    "mobilenet": "x / 127.5 - 1 (inputs in [-1, 1]; keras.applications MobileNet v1/v2)",
+    "unit": "x / 255 (inputs in [0, 1])",
+    "raw": "x unchanged (0..255, or arrays already preprocessed)",
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded RGB/greyscale image becomes a model input. Recorded in the manifest."""
+
+    height: int
+    width: int
+    channels: int
+    scaling: Scaling
+    crop_fraction: float = 0.875
+    scaling_in_model: bool = False  # the model starts with a Rescaling/Normalization layer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """A seeded selection of calibration and held-out samples; batches are streamed on demand.
+
+    ``calib`` and ``holdout`` hold file paths (image folders) or row indices (arrays), never
+    pixels, so memory does not grow with the size of the source.
+    """
+
+    source: str
+    kind: Literal["images", "npy", "npz"]
+    seed: int
+    preprocessing: Preprocessing
+    calib: tuple = ()
+    holdout: tuple = ()
+    candidates: int = 0
+    skipped: tuple[tuple[str, str], ...] = ()  # (file, reason)
+
+    def summary(self) -> dict:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "seed": self.seed,
+            "candidates": self.candidates,
+            "num_calib": len(self.calib),
+            "num_holdout": len(self.holdout),
+            "skipped": len(self.skipped),
+            "skipped_files": [{"file": f, "reason": r} for f, r in self.skipped[:20]],
+            "calib_items": [str(i) for i in self.calib],
+            "holdout_items": [str(i) for i in self.holdout],
+        }
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    """What folding did and the proof that it did not change the model."""
+
+    folded: tuple[tuple[str, str], ...]  # (batchnorm layer, layer it was folded into)
+    unfolded: tuple[str, ...]  # BatchNorm layers that could not be folded (reason in name)
+    max_abs_diff: float = 0.0
+    max_abs_output: float = 0.0
+    rel_tolerance: float = 1e-4
+    samples: int = 0
+
+    @property
+    def rel_diff(self) -> float:
+        return self.max_abs_diff / max(self.max_abs_output, 1e-12)
+
+    @property
+    def passed(self) -> bool:
+        return self.rel_diff <= self.rel_tolerance
+
+    def to_dict(self) -> dict:
+        return {
+            "folded": [{"batchnorm": b, "into": c} for b, c in self.folded],
+            "unfolded": list(self.unfolded),
+            "max_abs_diff": self.max_abs_diff,
+            "max_abs_output": self.max_abs_output,
+            "rel_diff": self.rel_diff,
+            "rel_tolerance": self.rel_tolerance,
+            "samples": self.samples,
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file written to the output folder, as listed in ``manifest.json``."""
+
+    file: str
+    format: Literal["keras", "tflite", "onnx"]
+    precision: Literal["float32", "int8"]
+    sha256: str = ""
+    size: int = 0
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Label-free drift of one artifact's outputs against the float model's outputs."""
+
+    artifact: str
+    samples: int
+    agreement: float  # fraction of samples whose top-1 class matches the float model
+    sqnr_db: float  # 10 log10(signal power / error power) of the output tensor
+    max_abs_diff: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What the exporters are asked to produce. Unknown keys are errors (a dataclass)."""
+
+    io: IoType = "int8"  # int8 I/O for the TFLite int8 file (ONNX QDQ keeps float I/O)
+    per_channel: bool = True  # per-tensor collapses MobileNets; only for accelerators that need it
+    opset: int = 17
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Every setting of ``mobiledeploy quantize``; written, resolved, into the manifest."""
+
+    num_calib: int = 200
+    num_holdout: int = 100
+    seed: int = 0
+    preprocess: str = "auto"  # auto | mobilenet | unit | raw
+    crop_fraction: float = 0.875
+    io: IoType = "int8"
+    per_channel: bool = True
+    fold_tolerance: float = 1e-4
+    batch_size: int = 16
+    trust_model_code: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What ``quantize`` produced: the files, the proofs and the drift table."""
+
+    output_dir: str
+    artifacts: tuple[Artifact, ...]
+    fold: FoldReport
+    calibration: CalibrationSet
+    drift: tuple[Drift, ...]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "output_dir": self.output_dir,
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "folding": self.fold.to_dict(),
+            "calibration": {k: v for k, v in self.calibration.summary().items() if not k.endswith("_items")},
+            "drift": [d.to_dict() for d in self.drift],
+            "seconds": round(self.seconds, 2),
+        }
