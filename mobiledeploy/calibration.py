@@ -141,13 +141,18 @@ def load_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                image = image.convert("L" if preprocessing.channels == 1 else "RGB")
-                image = _resize_and_crop(image, preprocessing)
-                pixels = np.asarray(image, np.float32)
+                pixels = prepare_image(image, preprocessing)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise CalibrationError(f"{path}: unreadable image ({reason})") from None
+    return pixels
+
+
+def prepare_image(image, preprocessing: Preprocessing) -> np.ndarray:
+    """A decoded PIL image -> float32 (H, W, C) pixels in 0..255, colour mode matched to the model."""
+    image = image.convert("L" if preprocessing.channels == 1 else "RGB")
+    pixels = np.asarray(_resize_and_crop(image, preprocessing), np.float32)
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 

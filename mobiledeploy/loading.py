@@ -274,7 +274,7 @@ def _has_custom_object(value: Any) -> bool:
 
 def _sanitize_keras2(config: dict) -> dict:
     """Drop Keras 2 keys that Keras 3 constructors reject (same meaning, new defaults)."""
-    config = json.loads(json.dumps(config))
+    config = _untuple(config)
     for layer in config["config"]["layers"]:
         cfg = layer.get("config", {})
         if layer.get("class_name") == "DepthwiseConv2D":
@@ -285,6 +285,17 @@ def _sanitize_keras2(config: dict) -> dict:
                 )
             cfg.pop("groups", None)
     return config
+
+
+def _untuple(value: Any) -> Any:
+    """A copy where tf-keras' {"class_name": "__tuple__", "items": [...]} become plain lists."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__tuple__" and "items" in value:
+            return [_untuple(v) for v in value["items"]]
+        return {k: _untuple(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untuple(v) for v in value]
+    return value
 
 
 def _as_functional(model):

@@ -28,6 +28,9 @@ def quantize(
     The output folder appears complete or not at all. Raises a ``MobiledeployError`` subclass
     for every problem with the inputs.
     """
+    from .quiet import import_tensorflow
+
+    import_tensorflow()
     from .export import onnx as onnx_export
     from .export import tflite as tflite_export
     from .folding import fold_batchnorm, verify_fold

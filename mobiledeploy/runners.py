@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import MobiledeployError
+from .quiet import captured_output
 
 
 class Runner(Protocol):
@@ -39,7 +40,8 @@ class TFLiteRunner:
 
         self.name = Path(path).name
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+            with captured_output():  # LiteRT announces its XNNPACK delegate on stderr
+                self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         except (ValueError, RuntimeError) as exc:
             raise MobiledeployError(
                 f"{path}: LiteRT cannot load this file ({str(exc).splitlines()[0][:160]}); "
@@ -52,7 +54,8 @@ class TFLiteRunner:
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self._batch != len(batch):
             self.interpreter.resize_tensor_input(self.input["index"], [len(batch), *batch.shape[1:]])
-            self.interpreter.allocate_tensors()
+            with captured_output():
+                self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
             self.output = self.interpreter.get_output_details()[0]
             self._batch = len(batch)

@@ -54,6 +54,10 @@ class CalibrationSet:
     candidates: int = 0
     skipped: tuple[tuple[str, str], ...] = ()  # (file, reason)
 
+    def _relative(self, item) -> str:
+        prefix = self.source.rstrip("/") + "/"
+        return str(item)[len(prefix):] if str(item).startswith(prefix) else str(item)
+
     def summary(self) -> dict:
         return {
             "source": self.source,
@@ -64,8 +68,8 @@ class CalibrationSet:
             "num_holdout": len(self.holdout),
             "skipped": len(self.skipped),
             "skipped_files": [{"file": f, "reason": r} for f, r in self.skipped[:20]],
-            "calib_items": [str(i) for i in self.calib],
-            "holdout_items": [str(i) for i in self.holdout],
+            "calib_items": [self._relative(i) for i in self.calib],
+            "holdout_items": [self._relative(i) for i in self.holdout],
         }
 
 

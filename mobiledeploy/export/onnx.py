@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
+from ..quiet import captured_output
 from ..types import Artifact, ExportSettings
 
 FLOAT_FILE = "model_float.onnx"
@@ -28,7 +29,8 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     shape = (None, *model.inputs[0].shape[1:])
     signature = (tf.TensorSpec(shape, tf.float32, name="input"),)
     try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=settings.opset)
+        with captured_output():
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=settings.opset)
     except Exception as exc:
         raise ExportError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:200]}") from None
     onnx.save(proto, str(float_path))
@@ -37,16 +39,18 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         # Symbolic shape inference needs sympy and adds nothing for fixed-size CNNs.
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        with captured_output():
+            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         try:
-            quantize_static(
-                str(prepared), str(int8_path), _reader(proto.graph.input[0].name, representative),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=settings.per_channel,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
+            with captured_output():
+                quantize_static(
+                    str(prepared), str(int8_path), _reader(proto.graph.input[0].name, representative),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=settings.per_channel,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
         except Exception as exc:
             raise ExportError(f"ONNX Runtime quantization failed: {str(exc).strip().splitlines()[0][:200]}") from None
     unquantized = float_compute_nodes(int8_path)

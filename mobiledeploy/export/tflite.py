@@ -8,6 +8,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
+from ..quiet import captured_output
 from ..types import Artifact, ExportSettings
 
 FLOAT_FILE = "model_float.tflite"
@@ -53,7 +54,8 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
 
 def _convert(converter) -> bytes:
     try:
-        return converter.convert()
+        with captured_output():
+            return converter.convert()
     except Exception as exc:  # the converter raises ConverterError and plain exceptions
         raise ExportError(f"TFLite converter failed: {str(exc).strip().splitlines()[0][:200]}") from None
 
@@ -61,7 +63,8 @@ def _convert(converter) -> bytes:
 def _ops(path: Path) -> list[tuple[str, list[np.dtype]]]:
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
+    with captured_output():
+        interpreter = Interpreter(model_path=str(path))
     tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
     result = []
     for op in interpreter._get_ops_details():  # no public per-op API in LiteRT 2.x

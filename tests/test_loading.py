@@ -1,0 +1,188 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import randomize_batchnorm
+from mobiledeploy.errors import ModelLoadError
+from mobiledeploy.loading import load_model
+
+
+def _x(model, n=2, seed=0):
+    shape = (n, *model.inputs[0].shape[1:])
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype("float32")
+
+
+def _same_outputs(a, b, x):
+    np.testing.assert_allclose(np.asarray(a(x)), np.asarray(b(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("version,alpha,size,suffix", [
+    ("v1", 0.25, 128, ".h5"), ("v1", 0.5, 96, ".keras"), ("v1", 1.0, 32, ".h5"),
+    ("v2", 0.25, 64, ".keras"), ("v2", 0.5, 96, ".h5"), ("v2", 1.0, 32, ".keras"),
+])
+def test_keras3_applications_roundtrip(tmp_path, version, alpha, size, suffix):
+    import keras
+
+    ctor = keras.applications.MobileNet if version == "v1" else keras.applications.MobileNetV2
+    model = ctor(alpha=alpha, input_shape=(size, size, 3), weights=None, classes=7)
+    randomize_batchnorm(model, 4)
+    path = tmp_path / f"model{suffix}"
+    model.save(path)
+    loaded = load_model(path)
+    assert loaded.source_format == suffix[1:]
+    assert loaded.model.count_params() == model.count_params()
+    _same_outputs(model, loaded.model, _x(model))
+
+
+def test_hand_built_functional_model(tiny_model_file, tiny_model):
+    loaded = load_model(tiny_model_file)
+    _same_outputs(tiny_model, loaded.model, _x(tiny_model))
+
+
+def test_sequential_model_becomes_functional(tmp_path):
+    import keras
+
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255.0),
+        keras.layers.Conv2D(4, 3, use_bias=False), keras.layers.BatchNormalization(),
+        keras.layers.ReLU(), keras.layers.Flatten(), keras.layers.Dense(3),
+    ])
+    path = tmp_path / "seq.h5"
+    model.save(path)
+    loaded = load_model(path)
+    assert isinstance(loaded.model, keras.Model) and not isinstance(loaded.model, keras.Sequential)
+    _same_outputs(model, loaded.model, _x(model) * 255)
+
+
+@pytest.fixture(scope="module")
+def keras2_files(tmp_path_factory):
+    """Real Keras 2 files, written by the tf-keras package (what most users have)."""
+    tf_keras = pytest.importorskip("tf_keras")
+    folder = tmp_path_factory.mktemp("keras2")
+    model = tf_keras.applications.MobileNet(alpha=0.25, input_shape=(64, 64, 3), weights=None, classes=5)
+    rng = np.random.default_rng(5)
+    for layer in model.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 2, w.shape) for w in layer.get_weights()])
+    x = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    model.save(folder / "k2.h5")
+    model.save(folder / "k2_savedmodel", save_format="tf")
+    v2 = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(48, 48, 3), weights=None, classes=4)
+    v2_x = rng.uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
+    v2_expected = v2.predict(v2_x, verbose=0)
+    v2.save(folder / "k2_v2.h5")
+    return folder, x, expected, v2_x, v2_expected
+
+
+def test_keras2_h5_loads_although_keras3_load_model_fails(keras2_files):
+    import keras
+
+    folder, x, expected, _, _ = keras2_files
+    with pytest.raises(Exception):
+        keras.models.load_model(folder / "k2.h5")  # the bug users hit: DepthwiseConv2D 'groups'
+    loaded = load_model(folder / "k2.h5")
+    assert loaded.saved_by.startswith("2.") and loaded.source_format == "h5"
+    np.testing.assert_allclose(np.asarray(loaded.model(x)), expected, atol=1e-5)
+
+
+def test_keras2_mobilenet_v2_h5(keras2_files):
+    folder, _, _, x, expected = keras2_files
+    loaded = load_model(folder / "k2_v2.h5")
+    np.testing.assert_allclose(np.asarray(loaded.model(x)), expected, atol=1e-5)
+
+
+def test_keras2_savedmodel_directory(keras2_files):
+    folder, x, expected, _, _ = keras2_files
+    loaded = load_model(folder / "k2_savedmodel")
+    assert loaded.source_format == "savedmodel"
+    np.testing.assert_allclose(np.asarray(loaded.model(x)), expected, atol=1e-5)
+
+
+def _lambda_model(marker):
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0 + (open(marker, "w").close() or 0.0), name="evil")(inputs)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def test_lambda_layer_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    model = _lambda_model(str(marker))
+    marker.unlink()  # building the model called the lambda once
+    for suffix in (".keras", ".h5"):
+        path = tmp_path / f"lambda{suffix}"
+        model.save(path)
+        marker.unlink(missing_ok=True)
+        with pytest.raises(ModelLoadError, match="layer 'evil' is a Lambda layer.*--trust-model-code"):
+            load_model(path)
+        assert not marker.exists()
+
+
+def test_lambda_layer_loads_when_trusted(tmp_path):
+    marker = tmp_path / "marker"
+    model = _lambda_model(str(marker))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    loaded = load_model(path, trust=True)
+    assert loaded.trusted and "evil" in [l.name for l in loaded.model.layers]
+
+
+def test_unsupported_layer_is_named(tmp_path):
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Reshape((8, 24))(inputs)
+    x = keras.layers.LSTM(4, name="my_lstm")(x)
+    path = tmp_path / "lstm.keras"
+    keras.Model(inputs, x).save(path)
+    with pytest.raises(ModelLoadError, match="layer 'my_lstm' has unsupported type LSTM"):
+        load_model(path)
+
+
+def test_bad_files_give_clear_errors(tmp_path, tiny_model_file):
+    with pytest.raises(ModelLoadError, match="model not found"):
+        load_model(tmp_path / "nope.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ModelLoadError, match="not a readable HDF5 file"):
+        load_model(junk)
+    junk_keras = tmp_path / "junk.keras"
+    junk_keras.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ModelLoadError, match="not a valid .keras archive"):
+        load_model(junk_keras)
+    with pytest.raises(ModelLoadError, match="unknown model format '.pt'"):
+        (tmp_path / "m.pt").write_bytes(b"x")
+        load_model(tmp_path / "m.pt")
+    with pytest.raises(ModelLoadError, match="not a SavedModel"):
+        load_model(tmp_path)
+
+
+def test_weights_only_h5_and_broken_config(tmp_path, tiny_model):
+    weights = tmp_path / "only.weights.h5"
+    tiny_model.save_weights(weights)
+    with pytest.raises(ModelLoadError, match="not a full Keras model"):
+        load_model(weights)
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(broken, "w") as archive:
+        archive.writestr("config.json", "{ this is not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        load_model(broken)
+    other = tmp_path / "other.keras"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("config.json", json.dumps({"class_name": "Adam", "config": {}}))
+    with pytest.raises(ModelLoadError, match="expected a Functional or Sequential Keras model"):
+        load_model(other)
+
+
+def test_two_inputs_are_refused(tmp_path):
+    import keras
+
+    a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    path = tmp_path / "two.keras"
+    keras.Model([a, b], keras.layers.Add()([a, b])).save(path)
+    with pytest.raises(ModelLoadError, match="2 inputs"):
+        load_model(path)

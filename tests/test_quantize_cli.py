@@ -1,0 +1,140 @@
+"""End-to-end: the real CLI, the real converters and runtimes, on a tiny real model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import mobiledeploy
+from mobiledeploy.cli import main
+from mobiledeploy.export.tflite import float_ops
+from mobiledeploy.manifest import sha256
+from mobiledeploy.runners import open_runner
+
+FILES = {"model_folded.keras", "model_float.tflite", "model_int8.tflite", "model_float.onnx",
+         "model_int8.onnx", "manifest.json"}
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory, tiny_model_file, calib_folder):
+    out = tmp_path_factory.mktemp("out") / "build"
+    result = run_cli("quantize", tiny_model_file, "--calib", calib_folder, "-o", out,
+                     "--num-calib", 30, "--num-holdout", 20)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_writes_all_files_and_the_table(build):
+    out, output = build
+    assert {p.name for p in out.iterdir()} == FILES
+    assert "folded 4 BatchNorm layers" in output
+    assert "model_int8.tflite" in output and "top-1 agreement" in output and "held-out" in output
+
+
+def test_manifest_lists_every_file_with_its_hash(build):
+    out, _ = build
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = {f["file"]: f for f in manifest["files"]}
+    assert set(files) == FILES - {"manifest.json"}
+    for name, entry in files.items():
+        assert entry["sha256"] == sha256(out / name) and entry["size"] == (out / name).stat().st_size
+    assert manifest["preprocessing"]["scaling"] == "mobilenet"
+    assert manifest["calibration"]["num_calib"] == 30 and manifest["calibration"]["seed"] == 0
+    assert manifest["folding"]["passed"] and len(manifest["folding"]["folded"]) == 4
+    assert manifest["versions"]["tensorflow"].startswith("2.")
+    assert not set(manifest["calibration"]["calib_items"]) & set(manifest["calibration"]["holdout_items"])
+
+
+def test_int8_tflite_is_fully_integer_with_int8_io(build):
+    out, _ = build
+    assert float_ops(out / "model_int8.tflite") == []
+    runner = open_runner(out / "model_int8.tflite")
+    assert runner.input["dtype"] == np.int8 and runner.output["dtype"] == np.int8
+    assert float_ops(out / "model_float.tflite")  # the check does see float ops when present
+
+
+def test_every_artifact_runs_and_tracks_the_float_model(build, tiny_model):
+    out, _ = build
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 24, 24, 3)).astype("float32")
+    expected = np.asarray(tiny_model(x))
+    for name in ("model_folded.keras", "model_float.tflite", "model_float.onnx"):
+        np.testing.assert_allclose(open_runner(out / name).run(x), expected, atol=1e-4)
+    for name in ("model_int8.tflite", "model_int8.onnx"):
+        got = open_runner(out / name).run(x)
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 0.1
+
+
+def test_json_output_and_python_api_agree(tmp_path, tiny_model_file, calib_folder):
+    result = run_cli("quantize", tiny_model_file, "--calib", calib_folder, "-o", tmp_path / "a",
+                     "--num-calib", 20, "--num-holdout", 10, "--io", "float", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert [d["artifact"] for d in data["drift"]] == ["model_int8.tflite", "model_int8.onnx"]
+    assert all(0.0 <= d["agreement"] <= 1.0 for d in data["drift"])
+    runner = open_runner(tmp_path / "a" / "model_int8.tflite")
+    assert runner.input["dtype"] == np.float32  # --io float
+    api = mobiledeploy.quantize(tiny_model_file, calib_folder, tmp_path / "b", num_calib=20, num_holdout=10, io="float")
+    assert [a.sha256 for a in api.artifacts if a.format == "tflite"] == [
+        f["sha256"] for f in data["artifacts"] if f["format"] == "tflite"
+    ]
+
+
+def test_existing_output_is_refused_and_left_untouched(build, tiny_model_file, calib_folder):
+    out, _ = build
+    before = {p.name: sha256(p) for p in out.iterdir()}
+    result = run_cli("quantize", tiny_model_file, "--calib", calib_folder, "-o", out)
+    assert result.exit_code == 1
+    assert "already exists" in result.output and "--overwrite" in result.output
+    assert {p.name: sha256(p) for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing_model", "model not found"),
+    ("corrupt_model", "not a readable HDF5 file"),
+    ("empty_calib", "no images found"),
+    ("nan_calib", "contains NaN or Inf"),
+    ("wrong_shape_calib", "expected (N, 24, 24, 3)"),
+])
+def test_bad_input_exits_1_with_one_line_and_no_output(tmp_path, tiny_model_file, calib_folder, case, message):
+    model, calib = tiny_model_file, calib_folder
+    if case == "missing_model":
+        model = tmp_path / "missing.h5"
+    elif case == "corrupt_model":
+        model = tmp_path / "corrupt.h5"
+        model.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    elif case == "empty_calib":
+        calib = tmp_path / "empty"
+        calib.mkdir()
+    elif case == "nan_calib":
+        calib = tmp_path / "nan.npy"
+        np.save(calib, np.full((4, 24, 24, 3), np.nan, np.float32))
+    elif case == "wrong_shape_calib":
+        calib = tmp_path / "small.npy"
+        np.save(calib, np.zeros((4, 16, 16, 3), np.uint8))
+    out = tmp_path / "out"
+    result = run_cli("quantize", model, "--calib", calib, "-o", out)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and result.output.startswith("error: ")
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_usage_errors_exit_2_and_help_is_instant():
+    result = run_cli("quantize", "model.h5")  # --calib missing
+    assert result.exit_code == 2 and "--calib" in result.output
+    assert run_cli("quantize", "m.h5", "--calib", "x", "--io", "int4").exit_code == 2
+    proc = subprocess.run([sys.executable, "-c", "import sys, mobiledeploy.cli; "
+                           "print('tensorflow' in sys.modules)"], capture_output=True, text=True)
+    assert proc.stdout.strip() == "False"  # --help must not pay for importing TensorFlow
+
+
+def test_module_entry_point_runs():
+    proc = subprocess.run([sys.executable, "-m", "mobiledeploy", "quantize", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--num-calib" in proc.stdout and "--per-tensor" in proc.stdout

@@ -1,0 +1,52 @@
+"""The real ImageNet MobileNet v1 0.25 saved by Keras 2.8 (../shared/data); skipped when absent."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import shared_data
+from mobiledeploy.calibration import iter_batches, preprocessing_for, scan
+from mobiledeploy.cli import main
+from mobiledeploy.loading import load_model
+
+
+@pytest.fixture(scope="module")
+def data():
+    return shared_data()
+
+
+def _labels(data, files):
+    index = {}
+    for line in (data / "imagenet-dev" / "classes.txt").read_text().splitlines():
+        i, wnid, _ = line.split("\t", 2)
+        index[wnid] = int(i)
+    return np.array([index[f.rsplit("/", 1)[-1].split("_", 1)[0]] for f in files])
+
+
+def test_keras2_file_loads_with_its_imagenet_accuracy(data):
+    loaded = load_model(data / "models" / "mobilenet_v1_0.25_224.h5")
+    assert loaded.saved_by == "2.8.0" and loaded.model.count_params() == 475_544
+    pre = preprocessing_for(loaded.model)
+    cset = scan(data / "imagenet-dev" / "images", pre, num_calib=100, seed=123)
+    probs = np.concatenate([np.asarray(loaded.model(b)) for b in iter_batches(cset, "calib", 25)])
+    top1 = float(np.mean(probs.argmax(1) == _labels(data, cset.calib)))
+    assert top1 > 0.45  # ~60% on these images; random weights would give 0.1%
+
+
+def test_quantize_real_model(data, tmp_path):
+    out = tmp_path / "build"
+    result = CliRunner().invoke(main, [
+        "quantize", str(data / "models" / "mobilenet_v1_0.25_224.h5"),
+        "--calib", str(data / "imagenet-dev" / "images"), "-o", str(out),
+        "--num-calib", "100", "--num-holdout", "60", "--json",
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert len(report["folding"]["folded"]) == 27 and report["folding"]["passed"]
+    for row in report["drift"]:
+        assert row["samples"] == 60
+        assert 0.5 < row["agreement"] <= 1.0 and row["sqnr_db"] > 5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["saved_by_keras"] == "2.8.0"
