@@ -109,11 +109,129 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
     _print_quantize(result)
 
 
+DATA_HELP = ("Labelled data: a folder with one sub-folder per class (mapped to model outputs in "
+             "sorted order, or by --labels), or an .npz with x and y. A plain image folder gives "
+             "label-free drift only.")
+LABELS_HELP = ("Class names, one per line, in model output order. Needed when the folders cover only "
+               "some classes or are not named in output order (e.g. ImageNet wnids).")
+
+
+@main.command(name="eval")
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help=DATA_HELP)
+@click.option("--labels", "labels", type=click.Path(path_type=Path), help=LABELS_HELP)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Images per runtime call; larger is faster, smaller uses less memory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, as_json: bool) -> None:
+    """Accuracy and drift of every artifact in BUILD against the float model.
+
+    Reads the file list and the preprocessing from BUILD/manifest.json and refuses files whose
+    sha256 no longer matches it.
+    """
+    from .pipeline import evaluate_build
+
+    with _Progress(enabled=not as_json) as progress:
+        report = evaluate_build(build, data, labels, batch_size, progress.update)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_eval(report)
+
+
+@main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help=DATA_HELP)
+@click.option("--labels", "labels", type=click.Path(path_type=Path), help=LABELS_HELP)
+@click.option("--max-drop", default=1.0, show_default=True, type=float,
+              help="Fail when int8 top-1 is more than this many points below the float model.")
+@click.option("--min-agreement", default=0.90, show_default=True, type=click.FloatRange(0, 1),
+              help="Fail when the fraction of images where int8 and float agree on top-1 is lower.")
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="A baseline JSON from --update-baseline: fail when a metric regresses against it.")
+@click.option("--tolerance", default=0.5, show_default=True, type=float,
+              help="Points that top-1/top-5/agreement may regress against the baseline.")
+@click.option("--sqnr-tolerance", default=1.0, show_default=True, type=float,
+              help="dB the output SQNR may regress against the baseline.")
+@click.option("--update-baseline", is_flag=True,
+              help="Write the current metrics to --baseline (after a deliberate change) instead of comparing.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True),
+              help="Write the rule results as JSON to this file ('-' for stdout).")
+@click.option("--junit-xml", type=click.Path(path_type=Path),
+              help="Write one JUnit test case per rule per artifact, for CI test reports.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agreement: float,
+          baseline: Path | None, tolerance: float, sqnr_tolerance: float, update_baseline: bool,
+          json_path: Path | None, junit_xml: Path | None, batch_size: int) -> None:
+    """CI gate: exit 3 when quantized accuracy regresses.
+
+    Rules, per int8 artifact: top-1 at most --max-drop points below float; agreement with float
+    at least --min-agreement; and, with --baseline, no metric worse than the baseline beyond the
+    tolerances. A baseline made on other data is refused.
+    """
+    from . import gate
+    from .pipeline import evaluate_build
+    from .staging import write_text_atomic
+
+    if update_baseline and baseline is None:
+        raise click.UsageError("--update-baseline needs --baseline FILE")
+    rules = gate.GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
+    with _Progress(enabled=json_path is None or str(json_path) != "-") as progress:
+        report = evaluate_build(build, data, labels, batch_size, progress.update)
+    stored = None
+    if baseline is not None and not update_baseline:
+        stored = gate.read_baseline(baseline, report)
+    results = gate.evaluate_rules(report, rules, stored)
+    if update_baseline:
+        write_text_atomic(baseline, json.dumps(gate.make_baseline(report, rules), indent=2) + "\n")
+    if json_path is not None:
+        text = json.dumps({**gate.results_json(results), "report": report.to_dict()}, indent=2)
+        click.echo(text) if str(json_path) == "-" else write_text_atomic(json_path, text + "\n")
+    if junit_xml is not None:
+        write_text_atomic(junit_xml, gate.junit_xml(results))
+    failed = [r for r in results if not r.passed]
+    if json_path is None or str(json_path) != "-":
+        _print_eval(report)
+        for r in results:
+            mark = "PASS" if r.passed else "FAIL"
+            click.echo(f"{mark}  {r.rule:<20} {r.artifact:<20} {r.message}")
+        if update_baseline:
+            click.echo(f"baseline written to {baseline}")
+    if failed:
+        raise gate.GateFailed(
+            f"gate failed: {len(failed)} of {len(results)} rules ({', '.join(sorted({r.rule for r in failed}))})"
+        )
+
+
+def _print_eval(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    labelled = report.labelled
+    table = Table(title=f"{report.samples} images from {report.data_source} (reference: {report.reference})")
+    columns = ["artifact", *(["top-1", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
+               *(["classes changed"] if labelled else [])]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "artifact" else "right")
+    for row in report.rows:
+        sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
+        cells = [row["artifact"]]
+        if labelled:
+            cells += [f"{row['top1']:.2%}", f"{row['top5']:.2%}"]
+        cells += [f"{row['agreement']:.2%}", sqnr, f"{row['mean_kl']:.4f}"]
+        if labelled:
+            changes = row["per_class_change"]
+            worst = min(changes.items(), key=lambda kv: kv[1], default=None)
+            cells.append(f"{len(changes)}" + (f" (worst {worst[0]}: {worst[1]:+.1%})" if worst and worst[1] < 0 else ""))
+        table.add_row(*cells)
+    _console().print(table)
+
+
 def _print_quantize(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     fold = result.fold
     cal = result.calibration
     console.print(
@@ -146,6 +264,14 @@ def _print_quantize(result) -> None:
         drift.add_row(row.artifact, f"{row.agreement:.1%}", sqnr, f"{row.max_abs_diff:.4f}")
     console.print(drift)
     console.print(f"done in {result.seconds:.1f} s")
+
+
+def _console():
+    """A console at least 110 columns wide, so tables stay readable in CI logs and pipes."""
+    from rich.console import Console
+
+    console = Console()
+    return Console(width=max(console.width, 110)) if not console.is_terminal else console
 
 
 class _Progress:

@@ -39,3 +39,55 @@ def drift(name: str, reference: np.ndarray, candidate: np.ndarray) -> Drift:
         raise ValueError(f"{name}: output shape {candidate.shape} differs from float {reference.shape}")
     max_abs = float(np.max(np.abs(reference - candidate))) if reference.size else float("nan")
     return Drift(name, len(reference), agreement(reference, candidate), sqnr_db(reference, candidate), max_abs)
+
+
+def topk_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    k = min(k, outputs.shape[1])
+    top = np.argpartition(-outputs, k - 1, axis=1)[:, :k]
+    return float(np.mean(np.any(top == labels[:, None], axis=1)))
+
+
+def mean_kl(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean KL(float || quantized) between softmax distributions (softmax applied if needed)."""
+    p, q = _as_probabilities(reference), _as_probabilities(candidate)
+    eps = 1e-12
+    return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
+
+
+def _as_probabilities(outputs: np.ndarray) -> np.ndarray:
+    outputs = outputs.astype(np.float64)
+    sums = outputs.sum(axis=1)
+    if outputs.min() >= 0 and np.allclose(sums, 1.0, atol=2e-2):
+        return np.clip(outputs, 0, None) / sums[:, None]  # already a (quantized) softmax
+    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def per_class_accuracy(outputs: np.ndarray, labels: np.ndarray, classes: int) -> list[float | None]:
+    predicted = outputs.argmax(axis=1)
+    return [float(np.mean(predicted[labels == c] == c)) if np.any(labels == c) else None for c in range(classes)]
+
+
+def artifact_metrics(name: str, reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict:
+    """Everything ``eval`` reports for one artifact against the float reference outputs."""
+    result = {
+        "artifact": name,
+        "samples": int(len(outputs)),
+        "agreement": agreement(reference, outputs),
+        "sqnr_db": sqnr_db(reference, outputs),
+        "mean_kl": mean_kl(reference, outputs),
+        "max_abs_diff": float(np.max(np.abs(reference - outputs))) if outputs.size else float("nan"),
+    }
+    if labels is not None:
+        classes = outputs.shape[1]
+        mine = per_class_accuracy(outputs, labels, classes)
+        ref = per_class_accuracy(reference, labels, classes)
+        result.update({
+            "top1": topk_accuracy(outputs, labels, 1),
+            "top5": topk_accuracy(outputs, labels, 5),
+            "per_class_change": {
+                str(c): round(m - r, 6) for c, (m, r) in enumerate(zip(mine, ref))
+                if m is not None and r is not None and m != r
+            },
+        })
+    return result

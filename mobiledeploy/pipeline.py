@@ -8,7 +8,8 @@ from typing import Callable
 
 from . import calibration, evaluate, manifest, staging
 from .errors import FoldingError
-from .types import ExportSettings, QuantizeOptions, QuantizeResult
+from .errors import MobiledeployError
+from .types import EvalReport, ExportSettings, Preprocessing, QuantizeOptions, QuantizeResult
 
 FOLDED_FILE = "model_folded.keras"
 
@@ -102,6 +103,76 @@ def quantize(
             "versions": manifest.library_versions(),
         })
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started)
+
+
+def evaluate_build(
+    build_dir: str | Path,
+    data: str | Path,
+    labels_file: str | Path | None = None,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Run every artifact listed in ``build_dir/manifest.json`` on ``data``; compare with float.
+
+    The preprocessing comes from the manifest, and each file's sha256 is checked against it
+    first, so a changed or truncated artifact is refused by name.
+    """
+    import numpy as np
+
+    from . import datasets
+    from .quiet import import_tensorflow
+    from .runners import open_runner
+
+    report = progress or (lambda step, done, total: None)
+    build_dir = Path(build_dir)
+    content = manifest.read(build_dir)
+    files = verified_files(build_dir, content)
+    preprocessing = Preprocessing.from_dict(content["preprocessing"])
+    dataset = datasets.open_data(data, labels_file)
+    import_tensorflow()
+    labels = np.asarray(dataset.labels) if dataset.labelled else None
+    reference_name = next(f["file"] for f in files if f["format"] == "keras")
+    outputs = {}
+    total = len(dataset.items)
+    for entry in files:
+        runner = open_runner(build_dir / entry["file"])
+        step = f"eval {entry['file']}"
+        chunks, done = [], 0
+        for batch in datasets.iter_batches(dataset, preprocessing, batch_size):
+            chunks.append(runner.run(batch).reshape(len(batch), -1))
+            done += len(batch)
+            report(step, done, total)
+        outputs[entry["file"]] = np.concatenate(chunks)
+    if labels is not None and labels.max(initial=0) >= outputs[reference_name].shape[1]:
+        raise MobiledeployError(
+            f"{data}: class index {int(labels.max())} is beyond the model's "
+            f"{outputs[reference_name].shape[1]} outputs; pass --labels with the model's class order"
+        )
+    reference = outputs[reference_name]
+    rows = tuple(
+        {"format": e["format"], "precision": e["precision"],
+         **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels)}
+        for e in files
+    )
+    return EvalReport(str(build_dir), str(data), dataset.digest, content["model"].get("sha256"),
+                      total, dataset.labelled, reference_name, rows, content["preprocessing"])
+
+
+def verified_files(build_dir: Path, content: dict) -> list[dict]:
+    """The manifest's file entries, after checking each file's size and sha256."""
+    entries = content.get("files") or []
+    if not entries:
+        raise MobiledeployError(f"{build_dir}/manifest.json lists no files; re-run mobiledeploy quantize")
+    for entry in entries:
+        path = build_dir / entry["file"]
+        if not path.is_file():
+            raise MobiledeployError(f"{path}: listed in the manifest but missing; re-run mobiledeploy quantize")
+        if path.stat().st_size != entry["size"] or manifest.sha256(path) != entry["sha256"]:
+            raise MobiledeployError(
+                f"{path}: contents differ from the manifest (sha256 mismatch): the file was changed "
+                "or truncated after quantize; re-run mobiledeploy quantize"
+            )
+    return entries
 
 
 def _keras_artifact():

@@ -60,3 +60,18 @@ def _publish(staging: Path, destination: Path) -> None:
         backup.rename(destination)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small report file under a temporary name, then rename it into place."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

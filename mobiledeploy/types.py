@@ -186,3 +186,24 @@ class QuantizeResult:
             "drift": [d.to_dict() for d in self.drift],
             "seconds": round(self.seconds, 2),
         }
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """``mobiledeploy eval``: metrics of every artifact against the float model."""
+
+    build_dir: str
+    data_source: str
+    data_digest: str
+    model_sha256: str | None
+    samples: int
+    labelled: bool
+    reference: str  # the artifact every other one is compared with
+    rows: tuple[dict, ...]
+    preprocessing: dict
+
+    def row(self, artifact: str) -> dict:
+        return next(r for r in self.rows if r["artifact"] == artifact)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,138 @@
+"""The CI gate: pure comparison of an eval report with thresholds and a stored baseline."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from xml.etree import ElementTree
+
+from .errors import MobiledeployError
+from .types import EvalReport
+
+BASELINE_SCHEMA = 1
+# metric -> (higher is better, unit used in messages)
+BASELINE_METRICS = {"top1": "points", "top5": "points", "agreement": "points", "sqnr_db": "dB"}
+
+
+class GateFailed(MobiledeployError):
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class GateRules:
+    max_drop: float = 1.0  # int8 top-1 may be at most this many points below float
+    min_agreement: float = 0.90  # fraction of samples where int8 top-1 == float top-1
+    tolerance: float = 0.5  # points a baseline accuracy/agreement may regress
+    sqnr_tolerance: float = 1.0  # dB the baseline SQNR may regress
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule: str
+    artifact: str
+    passed: bool
+    value: float
+    threshold: float
+    message: str
+
+
+def evaluate_rules(report: EvalReport, rules: GateRules, baseline: dict | None = None) -> list[RuleResult]:
+    results: list[RuleResult] = []
+    reference = report.row(report.reference)
+    for row in report.rows:
+        if row["precision"] != "int8":
+            continue
+        name = row["artifact"]
+        if report.labelled:
+            drop = round(100.0 * (reference["top1"] - row["top1"]), 9)  # no float noise at the limit
+            results.append(RuleResult(
+                "max-drop", name, drop <= rules.max_drop, drop, rules.max_drop,
+                f"top-1 {100 * row['top1']:.2f}% vs float {100 * reference['top1']:.2f}%: "
+                f"drop {drop:.2f} points (allowed {rules.max_drop:g})",
+            ))
+        results.append(RuleResult(
+            "min-agreement", name, row["agreement"] >= rules.min_agreement, row["agreement"],
+            rules.min_agreement,
+            f"top-1 agreement with float {100 * row['agreement']:.2f}% (required {100 * rules.min_agreement:.2f}%)",
+        ))
+    if baseline is not None:
+        results += _baseline_rules(report, rules, baseline)
+    return results
+
+
+def _baseline_rules(report: EvalReport, rules: GateRules, baseline: dict) -> list[RuleResult]:
+    results = []
+    stored = {row["artifact"]: row for row in baseline["rows"]}
+    for row in report.rows:
+        old = stored.get(row["artifact"])
+        if old is None:
+            continue
+        for metric, unit in BASELINE_METRICS.items():
+            if metric not in row or metric not in old:
+                continue
+            new_value, old_value = row[metric], old[metric]
+            if unit == "points":
+                change, allowed = round(100.0 * (new_value - old_value), 9), rules.tolerance
+            else:
+                if math.isinf(old_value) and math.isinf(new_value):
+                    continue
+                change, allowed = new_value - old_value, rules.sqnr_tolerance
+            results.append(RuleResult(
+                f"baseline-{metric}", row["artifact"], change >= -allowed, change, -allowed,
+                f"{metric} changed by {change:+.2f} {unit} against the baseline "
+                f"(allowed -{allowed:g})",
+            ))
+    return results
+
+
+def make_baseline(report: EvalReport, rules: GateRules) -> dict:
+    return {
+        "schema": BASELINE_SCHEMA,
+        "model_sha256": report.model_sha256,
+        "data_digest": report.data_digest,
+        "data_source": report.data_source,
+        "samples": report.samples,
+        "preprocessing": report.preprocessing,
+        "rules": asdict(rules),
+        "rows": [{k: v for k, v in row.items() if k != "per_class_change"} for row in report.rows],
+    }
+
+
+def read_baseline(path: Path, report: EvalReport) -> dict:
+    try:
+        baseline = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MobiledeployError(f"baseline {path} not found; create it with mobiledeploy check ... --update-baseline") from None
+    except (ValueError, UnicodeDecodeError, OSError):
+        raise MobiledeployError(f"baseline {path} is not valid JSON; re-create it with --update-baseline") from None
+    if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA or "rows" not in baseline:
+        raise MobiledeployError(f"baseline {path} has an unknown format; re-create it with --update-baseline")
+    if baseline.get("data_digest") != report.data_digest:
+        raise MobiledeployError(
+            f"baseline {path} was made on different evaluation data ({baseline.get('data_source')}, "
+            f"{baseline.get('samples')} samples) than {report.data_source} ({report.samples} samples); "
+            "comparing them would be meaningless — use the same data or re-create the baseline"
+        )
+    if baseline.get("preprocessing") != report.preprocessing:
+        raise MobiledeployError(
+            f"baseline {path} was made with different preprocessing; re-create it with --update-baseline"
+        )
+    return baseline
+
+
+def junit_xml(results: list[RuleResult]) -> str:
+    """One test case per rule per artifact, as CI systems read them."""
+    failures = sum(not r.passed for r in results)
+    suite = ElementTree.Element("testsuite", name="mobiledeploy-check", tests=str(len(results)),
+                                failures=str(failures), errors="0")
+    for r in results:
+        case = ElementTree.SubElement(suite, "testcase", classname=f"mobiledeploy.{r.artifact}", name=r.rule)
+        if not r.passed:
+            ElementTree.SubElement(case, "failure", message=r.message, type=r.rule).text = r.message
+    return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def results_json(results: list[RuleResult]) -> dict:
+    return {"passed": all(r.passed for r in results), "rules": [asdict(r) for r in results]}

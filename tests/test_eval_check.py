@@ -1,0 +1,158 @@
+"""eval and the CI gate on the committed reference model, with the real runtimes."""
+
+import json
+import shutil
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mobiledeploy.cli import main
+from mobiledeploy.gate import GateRules, evaluate_rules, junit_xml
+from mobiledeploy.types import EvalReport
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "mnist_mobilenet_v1_0.25_32.h5"
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _subset(src: Path, dst: Path, per_class: int, offset: int = 0) -> Path:
+    for folder in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir())[offset:offset + per_class]:
+            shutil.copy(f, dst / folder.name / f.name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def good_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "build"
+    result = cli("quantize", MODEL, "--calib", ROOT / "calibration_data", "-o", out, "--num-holdout", 0)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def blank_build(tmp_path_factory):
+    """Quantization degraded on purpose: calibrated on black images, so activation ranges are wrong."""
+    folder = tmp_path_factory.mktemp("blank")
+    np.save(folder / "blank.npy", np.zeros((50, 32, 32, 3), np.uint8))
+    out = folder / "build"
+    assert cli("quantize", MODEL, "--calib", folder / "blank.npy", "-o", out, "--num-holdout", 0).exit_code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_eval(tmp_path_factory):
+    return _subset(ROOT / "eval_data", tmp_path_factory.mktemp("eval") / "a", 20)
+
+
+def test_eval_reports_every_artifact(good_build, small_eval):
+    result = cli("eval", good_build, "--data", small_eval, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    rows = {r["artifact"]: r for r in report["rows"]}
+    assert set(rows) == {"model_folded.keras", "model_float.tflite", "model_int8.tflite",
+                         "model_float.onnx", "model_int8.onnx"}
+    assert report["samples"] == 200 and report["labelled"]
+    ref = rows["model_folded.keras"]
+    assert ref["agreement"] == 1.0 and ref["top1"] > 0.85 and ref["top5"] >= ref["top1"]
+    for name in ("model_float.tflite", "model_float.onnx"):
+        assert rows[name]["top1"] == ref["top1"] and rows[name]["sqnr_db"] > 80
+    for name in ("model_int8.tflite", "model_int8.onnx"):
+        assert 0.9 < rows[name]["agreement"] <= 1.0 and 15 < rows[name]["sqnr_db"] < 80
+        assert rows[name]["mean_kl"] > 0
+
+
+def test_gate_passes_on_the_reference_model(good_build, tmp_path):
+    result = cli("check", good_build, "--data", ROOT / "eval_data", "--junit-xml", tmp_path / "j.xml",
+                 "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output
+    suite = ElementTree.parse(tmp_path / "j.xml").getroot()
+    assert suite.get("tests") == "4" and suite.get("failures") == "0"
+    assert json.loads((tmp_path / "r.json").read_text())["passed"] is True
+
+
+def test_gate_fails_with_exit_3_on_degraded_quantization(blank_build, small_eval, tmp_path):
+    result = cli("check", blank_build, "--data", ROOT / "eval_data", "--junit-xml", tmp_path / "j.xml")
+    assert result.exit_code == 3, result.output
+    assert "FAIL  max-drop" in result.output and "gate failed" in result.output
+    failures = ElementTree.parse(tmp_path / "j.xml").getroot().findall(".//failure")
+    assert {f.get("type") for f in failures} == {"max-drop"}
+
+
+def test_baseline_catches_a_regression_and_refuses_other_data(good_build, blank_build, small_eval, tmp_path):
+    baseline = tmp_path / "baseline.json"
+    assert cli("check", good_build, "--data", small_eval, "--baseline", baseline, "--update-baseline").exit_code == 0
+    stored = json.loads(baseline.read_text())
+    assert stored["data_digest"] and stored["samples"] == 200
+    assert cli("check", good_build, "--data", small_eval, "--baseline", baseline).exit_code == 0
+
+    loose = cli("check", blank_build, "--data", small_eval, "--baseline", baseline,
+                "--max-drop", 100, "--min-agreement", 0)
+    assert loose.exit_code == 3 and "FAIL  baseline-top1" in loose.output
+
+    other = _subset(ROOT / "eval_data", tmp_path / "other", 20, offset=20)
+    refused = cli("check", good_build, "--data", other, "--baseline", baseline)
+    assert refused.exit_code == 1 and "different evaluation data" in refused.output
+
+
+def test_labels_file_maps_folders_and_rejects_unknown_ones(good_build, tmp_path):
+    data = tmp_path / "digits"
+    for name in ("3", "7"):
+        shutil.copytree(ROOT / "eval_data" / name, data / name)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(str(i) for i in range(10)) + "\n")
+    ok = json.loads(cli("eval", good_build, "--data", data, "--labels", labels, "--json").output)
+    assert ok["rows"][0]["top1"] > 0.8  # folders 3 and 7 map to outputs 3 and 7
+    shifted = json.loads(cli("eval", good_build, "--data", data, "--json").output)
+    assert shifted["rows"][0]["top1"] < 0.2  # sorted order would map them to outputs 0 and 1
+    labels.write_text("0\n1\n2\n3\n")
+    bad = cli("eval", good_build, "--data", data, "--labels", labels)
+    assert bad.exit_code == 1 and "'7'" not in bad.output and "7 are not in" in bad.output
+
+
+def test_unlabelled_folder_gives_label_free_drift(good_build, tmp_path):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for f in sorted((ROOT / "calibration_data").iterdir())[:30]:
+        shutil.copy(f, folder / f.name)
+    result = cli("check", good_build, "--data", folder, "--json", "-")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {r["rule"] for r in data["rules"]} == {"min-agreement"}
+    assert "top1" not in data["report"]["rows"][0]
+
+
+def test_tampered_artifact_is_refused_by_name(good_build, tmp_path, small_eval):
+    copy = tmp_path / "build"
+    shutil.copytree(good_build, copy)
+    with open(copy / "model_int8.onnx", "ab") as handle:
+        handle.write(b"\0")
+    result = cli("eval", copy, "--data", small_eval)
+    assert result.exit_code == 1 and "model_int8.onnx" in result.output and "sha256" in result.output
+
+
+def _report(float_top1, int8_top1, agreement):
+    rows = (
+        {"artifact": "f.keras", "precision": "float32", "top1": float_top1, "top5": 1.0, "agreement": 1.0, "sqnr_db": float("inf")},
+        {"artifact": "q.tflite", "precision": "int8", "top1": int8_top1, "top5": 1.0, "agreement": agreement, "sqnr_db": 20.0},
+    )
+    return EvalReport("b", "d", "digest", None, 100, True, "f.keras", rows, {})
+
+
+def test_rules_are_exact_at_the_threshold():
+    rules = GateRules(max_drop=1.0, min_agreement=0.9)
+    at_limit = {(r.rule, r.passed) for r in evaluate_rules(_report(0.80, 0.79, 0.90), rules)}
+    assert at_limit == {("max-drop", True), ("min-agreement", True)}
+    beyond = {(r.rule, r.passed) for r in evaluate_rules(_report(0.80, 0.788, 0.899), rules)}
+    assert beyond == {("max-drop", False), ("min-agreement", False)}
+    xml = junit_xml(evaluate_rules(_report(0.80, 0.5, 0.95), rules))
+    suite = ElementTree.fromstring(xml.split("?>", 1)[1])
+    assert suite.get("failures") == "1" and suite.find(".//failure").get("type") == "max-drop"
