@@ -48,9 +48,13 @@ def topk_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
 
 
 def mean_kl(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Mean KL(float || quantized) between softmax distributions (softmax applied if needed)."""
+    """Mean KL(float || quantized) between softmax distributions (softmax applied if needed).
+
+    Probabilities are floored at 1e-6: an int8 softmax output rounds small probabilities to
+    exactly 0, and an unfloored log(0) would let those rounding zeros dominate the mean.
+    """
     p, q = _as_probabilities(reference), _as_probabilities(candidate)
-    eps = 1e-12
+    eps = 1e-6
     return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
 
 

@@ -1,0 +1,62 @@
+"""Float vs int8 accuracy and agreement of the real ImageNet MobileNet v1 0.25 (../shared/data).
+
+    python benchmarks/shared_imagenet_drift.py [--shared ../shared/data] [--work /tmp/md-shared]
+
+A fixed seeded split of the 500 dev images: 200 calibrate, the other 300 evaluate. The
+evaluation images are laid out as <wnid>/<file> folders (symlinks) with a labels file of all
+1000 wnids in model output order: exactly how a user evaluates on an ImageNet subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get(
+        "MOBILEDEPLOY_SHARED_DATA", ROOT.parent / "shared" / "data")))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mobiledeploy-shared-bench"))
+    parser.add_argument("--seed", type=int, default=2026)
+    args = parser.parse_args()
+
+    import mobiledeploy
+    from mobiledeploy.pipeline import evaluate_build
+
+    images = sorted((args.shared / "imagenet-dev" / "images").iterdir())
+    order = np.random.default_rng(args.seed).permutation(len(images))
+    calib, evaluation = [images[i] for i in order[:200]], [images[i] for i in order[200:]]
+    shutil.rmtree(args.work, ignore_errors=True)
+    for folder, files in (("calib", calib), ("eval", evaluation)):
+        for f in files:
+            target = args.work / folder / (f.name.split("_", 1)[0] if folder == "eval" else "")
+            target.mkdir(parents=True, exist_ok=True)
+            (target / f.name).symlink_to(f.resolve())
+    wnids = [line.split("\t")[1] for line in (args.shared / "imagenet-dev" / "classes.txt").read_text().splitlines()]
+    (args.work / "labels.txt").write_text("\n".join(wnids) + "\n")
+
+    started = time.perf_counter()
+    mobiledeploy.quantize(args.shared / "models" / "mobilenet_v1_0.25_224.h5", args.work / "calib",
+                          args.work / "build", num_calib=200, num_holdout=0, overwrite=True)
+    quantize_s = time.perf_counter() - started
+    report = evaluate_build(args.work / "build", args.work / "eval", args.work / "labels.txt")
+    ref = report.row(report.reference)
+    print(f"quantize (200 calibration images): {quantize_s:.1f} s; evaluation on {report.samples} other images")
+    print(f"{'artifact':<20} {'top-1':>7} {'vs float':>9} {'top-5':>7} {'agreement':>10} {'SQNR dB':>8} {'mean KL':>8}")
+    for row in report.rows:
+        sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
+        print(f"{row['artifact']:<20} {row['top1']:>7.1%} {100 * (row['top1'] - ref['top1']):>+9.1f} "
+              f"{row['top5']:>7.1%} {row['agreement']:>10.1%} {sqnr:>8} {row['mean_kl']:>8.4f}")
+
+
+if __name__ == "__main__":
+    main()
