@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import calibration, evaluate, manifest, staging
-from .errors import FoldingError
-from .errors import MobiledeployError
-from .types import EvalReport, ExportSettings, Preprocessing, QuantizeOptions, QuantizeResult
+from .errors import FoldingError, MobiledeployError
+from .types import Artifact, EvalReport, ExportSettings, Preprocessing, QuantizeOptions, QuantizeResult
 
 FOLDED_FILE = "model_folded.keras"
 
@@ -175,7 +174,5 @@ def verified_files(build_dir: Path, content: dict) -> list[dict]:
     return entries
 
 
-def _keras_artifact():
-    from .types import Artifact
-
+def _keras_artifact() -> Artifact:
     return Artifact(FOLDED_FILE, "keras", "float32", details={"runtime": "Keras", "batchnorm_folded": True})
