@@ -113,13 +113,17 @@ def iter_batches(cset: CalibrationSet, which: str = "calib", batch_size: int = 1
     items = cset.calib if which == "calib" else cset.holdout
     array = None if cset.kind == "images" else _open_array(Path(cset.source))[0]
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        if array is None:
-            pixels = np.stack([load_image(Path(f), cset.preprocessing) for f in chunk])
-        else:
-            pixels = np.asarray(array[sorted(chunk)], np.float32)
-            pixels = pixels[np.argsort(np.argsort(chunk))]  # keep the seeded order
-        yield scale(pixels, cset.preprocessing)
+        yield read_batch(items[start:start + batch_size], cset.preprocessing, array)
+
+
+def read_batch(items, preprocessing: Preprocessing, array: np.ndarray | None = None) -> np.ndarray:
+    """Scaled float32 pixels of image files (``array`` is None) or of ``array`` rows, in order."""
+    if array is None:
+        pixels = np.stack([load_image(Path(f), preprocessing) for f in items])
+    else:
+        # Sorted row access is sequential on a memory-mapped .npy; then restore the given order.
+        pixels = np.asarray(array[sorted(items)], np.float32)[np.argsort(np.argsort(items))]
+    return scale(pixels, preprocessing)
 
 
 def scale(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:

@@ -176,7 +176,8 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
     if update_baseline and baseline is None:
         raise click.UsageError("--update-baseline needs --baseline FILE")
     rules = gate.GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
-    with _Progress(enabled=json_path is None or str(json_path) != "-") as progress:
+    json_to_stdout = json_path is not None and str(json_path) == "-"
+    with _Progress(enabled=not json_to_stdout) as progress:
         report = evaluate_build(build, data, labels, batch_size, progress.update)
     stored = None
     if baseline is not None and not update_baseline:
@@ -186,11 +187,11 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
         write_text_atomic(baseline, json.dumps(gate.make_baseline(report, rules), indent=2) + "\n")
     if json_path is not None:
         text = json.dumps({**gate.results_json(results), "report": report.to_dict()}, indent=2)
-        click.echo(text) if str(json_path) == "-" else write_text_atomic(json_path, text + "\n")
+        click.echo(text) if json_to_stdout else write_text_atomic(json_path, text + "\n")
     if junit_xml is not None:
         write_text_atomic(junit_xml, gate.junit_xml(results))
     failed = [r for r in results if not r.passed]
-    if json_path is None or str(json_path) != "-":
+    if not json_to_stdout:
         _print_eval(report)
         for r in results:
             mark = "PASS" if r.passed else "FAIL"
@@ -204,7 +205,6 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
 
 
 def _print_eval(report) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     labelled = report.labelled
@@ -228,7 +228,6 @@ def _print_eval(report) -> None:
 
 
 def _print_quantize(result) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     console = _console()

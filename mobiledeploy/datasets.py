@@ -14,13 +14,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .calibration import IMAGE_EXTENSIONS, list_images, load_image, scale
-from .errors import CalibrationError, MobiledeployError
+from .calibration import IMAGE_EXTENSIONS, list_images, read_batch
+from .errors import CalibrationError, DataError
+from .manifest import sha256
 from .types import Preprocessing
-
-
-class DataError(MobiledeployError):
-    """The evaluation data or its labels file is missing, empty or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -56,15 +53,10 @@ def iter_batches(data: EvalData, preprocessing: Preprocessing, batch_size: int =
         with np.load(data.source, allow_pickle=False) as archive:
             array = archive["x"]
     for start in range(0, len(data.items), batch_size):
-        chunk = data.items[start:start + batch_size]
-        if array is None:
-            try:
-                pixels = np.stack([load_image(Path(f), preprocessing) for f in chunk])
-            except CalibrationError as exc:
-                raise DataError(f"evaluation data: {exc}") from None
-        else:
-            pixels = np.asarray(array[list(chunk)], np.float32)
-        yield scale(pixels, preprocessing)
+        try:
+            yield read_batch(data.items[start:start + batch_size], preprocessing, array)
+        except CalibrationError as exc:
+            raise DataError(f"evaluation data: {exc}") from None
 
 
 def _open_folder(source: Path, names: list[str] | None, labels_file) -> EvalData:
@@ -111,8 +103,7 @@ def _open_npz(source: Path, names: list[str] | None) -> EvalData:
         if y.shape != (count,) or not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{source}: y has shape {y.shape} dtype {y.dtype}; expected ({count},) integer class indices")
         labels = tuple(int(v) for v in y)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    return EvalData(str(source), "npz", tuple(range(count)), labels, tuple(names or ()), digest)
+    return EvalData(str(source), "npz", tuple(range(count)), labels, tuple(names or ()), sha256(source))
 
 
 def _read_labels(path: Path) -> list[str]:
@@ -129,7 +120,7 @@ def _digest(files: list[Path], root: Path, labels: list[int] | None) -> str:
     digest = hashlib.sha256()
     for i, path in enumerate(files):
         digest.update(str(path.relative_to(root)).encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(bytes.fromhex(sha256(path)))
         if labels is not None:
             digest.update(str(labels[i]).encode())
     return digest.hexdigest()

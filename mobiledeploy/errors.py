@@ -21,6 +21,10 @@ class CalibrationError(MobiledeployError):
     """The calibration data is missing, empty, unreadable or has the wrong shape/values."""
 
 
+class DataError(MobiledeployError):
+    """The evaluation data or its labels file is missing, empty or inconsistent."""
+
+
 class FoldingError(MobiledeployError):
     """Folding BatchNorm changed the model's outputs beyond the tolerance."""
 

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from .types import Drift
 
 
-def collect(runner, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """Concatenate a runner's outputs over batches, flattened to (N, features)."""
-    outputs = [runner.run(batch).reshape(len(batch), -1) for batch in batches]
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+def collect(runners: dict, batches: Iterable[np.ndarray],
+            on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Every runner's outputs, flattened to (N, features), from ONE pass over the batches.
+
+    Decoding images costs more than running a small model, so each batch is read once and
+    fed to all runners. ``on_batch(samples_done)`` reports progress.
+    """
+    outputs: dict[str, list] = {name: [] for name in runners}
+    done = 0
+    for batch in batches:
+        for name, runner in runners.items():
+            outputs[name].append(runner.run(batch).reshape(len(batch), -1))
+        done += len(batch)
+        if on_batch:
+            on_batch(done)
+    return {name: np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+            for name, chunks in outputs.items()}
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -74,14 +87,7 @@ def per_class_accuracy(outputs: np.ndarray, labels: np.ndarray, classes: int) ->
 
 def artifact_metrics(name: str, reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict:
     """Everything ``eval`` reports for one artifact against the float reference outputs."""
-    result = {
-        "artifact": name,
-        "samples": int(len(outputs)),
-        "agreement": agreement(reference, outputs),
-        "sqnr_db": sqnr_db(reference, outputs),
-        "mean_kl": mean_kl(reference, outputs),
-        "max_abs_diff": float(np.max(np.abs(reference - outputs))) if outputs.size else float("nan"),
-    }
+    result = {**drift(name, reference, outputs).to_dict(), "mean_kl": mean_kl(reference, outputs)}
     if labels is not None:
         classes = outputs.shape[1]
         mine = per_class_accuracy(outputs, labels, classes)

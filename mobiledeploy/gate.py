@@ -12,7 +12,7 @@ from .errors import MobiledeployError
 from .types import EvalReport
 
 BASELINE_SCHEMA = 1
-# metric -> (higher is better, unit used in messages)
+# metrics compared with a baseline (all are better when higher) -> unit used in messages
 BASELINE_METRICS = {"top1": "points", "top5": "points", "agreement": "points", "sqnr_db": "dB"}
 
 

@@ -75,11 +75,11 @@ def quantize(
 
         report("measure drift", 0, 1)
         which = "holdout" if cset.holdout else "calib"
-        reference = evaluate.collect(KerasRunner(folded), batches(which))
-        drift = tuple(
-            evaluate.drift(a.file, reference, evaluate.collect(open_runner(work / a.file), batches(which)))
-            for a in artifacts if a.precision == "int8"
-        )
+        runners = {FOLDED_FILE: KerasRunner(folded)}
+        runners.update({a.file: open_runner(work / a.file) for a in artifacts if a.precision == "int8"})
+        outputs = evaluate.collect(runners, batches(which))
+        reference = outputs.pop(FOLDED_FILE)
+        drift = tuple(evaluate.drift(name, reference, out) for name, out in outputs.items())
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
         manifest.write(work, {
             "created_by": "mobiledeploy quantize",
@@ -131,17 +131,11 @@ def evaluate_build(
     import_tensorflow()
     labels = np.asarray(dataset.labels) if dataset.labelled else None
     reference_name = next(f["file"] for f in files if f["format"] == "keras")
-    outputs = {}
     total = len(dataset.items)
-    for entry in files:
-        runner = open_runner(build_dir / entry["file"])
-        step = f"eval {entry['file']}"
-        chunks, done = [], 0
-        for batch in datasets.iter_batches(dataset, preprocessing, batch_size):
-            chunks.append(runner.run(batch).reshape(len(batch), -1))
-            done += len(batch)
-            report(step, done, total)
-        outputs[entry["file"]] = np.concatenate(chunks)
+    runners = {entry["file"]: open_runner(build_dir / entry["file"]) for entry in files}
+    step = f"evaluate {len(runners)} artifacts"
+    outputs = evaluate.collect(runners, datasets.iter_batches(dataset, preprocessing, batch_size),
+                               lambda done: report(step, done, total))
     if labels is not None and labels.max(initial=0) >= outputs[reference_name].shape[1]:
         raise MobiledeployError(
             f"{data}: class index {int(labels.max())} is beyond the model's "

@@ -65,9 +65,9 @@ def _publish(staging: Path, destination: Path) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a small report file under a temporary name, then rename it into place."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
+    if not path.parent.exists():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as out:
             out.write(text)
