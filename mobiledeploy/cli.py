@@ -204,6 +204,91 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
         )
 
 
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu"]),
+              help="Where to run: cpu is this machine's CPU (LiteRT with XNNPACK, ONNX Runtime CPU EP).")
+@click.option("--num-threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Threads per runtime. 1 matches a phone app's usual inference thread and gives the "
+                   "steadiest numbers; raise it to see how the model scales over cores.")
+@click.option("--warmup-runs", default=5, show_default=True, type=click.IntRange(min=0),
+              help="Untimed runs first, so caches, thread pools and packed weights are ready.")
+@click.option("--num-runs", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs: at least this many ...")
+@click.option("--min-secs", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="... and for at least this long. Raise both on a noisy machine.")
+@click.option("--max-secs", default=150.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Stop timing an artifact after this long, whatever --num-runs says.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Images per inference. 1 is the latency a user feels; larger shows throughput.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Time real images from this folder instead of random inputs (needs a build folder).")
+@click.option("--keras", "include_keras", is_flag=True,
+              help="Also time the folded Keras model (TensorFlow), as a reference point.")
+@click.option("--profile", is_flag=True, help="Per-operator time, top --top-ops (ONNX Runtime's profiler).")
+@click.option("--top-ops", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, allow_dash=True),
+              help="Write one CSV row per artifact to this file ('-' for stdout).")
+def bench(target: Path, device: str, num_threads: int, warmup_runs: int, num_runs: int, min_secs: float,
+          max_secs: float, batch: int, data: Path | None, include_keras: bool, profile: bool, top_ops: int,
+          seed: int, as_json: bool, csv_path: Path | None) -> None:
+    """Latency, memory and size of every artifact in TARGET (a build folder or one file).
+
+    Each artifact runs in a process of its own, so one runtime's threads and memory do not
+    skew the next. Reports init time, first inference, median/mean/p90/p99/min/max/std,
+    inferences per second, peak memory added, achieved GMAC/s, and int8 speed-up over the
+    float file of the same format. Unit tests never assert these numbers: compare ratios from
+    one run, since absolute times drift on shared machines.
+    """
+    from .pipeline import bench_build
+    from .types import BenchSettings
+
+    settings = BenchSettings(num_threads, warmup_runs, num_runs, min_secs, max_secs, batch, profile, top_ops, seed)
+    with _Progress(enabled=not as_json) as progress:
+        report = bench_build(target, settings, data, include_keras, progress.update)
+    if csv_path is not None:
+        _write_csv(report, csv_path)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    elif not (csv_path is not None and str(csv_path) == "-"):
+        _print_bench(report)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--alpha", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="What-if width multiplier, relative to this model: 0.5 halves every layer's channels "
+                   "(cost falls about as alpha^2).")
+@click.option("--rho", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="What-if resolution multiplier, relative to this model: 128/224 = 0.571 (cost falls as rho^2).")
+@click.option("--resolution", type=click.IntRange(min=1),
+              help="What-if input size in pixels; sets --rho to RESOLUTION / the model's input height.")
+@click.option("--trust-model-code", is_flag=True, help="Allow Lambda layers and custom objects (runs file code).")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-layer table as JSON on stdout.")
+def inspect(model: Path, alpha: float, rho: float, resolution: int | None, trust_model_code: bool,
+            as_json: bool) -> None:
+    """Per-layer params and multiply-adds of MODEL (a model file or a build folder).
+
+    Uses the MobileNets paper's counts: a standard conv costs Dk·Dk·M·N·Df·Df, a depthwise
+    Dk·Dk·M·Df·Df and a pointwise M·N·Df·Df, so a separable block costs 1/N + 1/Dk² of the
+    standard conv it replaces. Params are counted as deployed (BatchNorm folded into biases).
+    """
+    from .pipeline import inspect_model
+
+    if resolution is not None:
+        base = inspect_model(model, trust_model_code=trust_model_code)
+        rho = rho * resolution / base.input_shape[0]
+    report = inspect_model(model, alpha, rho, trust_model_code)
+    if as_json:
+        from .costs import separable_blocks
+
+        click.echo(json.dumps({**report.to_dict(), "separable_blocks": separable_blocks(report)}, indent=2))
+    else:
+        _print_costs(report)
+
+
 def _print_eval(report) -> None:
     from rich.table import Table
 
@@ -265,12 +350,98 @@ def _print_quantize(result) -> None:
     console.print(f"done in {result.seconds:.1f} s")
 
 
-def _console():
-    """A console at least 110 columns wide, so tables stay readable in CI logs and pipes."""
+def _print_bench(report) -> None:
+    from rich.table import Table
+
+    settings = report.settings
+    table = Table(title=f"{report.device}: {settings.num_threads} thread(s), batch {settings.batch}, inputs "
+                        f"{report.inputs}; times in ms over >= {settings.num_runs} runs / {settings.min_secs:g} s "
+                        "(mean/min/max in --json and --csv)")
+    columns = ("artifact", "runtime", "KiB", "init", "first", "median", "p90", "p99", "std", "inf/s", "peak MB",
+               "GMAC/s", "vs float")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("artifact", "runtime") else "right")
+    for r in report.rows:
+        gmacs = r.gmacs_per_second
+        speed = f"{r.speedup_vs_float:.2f}x" if r.speedup_vs_float is not None else "-"
+        table.add_row(r.artifact, r.runtime.split(" (")[0], f"{r.size / 1024:.0f}", f"{r.init_ms:.1f}",
+                      f"{r.first_ms:.2f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
+                      f"{r.std_ms:.3f}", f"{r.per_second:.0f}", f"{r.peak_rss_mb:.1f}",
+                      "-" if gmacs is None else f"{gmacs:.1f}", speed)
+    console = _console(150)
+    console.print(table)
+    for r in report.rows:
+        if r.precision == "int8" and r.speedup_vs_float:
+            word = "faster" if r.speedup_vs_float >= 1 else "slower"
+            factor = r.speedup_vs_float if r.speedup_vs_float >= 1 else 1 / r.speedup_vs_float
+            console.print(f"{r.artifact} is {factor:.2f}x {word} than the float {r.format} file")
+    if report.fastest is not None:
+        console.print(f"fastest: {report.fastest.artifact} ({report.fastest.runtime}), "
+                      f"median {report.fastest.median_ms:.3f} ms")
+    for r in report.rows:
+        if r.profile:
+            ops = Table(title=f"{r.artifact}: top {len(r.profile)} operators")
+            for column in ("node", "op", "ms/run", "share"):
+                ops.add_column(column, justify="left" if column in ("node", "op") else "right")
+            for op in r.profile:
+                ops.add_row(op["node"], op["op"], f"{op['ms_per_run']:.4f}", f"{op['share']:.1%}")
+            console.print(ops)
+        elif r.profile_note:
+            console.print(f"{r.artifact}: {r.profile_note}")
+
+
+def _write_csv(report, path: Path) -> None:
+    import csv
+    import io
+
+    fields = ["artifact", "format", "precision", "runtime", "device", "threads", "batch", "size", "init_ms",
+              "first_ms", "runs", "median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms",
+              "per_second", "peak_rss_mb", "macs", "gmacs_per_second", "speedup_vs_float"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows:
+        writer.writerow(row.to_dict())
+    if str(path) == "-":
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        from .staging import write_text_atomic
+
+        write_text_atomic(path, buffer.getvalue())
+
+
+def _print_costs(report) -> None:
+    from rich.table import Table
+
+    from .costs import separable_blocks
+
+    blocks = {b["pointwise"]: b for b in separable_blocks(report)}
+    what_if = "" if (report.alpha, report.rho) == (1.0, 1.0) else f" (what-if alpha x{report.alpha:g}, rho x{report.rho:.3g})"
+    table = Table(title=f"{report.model}: input {'x'.join(map(str, report.input_shape))}{what_if}")
+    for column in ("layer", "type", "kernel", "M -> N", "output", "params", "mult-adds", "vs standard conv"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for row in report.layers:
+        block = blocks.get(row.name)
+        saving = f"{block['ratio']:.3f} = 1/{block['n']} + 1/{block['dk2']}" if block else ""
+        params = f"({row.params:,} folded)" if row.kind == "batchnorm" else f"{row.params:,}"
+        table.add_row(row.name, row.kind, "x".join(map(str, row.kernel)), f"{row.in_channels} -> {row.out_channels}",
+                      "x".join(map(str, row.out_size)), params, f"{row.macs:,}", saving)
+    console = _console()
+    console.print(table)
+    console.print(f"total: {report.params:,} params as deployed ({report.params / 1e6:.2f}M), "
+                  f"{report.macs:,} mult-adds per image ({report.macs / 1e6:.1f}M)")
+    if blocks:
+        ratio = sum(b["macs"] for b in blocks.values()) / sum(b["standard_macs"] for b in blocks.values())
+        console.print(f"{len(blocks)} depthwise-separable blocks cost {ratio:.3f} of standard convolutions "
+                      f"({1 / ratio:.1f}x fewer mult-adds)")
+
+
+def _console(min_width: int = 110):
+    """A console at least ``min_width`` columns wide, so tables stay readable in CI logs and pipes."""
     from rich.console import Console
 
     console = Console()
-    return Console(width=max(console.width, 110)) if not console.is_terminal else console
+    return Console(width=max(console.width, min_width)) if not console.is_terminal else console
 
 
 class _Progress:

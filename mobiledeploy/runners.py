@@ -8,7 +8,7 @@ int8 TFLite files are (de)quantized here with the file's own scale and zero poin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -18,18 +18,26 @@ from .quiet import captured_output
 
 class Runner(Protocol):
     name: str
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Outputs for one preprocessed float32 batch."""
+
+    def bind(self, batch: np.ndarray) -> Callable[[], object]:
+        """Prepare ``batch`` once; the returned call runs one inference on it (for timing)."""
 
 
 class KerasRunner:
     def __init__(self, model, name: str = "keras"):
         self.model = model
         self.name = name
+        self.input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(batch, training=False), np.float32)
+
+    def bind(self, batch: np.ndarray) -> Callable[[], object]:
+        return lambda: self.model(batch, training=False)
 
 
 class TFLiteRunner:
@@ -49,9 +57,14 @@ class TFLiteRunner:
             ) from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        self.input_shape = tuple(int(d) for d in self.input["shape"][1:])
         self._batch = None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        self.bind(batch)()
+        return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+    def bind(self, batch: np.ndarray) -> Callable[[], object]:
         if self._batch != len(batch):
             self.interpreter.resize_tensor_input(self.input["index"], [len(batch), *batch.shape[1:]])
             with captured_output():
@@ -60,20 +73,22 @@ class TFLiteRunner:
             self.output = self.interpreter.get_output_details()[0]
             self._batch = len(batch)
         self.interpreter.set_tensor(self.input["index"], quantize(batch, self.input))
-        self.interpreter.invoke()
-        return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+        return self.interpreter.invoke
 
 
 class OnnxRunner:
     """ONNX Runtime on the CPU execution provider."""
 
-    def __init__(self, path: str | Path, num_threads: int | None = None):
+    def __init__(self, path: str | Path, num_threads: int | None = None, profile_prefix: str | None = None):
         import onnxruntime as ort
 
         self.name = Path(path).name
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = num_threads
+        if profile_prefix:  # per-node timings, written by end_profiling()
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -83,9 +98,14 @@ class OnnxRunner:
                 "it is not a valid .onnx model — re-run mobiledeploy quantize"
             ) from None
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in self.session.get_inputs()[0].shape[1:])
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: batch.astype(np.float32)})[0], np.float32)
+
+    def bind(self, batch: np.ndarray) -> Callable[[], object]:
+        feed = {self.input_name: np.ascontiguousarray(batch, np.float32)}
+        return lambda: self.session.run(None, feed)
 
 
 def open_runner(path: str | Path, num_threads: int | None = None) -> Runner:

@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_MODEL = ROOT / "models" / "mnist_mobilenet_v1_0.25_32.h5"
 SHARED_DATA = Path(os.environ.get("MOBILEDEPLOY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -104,3 +106,18 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "models" / "mobilenet_v1_0.25_224.h5").exists():
         pytest.skip(f"shared real data not found at {SHARED_DATA} (set MOBILEDEPLOY_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def reference_build(tmp_path_factory) -> Path:
+    """The committed reference model quantized once per test session (read-only for tests)."""
+    from click.testing import CliRunner
+
+    from mobiledeploy.cli import main
+
+    out = tmp_path_factory.mktemp("ref") / "build"
+    args = ["quantize", str(REFERENCE_MODEL), "--calib", str(ROOT / "calibration_data"), "-o", str(out),
+            "--num-holdout", "0"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out

@@ -30,11 +30,8 @@ def _subset(src: Path, dst: Path, per_class: int, offset: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def good_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "build"
-    result = cli("quantize", MODEL, "--calib", ROOT / "calibration_data", "-o", out, "--num-holdout", 0)
-    assert result.exit_code == 0, result.output
-    return out
+def good_build(reference_build):
+    return reference_build
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -54,7 +55,9 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
 
 def _convert(converter) -> bytes:
     try:
-        with captured_output():
+        with captured_output(), warnings.catch_warnings():
+            # int8 I/O: the converter takes the input statistics from the calibration data itself
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             return converter.convert()
     except Exception as exc:  # the converter raises ConverterError and plain exceptions
         raise ExportError(f"TFLite converter failed: {str(exc).strip().splitlines()[0][:200]}") from None

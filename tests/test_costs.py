@@ -1,0 +1,68 @@
+"""Params and multiply-adds against hand counts and the MobileNets paper (Howard et al., 2017)."""
+
+import pytest
+
+from mobiledeploy.costs import model_costs, separable_blocks, what_if
+
+
+@pytest.fixture(scope="module")
+def mobilenet_224():
+    import keras
+
+    return model_costs(keras.applications.MobileNet(alpha=1.0, input_shape=(224, 224, 3), weights=None))
+
+
+def test_hand_counted_tiny_model(tiny_model):
+    costs = {row.name: row for row in model_costs(tiny_model).layers}
+    # stem: 3x3 conv, 3 -> 8 channels, stride 2 on 24x24 -> 12x12; BN gives it a bias when folded
+    assert costs["stem"].macs == 3 * 3 * 3 * 8 * 12 * 12 and costs["stem"].params == 3 * 3 * 3 * 8 + 8
+    # depthwise with multiplier 2: 8 -> 16 channels, one 3x3 filter per output channel
+    assert costs["dw"].macs == 3 * 3 * 16 * 12 * 12 and costs["dw"].params == 3 * 3 * 16 + 16
+    assert costs["pw"].macs == 16 * 16 * 12 * 12 and costs["pw"].kind == "pointwise"
+    # a SeparableConv2D is a depthwise and a pointwise row
+    assert costs["sep/depthwise"].macs == 3 * 3 * 16 * 12 * 12
+    assert costs["sep/pointwise"].macs == 16 * 16 * 12 * 12 and costs["sep/pointwise"].params == 16 * 16 + 16
+    assert costs["logits"].macs == 16 * 6 and costs["logits"].params == 16 * 6 + 6
+    assert costs["stem_bn"].kind == "batchnorm" and costs["stem_bn"].macs == 0
+
+
+def test_paper_mobilenet_1_0_224(mobilenet_224):
+    # Table 8: 569M mult-adds, 4.2M parameters (the paper gives params to 0.1M)
+    assert mobilenet_224.macs == pytest.approx(569e6, rel=0.01)
+    assert round(mobilenet_224.params / 1e6, 1) == 4.2
+
+
+def test_paper_width_and_resolution_multipliers(mobilenet_224):
+    half = what_if(mobilenet_224, alpha=0.5)  # Table 6: 0.5 MobileNet-224, 149M and 1.3M
+    assert half.macs == pytest.approx(149e6, rel=0.01) and round(half.params / 1e6, 1) == 1.3
+    low = what_if(mobilenet_224, rho=128 / 224)  # Table 7: 1.0 MobileNet-128, 186M, params unchanged
+    assert low.macs == pytest.approx(186e6, rel=0.01) and low.params == mobilenet_224.params
+    assert low.input_shape == (128, 128, 3)
+
+
+def test_what_if_matches_building_the_variant(mobilenet_224):
+    import keras
+
+    built = model_costs(keras.applications.MobileNet(alpha=0.25, input_shape=(160, 160, 3), weights=None))
+    guessed = what_if(mobilenet_224, alpha=0.25, rho=160 / 224)
+    assert (guessed.macs, guessed.params) == (built.macs, built.params)
+
+
+def test_separable_blocks_follow_the_formula(mobilenet_224):
+    blocks = separable_blocks(mobilenet_224)
+    assert len(blocks) == 13
+    for block in blocks:
+        assert block["ratio"] == pytest.approx(1 / block["n"] + 1 / 9)
+    # the paper: 3x3 depthwise separable convolutions use 8 to 9 times less computation (N=64: 7.9x)
+    assert all(7.8 < 1 / b["ratio"] < 9.0 for b in blocks)
+
+
+def test_unsupported_layer_is_named():
+    import keras
+
+    from mobiledeploy.errors import MobiledeployError
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2DTranspose(4, 3)(inputs))
+    with pytest.raises(MobiledeployError, match="Conv2DTranspose"):
+        model_costs(model)
