@@ -2,16 +2,13 @@
 
 A runtime's thread pool, allocator and imported libraries stay in the process that loaded
 them, so timing several runtimes in one process lets one skew the next. ``measure`` therefore
-starts ``python -m mobiledeploy.bench SPEC`` per artifact; the child loads the file, times it,
-and writes a JSON result. Inputs travel as a .npy file (plain arrays, no pickled code).
+starts a ``mobiledeploy.worker`` per artifact (on this CPU or under ARM emulation), which runs
+``measure_here`` and writes a JSON result.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +18,7 @@ import numpy as np
 
 from .errors import MobiledeployError
 from .types import BenchSettings, LatencyReport
+from .worker import Process, open_artifact, run_worker
 
 RUNTIMES = {"tflite": "LiteRT (XNNPACK)", "onnx": "ONNX Runtime (CPU EP)", "keras": "Keras (TensorFlow)"}
 
@@ -60,32 +58,23 @@ def timed_runs(call: Callable[[], object], settings: BenchSettings,
 
 
 def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, inputs: np.ndarray | None = None,
-            command: Sequence[str] | None = None, device: str = "cpu") -> LatencyReport:
-    """Time one artifact in a child process. ``command`` replaces the Python interpreter that
-    runs the child (the ARM emulator uses this)."""
+            process: Process | None = None) -> LatencyReport:
+    """Time one artifact in a process of its own: this machine's Python by default, or the
+    emulated ARM interpreter that ``process`` describes."""
+    process = process or Process()
     with tempfile.TemporaryDirectory(prefix="mobiledeploy-bench-") as tmp:
-        spec = {"path": str(Path(path).resolve()), "format": fmt, "settings": settings.to_dict(),
-                "inputs": None, "result": str(Path(tmp) / "result.json"), "workdir": tmp}
+        spec = {"mode": "bench", "path": str(Path(path).resolve()), "format": fmt, "settings": settings.to_dict(),
+                "inputs": None, "workdir": tmp}
         if inputs is not None:
             np.save(Path(tmp) / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
             spec["inputs"] = str(Path(tmp) / "inputs.npy")
-        spec_file = Path(tmp) / "spec.json"
-        spec_file.write_text(json.dumps(spec))
-        argv = [*(command or [sys.executable]), "-m", "mobiledeploy.bench", str(spec_file)]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-        result_file = Path(spec["result"])
-        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    if "error" in result:
-        raise MobiledeployError(result["error"])
-    if done.returncode != 0 or not result:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        raise MobiledeployError(f"{path}: the benchmark process failed (exit {done.returncode}): {tail}")
+        result = run_worker(spec, Path(tmp), process, str(path))
     return LatencyReport(
-        artifact=Path(path).name, format=fmt, precision=precision, runtime=RUNTIMES[fmt], device=device,
+        artifact=Path(path).name, format=fmt, precision=precision, runtime=RUNTIMES[fmt], device=process.device,
         threads=settings.num_threads, batch=settings.batch, size=Path(path).stat().st_size,
         **result["timing"], peak_rss_mb=result["peak_rss_mb"],
         profile=tuple(result.get("profile", ())), profile_note=result.get("profile_note", ""),
+        cpu=result.get("cpu", ""),
     )
 
 
@@ -97,31 +86,27 @@ def random_inputs(shape: Sequence[int], batch: int, seed: int) -> np.ndarray:
     return rng.uniform(-1.0, 1.0, size=(batch, *shape)).astype(np.float32)
 
 
-def _child(spec_file: str) -> None:
-    """The benchmark process: load, time, write JSON. User errors go into the JSON too."""
-    spec = json.loads(Path(spec_file).read_text())
+def measure_here(spec: dict) -> dict:
+    """The timing itself, run inside the benchmark process: load, bind, time, summarize."""
     settings = BenchSettings(**spec["settings"])
-    result: dict = {}
-    try:
-        inputs = np.load(spec["inputs"], allow_pickle=False) if spec["inputs"] else None
-        baseline_kb = _peak_rss_kb()
-        started = time.perf_counter()
-        runner = _open(spec, settings)
-        init_ms = (time.perf_counter() - started) * 1000.0
-        if inputs is None:
-            inputs = random_inputs(runner.input_shape, settings.batch, settings.seed)
-        call = runner.bind(inputs)
-        started = time.perf_counter()
-        call()
-        first_ms = (time.perf_counter() - started) * 1000.0
-        times = timed_runs(call, settings)
-        result["timing"] = {"init_ms": init_ms, "first_ms": first_ms, **statistics(times)}
-        result["peak_rss_mb"] = (_peak_rss_kb() - baseline_kb) / 1024.0
-        if settings.profile:
-            result.update(_profile(runner, settings.top_ops))
-    except MobiledeployError as exc:
-        result = {"error": str(exc)}
-    Path(spec["result"]).write_text(json.dumps(result))
+    inputs = np.load(spec["inputs"], allow_pickle=False) if spec["inputs"] else None
+    baseline_kb = _peak_rss_kb()
+    started = time.perf_counter()
+    runner = open_artifact(spec["path"], spec["format"], settings.num_threads,
+                           profile_dir=spec["workdir"] if settings.profile else None)
+    init_ms = (time.perf_counter() - started) * 1000.0
+    if inputs is None:
+        inputs = random_inputs(runner.input_shape, settings.batch, settings.seed)
+    call = runner.bind(inputs)
+    started = time.perf_counter()
+    call()
+    first_ms = (time.perf_counter() - started) * 1000.0
+    times = timed_runs(call, settings)
+    result = {"timing": {"init_ms": init_ms, "first_ms": first_ms, **statistics(times)},
+              "peak_rss_mb": (_peak_rss_kb() - baseline_kb) / 1024.0}
+    if settings.profile:
+        result.update(_profile(runner, settings.top_ops))
+    return result
 
 
 def _peak_rss_kb() -> int:
@@ -136,25 +121,6 @@ def _peak_rss_kb() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _open(spec: dict, settings: BenchSettings):
-    from . import runners
-
-    path, fmt, threads = spec["path"], spec["format"], settings.num_threads
-    if fmt == "tflite":
-        return runners.TFLiteRunner(path, threads)
-    if fmt == "onnx":
-        prefix = str(Path(spec["workdir"]) / "ort_profile") if settings.profile else None
-        return runners.OnnxRunner(path, threads, profile_prefix=prefix)
-    if fmt == "keras":
-        from .quiet import import_tensorflow
-
-        tf = import_tensorflow()
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-        return runners.open_runner(path)
-    raise MobiledeployError(f"{path}: cannot benchmark '{fmt}' files; expected tflite, onnx or keras")
 
 
 def _profile(runner, top: int) -> dict:
@@ -182,6 +148,3 @@ def summarize_ort_profile(events: list[dict], top: int) -> list[dict]:
     return [{"node": n["node"], "op": n["op"], "ms_per_run": n["us"] / runs / 1000.0, "share": n["us"] / total}
             for n in ranked]
 
-
-if __name__ == "__main__":
-    _child(sys.argv[1])

@@ -109,6 +109,22 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
     _print_quantize(result)
 
 
+DEVICE_HELP = ("cpu: this machine. arm[:CPU]: the .tflite/.onnx files run under qemu aarch64 emulation "
+               "(real ARM kernels of LiteRT and ONNX Runtime; set up on first use, see mobiledeploy arm). "
+               "CPU: cortex-a53 (plain NEON: low-end phones, Pi 3), cortex-a72 (Pi 4), cortex-a76 (default; "
+               "dot product: modern phones), neoverse-n1.")
+
+
+def _device(ctx, param, value: str) -> str:
+    from .emulation import parse_device
+
+    try:
+        parse_device(value)
+    except MobiledeployError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 DATA_HELP = ("Labelled data: a folder with one sub-folder per class (mapped to model outputs in "
              "sorted order, or by --labels), or an .npz with x and y. A plain image folder gives "
              "label-free drift only.")
@@ -122,17 +138,19 @@ LABELS_HELP = ("Class names, one per line, in model output order. Needed when th
 @click.option("--labels", "labels", type=click.Path(path_type=Path), help=LABELS_HELP)
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Images per runtime call; larger is faster, smaller uses less memory.")
+@click.option("--device", default="cpu", show_default=True, callback=_device, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, as_json: bool) -> None:
+def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, device: str, as_json: bool) -> None:
     """Accuracy and drift of every artifact in BUILD against the float model.
 
     Reads the file list and the preprocessing from BUILD/manifest.json and refuses files whose
-    sha256 no longer matches it.
+    sha256 no longer matches it. With --device arm, accuracy and agreement come from the ARM
+    outputs, and each row says how many were bit-identical to this machine's outputs.
     """
     from .pipeline import evaluate_build
 
     with _Progress(enabled=not as_json) as progress:
-        report = evaluate_build(build, data, labels, batch_size, progress.update)
+        report = evaluate_build(build, data, labels, batch_size, progress.update, device)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -160,9 +178,11 @@ def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, 
 @click.option("--junit-xml", type=click.Path(path_type=Path),
               help="Write one JUnit test case per rule per artifact, for CI test reports.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True, callback=_device,
+              help=DEVICE_HELP + " The rules then apply to the ARM results.")
 def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agreement: float,
           baseline: Path | None, tolerance: float, sqnr_tolerance: float, update_baseline: bool,
-          json_path: Path | None, junit_xml: Path | None, batch_size: int) -> None:
+          json_path: Path | None, junit_xml: Path | None, batch_size: int, device: str) -> None:
     """CI gate: exit 3 when quantized accuracy regresses.
 
     Rules, per int8 artifact: top-1 at most --max-drop points below float; agreement with float
@@ -178,7 +198,7 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
     rules = gate.GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
     json_to_stdout = json_path is not None and str(json_path) == "-"
     with _Progress(enabled=not json_to_stdout) as progress:
-        report = evaluate_build(build, data, labels, batch_size, progress.update)
+        report = evaluate_build(build, data, labels, batch_size, progress.update, device)
     stored = None
     if baseline is not None and not update_baseline:
         stored = gate.read_baseline(baseline, report)
@@ -206,17 +226,19 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
 
 @main.command()
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu"]),
-              help="Where to run: cpu is this machine's CPU (LiteRT with XNNPACK, ONNX Runtime CPU EP).")
+@click.option("--device", default="cpu", show_default=True, callback=_device,
+              help=DEVICE_HELP + " Emulated time is 100-500x slower than hardware and does not rank "
+                   "float vs int8 as hardware does: it is labelled as such.")
 @click.option("--num-threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Threads per runtime. 1 matches a phone app's usual inference thread and gives the "
                    "steadiest numbers; raise it to see how the model scales over cores.")
-@click.option("--warmup-runs", default=5, show_default=True, type=click.IntRange(min=0),
-              help="Untimed runs first, so caches, thread pools and packed weights are ready.")
-@click.option("--num-runs", default=50, show_default=True, type=click.IntRange(min=1),
-              help="Timed runs: at least this many ...")
-@click.option("--min-secs", default=1.0, show_default=True, type=click.FloatRange(min=0),
-              help="... and for at least this long. Raise both on a noisy machine.")
+@click.option("--warmup-runs", type=click.IntRange(min=0),
+              help="Untimed runs first, so caches, thread pools and packed weights are ready. "
+                   "[default: 5; 1 under arm]")
+@click.option("--num-runs", type=click.IntRange(min=1),
+              help="Timed runs: at least this many ... [default: 50; 10 under arm]")
+@click.option("--min-secs", type=click.FloatRange(min=0),
+              help="... and for at least this long. Raise both on a noisy machine. [default: 1; 0 under arm]")
 @click.option("--max-secs", default=150.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Stop timing an artifact after this long, whatever --num-runs says.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
@@ -231,9 +253,9 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path, allow_dash=True),
               help="Write one CSV row per artifact to this file ('-' for stdout).")
-def bench(target: Path, device: str, num_threads: int, warmup_runs: int, num_runs: int, min_secs: float,
-          max_secs: float, batch: int, data: Path | None, include_keras: bool, profile: bool, top_ops: int,
-          seed: int, as_json: bool, csv_path: Path | None) -> None:
+def bench(target: Path, device: str, num_threads: int, warmup_runs: int | None, num_runs: int | None,
+          min_secs: float | None, max_secs: float, batch: int, data: Path | None, include_keras: bool,
+          profile: bool, top_ops: int, seed: int, as_json: bool, csv_path: Path | None) -> None:
     """Latency, memory and size of every artifact in TARGET (a build folder or one file).
 
     Each artifact runs in a process of its own, so one runtime's threads and memory do not
@@ -245,9 +267,16 @@ def bench(target: Path, device: str, num_threads: int, warmup_runs: int, num_run
     from .pipeline import bench_build
     from .types import BenchSettings
 
-    settings = BenchSettings(num_threads, warmup_runs, num_runs, min_secs, max_secs, batch, profile, top_ops, seed)
+    emulated = device != "cpu"
+    settings = BenchSettings(
+        num_threads,
+        warmup_runs if warmup_runs is not None else (1 if emulated else 5),
+        num_runs if num_runs is not None else (10 if emulated else 50),
+        min_secs if min_secs is not None else (0.0 if emulated else 1.0),
+        max_secs, batch, profile, top_ops, seed,
+    )
     with _Progress(enabled=not as_json) as progress:
-        report = bench_build(target, settings, data, include_keras, progress.update)
+        report = bench_build(target, settings, data, include_keras, progress.update, device)
     if csv_path is not None:
         _write_csv(report, csv_path)
     if as_json:
@@ -293,14 +322,21 @@ def _print_eval(report) -> None:
     from rich.table import Table
 
     labelled = report.labelled
-    table = Table(title=f"{report.samples} images from {report.data_source} (reference: {report.reference})")
-    columns = ["artifact", *(["top-1", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
+    arm = report.device != "cpu"
+    where = f"; .tflite/.onnx on {report.device} (emulated)" if arm else ""
+    table = Table(title=f"{report.samples} images from {report.data_source} (reference: {report.reference}{where})")
+    columns = ["artifact", *(["device", "same as x86", "max |diff| vs x86"] if arm else []),
+               *(["top-1", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
                *(["classes changed"] if labelled else [])]
     for column in columns:
         table.add_column(column, justify="left" if column == "artifact" else "right")
     for row in report.rows:
         sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
         cells = [row["artifact"]]
+        if arm:
+            exact = "x86_identical" in row
+            cells += [row["device"], f"{row['x86_identical']:.2%}" if exact else "-",
+                      f"{row['x86_max_abs_diff']:.2g}" if exact else "-"]
         if labelled:
             cells += [f"{row['top1']:.2%}", f"{row['top5']:.2%}"]
         cells += [f"{row['agreement']:.2%}", sqnr, f"{row['mean_kl']:.4f}"]
@@ -309,7 +345,7 @@ def _print_eval(report) -> None:
             worst = min(changes.items(), key=lambda kv: kv[1], default=None)
             cells.append(f"{len(changes)}" + (f" (worst {worst[0]}: {worst[1]:+.1%})" if worst and worst[1] < 0 else ""))
         table.add_row(*cells)
-    _console().print(table)
+    _console(170 if arm else 110).print(table)
 
 
 def _print_quantize(result) -> None:
@@ -350,11 +386,63 @@ def _print_quantize(result) -> None:
     console.print(f"done in {result.seconds:.1f} s")
 
 
+@main.group()
+def arm() -> None:
+    """Set up and inspect ARM emulation (qemu aarch64 + an aarch64 Python with the runtimes).
+
+    \b
+    mobiledeploy arm setup     # once; also runs automatically on first --device arm
+    mobiledeploy arm status
+    """
+
+
+@arm.command()
+@click.option("--sysroot", type=click.Path(path_type=Path),
+              help="Use this existing aarch64 root filesystem (with Python 3.11) instead of fetching Debian's, "
+                   "e.g. a mounted Raspberry Pi OS image.")
+@click.option("--force", is_flag=True, help="Provision again even if the cache looks complete.")
+def setup(sysroot: Path | None, force: bool) -> None:
+    """Fetch qemu-aarch64-static, an aarch64 sysroot and the ARM wheels into the user cache."""
+    from . import emulation
+
+    state = emulation.setup(sysroot, lambda step: click.echo(f"- {step}", err=True), force)
+    _print_arm_status(state)
+
+
+@arm.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
+def status(as_json: bool) -> None:
+    """Say what is installed for ARM emulation, where, and how much disk it uses."""
+    from . import emulation
+
+    state = emulation.status()
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+    else:
+        _print_arm_status(state)
+
+
+def _print_arm_status(state: dict) -> None:
+    click.echo(f"cache:    {state['cache']} ({state['disk_mb']} MB)")
+    click.echo(f"ready:    {'yes' if state['ready'] else 'no (run: mobiledeploy arm setup)'}")
+    click.echo(f"qemu:     {state['qemu'] or 'not found'}" + (f" (version {state['qemu_version']})"
+                                                             if state["qemu_version"] else ""))
+    click.echo(f"sysroot:  {state['sysroot']} (python3.11: {'yes' if state['sysroot_python'] else 'no'})")
+    wheels = ", ".join(f"{k} {v}" for k, v in state["wheels"].items()) or "none"
+    click.echo(f"wheels:   {wheels}")
+    if state.get("setup_seconds") is not None:
+        click.echo(f"set up in {state['setup_seconds']} s")
+    for name, about in state["cpus"].items():
+        click.echo(f"  --device arm:{name:<12} {about}")
+
+
 def _print_bench(report) -> None:
     from rich.table import Table
 
     settings = report.settings
-    table = Table(title=f"{report.device}: {settings.num_threads} thread(s), batch {settings.batch}, inputs "
+    emulated = report.device != "cpu"
+    title_device = f"{report.device} EMULATED by qemu (not device latency)" if emulated else report.device
+    table = Table(title=f"{title_device}: {settings.num_threads} thread(s), batch {settings.batch}, inputs "
                         f"{report.inputs}; times in ms over >= {settings.num_runs} runs / {settings.min_secs:g} s "
                         "(mean/min/max in --json and --csv)")
     columns = ("artifact", "runtime", "KiB", "init", "first", "median", "p90", "p99", "std", "inf/s", "peak MB",
@@ -370,12 +458,17 @@ def _print_bench(report) -> None:
                       "-" if gmacs is None else f"{gmacs:.1f}", speed)
     console = _console(150)
     console.print(table)
+    if emulated:
+        cpu = report.rows[0].cpu if report.rows else ""
+        console.print(f"emulated CPU features: {cpu}. Trust from emulation: the kernel family those features "
+                      "select, MACs, file sizes and outputs; not the times, which are 100-500x slower than "
+                      "hardware and rank float vs int8 differently.")
     for r in report.rows:
-        if r.precision == "int8" and r.speedup_vs_float:
+        if r.precision == "int8" and r.speedup_vs_float and not emulated:
             word = "faster" if r.speedup_vs_float >= 1 else "slower"
             factor = r.speedup_vs_float if r.speedup_vs_float >= 1 else 1 / r.speedup_vs_float
             console.print(f"{r.artifact} is {factor:.2f}x {word} than the float {r.format} file")
-    if report.fastest is not None:
+    if report.fastest is not None and not emulated:
         console.print(f"fastest: {report.fastest.artifact} ({report.fastest.runtime}), "
                       f"median {report.fastest.median_ms:.3f} ms")
     for r in report.rows:

@@ -101,3 +101,19 @@ def artifact_metrics(name: str, reference: np.ndarray, outputs: np.ndarray, labe
             },
         })
     return result
+
+
+def bit_exactness(host: np.ndarray, device: np.ndarray) -> dict:
+    """How closely another device reproduced this CPU's outputs of the same artifact.
+
+    int8 kernels are integer arithmetic, so identical bytes are expected; float kernels may
+    sum in another order (NEON vs AVX), so a small max |diff| is normal there.
+    """
+    host = np.ascontiguousarray(host, np.float32).reshape(len(host), -1)
+    device = np.ascontiguousarray(device, np.float32).reshape(len(device), -1)
+    same = np.all(host.view(np.uint32) == device.view(np.uint32), axis=1)
+    return {
+        "x86_identical": float(same.mean()) if len(same) else 1.0,
+        "x86_max_abs_diff": float(np.max(np.abs(host - device))) if host.size else 0.0,
+        "x86_top1_agreement": agreement(host, device),
+    }

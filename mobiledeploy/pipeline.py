@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -112,11 +113,14 @@ def evaluate_build(
     labels_file: str | Path | None = None,
     batch_size: int = 64,
     progress: Progress | None = None,
+    device: str = "cpu",
 ) -> EvalReport:
     """Run every artifact listed in ``build_dir/manifest.json`` on ``data``; compare with float.
 
     The preprocessing comes from the manifest, and each file's sha256 is checked against it
-    first, so a changed or truncated artifact is refused by name.
+    first, so a changed or truncated artifact is refused by name. With ``device="arm[:cpu]"``
+    the .tflite/.onnx files also run under ARM emulation: their metrics come from the ARM
+    outputs, and each row says how many outputs were bit-identical to this CPU's.
     """
     import numpy as np
 
@@ -134,23 +138,76 @@ def evaluate_build(
     labels = np.asarray(dataset.labels) if dataset.labelled else None
     reference_name = next(f["file"] for f in files if f["format"] == "keras")
     total = len(dataset.items)
+    arm = _arm_target(device, report)
     runners = {entry["file"]: open_runner(build_dir / entry["file"]) for entry in files}
     step = f"evaluate {len(runners)} artifacts"
-    outputs = evaluate.collect(runners, datasets.iter_batches(dataset, preprocessing, batch_size),
-                               lambda done: report(step, done, total))
+    with tempfile.TemporaryDirectory(prefix="mobiledeploy-eval-") as tmp:
+        saved: list[str] = []
+        batches = datasets.iter_batches(dataset, preprocessing, batch_size)
+        if arm is not None:  # the emulated runs read the very same preprocessed batches
+            batches = _saving(batches, Path(tmp), saved)
+        outputs = evaluate.collect(runners, batches, lambda done: report(step, done, total))
+        x86 = dict(outputs)
+        if arm is not None:
+            for done, entry in enumerate(e for e in files if e["format"] != "keras"):
+                report(f"run on {arm.device} (emulated)", done, len(files) - 1)
+                outputs[entry["file"]] = _emulated_outputs(build_dir / entry["file"], entry["format"], saved,
+                                                           Path(tmp), arm)
     if labels is not None and labels.max(initial=0) >= outputs[reference_name].shape[1]:
         raise MobiledeployError(
             f"{data}: class index {int(labels.max())} is beyond the model's "
             f"{outputs[reference_name].shape[1]} outputs; pass --labels with the model's class order"
         )
     reference = outputs[reference_name]
-    rows = tuple(
-        {"format": e["format"], "precision": e["precision"],
-         **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels)}
-        for e in files
-    )
+    rows = []
+    for e in files:
+        row = {"format": e["format"], "precision": e["precision"],
+               **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels)}
+        if arm is not None:
+            row["device"] = "cpu" if e["format"] == "keras" else arm.device
+            if e["format"] != "keras":
+                row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]]))
+        rows.append(row)
     return EvalReport(str(build_dir), str(data), dataset.digest, content["model"].get("sha256"),
-                      total, dataset.labelled, reference_name, rows, content["preprocessing"])
+                      total, dataset.labelled, reference_name, tuple(rows), content["preprocessing"],
+                      arm.device if arm is not None else "cpu")
+
+
+def _arm_target(device: str, report: Progress):
+    """The emulated ARM CPU for ``device``, or None for this machine's CPU."""
+    from . import emulation
+
+    cpu = emulation.parse_device(device)
+    if cpu is None:
+        return None
+    report("set up ARM emulation", 0, 1)
+    return emulation.target(cpu)
+
+
+def _saving(batches, folder: Path, saved: list[str]):
+    """Pass batches through, keeping each as a .npy file for the emulated worker."""
+    import numpy as np
+
+    for i, batch in enumerate(batches):
+        path = folder / f"batch_{i:05d}.npy"
+        np.save(path, batch, allow_pickle=False)
+        saved.append(str(path))
+        yield batch
+
+
+def _emulated_outputs(path: Path, fmt: str, inputs: list[str], tmp: Path, arm):
+    """One artifact's outputs for the saved batches, computed by the emulated ARM worker."""
+    import numpy as np
+
+    from .worker import run_worker
+
+    work = tmp / f"{path.name}.arm"
+    work.mkdir()
+    outputs = [str(work / f"out_{i:05d}.npy") for i in range(len(inputs))]
+    spec = {"mode": "run", "path": str(path.resolve()), "format": fmt, "inputs": inputs, "outputs": outputs}
+    run_worker(spec, work, arm.process(), str(path))
+    result = np.concatenate([np.load(o, allow_pickle=False) for o in outputs])
+    return result.reshape(len(result), -1).astype(np.float32)
 
 
 def verified_files(build_dir: Path, content: dict) -> list[dict]:
@@ -191,15 +248,23 @@ def bench_build(
     data: str | Path | None = None,
     include_keras: bool = False,
     progress: Progress | None = None,
+    device: str = "cpu",
 ) -> BenchReport:
     """Latency of every artifact in a build folder (or of one .tflite/.onnx file), each timed
-    in its own process, with speed-ups of int8 over the float file of the same format."""
+    in its own process, with speed-ups of int8 over the float file of the same format.
+
+    ``device="arm[:cpu]"`` times them under qemu: emulated time, which neither predicts device
+    latency nor ranks float vs int8 as hardware does; the report says so."""
     from . import bench
 
     settings = settings or BenchSettings()
     report = progress or (lambda step, done, total: None)
     target = Path(target)
     build_dir, entries = _bench_entries(target)
+    arm = _arm_target(device, report)
+    if include_keras and arm is not None:
+        raise MobiledeployError("--keras cannot run under ARM emulation (no TensorFlow for the emulated "
+                                "Python); drop --keras or use --device cpu")
     if not include_keras:
         entries = [e for e in entries if e["format"] != "keras"]
     macs = None
@@ -214,10 +279,12 @@ def bench_build(
     for done, entry in enumerate(entries):
         report("benchmark", done, len(entries))
         folder = build_dir if build_dir is not None else target.parent
-        row = bench.measure(folder / entry["file"], entry["format"], entry["precision"], settings, inputs)
+        row = bench.measure(folder / entry["file"], entry["format"], entry["precision"], settings, inputs,
+                            arm.process() if arm is not None else None)
         rows.append(dataclasses.replace(row, macs=macs))
     report("benchmark", len(entries), len(entries))
-    return BenchReport(str(target), "cpu", source, settings, _with_speedups(rows))
+    return BenchReport(str(target), arm.device if arm is not None else "cpu", source, settings,
+                       _with_speedups(rows))
 
 
 def _with_speedups(rows: list[LatencyReport]) -> tuple[LatencyReport, ...]:

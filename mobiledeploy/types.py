@@ -201,6 +201,7 @@ class EvalReport:
     reference: str  # the artifact every other one is compared with
     rows: tuple[dict, ...]
     preprocessing: dict
+    device: str = "cpu"  # where the tflite/onnx artifacts ran; the Keras reference runs on this CPU
 
     def row(self, artifact: str) -> dict:
         return next(r for r in self.rows if r["artifact"] == artifact)
@@ -306,6 +307,7 @@ class LatencyReport:
     speedup_vs_float: float | None = None  # float median / this median, same format
     profile: tuple[dict, ...] = ()
     profile_note: str = ""
+    cpu: str = ""  # as the runtime saw it (on ARM: the HWCAP features that pick kernels)
 
     @property
     def per_second(self) -> float:
