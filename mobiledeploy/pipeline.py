@@ -67,14 +67,16 @@ def quantize(
             "or extreme values — check the file"
         )
 
+    refined, refinement = _refine(folded, batches, options, report)
     settings = ExportSettings(io=options.io, per_channel=options.per_channel)
     with staging.staged_directory(output_dir, options.overwrite) as work:
         folded.save(work / FOLDED_FILE)
         report("export TFLite", 0, 1)
         artifacts = [_keras_artifact()]
-        artifacts += tflite_export.export(folded, batches, work, settings)
+        int8_model = refined if refinement is not None else None
+        artifacts += tflite_export.export(folded, batches, work, settings, int8_model)
         report("export ONNX", 0, 1)
-        artifacts += onnx_export.export(folded, batches, work, settings)
+        artifacts += onnx_export.export(folded, batches, work, settings, int8_model)
 
         report("measure drift", 0, 1)
         which = "holdout" if cset.holdout else "calib"
@@ -100,11 +102,31 @@ def quantize(
             "calibration": cset.summary(),
             "settings": {**options.to_dict(), "export": settings.to_dict()},
             "folding": fold.to_dict(),
+            "refinement": {k: v for k, v in refinement.to_dict().items() if k != "seconds"} if refinement else None,
             "files": [a.to_dict() for a in artifacts],
             "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
             "versions": manifest.library_versions(),
         })
-    return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started)
+    return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement)
+
+
+def _refine(folded, batches, options: QuantizeOptions, report: Progress):
+    """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
+    if options.refine == "none":
+        return folded, None
+    import numpy as np
+
+    from . import refine
+
+    if options.refine not in ("bias", "adaround"):
+        raise MobiledeployError(f"unknown refine method '{options.refine}'; expected adaround, bias or none")
+    calib = np.concatenate(list(batches()))
+    step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
+    return refine.bias_correct(
+        folded, calib, progress=lambda done, total: report(step, done, total),
+        adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
+        clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
+    )
 
 
 def evaluate_build(

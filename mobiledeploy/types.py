@@ -157,6 +157,9 @@ class QuantizeOptions:
     crop_fraction: float = 0.875
     io: IoType = "int8"
     per_channel: bool = True
+    refine: str = "adaround"  # adaround (+ bias correction) | bias | none
+    activation_ranges: str = "minmax"  # minmax | mse (clip bounded ReLUs where it lowers the error)
+    rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding
     fold_tolerance: float = 1e-4
     batch_size: int = 16
     trust_model_code: bool = False
@@ -176,12 +179,14 @@ class QuantizeResult:
     calibration: CalibrationSet
     drift: tuple[Drift, ...]
     seconds: float
+    refinement: RefineReport | None = None
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
             "artifacts": [a.to_dict() for a in self.artifacts],
             "folding": self.fold.to_dict(),
+            "refinement": self.refinement.to_dict() if self.refinement else None,
             "calibration": {k: v for k, v in self.calibration.summary().items() if not k.endswith("_items")},
             "drift": [d.to_dict() for d in self.drift],
             "seconds": round(self.seconds, 2),
@@ -344,3 +349,21 @@ class BenchReport:
             "rows": [r.to_dict() for r in self.rows],
             "fastest": self.fastest.artifact if self.fastest else None,
         }
+
+
+@dataclass(frozen=True)
+class RefineReport:
+    """What refinement of the folded model did before export (recorded in the manifest)."""
+
+    method: str
+    layers: int
+    samples: int
+    max_shift: float  # largest bias change, in output units
+    seconds: float
+    per_layer: tuple[tuple[str, float], ...] = ()
+    clips: tuple[tuple[str, float], ...] = ()  # activation layer -> chosen upper clip
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "layers": self.layers, "samples": self.samples,
+                "max_shift": self.max_shift, "seconds": round(self.seconds, 2),
+                "per_layer": dict(self.per_layer), "clips": dict(self.clips)}

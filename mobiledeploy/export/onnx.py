@@ -18,29 +18,26 @@ COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm"})
 
 
 def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
-           settings: ExportSettings) -> list[Artifact]:
+           settings: ExportSettings, int8_model=None) -> list[Artifact]:
+    """model_float.onnx from ``model``; model_int8.onnx quantized from ``int8_model`` (the
+    model refined for int8) when given, else from ``model`` too."""
     import onnx
-    import tensorflow as tf
-    import tf2onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     float_path = directory / FLOAT_FILE
-    shape = (None, *model.inputs[0].shape[1:])
-    signature = (tf.TensorSpec(shape, tf.float32, name="input"),)
-    try:
-        with captured_output():
-            proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=settings.opset)
-    except Exception as exc:
-        raise ExportError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:200]}") from None
+    proto = _to_onnx(model, settings.opset)
     onnx.save(proto, str(float_path))
-
+    source = float_path
     int8_path = directory / INT8_FILE
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        if int8_model is not None:
+            source = Path(scratch) / "refined.onnx"
+            onnx.save(_to_onnx(int8_model, settings.opset), str(source))
         prepared = Path(scratch) / "prepared.onnx"
         # Symbolic shape inference needs sympy and adds nothing for fixed-size CNNs.
         with captured_output():
-            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         try:
             with captured_output():
                 quantize_static(
@@ -65,6 +62,20 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
             "weights": "int8", "per_channel": settings.per_channel, "io": "float32",
         }),
     ]
+
+
+def _to_onnx(model, opset: int):
+    import tensorflow as tf
+    import tf2onnx
+
+    shape = (None, *model.inputs[0].shape[1:])
+    signature = (tf.TensorSpec(shape, tf.float32, name="input"),)
+    try:
+        with captured_output():
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    except Exception as exc:
+        raise ExportError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:200]}") from None
+    return proto
 
 
 def _reader(input_name: str, representative: Callable[[], Iterable[np.ndarray]]):

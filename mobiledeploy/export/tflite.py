@@ -18,13 +18,15 @@ BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
 
 def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
-           settings: ExportSettings) -> list[Artifact]:
+           settings: ExportSettings, int8_model=None) -> list[Artifact]:
+    """model_float.tflite from ``model``; model_int8.tflite from ``int8_model`` (the model
+    refined for int8) when given, else from ``model`` too."""
     import tensorflow as tf
 
     float_path = directory / FLOAT_FILE
     float_path.write_bytes(_convert(tf.lite.TFLiteConverter.from_keras_model(model)))
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(int8_model if int8_model is not None else model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.representative_dataset = lambda: (

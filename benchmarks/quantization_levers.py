@@ -1,0 +1,93 @@
+"""int8 drift of each quantization lever, side by side: plain converters vs mobiledeploy.
+
+    python benchmarks/quantization_levers.py [--shared ../shared/data] [--work /tmp/md-levers]
+
+Two models: the real ImageNet MobileNet v1 0.25 in ../shared/data (fixed seeded split of its
+500 dev images: 200 calibrate, the other 300 evaluate, as in shared_imagenet_drift.py) and the
+bundled reference model (calibration_data/ vs eval_data/). For every lever the same
+calibration images feed both exporters; top-1 is against the labels, agreement and SQNR
+against the folded float model, all on images never used for calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVERS = [  # (label, QuantizeOptions fields)
+    ("plain converters", {"refine": "none"}),
+    ("bias correction", {"refine": "bias"}),
+    ("adaround + bias correction (default)", {}),
+    ("adaround + bias + mse ranges", {"activation_ranges": "mse"}),
+    ("per-tensor, plain", {"refine": "none", "per_channel": False}),
+    ("per-tensor, adaround + bias", {"per_channel": False}),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get(
+        "MOBILEDEPLOY_SHARED_DATA", ROOT.parent / "shared" / "data")))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mobiledeploy-levers"))
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--levers", nargs="+", type=int, default=list(range(len(LEVERS))),
+                        help="indices into the lever list (default: all)")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    models = [("reference (MNIST, 32x32)", ROOT / "models" / "mnist_mobilenet_v1_0.25_32.h5",
+               ROOT / "calibration_data", ROOT / "eval_data", None)]
+    if (args.shared / "models" / "mobilenet_v1_0.25_224.h5").is_file():
+        calib, evaluation, labels = _shared_split(args.shared, args.work / "shared-split", args.seed)
+        models.append(("ImageNet MobileNet v1 0.25", args.shared / "models" / "mobilenet_v1_0.25_224.h5",
+                       calib, evaluation, labels))
+    print(f"{'model':<28}{'lever':<38}{'artifact':<20}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}"
+          f"{'refine s':>9}{'total s':>8}")
+    for name, model, calib, evaluation, labels in models:
+        for index in args.levers:
+            label, fields = LEVERS[index]
+            _run(name, label, fields, model, calib, evaluation, labels, args.work / f"{index}")
+
+
+def _run(name, label, fields, model, calib, evaluation, labels, out) -> None:
+    import mobiledeploy
+    from mobiledeploy.pipeline import evaluate_build
+
+    started = time.perf_counter()
+    result = mobiledeploy.quantize(model, calib, out, num_calib=200 if labels else 300, num_holdout=0,
+                                   overwrite=True, **fields)
+    total = time.perf_counter() - started
+    refine_s = result.refinement.seconds if result.refinement else 0.0
+    report = evaluate_build(out, evaluation, labels)
+    ref = report.row(report.reference)
+    for row in report.rows:
+        if row["precision"] != "int8":
+            continue
+        print(f"{name:<28}{label:<38}{row['artifact']:<20}{row['top1']:>7.1%}"
+              f"{100 * (row['top1'] - ref['top1']):>+9.2f}{row['agreement']:>8.1%}{row['sqnr_db']:>7.1f}"
+              f"{refine_s:>9.1f}{total:>8.1f}", flush=True)
+
+
+def _shared_split(shared: Path, work: Path, seed: int):
+    """The same seeded split as benchmarks/shared_imagenet_drift.py."""
+    images = sorted((shared / "imagenet-dev" / "images").iterdir())
+    order = np.random.default_rng(seed).permutation(len(images))
+    shutil.rmtree(work, ignore_errors=True)
+    for folder, files in (("calib", [images[i] for i in order[:200]]), ("eval", [images[i] for i in order[200:]])):
+        for f in files:
+            target = work / folder / (f.name.split("_", 1)[0] if folder == "eval" else "")
+            target.mkdir(parents=True, exist_ok=True)
+            (target / f.name).symlink_to(f.resolve())
+    wnids = [line.split("\t")[1] for line in (shared / "imagenet-dev" / "classes.txt").read_text().splitlines()]
+    (work / "labels.txt").write_text("\n".join(wnids) + "\n")
+    return work / "calib", work / "eval", work / "labels.txt"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Quantization-aware refinement of the folded float model, before any converter sees it.
+
+Folded MobileNets lose most of their int8 accuracy to *biased* rounding errors: a depthwise
+channel with 9 weights cannot average its rounding errors away, so each channel's output
+shifts by a constant that the next layers amplify. Empirical bias correction measures that
+shift on calibration images and absorbs it into the bias:
+
+  for each weighted layer, in graph order:
+      y_float = layer(float inputs)                 (the float model, float upstream)
+      y_quant = layer_int8(inputs as int8 upstream)  (int8 weights; upstream already corrected,
+                                                      activations rounded to their int8 grid)
+      bias   -= mean over images and positions of (y_quant - y_float), per channel
+
+Correcting against the *fully* quantized upstream (weights and activations) makes the bias
+absorb activation rounding too, not just weight rounding. The refined model keeps its
+weights on the per-channel symmetric int8 grid (scale = max|w| / 127 per output channel),
+which both converters reproduce exactly with their own max-abs quantization, so the TFLite
+and the ONNX int8 files both inherit the correction.
+
+Activations are simulated as the converters quantize them: asymmetric int8 over the
+calibration min/max (widened to include 0), one scale per tensor, after the fused activation
+of a convolution.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .types import RefineReport
+
+WEIGHTED = {"Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D"}
+ACTIVATIONS = {"ReLU", "Activation"}
+PASS_THROUGH = {"Dropout", "InputLayer"}  # identity at inference; no new quantization point
+
+
+def quantize_kernel(kernel: np.ndarray, kind: str, per_channel: bool = True, bits: int = 8) -> np.ndarray:
+    """The kernel rounded to the symmetric int grid (one scale per output channel, or per
+    tensor), back in float32."""
+    kernel = np.asarray(kernel, np.float64)
+    if not per_channel:
+        axes = tuple(range(kernel.ndim))
+    elif kind == "DepthwiseConv2D":  # (kh, kw, in, mult): output channel = in * mult + m
+        axes = (0, 1)
+    else:  # Conv2D (kh, kw, in, out), Dense (in, out), pointwise: the last axis is the output channel
+        axes = tuple(range(kernel.ndim - 1))
+    levels = 2 ** (bits - 1) - 1
+    scale = np.max(np.abs(kernel), axis=axes, keepdims=True) / levels
+    scale = np.where(scale == 0, 1.0, scale)
+    return (np.clip(np.round(kernel / scale), -levels, levels) * scale).astype(np.float32)
+
+
+def fake_quantize(x: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Asymmetric int8 rounding over [low, high] (widened to hold 0), as the converters do."""
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if high - low <= 0:
+        return x
+    scale = (high - low) / 255.0
+    zero_point = np.round(-128 - low / scale)
+    q = np.clip(np.round(x / scale) + zero_point, -128, 127)
+    return ((q - zero_point) * scale).astype(np.float32)
+
+
+def bias_correct(model, calib: np.ndarray, progress: Callable[[int, int], None] | None = None,
+                 chunk: int = 32, adaptive_rounding: bool = True,
+                 rounding_samples: int = 64, clip_activations: bool = False,
+                 per_channel: bool = True) -> tuple[Any, RefineReport]:
+    """A copy of the folded ``model`` with int8-grid weights and empirically corrected biases.
+
+    With ``adaptive_rounding`` each weight is rounded up or down (not to nearest) so that the
+    layer's outputs on int8 inputs best match the float layer on float inputs, in the
+    least-squares sense over ``rounding_samples`` calibration images (AdaRound's objective,
+    solved by coordinate descent on the exact quadratic form).
+
+    With ``clip_activations`` each bounded ReLU (ReLU6) gets the clip value that minimises the
+    int8 rounding + clipping error of its output on the calibration images; the converters then
+    calibrate that tensor to [0, clip] and spend the 256 levels where the values are."""
+    import keras
+
+    started = time.perf_counter()
+    refined = keras.Model.from_config(model.get_config())
+    refined.set_weights(model.get_weights())
+    graph = _graph(model)
+    fused = _fused_into_activation(graph)
+    remaining = {name: len(node["consumers"]) for name, node in graph.items()}
+    float_out: dict[str, np.ndarray] = {}
+    quant_out: dict[str, np.ndarray] = {}
+    shifts: dict[str, float] = {}
+    clips: dict[str, float] = {}
+    weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED]
+    done = 0
+    for name, node in graph.items():
+        layer, twin = model.get_layer(name), refined.get_layer(name)
+        if node["kind"] == "InputLayer":
+            x_float = np.asarray(calib, np.float32)
+            x_quant = fake_quantize(x_float, x_float.min(), x_float.max())
+        else:
+            x_float = _call(layer, [float_out[p] for p in node["inputs"]], chunk)
+            if node["kind"] in WEIGHTED:
+                if adaptive_rounding and len(node["inputs"]) == 1 and node["kind"] != "SeparableConv2D":
+                    parent = node["inputs"][0]
+                    adaround(twin, quant_out[parent][:rounding_samples], float_out[parent][:rounding_samples],
+                             per_channel=per_channel)
+                else:
+                    _quantize_weights(twin, per_channel)
+                x_quant = _call(twin, [quant_out[p] for p in node["inputs"]], chunk)
+                if twin.use_bias:  # after folding every layer that had a BatchNorm has one
+                    error = (x_quant - x_float).reshape(-1, x_float.shape[-1]).mean(axis=0)
+                    weights = twin.get_weights()
+                    weights[-1] = (weights[-1] - error).astype(np.float32)
+                    twin.set_weights(weights)
+                    x_quant = x_quant - error.astype(np.float32)
+                    shifts[name] = float(np.max(np.abs(error)))
+                done += 1
+                if progress:
+                    progress(done, len(weighted))
+            else:
+                if clip_activations and _clippable(twin):
+                    twin.max_value = clips[name] = mse_clip(x_float, float(twin.max_value))
+                x_quant = _call(twin, [quant_out[p] for p in node["inputs"]], chunk)
+            if node["kind"] not in PASS_THROUGH and name not in fused:
+                x_quant = fake_quantize(x_quant, x_float.min(), min(x_float.max(), clips.get(name, np.inf)))
+        float_out[name], quant_out[name] = x_float, x_quant
+        for parent in node["inputs"]:  # free what no later layer needs
+            remaining[parent] -= 1
+            if remaining[parent] == 0:
+                float_out.pop(parent), quant_out.pop(parent)
+    return refined, RefineReport(
+        method="adaround+bias-correction" if adaptive_rounding else "bias-correction", layers=len(shifts), samples=len(calib),
+        max_shift=max(shifts.values(), default=0.0), seconds=time.perf_counter() - started,
+        per_layer=tuple(sorted(shifts.items())), clips=tuple(sorted(clips.items())),
+    )
+
+
+def adaround(layer, x_quant: np.ndarray, x_float: np.ndarray, sweeps: int = 6, per_channel: bool = True) -> None:
+    """Round ``layer``'s kernel up or down per weight to minimise E[(w_q·x_q - w·x_f)²] for
+    each output channel. Starts from round-to-nearest; keeps every weight on its channel's
+    int8 grid (the largest |w| stays at ±127, so the converters recompute the same scale)."""
+    kind = type(layer).__name__
+    weights = layer.get_weights()
+    kernel = np.asarray(weights[0], np.float64)
+    if kind == "Dense":
+        aq, bf = _moments(x_quant.reshape(-1, x_quant.shape[-1]), x_float.reshape(-1, x_float.shape[-1]))
+        flat = kernel  # (in, out)
+    elif kind == "DepthwiseConv2D":
+        kh, kw, channels, mult = kernel.shape
+        aq, bf = _conv_moments(layer, x_quant, x_float, depthwise=True)
+        flat = kernel.reshape(kh * kw, channels * mult)
+        aq, bf = np.repeat(aq, mult, axis=0), np.repeat(bf, mult, axis=0)  # one per output channel
+    else:
+        aq, bf = _conv_moments(layer, x_quant, x_float, depthwise=False)
+        flat = kernel.reshape(-1, kernel.shape[-1])
+    levels = 127
+    scale = np.max(np.abs(flat), axis=0 if per_channel else None, keepdims=True) / levels
+    scale = np.where(scale == 0, 1.0, scale)
+    rounded = _descend(flat / scale, aq, bf, sweeps)
+    weights[0] = (np.clip(rounded, -levels, levels) * scale).reshape(kernel.shape).astype(np.float32)
+    layer.set_weights(weights)
+
+
+def _descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, sweeps: int) -> np.ndarray:
+    """Coordinate descent over q_k in {floor(w_k), ceil(w_k)} for f(q) = qᵀAq - 2qᵀBw (in
+    units of the grid). ``a``/``b`` are (d, d) shared by all output channels, or (O, d, d)."""
+    q = np.round(w)
+    alternative = np.where(q > w, np.floor(w), np.ceil(w))
+    shared = a.ndim == 2
+    target = (b @ w) if shared else np.einsum("okl,lo->ko", b, w)  # (d, O)
+    grad = ((a @ q) if shared else np.einsum("okl,lo->ko", a, q)) - target
+    diag = np.diag(a)[:, None] if shared else np.einsum("okk->ko", a)
+    for _ in range(sweeps):
+        changed = 0
+        for k in range(w.shape[0]):
+            step = alternative[k] - q[k]
+            delta = step * step * diag[k] + 2 * step * grad[k]
+            take = (delta < -1e-12) & (step != 0)
+            if not take.any():
+                continue
+            step = np.where(take, step, 0.0)
+            alternative[k] = np.where(take, q[k], alternative[k])
+            q[k] += step
+            grad += (a[:, k][:, None] * step) if shared else a[:, :, k].T * step
+            changed += int(take.sum())
+        if changed == 0:
+            break
+    return q
+
+
+def _moments(xq: np.ndarray, xf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """E[xq xqᵀ] and E[xq xfᵀ]. Uncentred: centring (leaving the mean to bias correction)
+    measured 0.2 dB worse output SQNR on the shared MobileNet."""
+    xq, xf = np.asarray(xq, np.float64), np.asarray(xf, np.float64)
+    return xq.T @ xq / len(xq), xq.T @ xf / len(xq)
+
+
+def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk: int = 4):
+    """E[pq pqᵀ] and E[pq pfᵀ] over all input patches, accumulated a few images at a time
+    (patches of a whole calibration set would take gigabytes). Depthwise: one (k, k) pair
+    per channel."""
+    a = b = None
+    count = 0
+    for start in range(0, len(xq), chunk):
+        pq = _patches(layer, xq[start:start + chunk])
+        pf = _patches(layer, xf[start:start + chunk])
+        if depthwise:
+            channels = xq.shape[-1]
+            pq, pf = pq.reshape(len(pq), -1, channels), pf.reshape(len(pf), -1, channels)
+            da, db = np.einsum("pkc,plc->ckl", pq, pq), np.einsum("pkc,plc->ckl", pq, pf)
+        else:
+            da, db = pq.T @ pq, pq.T @ pf
+        a = da.astype(np.float64) if a is None else a + da
+        b = db.astype(np.float64) if b is None else b + db
+        count += len(pq)
+    return a / count, b / count
+
+
+def _patches(layer, x: np.ndarray) -> np.ndarray:
+    """Input patches of a convolution, (positions, kh*kw*C) in the kernel's (kh, kw, C) order."""
+    import tensorflow as tf
+
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    dh, dw = layer.dilation_rate
+    patches = tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1],
+                                       rates=[1, dh, dw, 1], padding=layer.padding.upper())
+    return np.asarray(patches, np.float32).reshape(-1, kh * kw * x.shape[-1])
+
+
+def mse_clip(values: np.ndarray, current: float, samples: int = 200_000, seed: int = 0) -> float:
+    """The clip c <= ``current`` minimising E[(x - Q(min(x, c)))²] for int8 over [min, c]."""
+    flat = values.reshape(-1)
+    if flat.size > samples:
+        flat = flat[np.random.default_rng(seed).choice(flat.size, samples, replace=False)]
+    low = min(float(flat.min()), 0.0)
+    top = min(float(flat.max()), current)
+    if top <= 0:
+        return current
+    best, best_error = top, np.inf
+    for quantile in (0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0):
+        clip = min(float(np.quantile(flat, quantile)), top)
+        if clip <= 0:
+            continue
+        error = float(np.mean((flat - fake_quantize(np.minimum(flat, clip), low, clip)) ** 2))
+        if error < best_error:
+            best, best_error = clip, error
+    return best
+
+
+def _clippable(layer) -> bool:
+    """A ReLU with an upper bound (ReLU6 in MobileNets): lowering the bound is a clip."""
+    return type(layer).__name__ == "ReLU" and getattr(layer, "max_value", None) is not None \
+        and not getattr(layer, "negative_slope", 0)
+
+
+def _quantize_weights(layer, per_channel: bool = True) -> None:
+    kind = type(layer).__name__
+    weights = layer.get_weights()
+    if kind == "SeparableConv2D":
+        weights[0] = quantize_kernel(weights[0], "DepthwiseConv2D", per_channel)
+        weights[1] = quantize_kernel(weights[1], "Conv2D", per_channel)
+    else:
+        weights[0] = quantize_kernel(weights[0], kind, per_channel)
+    layer.set_weights(weights)
+
+
+def _call(layer, inputs: list[np.ndarray], chunk: int) -> np.ndarray:
+    """Run one layer over the calibration set in chunks (eager, inference mode)."""
+    parts = []
+    for start in range(0, len(inputs[0]), chunk):
+        args = [x[start:start + chunk] for x in inputs]
+        out = layer(args[0] if len(args) == 1 else args, training=False)
+        parts.append(np.asarray(out, np.float32))
+    return np.concatenate(parts)
+
+
+def _graph(model) -> dict[str, dict]:
+    """Layer name -> kind, input layer names, consumer names; in the model's topological order."""
+    graph: dict[str, dict] = {}
+    for layer in model.layers:
+        inputs = []
+        for node in layer._inbound_nodes[:1]:
+            inputs = [t._keras_history.operation.name for t in node.input_tensors]
+        graph[layer.name] = {"kind": type(layer).__name__, "inputs": inputs, "consumers": []}
+    for name, node in graph.items():
+        for parent in node["inputs"]:
+            graph[parent]["consumers"].append(name)
+    for output in model.outputs:
+        graph[output._keras_history.operation.name]["consumers"].append("<output>")
+    return graph
+
+
+def _fused_into_activation(graph: dict[str, dict]) -> set[str]:
+    """Weighted layers whose only consumer is an activation: the converters fuse the two, so
+    the pre-activation tensor is never rounded to int8."""
+    return {name for name, node in graph.items()
+            if node["kind"] in WEIGHTED and len(node["consumers"]) == 1
+            and graph.get(node["consumers"][0], {}).get("kind") in ACTIVATIONS}

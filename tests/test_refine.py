@@ -1,0 +1,146 @@
+"""Refinement levers on tiny real models: each must do what it claims, measured."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mobiledeploy.cli import main
+from mobiledeploy.refine import _descend, adaround, bias_correct, fake_quantize, mse_clip, quantize_kernel
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_kernels_land_on_a_grid_the_converters_reproduce():
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(0, 1, (3, 3, 4, 2)) * rng.uniform(0.01, 10, (1, 1, 4, 2))  # wild channel ranges
+    q = quantize_kernel(kernel, "DepthwiseConv2D")
+    scale = np.max(np.abs(kernel), axis=(0, 1), keepdims=True) / 127
+    steps = q / scale
+    assert np.allclose(steps, np.round(steps), atol=1e-3) and np.abs(steps).max() <= 127 + 1e-3
+    assert np.allclose(np.max(np.abs(q), axis=(0, 1)), np.max(np.abs(kernel), axis=(0, 1)), rtol=1e-6)
+    # a converter's max-abs requantization finds the same int8 codes (float32 values may move 1 ulp)
+    codes = lambda k: np.round(k / (np.max(np.abs(k), axis=(0, 1), keepdims=True) / 127))  # noqa: E731
+    assert np.array_equal(codes(q), codes(kernel.astype(np.float32) * 0 + q)) and np.array_equal(codes(q), np.round(steps))
+    per_tensor = quantize_kernel(kernel, "Conv2D", per_channel=False)
+    assert len(np.unique(np.round(per_tensor / (np.abs(kernel).max() / 127), 3) % 1)) == 1
+
+
+def test_fake_quantize_keeps_zero_and_half_a_step():
+    x = np.linspace(-1.0, 3.0, 1001).astype(np.float32)
+    q = fake_quantize(x, -1.0, 3.0)
+    assert fake_quantize(np.zeros(1, np.float32), -1.0, 3.0)[0] == 0.0
+    assert np.max(np.abs(q - x)) <= 4.0 / 255 / 2 + 1e-6 and len(np.unique(q)) <= 256
+
+
+def test_mse_clip_picks_the_lowest_error_clip():
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 1, 150_000).astype(np.float32)
+    values[0] = 1.08  # one outlier stretches min-max calibration by 8%
+    clip = mse_clip(values, 6.0)
+    error = lambda c: np.mean((values - fake_quantize(np.minimum(values, c), 0, c)) ** 2)  # noqa: E731
+    assert clip < 1.01 and error(clip) < error(1.08)
+    for quantile in (0.99, 0.999, 1.0):
+        assert error(clip) <= error(float(np.quantile(values, quantile))) + 1e-12
+    # int8 has 256 levels: clipping a ReLU6 that often saturates only adds error, so 6 stays
+    saturated = np.where(rng.uniform(size=100_000) < 0.3, 6.0, rng.uniform(0, 6, 100_000)).astype(np.float32)
+    assert mse_clip(saturated, 6.0) == pytest.approx(6.0)
+
+
+def test_adaptive_rounding_never_loses_to_nearest():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (4000, 16)) @ rng.normal(0, 1, (16, 16))  # correlated inputs
+    w = rng.normal(0, 1, (16, 8)) * 20
+    a, b = x.T @ x / len(x), x.T @ x / len(x)
+
+    def loss(q):
+        return np.sum((x @ (q - w)) ** 2)
+
+    q = _descend(w, a, b, sweeps=10)
+    assert np.all((q == np.floor(w)) | (q == np.ceil(w)))
+    assert loss(q) < 0.7 * loss(np.round(w))  # the quadratic objective falls well below nearest
+
+
+def test_adaround_layer_output_error_below_nearest(tiny_model):
+    import keras
+
+    layer = tiny_model.get_layer("pw")
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 6, (8, 12, 12, 16)).astype(np.float32)
+    reference = np.asarray(layer(x))
+    clone = keras.layers.Conv2D.from_config(layer.get_config())
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    adaround(clone, x, x)
+    nearest = [quantize_kernel(layer.get_weights()[0], "Conv2D"), layer.get_weights()[1]]
+    rounded_error = np.mean((np.asarray(clone(x)) - reference) ** 2)
+    clone.set_weights(nearest)
+    assert rounded_error < np.mean((np.asarray(clone(x)) - reference) ** 2)
+
+
+def test_bias_correction_removes_the_mean_error(tiny_model):
+    from mobiledeploy.folding import fold_batchnorm
+
+    folded, _ = fold_batchnorm(tiny_model)
+    rng = np.random.default_rng(3)
+    calib = rng.uniform(-1, 1, (48, 24, 24, 3)).astype(np.float32)
+    refined, report = bias_correct(folded, calib, adaptive_rounding=False)
+    assert report.layers == 5 and report.max_shift > 0  # stem, dw, pw, sep, logits
+    for name in ("stem", "dw", "pw", "logits"):  # weights sit on the per-channel int8 grid
+        kernel = refined.get_layer(name).get_weights()[0]
+        kind = type(refined.get_layer(name)).__name__
+        assert np.allclose(quantize_kernel(kernel, kind), kernel, rtol=1e-6, atol=0)
+    plain_out = _rounded_model_output(folded, calib)
+    float_out = np.asarray(folded(calib))
+    assert np.abs((np.asarray(refined(calib)) - float_out).mean(0)).sum() < np.abs((plain_out - float_out).mean(0)).sum()
+
+
+def _rounded_model_output(model, x):
+    import keras
+
+    clone = keras.Model.from_config(model.get_config())
+    weights = []
+    for layer in model.layers:
+        values = layer.get_weights()
+        if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense"):
+            values[0] = quantize_kernel(values[0], type(layer).__name__)
+        weights += values
+    clone.set_weights(weights)
+    return np.asarray(clone(x))
+
+
+@pytest.fixture(scope="module")
+def lever_builds(tmp_path_factory):
+    """The reference MobileNet (real MNIST digits) quantized with each lever; drift on 100
+    calibration-folder images held out from calibration."""
+    from conftest import REFERENCE_MODEL, ROOT
+
+    builds = {}
+    for refine in ("none", "bias", "adaround"):
+        out = tmp_path_factory.mktemp(refine) / "build"
+        result = cli("quantize", REFERENCE_MODEL, "--calib", ROOT / "calibration_data", "-o", out,
+                     "--num-calib", 200, "--num-holdout", 100, "--refine", refine, "--json")
+        assert result.exit_code == 0, result.output
+        builds[refine] = (out, json.loads(result.output))
+    return builds
+
+
+def test_levers_lower_int8_error_end_to_end(lever_builds):
+    sqnr = {refine: {d["artifact"]: d["sqnr_db"] for d in data["drift"]} for refine, (_, data) in lever_builds.items()}
+    for artifact in ("model_int8.tflite", "model_int8.onnx"):  # measured: 31.0, 34.5, 39.0 dB
+        assert sqnr["bias"][artifact] > sqnr["none"][artifact] + 2.0
+        assert sqnr["adaround"][artifact] > sqnr["bias"][artifact] + 2.0
+    manifest = json.loads((lever_builds["adaround"][0] / "manifest.json").read_text())
+    assert manifest["settings"]["refine"] == "adaround"
+    assert manifest["refinement"]["method"] == "adaround+bias-correction" and "seconds" not in manifest["refinement"]
+    assert json.loads((lever_builds["none"][0] / "manifest.json").read_text())["refinement"] is None
+
+
+def test_refined_files_are_deterministic(tiny_model_file, calib_folder, tmp_path):
+    for run in ("a", "b"):
+        assert cli("quantize", tiny_model_file, "--calib", calib_folder, "-o", tmp_path / run, "--num-calib", 30,
+                   "--num-holdout", 0).exit_code == 0
+    assert (tmp_path / "a" / "model_int8.tflite").read_bytes() == (tmp_path / "b" / "model_int8.tflite").read_bytes()
