@@ -402,6 +402,47 @@ def _print_quantize(result) -> None:
     console.print(f"done in {result.seconds:.1f} s")
 
 
+@main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Images to measure on (a folder, searched recursively, or an .npz/.npy); labels are not needed.")
+@click.option("--max-images", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Use at most this many images; per-layer SQNR settles after a few dozen.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Worst layers to list.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path),
+              help="Write a self-contained HTML report (plot + every layer) to this file.")
+@click.option("--png", "png_path", type=click.Path(path_type=Path),
+              help="Write the plot of SQNR by layer depth to this PNG file.")
+@click.option("--json", "as_json", is_flag=True, help="Print every layer's numbers as JSON on stdout.")
+def analyze(build: Path, data: Path, max_images: int, top: int, html_path: Path | None, png_path: Path | None,
+            as_json: bool) -> None:
+    """Which layer hurts: per-layer drift of each int8 artifact against the float model.
+
+    For every activation tensor of model_int8.tflite (all tensors preserved) and
+    model_int8.onnx (QDQ outputs): the SQNR against the same tensor of the folded float model,
+    the SQNR lost at that layer, the share of int8 levels used, and the spread of the producing
+    layer's per-channel weight ranges. Lists the layers that lose most first.
+    """
+    from .analysis_report import html_report, plot_png
+    from .pipeline import analyze_build
+    from .staging import write_bytes_atomic, write_text_atomic
+
+    with _Progress(enabled=not as_json) as progress:
+        report = analyze_build(build, data, max_images, progress=progress.update)
+    png = plot_png(report) if (png_path or html_path) else b""
+    if png_path:
+        write_bytes_atomic(png_path, png)
+    if html_path:
+        write_text_atomic(html_path, html_report(report, png, top))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    _print_analyze(report, top)
+    for label, path in (("plot", png_path), ("report", html_path)):
+        if path:
+            click.echo(f"{label} written to {path}")
+
+
 @main.group()
 def arm() -> None:
     """Set up and inspect ARM emulation (qemu aarch64 + an aarch64 Python with the runtimes).
@@ -450,6 +491,24 @@ def _print_arm_status(state: dict) -> None:
         click.echo(f"set up in {state['setup_seconds']} s")
     for name, about in state["cpus"].items():
         click.echo(f"  --device arm:{name:<12} {about}")
+
+
+def _print_analyze(report, top: int) -> None:
+    from rich.table import Table
+
+    from .analysis_report import _db, _spread
+
+    console = _console()
+    for name, rows in report.layers.items():
+        final = rows[-1].sqnr_db if rows else float("nan")
+        table = Table(title=f"{name}: {top} layers that lose the most SQNR ({report.samples} images; "
+                            f"last tensor {_db(final)} dB)")
+        for column in ("layer", "type", "SQNR dB", "lost dB", "int8 levels used", "weight layer", "weight spread"):
+            table.add_column(column, justify="left" if column in ("layer", "type", "weight layer") else "right")
+        for r in report.worst(name, top):
+            table.add_row(r.layer, r.kind, _db(r.sqnr_db), f"{r.lost_db:+.1f}", f"{r.levels_used:.0%}",
+                          r.weight_layer or "-", _spread(r.weight_spread))
+        console.print(table)
 
 
 def _print_bench(report) -> None:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from . import calibration, evaluate, manifest, staging
 from .errors import FoldingError, MobiledeployError
-from .types import (Artifact, BenchReport, BenchSettings, CostReport, EvalReport, ExportSettings, LatencyReport,
+from .types import (AnalyzeReport, Artifact, BenchReport, BenchSettings, CostReport, EvalReport, ExportSettings, LatencyReport,
                     Preprocessing, QuantizeOptions, QuantizeResult)
 
 FOLDED_FILE = "model_folded.keras"
@@ -382,3 +382,34 @@ def _keras_model(target: Path, trust_model_code: bool):
     from .loading import load_model
 
     return load_model(target, trust=trust_model_code).model
+
+
+def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200, batch_size: int = 32,
+                  progress: Progress | None = None) -> AnalyzeReport:
+    """Per-layer drift of every int8 artifact in ``build_dir`` against the folded float model."""
+    from . import analyze, datasets
+
+    report = progress or (lambda step, done, total: None)
+    build_dir = Path(build_dir)
+    content = manifest.read(build_dir)
+    files = verified_files(build_dir, content)
+    preprocessing = Preprocessing.from_dict(content["preprocessing"])
+    dataset = datasets.open_data(data)
+    model = _keras_model(build_dir, False)
+    int8 = {e["file"]: build_dir / e["file"] for e in files if e["precision"] == "int8"}
+    total = min(max_images, len(dataset.items))
+    batches = datasets.iter_batches(dataset, preprocessing, batch_size)
+    limited = _first_samples(batches, total)
+    layers = analyze.analyze(model, int8, limited, lambda done: report("per-layer drift", done, total))
+    return AnalyzeReport(str(build_dir), str(data), total, layers)
+
+
+def _first_samples(batches, count: int):
+    """The first ``count`` samples of a batch stream."""
+    taken = 0
+    for batch in batches:
+        if taken >= count:
+            return
+        batch = batch[: count - taken]
+        taken += len(batch)
+        yield batch

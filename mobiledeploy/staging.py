@@ -64,13 +64,18 @@ def _publish(staging: Path, destination: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a small report file under a temporary name, then rename it into place."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file under a temporary name in its folder, then rename it into place."""
     path = Path(path)
     if not path.parent.exists():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

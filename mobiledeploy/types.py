@@ -367,3 +367,36 @@ class RefineReport:
         return {"method": self.method, "layers": self.layers, "samples": self.samples,
                 "max_shift": self.max_shift, "seconds": round(self.seconds, 2),
                 "per_layer": dict(self.per_layer), "clips": dict(self.clips)}
+
+
+@dataclass(frozen=True)
+class LayerDrift:
+    """``mobiledeploy analyze``: one activation tensor of an int8 artifact against float."""
+
+    layer: str
+    depth: int  # position in the float model's layer order
+    kind: str
+    sqnr_db: float  # accumulated: everything up to and including this layer
+    lost_db: float  # SQNR lost at this layer (previous tensor's SQNR minus this one's)
+    levels_used: float  # share of the 256 int8 codes the tensor used on the data
+    weight_layer: str | None = None  # the convolution / Dense that produced it
+    weight_spread: float | None = None  # largest / smallest per-channel weight range
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AnalyzeReport:
+    build_dir: str
+    data_source: str
+    samples: int
+    layers: dict  # artifact -> tuple[LayerDrift, ...] in depth order
+
+    def worst(self, artifact: str, count: int = 10) -> list[LayerDrift]:
+        """The layers that lose the most SQNR, worst first."""
+        return sorted(self.layers[artifact], key=lambda r: -r.lost_db)[:count]
+
+    def to_dict(self) -> dict:
+        return {"build_dir": self.build_dir, "data_source": self.data_source, "samples": self.samples,
+                "layers": {name: [r.to_dict() for r in rows] for name, rows in self.layers.items()}}

@@ -1,0 +1,209 @@
+"""Which layer hurts: per-layer drift between the folded float model and each int8 artifact.
+
+For every activation tensor the int8 file materializes, the same tensor of the float model is
+computed on the same images and compared: SQNR (accumulated up to that layer), the SQNR lost
+at that layer, the share of the 256 int8 levels the tensor actually uses, and the spread of
+the per-channel weight ranges of the layer that produced it (the depthwise pathology: after
+BatchNorm folding one channel's weights can span 100x another's, so per-tensor int8 leaves
+the small channels a handful of levels).
+
+TFLite: the interpreter keeps every intermediate tensor (``experimental_preserve_all_tensors``).
+ONNX: the QDQ model's DequantizeLinear outputs become graph outputs, run with graph
+optimizations off, i.e. the QDQ reference semantics.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .types import AnalyzeReport, LayerDrift
+
+WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
+
+
+def layer_of(tensor_name: str, layer_names: set[str]) -> str | None:
+    """The Keras layer a converter's tensor name belongs to ('model/conv1_relu_1/Relu6;...')."""
+    first = tensor_name.split(";")[0]
+    parts = first.split("/")
+    for part in reversed(parts[:-1] if len(parts) > 1 else parts):
+        if part in layer_names:
+            return part
+        stripped = re.sub(r"_\d+$", "", part)
+        if stripped in layer_names:
+            return stripped
+    return None
+
+
+class TFLiteTaps:
+    """An int8 .tflite file that also returns its intermediate activation tensors, dequantized."""
+
+    def __init__(self, path: Path, layer_names: set[str]):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from .quiet import captured_output
+
+        with captured_output():
+            self.interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+        produced = {i for op in self.interpreter._get_ops_details() for i in op["outputs"]}
+        self.taps: dict[str, dict] = {}
+        for detail in self.interpreter.get_tensor_details():
+            layer = layer_of(detail["name"], layer_names)
+            if detail["index"] in produced and layer and detail["dtype"] == np.int8:
+                self.taps[layer] = detail  # the last tensor of a layer is its output
+        self._batch = None
+
+    def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """layer -> (dequantized values, int8 codes)."""
+        from .quiet import captured_output
+        from .runners import quantize
+
+        it = self.interpreter
+        inp = it.get_input_details()[0]
+        if self._batch != len(batch):
+            it.resize_tensor_input(inp["index"], [len(batch), *batch.shape[1:]])
+            with captured_output():
+                it.allocate_tensors()
+            self._batch = len(batch)
+            inp = it.get_input_details()[0]
+        it.set_tensor(inp["index"], quantize(batch, inp))
+        it.invoke()
+        out = {}
+        for layer, detail in self.taps.items():
+            codes = it.get_tensor(detail["index"])
+            scale, zero = detail["quantization"]
+            out[layer] = ((codes.astype(np.float32) - zero) * scale, codes)
+        return out
+
+
+class OnnxTaps:
+    """A QDQ .onnx file whose activation DequantizeLinear outputs are graph outputs too."""
+
+    def __init__(self, path: Path, layer_names: set[str]):
+        import onnx
+        import onnxruntime as ort
+
+        model = onnx.load(str(path))
+        initializers = {i.name for i in model.graph.initializer}
+        producers = {o: n for n in model.graph.node for o in n.output}
+        self.taps: dict[str, str] = {}
+        self.codes: dict[str, str] = {}
+        for node in model.graph.node:
+            if node.op_type != "DequantizeLinear" or node.input[0] in initializers:
+                continue
+            quantize_node = producers.get(node.input[0])
+            source = quantize_node.input[0] if quantize_node is not None else node.input[0]
+            layer = layer_of(source, layer_names)
+            if layer:
+                self.taps[layer] = node.output[0]
+                self.codes[layer] = node.input[0]
+        existing = {o.name for o in model.graph.output}
+        wanted = [(n, onnx.TensorProto.FLOAT) for n in self.taps.values()]
+        wanted += [(n, onnx.TensorProto.INT8) for n in self.codes.values()]
+        for name, dtype in wanted:
+            if name not in existing:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(name, dtype, None))
+                existing.add(name)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        values = dict(zip(self.names, self.session.run(None, {self.input_name: batch.astype(np.float32)})))
+        return {layer: (values[name], values[self.codes[layer]]) for layer, name in self.taps.items()}
+
+
+def analyze(float_model, artifacts: dict[str, Path], batches: Iterable[np.ndarray],
+            on_batch: Callable[[int], None] | None = None) -> dict[str, tuple[LayerDrift, ...]]:
+    """Per-layer drift of every int8 artifact against ``float_model`` over ``batches``."""
+    import keras
+
+    names = {layer.name for layer in float_model.layers}
+    taps = {}
+    for name, path in artifacts.items():
+        taps[name] = TFLiteTaps(path, names) if path.suffix == ".tflite" else OnnxTaps(path, names)
+    wanted = [layer.name for layer in float_model.layers if any(layer.name in t.taps for t in taps.values())]
+    probe = keras.Model(float_model.inputs[0], [float_model.get_layer(n).output for n in wanted])
+    sums = {artifact: {layer: [0.0, 0.0, 127, -128] for layer in t.taps} for artifact, t in taps.items()}
+    done = 0
+    for batch in batches:
+        reference = dict(zip(wanted, (np.asarray(o, np.float32) for o in _as_list(probe(batch, training=False)))))
+        for artifact, tap in taps.items():
+            for layer, (values, codes) in tap.run(batch).items():
+                if layer not in reference or layer not in sums[artifact]:
+                    continue
+                ref = reference[layer]
+                if values.size != ref.size:  # a name-alike tensor of another shape (e.g. a transposed input)
+                    sums[artifact].pop(layer, None)
+                    continue
+                values = _like(values, ref)
+                acc = sums[artifact][layer]
+                acc[0] += float(np.sum(ref.astype(np.float64) ** 2))
+                acc[1] += float(np.sum((values.astype(np.float64) - ref) ** 2))
+                acc[2], acc[3] = min(acc[2], int(codes.min())), max(acc[3], int(codes.max()))
+        done += len(batch)
+        if on_batch:
+            on_batch(done)
+    spreads = weight_spreads(float_model)
+    order = {name: i for i, name in enumerate(wanted)}
+    result = {}
+    for artifact, per_layer in sums.items():
+        rows, previous = [], math.inf
+        for layer in sorted(per_layer, key=lambda n: order.get(n, 1 << 30)):
+            if layer not in order:
+                continue
+            signal, error, low, high = per_layer[layer]
+            sqnr = math.inf if error == 0 else 10 * math.log10(max(signal, 1e-30) / error)
+            source, spread = spreads.get(layer, (None, None))
+            rows.append(LayerDrift(
+                layer=layer, depth=order[layer], kind=type(float_model.get_layer(layer)).__name__,
+                sqnr_db=sqnr, lost_db=(previous - sqnr) if math.isfinite(previous) and math.isfinite(sqnr) else 0.0,
+                levels_used=(high - low + 1) / 256 if high >= low else 0.0,
+                weight_layer=source, weight_spread=spread,
+            ))
+            previous = sqnr
+        result[artifact] = tuple(rows)
+    return result
+
+
+def weight_spreads(model) -> dict[str, tuple[str, float]]:
+    """For each layer: the weighted layer that feeds it (itself, or through an activation)
+    and the ratio of its largest per-channel weight range to the 10th-percentile one."""
+    spreads: dict[str, tuple[str, float]] = {}
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in WEIGHTED:
+            kernel = np.abs(np.asarray(layer.get_weights()[0]))
+            axes = (0, 1) if kind == "DepthwiseConv2D" else tuple(range(kernel.ndim - 1))
+            ranges = kernel.max(axis=axes).reshape(-1)
+            floor = float(np.percentile(ranges, 10)) if ranges.size else 0.0
+            # max / 10th percentile: dead channels (all-zero after folding) would make max/min infinite
+            spread = float(ranges.max() / floor) if floor > 0 else float("inf")
+            spreads[layer.name] = (layer.name, spread)
+        else:
+            inbound = layer._inbound_nodes[0].input_tensors if layer._inbound_nodes else []
+            if len(inbound) == 1:
+                parent = inbound[0]._keras_history.operation.name
+                if parent in spreads and type(model.get_layer(parent)).__name__ in WEIGHTED:
+                    spreads[layer.name] = spreads[parent]
+    return spreads
+
+
+def _like(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """ONNX graphs from tf2onnx keep some tensors NCHW; bring them to the Keras NHWC layout."""
+    if values.shape == reference.shape:
+        return values
+    if values.ndim == 4 and np.transpose(values, (0, 2, 3, 1)).shape == reference.shape:
+        return np.transpose(values, (0, 2, 3, 1))
+    return values.reshape(reference.shape)
+
+
+def _as_list(outputs) -> list:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
