@@ -33,6 +33,17 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was written", err=True)
             ctx.exit(130)
+        except _Terminated:
+            click.echo("terminated: nothing was written", err=True)
+            ctx.exit(143)
+
+
+class _Terminated(BaseException):
+    """SIGTERM (CI timeouts, docker stop) as an exception, so output staging cleans up."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,6 +58,11 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.meta["debug"] = debug
     _quiet_libraries()
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 @main.command()

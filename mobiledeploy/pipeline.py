@@ -14,6 +14,9 @@ from .types import (AnalyzeReport, Artifact, BenchReport, BenchSettings, CostRep
                     Preprocessing, QuantizeOptions, QuantizeResult)
 
 FOLDED_FILE = "model_folded.keras"
+# Refinement holds its calibration images and one layer's activations in memory, so it uses at
+# most this many; the statistics it needs settle well before that.
+REFINE_SAMPLES = 256
 
 # progress(step, done, total): the CLI draws it; the library stays silent without it.
 Progress = Callable[[str, int, int], None]
@@ -70,7 +73,7 @@ def quantize(
     refined, refinement = _refine(folded, batches, options, report)
     settings = ExportSettings(io=options.io, per_channel=options.per_channel)
     with staging.staged_directory(output_dir, options.overwrite) as work:
-        folded.save(work / FOLDED_FILE)
+        save_keras(folded, work / FOLDED_FILE)
         report("export TFLite", 0, 1)
         artifacts = [_keras_artifact()]
         int8_model = refined if refinement is not None else None
@@ -110,6 +113,28 @@ def quantize(
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement)
 
 
+def save_keras(model, path: Path) -> None:
+    """``model.save``, made reproducible: the same model gives the same bytes. Keras stamps
+    metadata.json with the save time and the weights' zip entry with the current date."""
+    import json
+    import zipfile
+
+    model.save(path)
+    with zipfile.ZipFile(path) as source:
+        entries = [(info, source.read(info)) for info in source.infolist()]
+    stable = path.with_name(path.name + ".stable")
+    with zipfile.ZipFile(stable, "w") as target:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            target.writestr(fixed, data)
+    stable.replace(path)
+
+
 def _refine(folded, batches, options: QuantizeOptions, report: Progress):
     """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
     if options.refine == "none":
@@ -120,7 +145,7 @@ def _refine(folded, batches, options: QuantizeOptions, report: Progress):
 
     if options.refine not in ("bias", "adaround"):
         raise MobiledeployError(f"unknown refine method '{options.refine}'; expected adaround, bias or none")
-    calib = np.concatenate(list(batches()))
+    calib = np.concatenate(list(_first_samples(batches(), REFINE_SAMPLES)))  # bounded memory
     step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
     return refine.bias_correct(
         folded, calib, progress=lambda done, total: report(step, done, total),

@@ -28,6 +28,8 @@ def check_destination(destination: Path, overwrite: bool) -> None:
     parent = destination.resolve().parent
     if not parent.exists():
         raise OutputError(f"cannot create {destination}: parent folder {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"cannot create {destination}: {parent} is a file, not a folder; choose another -o folder")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write to {parent}: permission denied; choose another -o folder")
 
@@ -38,7 +40,10 @@ def staged_directory(destination: Path, overwrite: bool) -> Iterator[Path]:
     destination = Path(destination)
     check_destination(destination, overwrite)
     parent = destination.resolve().parent
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot create a folder in {parent}: {exc.strerror}; choose another -o folder") from None
     try:
         yield staging
         _publish(staging, destination)

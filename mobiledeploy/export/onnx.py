@@ -26,14 +26,14 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     float_path = directory / FLOAT_FILE
-    proto = _to_onnx(model, settings.opset)
+    proto = canonical(_to_onnx(model, settings.opset))
     onnx.save(proto, str(float_path))
     source = float_path
     int8_path = directory / INT8_FILE
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         if int8_model is not None:
             source = Path(scratch) / "refined.onnx"
-            onnx.save(_to_onnx(int8_model, settings.opset), str(source))
+            onnx.save(canonical(_to_onnx(int8_model, settings.opset)), str(source))
         prepared = Path(scratch) / "prepared.onnx"
         # Symbolic shape inference needs sympy and adds nothing for fixed-size CNNs.
         with captured_output():
@@ -62,6 +62,56 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
             "weights": "int8", "per_channel": settings.per_channel, "io": "float32",
         }),
     ]
+
+
+def canonical(proto):
+    """The same graph with tf2onnx's run-dependent names made stable.
+
+    Two exports of the same model in two processes give the same nodes in the same order, but
+    the "__<n>" counters tf2onnx appends to the tensors it creates, and the order of the
+    initializers, differ. Renumbering those suffixes in order of first use and ordering the
+    initializers by first use makes repeated exports byte-identical, and keeps every name that
+    carries a Keras layer name readable.
+    """
+    import re
+
+    pattern = re.compile(r"__\d+")
+    first_use: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in [*node.input, *node.output]:
+            first_use.setdefault(name, len(first_use))
+    constants = {t.name for t in proto.graph.initializer}
+    mapping = {}
+    for name in sorted(first_use, key=first_use.get):
+        if pattern.search(name):
+            # tf2onnx shares one constant (e.g. ReLU6's 0 and 6) among layers and names it after
+            # whichever layer it met first: a layer-free name is both stable and honest
+            base = "const" if name in constants else pattern.sub("", name)
+            mapping[name] = f"{base}__{len(mapping)}"
+
+    def rename(name: str) -> str:
+        return mapping.get(name, name)
+
+    for index, node in enumerate(proto.graph.node):
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+        node.name = pattern.sub(f"__n{index}", node.name)
+    for info in [*proto.graph.initializer, *proto.graph.value_info, *proto.graph.input, *proto.graph.output]:
+        info.name = rename(info.name)
+    position = {rename(name): i for name, i in first_use.items()}
+    _reorder(proto.graph.initializer, lambda t: (position.get(t.name, len(position)), t.name))
+    _reorder(proto.graph.value_info, lambda v: v.name)
+    return proto
+
+
+def _reorder(field, key) -> None:
+    """Sort a repeated protobuf field in place."""
+    items = sorted(field, key=key)
+    copies = [type(item)() for item in items]
+    for copy, item in zip(copies, items):
+        copy.CopyFrom(item)
+    del field[:]
+    field.extend(copies)
 
 
 def _to_onnx(model, opset: int):
