@@ -190,7 +190,10 @@ def _open_array(path: Path) -> tuple[np.ndarray, str]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False), "npy"
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if not isinstance(array, np.ndarray):  # np.load sniffs content: a zip gives an NpzFile
+                raise CalibrationError(f"{path}: not a .npy array (it holds a .npz archive); rename it to .npz")
+            return array, "npy"
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 key = "x" if "x" in archive.files else (archive.files[0] if len(archive.files) == 1 else None)

@@ -107,7 +107,7 @@ def read_baseline(path: Path, report: EvalReport) -> dict:
         raise MobiledeployError(f"baseline {path} not found; create it with mobiledeploy check ... --update-baseline") from None
     except (ValueError, UnicodeDecodeError, OSError):
         raise MobiledeployError(f"baseline {path} is not valid JSON; re-create it with --update-baseline") from None
-    if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA or "rows" not in baseline:
+    if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA or not _valid_rows(baseline.get("rows")):
         raise MobiledeployError(f"baseline {path} has an unknown format; re-create it with --update-baseline")
     if baseline.get("data_digest") != report.data_digest:
         raise MobiledeployError(
@@ -120,6 +120,20 @@ def read_baseline(path: Path, report: EvalReport) -> dict:
             f"baseline {path} was made with different preprocessing; re-create it with --update-baseline"
         )
     return baseline
+
+
+def _valid_rows(rows) -> bool:
+    """A list of {"artifact": str, metric: number, ...}; anything else is a damaged baseline."""
+    if not isinstance(rows, list):
+        return False
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("artifact"), str):
+            return False
+        for metric in BASELINE_METRICS:
+            value = row.get(metric, 0.0)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+                return False
+    return True
 
 
 def junit_xml(results: list[RuleResult]) -> str:

@@ -64,4 +64,46 @@ def read(directory: Path) -> dict:
         raise MobiledeployError(f"{path}: not valid JSON; re-run mobiledeploy quantize") from None
     if not isinstance(content, dict) or content.get("schema") != SCHEMA:
         raise MobiledeployError(f"{path}: unknown manifest schema; re-run mobiledeploy quantize")
+    problem = _problem(content)
+    if problem:
+        raise MobiledeployError(f"{path}: {problem}; the manifest was edited or damaged — re-run mobiledeploy quantize")
     return content
+
+
+FORMATS = {"keras", "tflite", "onnx"}
+PRECISIONS = {"float32", "int8"}
+
+
+def _problem(content: dict) -> str:
+    """What is wrong with a manifest's structure, or "" (later stages index it without checks)."""
+    files = content.get("files")
+    if not isinstance(files, list):
+        return "'files' is not a list"
+    for entry in files:
+        if not isinstance(entry, dict):
+            return "a 'files' entry is not an object"
+        name = entry.get("file")
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            return f"file name {name!r} is not a plain file name inside the folder"
+        if entry.get("format") not in FORMATS or entry.get("precision") not in PRECISIONS:
+            return f"{name}: unknown format/precision {entry.get('format')!r}/{entry.get('precision')!r}"
+        digest, size = entry.get("sha256"), entry.get("size")
+        if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            return f"{name}: sha256 is not 64 hex digits"
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return f"{name}: size is not a non-negative integer"
+    prep = content.get("preprocessing")
+    if not isinstance(prep, dict):
+        return "'preprocessing' is not an object"
+    for key in ("height", "width", "channels"):
+        value = prep.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 16384:
+            return f"preprocessing {key} {value!r} is not a positive image size"
+    if prep.get("scaling") not in ("mobilenet", "unit", "raw"):
+        return f"preprocessing scaling {prep.get('scaling')!r} is unknown"
+    crop = prep.get("crop_fraction", 0.875)
+    if not isinstance(crop, (int, float)) or isinstance(crop, bool) or not 0 < crop <= 1:
+        return f"preprocessing crop_fraction {crop!r} is not in (0, 1]"
+    if not isinstance(content.get("model", {}), dict):
+        return "'model' is not an object"
+    return ""
