@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVERS = [  # (label, QuantizeOptions fields)
@@ -44,7 +41,9 @@ def main() -> None:
     models = [("reference (MNIST, 32x32)", ROOT / "models" / "mnist_mobilenet_v1_0.25_32.h5",
                ROOT / "calibration_data", ROOT / "eval_data", None)]
     if (args.shared / "models" / "mobilenet_v1_0.25_224.h5").is_file():
-        calib, evaluation, labels = _shared_split(args.shared, args.work / "shared-split", args.seed)
+        from shared_imagenet_drift import shared_split  # this folder: the same fixed split
+
+        calib, evaluation, labels = shared_split(args.shared, args.work / "shared-split", args.seed)
         models.append(("ImageNet MobileNet v1 0.25", args.shared / "models" / "mobilenet_v1_0.25_224.h5",
                        calib, evaluation, labels))
     print(f"{'model':<28}{'lever':<38}{'artifact':<20}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}"
@@ -72,21 +71,6 @@ def _run(name, label, fields, model, calib, evaluation, labels, out) -> None:
         print(f"{name:<28}{label:<38}{row['artifact']:<20}{row['top1']:>7.1%}"
               f"{100 * (row['top1'] - ref['top1']):>+9.2f}{row['agreement']:>8.1%}{row['sqnr_db']:>7.1f}"
               f"{refine_s:>9.1f}{total:>8.1f}", flush=True)
-
-
-def _shared_split(shared: Path, work: Path, seed: int):
-    """The same seeded split as benchmarks/shared_imagenet_drift.py."""
-    images = sorted((shared / "imagenet-dev" / "images").iterdir())
-    order = np.random.default_rng(seed).permutation(len(images))
-    shutil.rmtree(work, ignore_errors=True)
-    for folder, files in (("calib", [images[i] for i in order[:200]]), ("eval", [images[i] for i in order[200:]])):
-        for f in files:
-            target = work / folder / (f.name.split("_", 1)[0] if folder == "eval" else "")
-            target.mkdir(parents=True, exist_ok=True)
-            (target / f.name).symlink_to(f.resolve())
-    wnids = [line.split("\t")[1] for line in (shared / "imagenet-dev" / "classes.txt").read_text().splitlines()]
-    (work / "labels.txt").write_text("\n".join(wnids) + "\n")
-    return work / "calib", work / "eval", work / "labels.txt"
 
 
 if __name__ == "__main__":

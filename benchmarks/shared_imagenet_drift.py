@@ -32,23 +32,12 @@ def main() -> None:
     import mobiledeploy
     from mobiledeploy.pipeline import evaluate_build
 
-    images = sorted((args.shared / "imagenet-dev" / "images").iterdir())
-    order = np.random.default_rng(args.seed).permutation(len(images))
-    calib, evaluation = [images[i] for i in order[:200]], [images[i] for i in order[200:]]
-    shutil.rmtree(args.work, ignore_errors=True)
-    for folder, files in (("calib", calib), ("eval", evaluation)):
-        for f in files:
-            target = args.work / folder / (f.name.split("_", 1)[0] if folder == "eval" else "")
-            target.mkdir(parents=True, exist_ok=True)
-            (target / f.name).symlink_to(f.resolve())
-    wnids = [line.split("\t")[1] for line in (args.shared / "imagenet-dev" / "classes.txt").read_text().splitlines()]
-    (args.work / "labels.txt").write_text("\n".join(wnids) + "\n")
-
+    calib, evaluation, labels = shared_split(args.shared, args.work, args.seed)
     started = time.perf_counter()
-    mobiledeploy.quantize(args.shared / "models" / "mobilenet_v1_0.25_224.h5", args.work / "calib",
+    mobiledeploy.quantize(args.shared / "models" / "mobilenet_v1_0.25_224.h5", calib,
                           args.work / "build", num_calib=200, num_holdout=0, overwrite=True)
     quantize_s = time.perf_counter() - started
-    report = evaluate_build(args.work / "build", args.work / "eval", args.work / "labels.txt")
+    report = evaluate_build(args.work / "build", evaluation, labels)
     ref = report.row(report.reference)
     print(f"quantize (200 calibration images): {quantize_s:.1f} s; evaluation on {report.samples} other images")
     print(f"{'artifact':<20} {'top-1':>7} {'vs float':>9} {'top-5':>7} {'agreement':>10} {'SQNR dB':>8} {'mean KL':>8}")
@@ -56,6 +45,23 @@ def main() -> None:
         sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
         print(f"{row['artifact']:<20} {row['top1']:>7.1%} {100 * (row['top1'] - ref['top1']):>+9.1f} "
               f"{row['top5']:>7.1%} {row['agreement']:>10.1%} {sqnr:>8} {row['mean_kl']:>8.4f}")
+
+
+def shared_split(shared: Path, work: Path, seed: int = 2026) -> tuple[Path, Path, Path]:
+    """The fixed split of the shared dev images: (calibration folder, evaluation folder laid out
+    as <wnid>/<file>, labels file of all 1000 wnids in model output order). Symlinks only."""
+    images = sorted((shared / "imagenet-dev" / "images").iterdir())
+    order = np.random.default_rng(seed).permutation(len(images))
+    calib, evaluation = [images[i] for i in order[:200]], [images[i] for i in order[200:]]
+    shutil.rmtree(work, ignore_errors=True)
+    for folder, files in (("calib", calib), ("eval", evaluation)):
+        for f in files:
+            target = work / folder / (f.name.split("_", 1)[0] if folder == "eval" else "")
+            target.mkdir(parents=True, exist_ok=True)
+            (target / f.name).symlink_to(f.resolve())
+    wnids = [line.split("\t")[1] for line in (shared / "imagenet-dev" / "classes.txt").read_text().splitlines()]
+    (work / "labels.txt").write_text("\n".join(wnids) + "\n")
+    return work / "calib", work / "eval", work / "labels.txt"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .types import AnalyzeReport, LayerDrift
+from .types import LayerDrift
 
 WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
 

@@ -1,4 +1,9 @@
-"""The one place that chains stages: load -> fold -> calibrate -> export -> measure -> manifest."""
+"""The one place that chains stages.
+
+quantize: load -> fold -> calibrate -> refine -> export -> measure -> manifest; eval / check,
+bench, inspect and analyze read a build folder (checked against its manifest) and run stages
+over it.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ from typing import Callable
 
 from . import calibration, evaluate, manifest, staging
 from .errors import FoldingError, MobiledeployError
-from .types import (AnalyzeReport, Artifact, BenchReport, BenchSettings, CostReport, EvalReport, ExportSettings, LatencyReport,
-                    Preprocessing, QuantizeOptions, QuantizeResult)
+from .types import (AnalyzeReport, Artifact, BenchReport, BenchSettings, CostReport, EvalReport, ExportSettings,
+                    LatencyReport, Preprocessing, QuantizeOptions, QuantizeResult)
 
 FOLDED_FILE = "model_folded.keras"
 # Refinement holds its calibration images and one layer's activations in memory, so it uses at
@@ -183,7 +188,10 @@ def evaluate_build(
     dataset = datasets.open_data(data, labels_file)
     import_tensorflow()
     labels = np.asarray(dataset.labels) if dataset.labelled else None
-    reference_name = next(f["file"] for f in files if f["format"] == "keras")
+    reference_name = next((f["file"] for f in files if f["format"] == "keras"), None)
+    if reference_name is None:
+        raise MobiledeployError(f"{build_dir}/manifest.json lists no Keras float model to compare with; "
+                                "re-run mobiledeploy quantize")
     total = len(dataset.items)
     arm = _arm_target(device, report)
     runners = {entry["file"]: open_runner(build_dir / entry["file"]) for entry in files}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import build_tiny_mobilenet, randomize_batchnorm
+from conftest import randomize_batchnorm
 from mobiledeploy.folding import batchnorm_affine, fold_batchnorm, folded_weights, verify_fold
 
 
