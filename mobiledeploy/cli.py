@@ -334,6 +334,8 @@ def inspect(model: Path, alpha: float, rho: float, resolution: int | None, trust
     """
     from .pipeline import inspect_model
 
+    if trust_model_code:
+        click.echo("warning: --trust-model-code: code stored in the model file may run", err=True)
     if resolution is not None:
         base = inspect_model(model, trust_model_code=trust_model_code)
         rho = rho * resolution / base.input_shape[0]

@@ -103,6 +103,7 @@ def build(root: Path, tiny_model_file: Path) -> list[dict]:
     # --- output places ------------------------------------------------------------------------
     (root / "a_file").write_text("occupied\n")
     case("output under a file", _with(quantize, out="{corpus}/a_file/build"))
+    case("existing output folder without --overwrite", _with(quantize, out="{build}"), message="--overwrite")
     case("usage: unknown option", ["quantize", "{model}", "--calib", "{calib}", "--bogus"])
     case("usage: bad choice", ["quantize", "{model}", "--calib", "{calib}", "--refine", "magic"])
     (root / "cases.json").write_text(json.dumps(cases, indent=1))
