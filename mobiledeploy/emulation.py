@@ -180,10 +180,6 @@ def setup(sysroot: Path | None = None, progress: Progress | None = None, force: 
         sysroot_path = _provision_sysroot(root)
     say("aarch64 wheels (numpy, onnxruntime, ai-edge-litert)")
     wheels = _provision_wheels(root)
-    code = root / "code"
-    shutil.rmtree(code, ignore_errors=True)
-    code.mkdir()
-    (code / "mobiledeploy").symlink_to(Path(__file__).resolve().parent)
     for cpu in CPUS:
         _make_prefix(root / "cpu" / cpu, sysroot_path, cpu)
     _write_state(root, {"complete": True, "qemu": str(qemu), "qemu_version": version,
@@ -210,7 +206,25 @@ def target(cpu: str = DEFAULT_CPU, provision: bool = True, progress: Progress | 
     if not (prefix / PYTHON).exists():
         raise EmulationError(f"{prefix}: the aarch64 sysroot is incomplete (no {PYTHON}); "
                              "run: mobiledeploy arm setup --force")
-    return ArmTarget(qemu, prefix, root / "site", root / "code", cpu)
+    return ArmTarget(qemu, prefix, root / "site", _code_dir(root), cpu)
+
+
+def _code_dir(root: Path) -> Path:
+    """A folder holding only this checkout's mobiledeploy package (a symlink), for the emulated
+    PYTHONPATH. One per package location, so checkouts sharing the cache never run each
+    other's code, and x86 packages beside an installed mobiledeploy stay invisible."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent
+    code = root / "code" / hashlib.sha256(str(package).encode()).hexdigest()[:16]
+    link = code / "mobiledeploy"
+    if not link.is_symlink() or link.resolve() != package:
+        code.mkdir(parents=True, exist_ok=True)
+        temporary = code / f".link-{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(package)
+        temporary.replace(link)
+    return code
 
 
 def _provision_qemu(root: Path) -> Path:
