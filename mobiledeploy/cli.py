@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .errors import MobiledeployError
+from .staging import Terminated, terminate
 
 EXIT_ERROR = 1
 
@@ -33,17 +34,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was written", err=True)
             ctx.exit(130)
-        except _Terminated:
+        except Terminated:
             click.echo("terminated: nothing was written", err=True)
             ctx.exit(143)
-
-
-class _Terminated(BaseException):
-    """SIGTERM (CI timeouts, docker stop) as an exception, so output staging cleans up."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,7 +55,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, terminate)
 
 
 @main.command()

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +35,20 @@ def check_destination(destination: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot write to {parent}: permission denied; choose another -o folder")
 
 
+class Terminated(BaseException):
+    """SIGTERM (CI timeouts, docker stop) as an exception, so output staging cleans up."""
+
+
+_termination = threading.Event()
+
+
+def terminate(signum=None, frame=None) -> None:
+    """Signal handler: remember the request (a library's bare ``except:`` may swallow the
+    exception, so publishing checks the flag too) and raise ``Terminated``."""
+    _termination.set()
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def staged_directory(destination: Path, overwrite: bool) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``destination``; publish it on success."""
@@ -46,6 +61,8 @@ def staged_directory(destination: Path, overwrite: bool) -> Iterator[Path]:
         raise OutputError(f"cannot create a folder in {parent}: {exc.strerror}; choose another -o folder") from None
     try:
         yield staging
+        if _termination.is_set():  # terminated while a library swallowed the exception
+            raise Terminated()
         _publish(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
