@@ -4,7 +4,12 @@ The Python API mirrors the CLI::
 
     import mobiledeploy
     result = mobiledeploy.quantize("model.h5", "calibration_data/", "build/")
-    print(result.drift)
+    report = mobiledeploy.evaluate_build("build/", "eval_images/", device="arm:cortex-a53")
+    latency = mobiledeploy.bench_build("build/", num_threads=2)
+    costs = mobiledeploy.inspect_model("model.h5", alpha=0.5)
+    layers = mobiledeploy.analyze_build("build/", "eval_images/")
+
+(``evaluate``, ``bench`` and ``analyze`` are the stage modules, hence the ``_build`` names.)
 
 Heavy libraries (TensorFlow, ONNX Runtime) load only when a function needs them.
 """
@@ -20,7 +25,8 @@ from .errors import MobiledeployError  # noqa: E402
 from .types import QuantizeOptions, QuantizeResult  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["quantize", "QuantizeOptions", "QuantizeResult", "MobiledeployError", "__version__"]
+__all__ = ["quantize", "evaluate_build", "bench_build", "inspect_model", "analyze_build", "QuantizeOptions",
+           "QuantizeResult", "MobiledeployError", "__version__"]
 
 
 def quantize(model_path, calib, output_dir="build", options: QuantizeOptions | None = None,
@@ -31,3 +37,32 @@ def quantize(model_path, calib, output_dir="build", options: QuantizeOptions | N
     if settings:
         options = QuantizeOptions(**{**(options or QuantizeOptions()).to_dict(), **settings})
     return run(model_path, calib, output_dir, options, progress)
+
+
+def evaluate_build(build_dir, data, labels=None, batch_size: int = 64, device: str = "cpu", progress=None):
+    """Same as ``mobiledeploy eval``: an ``EvalReport`` of every artifact against float."""
+    from . import pipeline
+
+    return pipeline.evaluate_build(build_dir, data, labels, batch_size, progress, device)
+
+
+def bench_build(target, data=None, include_keras: bool = False, device: str = "cpu", progress=None, **settings):
+    """Same as ``mobiledeploy bench``. Settings are ``BenchSettings`` fields (num_threads, ...)."""
+    from . import pipeline
+    from .types import BenchSettings
+
+    return pipeline.bench_build(target, BenchSettings(**settings), data, include_keras, progress, device)
+
+
+def inspect_model(model, alpha: float = 1.0, rho: float = 1.0, trust_model_code: bool = False):
+    """Same as ``mobiledeploy inspect``: a ``CostReport`` of params and multiply-adds per layer."""
+    from . import pipeline
+
+    return pipeline.inspect_model(model, alpha, rho, trust_model_code)
+
+
+def analyze_build(build_dir, data, max_images: int = 200, progress=None):
+    """Same as ``mobiledeploy analyze``: an ``AnalyzeReport`` of per-layer drift."""
+    from . import pipeline
+
+    return pipeline.analyze_build(build_dir, data, max_images, progress=progress)

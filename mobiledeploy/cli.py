@@ -48,6 +48,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 
     \b
     mobiledeploy quantize model.h5 --calib calibration_data/ -o build/
+    mobiledeploy eval build/ --data eval_images/            # accuracy and drift
+    mobiledeploy check build/ --data eval_images/ --baseline baseline.json   # CI gate
+    mobiledeploy bench build/ --device cpu                  # latency (or --device arm)
+    mobiledeploy analyze build/ --data eval_images/ --html drift.html
+    mobiledeploy inspect model.h5 --alpha 0.5               # params and MACs per layer
     """
     ctx.meta["debug"] = debug
     _quiet_libraries()

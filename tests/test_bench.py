@@ -141,3 +141,10 @@ def test_tampered_build_is_refused(reference_build, tmp_path):
     (copy / "model_int8.tflite").write_bytes((copy / "model_int8.tflite").read_bytes()[:1000])
     result = cli("bench", copy, *QUICK)
     assert result.exit_code == 1 and "model_int8.tflite" in result.output and "sha256" in result.output
+
+
+def test_python_api_bench(reference_build):
+    import mobiledeploy
+
+    report = mobiledeploy.bench_build(reference_build / "model_int8.tflite", warmup_runs=0, num_runs=3, min_secs=0)
+    assert [r.artifact for r in report.rows] == ["model_int8.tflite"] and report.rows[0].runs >= 3

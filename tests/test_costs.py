@@ -66,3 +66,16 @@ def test_unsupported_layer_is_named():
     model = keras.Model(inputs, keras.layers.Conv2DTranspose(4, 3)(inputs))
     with pytest.raises(MobiledeployError, match="Conv2DTranspose"):
         model_costs(model)
+
+
+def test_python_api_mirrors_the_cli(tiny_model_file):
+    import json
+
+    from click.testing import CliRunner
+
+    import mobiledeploy
+    from mobiledeploy.cli import main
+
+    report = mobiledeploy.inspect_model(tiny_model_file, alpha=0.5)
+    data = json.loads(CliRunner().invoke(main, ["inspect", str(tiny_model_file), "--alpha", "0.5", "--json"]).output)
+    assert (report.macs, report.params) == (data["macs"], data["params"])
