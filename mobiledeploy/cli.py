@@ -287,8 +287,8 @@ def bench(target: Path, device: str, num_threads: int, warmup_runs: int | None, 
     Each artifact runs in a process of its own, so one runtime's threads and memory do not
     skew the next. Reports init time, first inference, median/mean/p90/p99/min/max/std,
     inferences per second, peak memory added, achieved GMAC/s, and int8 speed-up over the
-    float file of the same format. Unit tests never assert these numbers: compare ratios from
-    one run, since absolute times drift on shared machines.
+    float file of the same format. Compare ratios measured in one run: absolute times drift
+    on shared machines.
     """
     from .pipeline import bench_build
     from .types import BenchSettings
