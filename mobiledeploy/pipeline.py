@@ -152,7 +152,7 @@ def _refine(folded, batches, options: QuantizeOptions, report: Progress):
         raise MobiledeployError(f"unknown refine method '{options.refine}'; expected adaround, bias or none")
     calib = np.concatenate(list(_first_samples(batches(), REFINE_SAMPLES)))  # bounded memory
     step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
-    return refine.bias_correct(
+    return refine.refine_for_int8(
         folded, calib, progress=lambda done, total: report(step, done, total),
         adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
         clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,

@@ -63,7 +63,7 @@ def fake_quantize(x: np.ndarray, low: float, high: float) -> np.ndarray:
     return ((q - zero_point) * scale).astype(np.float32)
 
 
-def bias_correct(model, calib: np.ndarray, progress: Callable[[int, int], None] | None = None,
+def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], None] | None = None,
                  chunk: int = 32, adaptive_rounding: bool = True,
                  rounding_samples: int = 64, clip_activations: bool = False,
                  per_channel: bool = True) -> tuple[Any, RefineReport]:
@@ -128,7 +128,8 @@ def bias_correct(model, calib: np.ndarray, progress: Callable[[int, int], None] 
             if remaining[parent] == 0:
                 float_out.pop(parent), quant_out.pop(parent)
     return refined, RefineReport(
-        method="adaround+bias-correction" if adaptive_rounding else "bias-correction", layers=len(shifts), samples=len(calib),
+        method="adaround+bias-correction" if adaptive_rounding else "bias-correction",
+        layers=len(shifts), samples=len(calib),
         max_shift=max(shifts.values(), default=0.0), seconds=time.perf_counter() - started,
         per_layer=tuple(sorted(shifts.items())), clips=tuple(sorted(clips.items())),
     )

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from mobiledeploy.cli import main
-from mobiledeploy.refine import _descend, adaround, bias_correct, fake_quantize, mse_clip, quantize_kernel
+from mobiledeploy.refine import _descend, adaround, fake_quantize, mse_clip, quantize_kernel, refine_for_int8
 
 
 def cli(*args):
@@ -87,7 +87,7 @@ def test_bias_correction_removes_the_mean_error(tiny_model):
     folded, _ = fold_batchnorm(tiny_model)
     rng = np.random.default_rng(3)
     calib = rng.uniform(-1, 1, (48, 24, 24, 3)).astype(np.float32)
-    refined, report = bias_correct(folded, calib, adaptive_rounding=False)
+    refined, report = refine_for_int8(folded, calib, adaptive_rounding=False)
     assert report.layers == 5 and report.max_shift > 0  # stem, dw, pw, sep, logits
     for name in ("stem", "dw", "pw", "logits"):  # weights sit on the per-channel int8 grid
         kernel = refined.get_layer(name).get_weights()[0]
