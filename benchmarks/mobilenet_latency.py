@@ -51,7 +51,7 @@ def _bench_model(name: str, work: Path, calib: Path, threads: list[int], min_sec
 
     import mobiledeploy
     from mobiledeploy import bench, costs
-    from mobiledeploy.types import BenchSettings
+    from mobiledeploy.report_types import BenchSettings
 
     keras.utils.set_random_seed(0)
     build = keras.applications.MobileNet if name == "v1" else keras.applications.MobileNetV2

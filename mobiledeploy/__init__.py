@@ -48,21 +48,21 @@ def evaluate_build(build_dir, data, labels=None, batch_size: int = 64, device: s
 
 def bench_build(target, data=None, include_keras: bool = False, device: str = "cpu", progress=None, **settings):
     """Same as ``mobiledeploy bench``. Settings are ``BenchSettings`` fields (num_threads, ...)."""
-    from . import pipeline
-    from .types import BenchSettings
+    from . import measure
+    from .report_types import BenchSettings
 
-    return pipeline.bench_build(target, BenchSettings(**settings), data, include_keras, progress, device)
+    return measure.bench_build(target, BenchSettings(**settings), data, include_keras, progress, device)
 
 
 def inspect_model(model, alpha: float = 1.0, rho: float = 1.0, trust_model_code: bool = False):
     """Same as ``mobiledeploy inspect``: a ``CostReport`` of params and multiply-adds per layer."""
-    from . import pipeline
+    from . import measure
 
-    return pipeline.inspect_model(model, alpha, rho, trust_model_code)
+    return measure.inspect_model(model, alpha, rho, trust_model_code)
 
 
 def analyze_build(build_dir, data, max_images: int = 200, progress=None):
     """Same as ``mobiledeploy analyze``: an ``AnalyzeReport`` of per-layer drift."""
-    from . import pipeline
+    from . import measure
 
-    return pipeline.analyze_build(build_dir, data, max_images, progress=progress)
+    return measure.analyze_build(build_dir, data, max_images, progress=progress)

@@ -10,7 +10,7 @@ import html
 import io
 import math
 
-from .types import AnalyzeReport
+from .report_types import AnalyzeReport
 
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
 WIDTH, HEIGHT, MARGIN = 900, 420, 60
@@ -79,18 +79,18 @@ def _table(rows) -> str:
     head = "<tr><th>layer</th><th>type</th><th>SQNR dB</th><th>lost dB</th><th>int8 levels used</th>" \
            "<th>weight spread</th></tr>"
     body = "".join(
-        f"<tr><td>{html.escape(r.layer)}</td><td>{r.kind}</td><td>{_db(r.sqnr_db)}</td><td>{r.lost_db:+.1f}</td>"
-        f"<td>{r.levels_used:.0%}</td><td>{_spread(r.weight_spread)}</td></tr>"
+        f"<tr><td>{html.escape(r.layer)}</td><td>{r.kind}</td><td>{format_db(r.sqnr_db)}</td><td>{r.lost_db:+.1f}</td>"
+        f"<td>{r.levels_used:.0%}</td><td>{format_spread(r.weight_spread)}</td></tr>"
         for r in rows
     )
     return f"<table>{head}{body}</table>"
 
 
-def _db(value: float) -> str:
+def format_db(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.1f}"
 
 
-def _spread(value: float | None) -> str:
+def format_spread(value: float | None) -> str:
     if value is None:
         return "-"
     return "inf" if math.isinf(value) else (f"{value:.3g}" if value < 1e4 else f"{value:.1e}")

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .types import LayerDrift
+from .report_types import LayerDrift
 
 WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
 
@@ -43,38 +43,23 @@ class TFLiteTaps:
     """An int8 .tflite file that also returns its intermediate activation tensors, dequantized."""
 
     def __init__(self, path: Path, layer_names: set[str]):
-        from ai_edge_litert.interpreter import Interpreter
+        from .runners import TFLiteRunner
 
-        from .quiet import captured_output
-
-        with captured_output():
-            self.interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
-        produced = {i for op in self.interpreter._get_ops_details() for i in op["outputs"]}
+        self.runner = TFLiteRunner(path, preserve_all_tensors=True)
+        interpreter = self.runner.interpreter
+        produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
         self.taps: dict[str, dict] = {}
-        for detail in self.interpreter.get_tensor_details():
+        for detail in interpreter.get_tensor_details():
             layer = layer_of(detail["name"], layer_names)
             if detail["index"] in produced and layer and detail["dtype"] == np.int8:
                 self.taps[layer] = detail  # the last tensor of a layer is its output
-        self._batch = None
 
     def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """layer -> (dequantized values, int8 codes)."""
-        from .quiet import captured_output
-        from .runners import quantize
-
-        it = self.interpreter
-        inp = it.get_input_details()[0]
-        if self._batch != len(batch):
-            it.resize_tensor_input(inp["index"], [len(batch), *batch.shape[1:]])
-            with captured_output():
-                it.allocate_tensors()
-            self._batch = len(batch)
-            inp = it.get_input_details()[0]
-        it.set_tensor(inp["index"], quantize(batch, inp))
-        it.invoke()
+        self.runner.bind(batch)()
         out = {}
         for layer, detail in self.taps.items():
-            codes = it.get_tensor(detail["index"])
+            codes = self.runner.interpreter.get_tensor(detail["index"])
             scale, zero = detail["quantization"]
             out[layer] = ((codes.astype(np.float32) - zero) * scale, codes)
         return out
@@ -92,15 +77,19 @@ class OnnxTaps:
         producers = {o: n for n in model.graph.node for o in n.output}
         self.taps: dict[str, str] = {}
         self.codes: dict[str, str] = {}
+        self.channels_first: dict[str, bool] = {}
         for node in model.graph.node:
             if node.op_type != "DequantizeLinear" or node.input[0] in initializers:
                 continue
             quantize_node = producers.get(node.input[0])
             source = quantize_node.input[0] if quantize_node is not None else node.input[0]
             layer = layer_of(source, layer_names)
-            if layer:
+            # tf2onnx names the reshapes/transposes it inserts before an op after that op's layer:
+            # those hold the layer's input, not its output
+            if layer and getattr(producers.get(source), "op_type", "") not in RESHAPING:
                 self.taps[layer] = node.output[0]
                 self.codes[layer] = node.input[0]
+                self.channels_first[layer] = _channels_first(source, producers)
         existing = {o.name for o in model.graph.output}
         wanted = [(n, onnx.TensorProto.FLOAT) for n in self.taps.values()]
         wanted += [(n, onnx.TensorProto.INT8) for n in self.codes.values()]
@@ -116,8 +105,42 @@ class OnnxTaps:
         self.names = [o.name for o in self.session.get_outputs()]
 
     def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """layer -> (dequantized values, int8 codes), in the Keras (channels-last) layout."""
         values = dict(zip(self.names, self.session.run(None, {self.input_name: batch.astype(np.float32)})))
-        return {layer: (values[name], values[self.codes[layer]]) for layer, name in self.taps.items()}
+        out = {}
+        for layer, name in self.taps.items():
+            tensor = values[name]
+            if self.channels_first[layer] and tensor.ndim == 4:
+                tensor = np.transpose(tensor, (0, 2, 3, 1))
+            out[layer] = (tensor, values[self.codes[layer]])
+        return out
+
+
+RESHAPING = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
+# Ops that keep their input's layout: follow them back to the op that fixed it.
+LAYOUT_KEEPING = {"Relu", "Clip", "Add", "Mul", "Sub", "Div", "QuantizeLinear", "DequantizeLinear", "Pad",
+                  "Identity", "Sigmoid", "HardSigmoid", "LeakyRelu"}
+CHANNELS_FIRST_OPS = {"Conv", "QLinearConv", "ConvInteger", "MaxPool", "AveragePool", "GlobalAveragePool",
+                      "BatchNormalization"}
+
+
+def _channels_first(tensor: str, producers: dict) -> bool:
+    """Whether tf2onnx left ``tensor`` in NCHW: ONNX convolutions and pools are NCHW, and
+    tf2onnx removes the transposes between them, so the op that produced a tensor (through
+    layout-keeping element-wise ops) decides its layout."""
+    seen = set()
+    while tensor in producers and tensor not in seen:
+        seen.add(tensor)
+        node = producers[tensor]
+        if node.op_type in CHANNELS_FIRST_OPS:
+            return True
+        if node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+            return perm == [0, 3, 1, 2]
+        if node.op_type not in LAYOUT_KEEPING:
+            return False
+        tensor = node.input[0]
+    return False
 
 
 def analyze(float_model, artifacts: dict[str, Path], batches: Iterable[np.ndarray],
@@ -197,12 +220,8 @@ def weight_spreads(model) -> dict[str, tuple[str, float]]:
 
 
 def _like(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """ONNX graphs from tf2onnx keep some tensors NCHW; bring them to the Keras NHWC layout."""
-    if values.shape == reference.shape:
-        return values
-    if values.ndim == 4 and np.transpose(values, (0, 2, 3, 1)).shape == reference.shape:
-        return np.transpose(values, (0, 2, 3, 1))
-    return values.reshape(reference.shape)
+    """The same values in the reference's shape (e.g. (N, C, 1, 1) against Keras (N, C))."""
+    return values if values.shape == reference.shape else values.reshape(reference.shape)
 
 
 def _as_list(outputs) -> list:

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import MobiledeployError
-from .types import BenchSettings, LatencyReport
+from .report_types import BenchSettings, LatencyReport
 from .worker import Process, open_artifact, run_worker
 
 RUNTIMES = {"tflite": "LiteRT (XNNPACK)", "onnx": "ONNX Runtime (CPU EP)", "keras": "Keras (TensorFlow)"}

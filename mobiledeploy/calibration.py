@@ -230,3 +230,14 @@ def _check_array(array: np.ndarray, path: Path, preprocessing: Preprocessing) ->
             raise CalibrationError(
                 f"{path}: sample {row} contains NaN or Inf; expected finite pixel values"
             )
+
+
+def first_samples(batches, count: int):
+    """The first ``count`` samples of a batch stream."""
+    taken = 0
+    for batch in batches:
+        if taken >= count:
+            return
+        batch = batch[: count - taken]
+        taken += len(batch)
+        yield batch

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import sys
 from pathlib import Path
 
 import click
 
 from . import __version__
 from .errors import MobiledeployError
+from . import terminal
 from .staging import Terminated, terminate
 
 EXIT_ERROR = 1
@@ -127,12 +126,12 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
     )
     if trust_model_code:
         click.echo("warning: --trust-model-code: code stored in the model file may run", err=True)
-    with _Progress(enabled=not as_json) as progress:
+    with terminal.Progress(enabled=not as_json) as progress:
         result = run(model, calib, output, options, progress.update)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    _print_quantize(result)
+    terminal.print_quantize(result)
 
 
 DEVICE_HELP = ("cpu: this machine. arm[:CPU]: the .tflite/.onnx files run under qemu aarch64 emulation "
@@ -175,12 +174,12 @@ def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, 
     """
     from .pipeline import evaluate_build
 
-    with _Progress(enabled=not as_json) as progress:
+    with terminal.Progress(enabled=not as_json) as progress:
         report = evaluate_build(build, data, labels, batch_size, progress.update, device)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        _print_eval(report)
+        terminal.print_eval(report)
 
 
 @main.command()
@@ -223,7 +222,7 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
         raise click.UsageError("--update-baseline needs --baseline FILE")
     rules = gate.GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
     json_to_stdout = json_path is not None and str(json_path) == "-"
-    with _Progress(enabled=not json_to_stdout) as progress:
+    with terminal.Progress(enabled=not json_to_stdout) as progress:
         report = evaluate_build(build, data, labels, batch_size, progress.update, device)
     stored = None
     if baseline is not None and not update_baseline:
@@ -238,7 +237,7 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
         write_text_atomic(junit_xml, gate.junit_xml(results))
     failed = [r for r in results if not r.passed]
     if not json_to_stdout:
-        _print_eval(report)
+        terminal.print_eval(report)
         for r in results:
             mark = "PASS" if r.passed else "FAIL"
             click.echo(f"{mark}  {r.rule:<20} {r.artifact:<20} {r.message}")
@@ -290,8 +289,8 @@ def bench(target: Path, device: str, num_threads: int, warmup_runs: int | None, 
     float file of the same format. Compare ratios measured in one run: absolute times drift
     on shared machines.
     """
-    from .pipeline import bench_build
-    from .types import BenchSettings
+    from .measure import bench_build
+    from .report_types import BenchSettings
 
     emulated = device != "cpu"
     settings = BenchSettings(
@@ -301,14 +300,14 @@ def bench(target: Path, device: str, num_threads: int, warmup_runs: int | None, 
         min_secs if min_secs is not None else (0.0 if emulated else 1.0),
         max_secs, batch, profile, top_ops, seed,
     )
-    with _Progress(enabled=not as_json) as progress:
+    with terminal.Progress(enabled=not as_json) as progress:
         report = bench_build(target, settings, data, include_keras, progress.update, device)
     if csv_path is not None:
-        _write_csv(report, csv_path)
+        terminal.write_csv(report, csv_path)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif not (csv_path is not None and str(csv_path) == "-"):
-        _print_bench(report)
+        terminal.print_bench(report)
 
 
 @main.command()
@@ -330,7 +329,7 @@ def inspect(model: Path, alpha: float, rho: float, resolution: int | None, trust
     Dk·Dk·M·Df·Df and a pointwise M·N·Df·Df, so a separable block costs 1/N + 1/Dk² of the
     standard conv it replaces. Params are counted as deployed (BatchNorm folded into biases).
     """
-    from .pipeline import inspect_model
+    from .measure import inspect_model
 
     if trust_model_code:
         click.echo("warning: --trust-model-code: code stored in the model file may run", err=True)
@@ -343,79 +342,7 @@ def inspect(model: Path, alpha: float, rho: float, resolution: int | None, trust
 
         click.echo(json.dumps({**report.to_dict(), "separable_blocks": separable_blocks(report)}, indent=2))
     else:
-        _print_costs(report)
-
-
-def _print_eval(report) -> None:
-    from rich.table import Table
-
-    labelled = report.labelled
-    arm = report.device != "cpu"
-    where = f"; .tflite/.onnx on {report.device} (emulated)" if arm else ""
-    table = Table(title=f"{report.samples} images from {report.data_source} (reference: {report.reference}{where})")
-    columns = ["artifact", *(["device", "same as x86", "max |diff| vs x86"] if arm else []),
-               *(["top-1", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
-               *(["classes changed"] if labelled else [])]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "artifact" else "right")
-    for row in report.rows:
-        sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
-        cells = [row["artifact"]]
-        if arm:
-            exact = "x86_identical" in row
-            cells += [row["device"], f"{row['x86_identical']:.2%}" if exact else "-",
-                      f"{row['x86_max_abs_diff']:.2g}" if exact else "-"]
-        if labelled:
-            cells += [f"{row['top1']:.2%}", f"{row['top5']:.2%}"]
-        cells += [f"{row['agreement']:.2%}", sqnr, f"{row['mean_kl']:.4f}"]
-        if labelled:
-            changes = row["per_class_change"]
-            worst = min(changes.items(), key=lambda kv: kv[1], default=None)
-            cells.append(f"{len(changes)}" + (f" (worst {worst[0]}: {worst[1]:+.1%})" if worst and worst[1] < 0 else ""))
-        table.add_row(*cells)
-    _console(170 if arm else 110).print(table)
-
-
-def _print_quantize(result) -> None:
-    from rich.table import Table
-
-    console = _console()
-    fold = result.fold
-    cal = result.calibration
-    console.print(
-        f"folded {len(fold.folded)} BatchNorm layers; max |orig - folded| = {fold.max_abs_diff:.2e} "
-        f"(relative {fold.rel_diff:.1e} <= {fold.rel_tolerance:g}) on {fold.samples} images"
-    )
-    if fold.unfolded:
-        console.print(f"[yellow]not folded:[/] {', '.join(fold.unfolded)}")
-    if result.refinement is not None:
-        r = result.refinement
-        console.print(f"refined for int8 ({r.method}): {r.layers} layers on {r.samples} images in {r.seconds:.1f} s; "
-                      f"largest bias shift {r.max_shift:.3g}")
-    console.print(
-        f"calibration: {len(cal.calib)} samples from {cal.source} (seed {cal.seed}), "
-        f"{len(cal.holdout)} held out, {len(cal.skipped)} unreadable skipped"
-    )
-    files = Table(title=f"artifacts in {result.output_dir}")
-    for column in ("file", "format", "precision", "size (KiB)", "check"):
-        files.add_column(column, justify="right" if column.startswith("size") else "left")
-    for artifact in result.artifacts:
-        check = ""
-        if artifact.format == "tflite" and artifact.precision == "int8":
-            check = f"full int8, {artifact.details['float_ops']} float ops, io {artifact.details['io']}"
-        elif artifact.format == "onnx" and artifact.precision == "int8":
-            check = "QDQ S8S8, all Conv/Gemm quantized"
-        files.add_row(artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check)
-    console.print(files)
-    held = "held-out" if cal.holdout else "calibration (no images held out)"
-    drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
-    for column in ("artifact", "top-1 agreement", "SQNR (dB)", "max |diff|"):
-        drift.add_column(column, justify="left" if column == "artifact" else "right")
-    for row in result.drift:
-        sqnr = "inf" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f}"
-        drift.add_row(row.artifact, f"{row.agreement:.1%}", sqnr, f"{row.max_abs_diff:.4f}")
-    console.print(drift)
-    console.print(f"done in {result.seconds:.1f} s")
+        terminal.print_costs(report)
 
 
 @main.command()
@@ -440,10 +367,10 @@ def analyze(build: Path, data: Path, max_images: int, top: int, html_path: Path 
     layer's per-channel weight ranges. Lists the layers that lose most first.
     """
     from .analysis_report import html_report, plot_png
-    from .pipeline import analyze_build
+    from .measure import analyze_build
     from .staging import write_bytes_atomic, write_text_atomic
 
-    with _Progress(enabled=not as_json) as progress:
+    with terminal.Progress(enabled=not as_json) as progress:
         report = analyze_build(build, data, max_images, progress=progress.update)
     png = plot_png(report) if (png_path or html_path) else b""
     if png_path:
@@ -453,214 +380,18 @@ def analyze(build: Path, data: Path, max_images: int, top: int, html_path: Path 
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
         return
-    _print_analyze(report, top)
+    terminal.print_analyze(report, top)
     for label, path in (("plot", png_path), ("report", html_path)):
         if path:
             click.echo(f"{label} written to {path}")
-
-
-@main.group()
-def arm() -> None:
-    """Set up and inspect ARM emulation (qemu aarch64 + an aarch64 Python with the runtimes).
-
-    \b
-    mobiledeploy arm setup     # once; also runs automatically on first --device arm
-    mobiledeploy arm status
-    """
-
-
-@arm.command()
-@click.option("--sysroot", type=click.Path(path_type=Path),
-              help="Use this existing aarch64 root filesystem (with Python 3.11) instead of fetching Debian's, "
-                   "e.g. a mounted Raspberry Pi OS image.")
-@click.option("--force", is_flag=True, help="Provision again even if the cache looks complete.")
-def setup(sysroot: Path | None, force: bool) -> None:
-    """Fetch qemu-aarch64-static, an aarch64 sysroot and the ARM wheels into the user cache."""
-    from . import emulation
-
-    state = emulation.setup(sysroot, lambda step: click.echo(f"- {step}", err=True), force)
-    _print_arm_status(state)
-
-
-@arm.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
-def status(as_json: bool) -> None:
-    """Say what is installed for ARM emulation, where, and how much disk it uses."""
-    from . import emulation
-
-    state = emulation.status()
-    if as_json:
-        click.echo(json.dumps(state, indent=2))
-    else:
-        _print_arm_status(state)
-
-
-def _print_arm_status(state: dict) -> None:
-    click.echo(f"cache:    {state['cache']} ({state['disk_mb']} MB)")
-    click.echo(f"ready:    {'yes' if state['ready'] else 'no (run: mobiledeploy arm setup)'}")
-    click.echo(f"qemu:     {state['qemu'] or 'not found'}" + (f" (version {state['qemu_version']})"
-                                                             if state["qemu_version"] else ""))
-    click.echo(f"sysroot:  {state['sysroot']} (python3.11: {'yes' if state['sysroot_python'] else 'no'})")
-    wheels = ", ".join(f"{k} {v}" for k, v in state["wheels"].items()) or "none"
-    click.echo(f"wheels:   {wheels}")
-    if state.get("setup_seconds") is not None:
-        click.echo(f"set up in {state['setup_seconds']} s")
-    for name, about in state["cpus"].items():
-        click.echo(f"  --device arm:{name:<12} {about}")
-
-
-def _print_analyze(report, top: int) -> None:
-    from rich.table import Table
-
-    from .analysis_report import _db, _spread
-
-    console = _console()
-    for name, rows in report.layers.items():
-        final = rows[-1].sqnr_db if rows else float("nan")
-        table = Table(title=f"{name}: {top} layers that lose the most SQNR ({report.samples} images; "
-                            f"last tensor {_db(final)} dB)")
-        for column in ("layer", "type", "SQNR dB", "lost dB", "int8 levels used", "weight layer", "weight spread"):
-            table.add_column(column, justify="left" if column in ("layer", "type", "weight layer") else "right")
-        for r in report.worst(name, top):
-            table.add_row(r.layer, r.kind, _db(r.sqnr_db), f"{r.lost_db:+.1f}", f"{r.levels_used:.0%}",
-                          r.weight_layer or "-", _spread(r.weight_spread))
-        console.print(table)
-
-
-def _print_bench(report) -> None:
-    from rich.table import Table
-
-    settings = report.settings
-    emulated = report.device != "cpu"
-    title_device = f"{report.device} EMULATED by qemu (not device latency)" if emulated else report.device
-    table = Table(title=f"{title_device}: {settings.num_threads} thread(s), batch {settings.batch}, inputs "
-                        f"{report.inputs}; times in ms over >= {settings.num_runs} runs / {settings.min_secs:g} s "
-                        "(mean/min/max in --json and --csv)")
-    columns = ("artifact", "runtime", "KiB", "init", "first", "median", "p90", "p99", "std", "inf/s", "peak MB",
-               "GMAC/s", "vs float")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("artifact", "runtime") else "right")
-    for r in report.rows:
-        gmacs = r.gmacs_per_second
-        speed = f"{r.speedup_vs_float:.2f}x" if r.speedup_vs_float is not None else "-"
-        table.add_row(r.artifact, r.runtime.split(" (")[0], f"{r.size / 1024:.0f}", f"{r.init_ms:.1f}",
-                      f"{r.first_ms:.2f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
-                      f"{r.std_ms:.3f}", f"{r.per_second:.0f}", f"{r.peak_rss_mb:.1f}",
-                      "-" if gmacs is None else f"{gmacs:.1f}", speed)
-    console = _console(150)
-    console.print(table)
-    if emulated:
-        cpu = report.rows[0].cpu if report.rows else ""
-        console.print(f"emulated CPU features: {cpu}. Trust from emulation: the kernel family those features "
-                      "select, MACs, file sizes and outputs; not the times, which are 100-500x slower than "
-                      "hardware and rank float vs int8 differently.")
-    for r in report.rows:
-        if r.precision == "int8" and r.speedup_vs_float and not emulated:
-            word = "faster" if r.speedup_vs_float >= 1 else "slower"
-            factor = r.speedup_vs_float if r.speedup_vs_float >= 1 else 1 / r.speedup_vs_float
-            console.print(f"{r.artifact} is {factor:.2f}x {word} than the float {r.format} file")
-    if report.fastest is not None and not emulated:
-        console.print(f"fastest: {report.fastest.artifact} ({report.fastest.runtime}), "
-                      f"median {report.fastest.median_ms:.3f} ms")
-    for r in report.rows:
-        if r.profile:
-            ops = Table(title=f"{r.artifact}: top {len(r.profile)} operators")
-            for column in ("node", "op", "ms/run", "share"):
-                ops.add_column(column, justify="left" if column in ("node", "op") else "right")
-            for op in r.profile:
-                ops.add_row(op["node"], op["op"], f"{op['ms_per_run']:.4f}", f"{op['share']:.1%}")
-            console.print(ops)
-        elif r.profile_note:
-            console.print(f"{r.artifact}: {r.profile_note}")
-
-
-def _write_csv(report, path: Path) -> None:
-    import csv
-    import io
-
-    fields = ["artifact", "format", "precision", "runtime", "device", "threads", "batch", "size", "init_ms",
-              "first_ms", "runs", "median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms",
-              "per_second", "peak_rss_mb", "macs", "gmacs_per_second", "speedup_vs_float"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in report.rows:
-        writer.writerow(row.to_dict())
-    if str(path) == "-":
-        click.echo(buffer.getvalue(), nl=False)
-    else:
-        from .staging import write_text_atomic
-
-        write_text_atomic(path, buffer.getvalue())
-
-
-def _print_costs(report) -> None:
-    from rich.table import Table
-
-    from .costs import separable_blocks
-
-    blocks = {b["pointwise"]: b for b in separable_blocks(report)}
-    what_if = "" if (report.alpha, report.rho) == (1.0, 1.0) else f" (what-if alpha x{report.alpha:g}, rho x{report.rho:.3g})"
-    table = Table(title=f"{report.model}: input {'x'.join(map(str, report.input_shape))}{what_if}")
-    for column in ("layer", "type", "kernel", "M -> N", "output", "params", "mult-adds", "vs standard conv"):
-        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
-    for row in report.layers:
-        block = blocks.get(row.name)
-        saving = f"{block['ratio']:.3f} = 1/{block['n']} + 1/{block['dk2']}" if block else ""
-        params = f"({row.params:,} folded)" if row.kind == "batchnorm" else f"{row.params:,}"
-        table.add_row(row.name, row.kind, "x".join(map(str, row.kernel)), f"{row.in_channels} -> {row.out_channels}",
-                      "x".join(map(str, row.out_size)), params, f"{row.macs:,}", saving)
-    console = _console()
-    console.print(table)
-    console.print(f"total: {report.params:,} params as deployed ({report.params / 1e6:.2f}M), "
-                  f"{report.macs:,} mult-adds per image ({report.macs / 1e6:.1f}M)")
-    if blocks:
-        ratio = sum(b["macs"] for b in blocks.values()) / sum(b["standard_macs"] for b in blocks.values())
-        console.print(f"{len(blocks)} depthwise-separable blocks cost {ratio:.3f} of standard convolutions "
-                      f"({1 / ratio:.1f}x fewer mult-adds)")
-
-
-def _console(min_width: int = 110):
-    """A console at least ``min_width`` columns wide, so tables stay readable in CI logs and pipes."""
-    from rich.console import Console
-
-    console = Console()
-    return Console(width=max(console.width, min_width)) if not console.is_terminal else console
-
-
-class _Progress:
-    """A rich progress bar on stderr, one task per pipeline step."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-        self._bar = None
-        self._tasks: dict[str, int] = {}
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-            self._bar.start()
-        return self
-
-    def update(self, step: str, done: int, total: int) -> None:
-        if self._bar is None:
-            return
-        if step not in self._tasks:
-            for task in self._tasks.values():  # a new step means the earlier ones are done
-                self._bar.update(task, completed=self._bar.tasks[task].total)
-            self._tasks[step] = self._bar.add_task(step, total=max(total, 1))
-        self._bar.update(self._tasks[step], completed=done, total=max(total, 1))
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _quiet_libraries() -> None:
     """TensorFlow, absl and tf2onnx log at INFO/WARNING by default; keep stderr for real problems."""
     for name in ("tensorflow", "absl", "tf2onnx", "onnxruntime"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+from .cli_arm import arm  # noqa: E402  (the `arm` command group lives beside this module)
+
+main.add_command(arm)

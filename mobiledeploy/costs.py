@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from .errors import MobiledeployError
-from .types import CostReport, LayerCost
+from .report_types import CostReport, LayerCost
 
 # Layers that cost nothing worth counting (pooling and activations are not multiply-adds).
 FREE = {"InputLayer", "ZeroPadding2D", "ReLU", "Activation", "Dropout", "Reshape", "Flatten",

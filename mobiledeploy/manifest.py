@@ -107,3 +107,20 @@ def _problem(content: dict) -> str:
     if not isinstance(content.get("model", {}), dict):
         return "'model' is not an object"
     return ""
+
+
+def verified_files(build_dir: Path, content: dict) -> list[dict]:
+    """The manifest's file entries, after checking each file's size and sha256."""
+    entries = content.get("files") or []
+    if not entries:
+        raise MobiledeployError(f"{build_dir}/{MANIFEST} lists no files; re-run mobiledeploy quantize")
+    for entry in entries:
+        path = build_dir / entry["file"]
+        if not path.is_file():
+            raise MobiledeployError(f"{path}: listed in the manifest but missing; re-run mobiledeploy quantize")
+        if path.stat().st_size != entry["size"] or sha256(path) != entry["sha256"]:
+            raise MobiledeployError(
+                f"{path}: contents differ from the manifest (sha256 mismatch): the file was changed "
+                "or truncated after quantize; re-run mobiledeploy quantize"
+            )
+    return entries

@@ -7,6 +7,7 @@ int8 TFLite files are (de)quantized here with the file's own scale and zero poin
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -43,13 +44,16 @@ class KerasRunner:
 class TFLiteRunner:
     """LiteRT interpreter (XNNPACK on CPU). Resizes the batch dimension as needed."""
 
-    def __init__(self, path: str | Path, num_threads: int | None = None):
+    def __init__(self, path: str | Path, num_threads: int | None = None, preserve_all_tensors: bool = False):
         from ai_edge_litert.interpreter import Interpreter
 
         self.name = Path(path).name
         try:
-            with captured_output():  # LiteRT announces its XNNPACK delegate on stderr
-                self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+            with captured_output(), warnings.catch_warnings():  # LiteRT announces XNNPACK on stderr
+                # preserving all tensors is what per-layer analysis is for; the warning says so
+                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+                self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads,
+                                               experimental_preserve_all_tensors=preserve_all_tensors)
         except (ValueError, RuntimeError) as exc:
             raise MobiledeployError(
                 f"{path}: LiteRT cannot load this file ({str(exc).splitlines()[0][:160]}); "
@@ -108,14 +112,20 @@ class OnnxRunner:
         return lambda: self.session.run(None, feed)
 
 
-def open_runner(path: str | Path, num_threads: int | None = None) -> Runner:
-    """The runner for an artifact file, chosen by extension."""
+def open_runner(path: str | Path, num_threads: int | None = None, profile_prefix: str | None = None) -> Runner:
+    """The runner for an artifact file, chosen by extension; only that runtime is imported.
+    ``profile_prefix`` turns on ONNX Runtime's per-node profiler."""
     suffix = Path(path).suffix.lower()
     if suffix == ".tflite":
         return TFLiteRunner(path, num_threads)
     if suffix == ".onnx":
-        return OnnxRunner(path, num_threads)
+        return OnnxRunner(path, num_threads, profile_prefix)
     if suffix == ".keras":
+        from .quiet import import_tensorflow
+
+        tf = import_tensorflow()
+        if num_threads:  # only before TensorFlow's first op: fine in the benchmark's own process
+            tf.config.threading.set_intra_op_parallelism_threads(num_threads)
         import keras
 
         return KerasRunner(keras.saving.load_model(path, compile=False), Path(path).name)

@@ -48,23 +48,25 @@ def run_worker(spec: dict, workdir: Path, process: Process, label: str) -> dict:
     return result
 
 
+def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: Process) -> np.ndarray:
+    """One artifact's outputs for the batches saved as .npy files, computed by a worker
+    process (the emulated ARM one in practice), flattened to (N, features)."""
+    work = workdir / f"{path.name}.{process.device.replace(':', '-')}"
+    work.mkdir()
+    outputs = [str(work / f"out_{i:05d}.npy") for i in range(len(inputs))]
+    spec = {"mode": "run", "path": str(path.resolve()), "format": fmt, "inputs": inputs, "outputs": outputs}
+    run_worker(spec, work, process, str(path))
+    result = np.concatenate([np.load(o, allow_pickle=False) for o in outputs])
+    return result.reshape(len(result), -1).astype(np.float32)
+
+
 def open_artifact(path: str, fmt: str, threads: int | None = None, profile_dir: str | None = None):
-    """The runner for one artifact; only the runtime it needs is imported."""
-    from . import runners
+    """The runner for one artifact of a manifest ``fmt``; only the runtime it needs is imported."""
+    from .runners import open_runner
 
-    if fmt == "tflite":
-        return runners.TFLiteRunner(path, threads)
-    if fmt == "onnx":
-        prefix = str(Path(profile_dir) / "ort_profile") if profile_dir else None
-        return runners.OnnxRunner(path, threads, profile_prefix=prefix)
-    if fmt == "keras":
-        from .quiet import import_tensorflow
-
-        tf = import_tensorflow()
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-        return runners.open_runner(path)
-    raise MobiledeployError(f"{path}: cannot run '{fmt}' files; expected tflite, onnx or keras")
+    if Path(path).suffix.lower().lstrip(".") != fmt:
+        raise MobiledeployError(f"{path}: the file name does not match its format '{fmt}'")
+    return open_runner(path, threads, str(Path(profile_dir) / "ort_profile") if profile_dir else None)
 
 
 def run_outputs(spec: dict) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mobiledeploy import emulation
+from mobiledeploy import emulation, provisioning
 from mobiledeploy.cli import main
 from mobiledeploy.errors import MobiledeployError
 
@@ -24,7 +24,7 @@ def cli(*args):
 
 @pytest.fixture(scope="session")
 def arm_ready():
-    return emulation.setup()
+    return provisioning.setup()
 
 
 @pytest.fixture(scope="module")

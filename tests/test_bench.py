@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from mobiledeploy.bench import statistics, summarize_ort_profile, timed_runs
 from mobiledeploy.cli import main
-from mobiledeploy.types import BenchSettings
+from mobiledeploy.report_types import BenchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--warmup-runs", 1, "--num-runs", 5, "--min-secs", 0]

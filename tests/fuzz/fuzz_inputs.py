@@ -27,7 +27,7 @@ with atheris.instrument_imports():
     import numpy as np
     from PIL import Image
 
-    from mobiledeploy import calibration, datasets, gate, manifest, pipeline
+    from mobiledeploy import calibration, datasets, gate, manifest
     from mobiledeploy.errors import MobiledeployError
     from mobiledeploy.types import EvalReport, Preprocessing
 
@@ -66,7 +66,7 @@ def fuzz_manifest(data: bytes) -> None:
     (build / "model_int8.tflite").write_bytes(b"tflite")
     (build / manifest.MANIFEST).write_bytes(data)
     content = manifest.read(build)
-    pipeline.verified_files(build, content)
+    manifest.verified_files(build, content)
     Preprocessing.from_dict(content["preprocessing"])
 
 
