@@ -152,7 +152,7 @@ class LayerDrift:
     lost_db: float  # SQNR lost at this layer (previous tensor's SQNR minus this one's)
     levels_used: float  # share of the 256 int8 codes the tensor used on the data
     weight_layer: str | None = None  # the convolution / Dense that produced it
-    weight_spread: float | None = None  # largest / smallest per-channel weight range
+    weight_spread: float | None = None  # largest / 10th-percentile per-channel weight range
 
     def to_dict(self) -> dict:
         return asdict(self)
