@@ -22,8 +22,10 @@ LEVERS = [  # (label, QuantizeOptions fields)
     ("bias correction", {"refine": "bias"}),
     ("adaround + bias correction (default)", {}),
     ("adaround + bias + mse ranges", {"activation_ranges": "mse"}),
-    ("per-tensor, plain", {"refine": "none", "per_channel": False}),
-    ("per-tensor, adaround + bias", {"per_channel": False}),
+    ("per-tensor, plain", {"refine": "none", "per_channel": False, "equalize": "off"}),
+    ("per-tensor, equalize only", {"refine": "none", "per_channel": False}),
+    ("per-tensor, adaround + bias", {"per_channel": False, "equalize": "off"}),
+    ("per-tensor, equalize + adaround + bias", {"per_channel": False}),
 ]
 
 
@@ -62,7 +64,8 @@ def _run(name, label, fields, model, calib, evaluation, labels, out) -> None:
     result = mobiledeploy.quantize(model, calib, out, num_calib=200 if labels else 300, num_holdout=0,
                                    overwrite=True, **fields)
     total = time.perf_counter() - started
-    refine_s = result.refinement.seconds if result.refinement else 0.0
+    refine_s = (result.refinement.seconds if result.refinement else 0.0) + \
+        (result.equalization.seconds if result.equalization else 0.0)
     report = evaluate_build(out, evaluation, labels)
     ref = report.row(report.reference)
     for row in report.rows:

@@ -15,28 +15,15 @@ optimizations off, i.e. the QDQ reference semantics.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
+from .graph import layer_of
 from .report_types import LayerDrift
 
 WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
-
-
-def layer_of(tensor_name: str, layer_names: set[str]) -> str | None:
-    """The Keras layer a converter's tensor name belongs to ('model/conv1_relu_1/Relu6;...')."""
-    first = tensor_name.split(";")[0]
-    parts = first.split("/")
-    for part in reversed(parts[:-1] if len(parts) > 1 else parts):
-        if part in layer_names:
-            return part
-        stripped = re.sub(r"_\d+$", "", part)
-        if stripped in layer_names:
-            return stripped
-    return None
 
 
 class TFLiteTaps:

@@ -89,12 +89,17 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "want integer I/O; float to feed float images and let the model quantize them.")
 @click.option("--per-tensor", is_flag=True,
               help="Per-tensor weight scales instead of per-channel. Only for accelerators that require "
-                   "it: folded MobileNet depthwise weights collapse under one scale per tensor.")
+                   "it: folded MobileNet depthwise weights collapse under one scale per tensor unless "
+                   "equalized (see --equalize).")
 @click.option("--refine", default="adaround", show_default=True, type=click.Choice(["adaround", "bias", "none"]),
               help="Prepare the float model for int8 before the converters see it. adaround: round each weight "
                    "up or down to best match the float layer on calibration images, then absorb the remaining "
                    "mean error into the biases (best int8 accuracy; seconds to a few minutes). bias: bias "
                    "correction only (faster). none: what the plain converters give.")
+@click.option("--equalize", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
+              help="Cross-layer equalization: rescale each conv -> ReLU -> conv pair so their channels span "
+                   "equal ranges (the function is unchanged). It is what makes --per-tensor usable on "
+                   "MobileNets; auto runs it only with --per-tensor, where it matters.")
 @click.option("--activation-ranges", default="minmax", show_default=True, type=click.Choice(["minmax", "mse"]),
               help="minmax: each activation's int8 range is its calibration min..max (the converters' own). "
                    "mse: also clip each ReLU6 where that lowers the rounding + clipping error; helps models "
@@ -107,8 +112,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines).")
 def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout: int, seed: int,
-             preprocess: str, crop_fraction: float, io: str, per_tensor: bool, refine: str, activation_ranges: str,
-             rounding_samples: int, trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
+             preprocess: str, crop_fraction: float, io: str, per_tensor: bool, refine: str, equalize: str,
+             activation_ranges: str, rounding_samples: int, trust_model_code: bool, overwrite: bool,
+             as_json: bool) -> None:
     """Fold BatchNorm, calibrate int8, and export TFLite and ONNX files.
 
     Writes model_folded.keras, model_float.tflite, model_int8.tflite, model_float.onnx,
@@ -120,7 +126,7 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
 
     options = QuantizeOptions(
         num_calib=num_calib, num_holdout=num_holdout, seed=seed, preprocess=preprocess,
-        crop_fraction=crop_fraction, io=io, per_channel=not per_tensor, refine=refine,
+        crop_fraction=crop_fraction, io=io, per_channel=not per_tensor, refine=refine, equalize=equalize,
         activation_ranges=activation_ranges, rounding_samples=rounding_samples,
         trust_model_code=trust_model_code, overwrite=overwrite,
     )

@@ -69,13 +69,14 @@ def quantize(
             "or extreme values — check the file"
         )
 
-    refined, refinement = _refine(folded, batches, options, report)
+    equalized, equalization = _equalize(folded, batches, options, report)
+    refined, refinement = _refine(equalized, batches, options, report)
     settings = ExportSettings(io=options.io, per_channel=options.per_channel)
     with staging.staged_directory(output_dir, options.overwrite) as work:
         save_keras(folded, work / FOLDED_FILE)
         report("export TFLite", 0, 1)
         artifacts = [_keras_artifact()]
-        int8_model = refined if refinement is not None else None
+        int8_model = refined if refinement is not None or equalization is not None else None
         artifacts += tflite_export.export(folded, batches, work, settings, int8_model)
         report("export ONNX", 0, 1)
         artifacts += onnx_export.export(folded, batches, work, settings, int8_model)
@@ -104,12 +105,14 @@ def quantize(
             "calibration": cset.summary(),
             "settings": {**options.to_dict(), "export": settings.to_dict()},
             "folding": fold.to_dict(),
+            "equalization": {k: v for k, v in equalization.to_dict().items() if k != "seconds"} if equalization else None,
             "refinement": {k: v for k, v in refinement.to_dict().items() if k != "seconds"} if refinement else None,
             "files": [a.to_dict() for a in artifacts],
             "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
             "versions": manifest.library_versions(),
         })
-    return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement)
+    return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
+                          equalization)
 
 
 def save_keras(model, path: Path) -> None:
@@ -132,6 +135,21 @@ def save_keras(model, path: Path) -> None:
             fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
             target.writestr(fixed, data)
     stable.replace(path)
+
+
+def _equalize(folded, batches, options: QuantizeOptions, report: Progress):
+    """Cross-layer equalization for per-tensor weights ('auto'), or as asked."""
+    if options.equalize not in ("auto", "on", "off"):
+        raise MobiledeployError(f"unknown equalize setting '{options.equalize}'; expected auto, on or off")
+    if options.equalize == "off" or (options.equalize == "auto" and options.per_channel):
+        return folded, None
+    import numpy as np
+
+    from .equalize import equalize
+
+    report("cross-layer equalization", 0, 1)
+    calib = np.concatenate(list(calibration.first_samples(batches(), REFINE_SAMPLES)))
+    return equalize(folded, calib)
 
 
 def _refine(folded, batches, options: QuantizeOptions, report: Progress):

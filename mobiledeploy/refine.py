@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .graph import layer_graph, run_layer
 from .types import RefineReport
 
 WEIGHTED = {"Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D"}
@@ -82,7 +83,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     started = time.perf_counter()
     refined = keras.Model.from_config(model.get_config())
     refined.set_weights(model.get_weights())
-    graph = _graph(model)
+    graph = layer_graph(model)
     fused = _fused_into_activation(graph)
     remaining = {name: len(node["consumers"]) for name, node in graph.items()}
     float_out: dict[str, np.ndarray] = {}
@@ -97,7 +98,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
             x_float = np.asarray(calib, np.float32)
             x_quant = fake_quantize(x_float, x_float.min(), x_float.max())
         else:
-            x_float = _call(layer, [float_out[p] for p in node["inputs"]], chunk)
+            x_float = run_layer(layer, [float_out[p] for p in node["inputs"]], chunk)
             if node["kind"] in WEIGHTED:
                 if adaptive_rounding and len(node["inputs"]) == 1 and node["kind"] != "SeparableConv2D":
                     parent = node["inputs"][0]
@@ -105,7 +106,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                              per_channel=per_channel)
                 else:
                     _quantize_weights(twin, per_channel)
-                x_quant = _call(twin, [quant_out[p] for p in node["inputs"]], chunk)
+                x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
                 if twin.use_bias:  # after folding every layer that had a BatchNorm has one
                     error = (x_quant - x_float).reshape(-1, x_float.shape[-1]).mean(axis=0)
                     weights = twin.get_weights()
@@ -119,7 +120,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
             else:
                 if clip_activations and _clippable(twin):
                     twin.max_value = clips[name] = mse_clip(x_float, float(twin.max_value))
-                x_quant = _call(twin, [quant_out[p] for p in node["inputs"]], chunk)
+                x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             if node["kind"] not in PASS_THROUGH and name not in fused:
                 x_quant = fake_quantize(x_quant, x_float.min(), min(x_float.max(), clips.get(name, np.inf)))
         float_out[name], quant_out[name] = x_float, x_quant
@@ -263,32 +264,6 @@ def _quantize_weights(layer, per_channel: bool = True) -> None:
     else:
         weights[0] = quantize_kernel(weights[0], kind, per_channel)
     layer.set_weights(weights)
-
-
-def _call(layer, inputs: list[np.ndarray], chunk: int) -> np.ndarray:
-    """Run one layer over the calibration set in chunks (eager, inference mode)."""
-    parts = []
-    for start in range(0, len(inputs[0]), chunk):
-        args = [x[start:start + chunk] for x in inputs]
-        out = layer(args[0] if len(args) == 1 else args, training=False)
-        parts.append(np.asarray(out, np.float32))
-    return np.concatenate(parts)
-
-
-def _graph(model) -> dict[str, dict]:
-    """Layer name -> kind, input layer names, consumer names; in the model's topological order."""
-    graph: dict[str, dict] = {}
-    for layer in model.layers:
-        inputs = []
-        for node in layer._inbound_nodes[:1]:
-            inputs = [t._keras_history.operation.name for t in node.input_tensors]
-        graph[layer.name] = {"kind": type(layer).__name__, "inputs": inputs, "consumers": []}
-    for name, node in graph.items():
-        for parent in node["inputs"]:
-            graph[parent]["consumers"].append(name)
-    for output in model.outputs:
-        graph[output._keras_history.operation.name]["consumers"].append("<output>")
-    return graph
 
 
 def _fused_into_activation(graph: dict[str, dict]) -> set[str]:

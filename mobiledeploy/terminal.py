@@ -54,6 +54,10 @@ def print_quantize(result) -> None:
     )
     if fold.unfolded:
         console.print(f"[yellow]not folded:[/] {', '.join(fold.unfolded)}")
+    if result.equalization is not None:
+        e = result.equalization
+        console.print(f"equalized {e.pairs} conv -> ReLU -> conv pairs in {e.seconds:.1f} s; largest channel "
+                      f"scale {e.max_scale:.3g}x; {e.dead_channels} never-active channels zeroed")
     if result.refinement is not None:
         r = result.refinement
         console.print(f"refined for int8 ({r.method}): {r.layers} layers on {r.samples} images in {r.seconds:.1f} s; "

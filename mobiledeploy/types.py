@@ -160,6 +160,7 @@ class QuantizeOptions:
     io: IoType = "int8"
     per_channel: bool = True
     refine: str = "adaround"  # adaround (+ bias correction) | bias | none
+    equalize: str = "auto"  # auto (with per-tensor weights) | on | off: cross-layer equalization
     activation_ranges: str = "minmax"  # minmax | mse (clip bounded ReLUs where it lowers the error)
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding
     fold_tolerance: float = 1e-4
@@ -182,10 +183,12 @@ class QuantizeResult:
     drift: tuple[Drift, ...]
     seconds: float
     refinement: RefineReport | None = None
+    equalization: EqualizeReport | None = None
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
+            "equalization": self.equalization.to_dict() if self.equalization else None,
             "artifacts": [a.to_dict() for a in self.artifacts],
             "folding": self.fold.to_dict(),
             "refinement": self.refinement.to_dict() if self.refinement else None,
@@ -233,3 +236,17 @@ class RefineReport:
         return {"method": self.method, "layers": self.layers, "samples": self.samples,
                 "max_shift": self.max_shift, "seconds": round(self.seconds, 2),
                 "per_layer": dict(self.per_layer), "clips": dict(self.clips)}
+
+
+@dataclass(frozen=True)
+class EqualizeReport:
+    """What cross-layer equalization did (recorded in the manifest)."""
+
+    pairs: int  # conv -> ReLU -> conv pairs equalized
+    dead_channels: int  # channels that never turned on in calibration, zeroed
+    max_scale: float  # the largest factor any channel was scaled by (up or down)
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"pairs": self.pairs, "dead_channels": self.dead_channels,
+                "max_scale": round(self.max_scale, 3), "seconds": round(self.seconds, 2)}

@@ -1,0 +1,52 @@
+"""The layer graph of a functional Keras model: who feeds whom, in topological order, and
+which Keras layer a converter's tensor name came from.
+
+Refinement walks the graph layer by layer; equalization looks in it for weighted layers joined
+by a ReLU; analyze maps int8 tensors back to layers.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def layer_graph(model) -> dict[str, dict]:
+    """Layer name -> kind, input layer names, consumer names; in the model's topological order.
+    A model output counts as a consumer named ``<output>``."""
+    graph: dict[str, dict] = {}
+    for layer in model.layers:
+        inputs = []
+        for node in layer._inbound_nodes[:1]:
+            inputs = [t._keras_history.operation.name for t in node.input_tensors]
+        graph[layer.name] = {"kind": type(layer).__name__, "inputs": inputs, "consumers": []}
+    for name, node in graph.items():
+        for parent in node["inputs"]:
+            graph[parent]["consumers"].append(name)
+    for output in model.outputs:
+        graph[output._keras_history.operation.name]["consumers"].append("<output>")
+    return graph
+
+
+def run_layer(layer, inputs: list, chunk: int):
+    """Run one layer over a set of images in chunks (eager, inference mode)."""
+    import numpy as np
+
+    parts = []
+    for start in range(0, len(inputs[0]), chunk):
+        args = [x[start:start + chunk] for x in inputs]
+        out = layer(args[0] if len(args) == 1 else args, training=False)
+        parts.append(np.asarray(out, np.float32))
+    return np.concatenate(parts)
+
+
+def layer_of(tensor_name: str, layer_names: set[str]) -> str | None:
+    """The Keras layer a converter's tensor name belongs to ('model/conv1_relu_1/Relu6;...')."""
+    first = tensor_name.split(";")[0]
+    parts = first.split("/")
+    for part in reversed(parts[:-1] if len(parts) > 1 else parts):
+        if part in layer_names:
+            return part
+        stripped = re.sub(r"_\d+$", "", part)
+        if stripped in layer_names:
+            return stripped
+    return None
