@@ -36,11 +36,9 @@ def quantize(
     from .quiet import import_tensorflow
 
     import_tensorflow()
-    from .export import onnx as onnx_export
-    from .export import tflite as tflite_export
+    from . import analyze, mixed
     from .folding import fold_batchnorm, verify_fold
     from .loading import load_model
-    from .runners import KerasRunner, open_runner
 
     options = options or QuantizeOptions()
     report = progress or (lambda step, done, total: None)
@@ -70,24 +68,29 @@ def quantize(
         )
 
     equalized, equalization = _equalize(folded, batches, options, report)
-    refined, refinement = _refine(equalized, batches, options, report)
-    settings = ExportSettings(io=options.io, per_channel=options.per_channel)
+    keep = mixed.check_layers(folded, options.keep_float)
+    which = "holdout" if cset.holdout else "calib"
+    if options.max_drop is not None and not cset.holdout:
+        raise MobiledeployError("--max-drop is measured on held-out calibration images; set --num-holdout above 0")
     with staging.staged_directory(output_dir, options.overwrite) as work:
         save_keras(folded, work / FOLDED_FILE)
-        report("export TFLite", 0, 1)
-        artifacts = [_keras_artifact()]
-        int8_model = refined if refinement is not None or equalization is not None else None
-        artifacts += tflite_export.export(folded, batches, work, settings, int8_model)
-        report("export ONNX", 0, 1)
-        artifacts += onnx_export.export(folded, batches, work, settings, int8_model)
-
-        report("measure drift", 0, 1)
-        which = "holdout" if cset.holdout else "calib"
-        runners = {FOLDED_FILE: KerasRunner(folded)}
-        runners.update({a.file: open_runner(work / a.file) for a in artifacts if a.precision == "int8"})
-        outputs = evaluate.collect(runners, batches(which))
-        reference = outputs.pop(FOLDED_FILE)
-        drift = tuple(evaluate.drift(name, reference, out) for name, out in outputs.items())
+        while True:
+            refined, refinement = _refine(equalized, batches, options, report, frozenset(keep))
+            settings = ExportSettings(io=options.io, per_channel=options.per_channel,
+                                      float_layers=tuple(sorted(mixed.float_layers(folded, keep))))
+            int8_model = refined if refinement is not None or equalization is not None else None
+            artifacts, drift = _export_and_measure(work, folded, int8_model, batches, which, settings, report)
+            if options.max_drop is None or mixed.worst_loss(drift) <= options.max_drop \
+                    or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
+                break
+            report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
+            candidate = mixed.most_sensitive(analyze.analyze(
+                equalized, {a.file: work / a.file for a in artifacts if a.precision == "int8"}, batches(which)), keep)
+            if candidate is None:
+                break
+            keep.append(candidate)
+        mixed_report = mixed.describe(folded, keep, options.max_drop, drift) if keep or options.max_drop is not None \
+            else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
         manifest.write(work, {
             "created_by": "mobiledeploy quantize",
@@ -107,12 +110,33 @@ def quantize(
             "folding": fold.to_dict(),
             "equalization": {k: v for k, v in equalization.to_dict().items() if k != "seconds"} if equalization else None,
             "refinement": {k: v for k, v in refinement.to_dict().items() if k != "seconds"} if refinement else None,
+            "mixed_precision": mixed_report.to_dict() if mixed_report else None,
             "files": [a.to_dict() for a in artifacts],
             "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
             "versions": manifest.library_versions(),
         })
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
-                          equalization)
+                          equalization, mixed_report)
+
+
+def _export_and_measure(work: Path, folded, int8_model, batches, which: str, settings: ExportSettings,
+                        report: Progress):
+    """Write the four TFLite/ONNX files to ``work``; the int8 files' drift against ``folded``."""
+    from .export import onnx as onnx_export
+    from .export import tflite as tflite_export
+    from .runners import KerasRunner, open_runner
+
+    report("export TFLite", 0, 1)
+    artifacts = [_keras_artifact()]
+    artifacts += tflite_export.export(folded, batches, work, settings, int8_model)
+    report("export ONNX", 0, 1)
+    artifacts += onnx_export.export(folded, batches, work, settings, int8_model)
+    report("measure drift", 0, 1)
+    runners = {FOLDED_FILE: KerasRunner(folded)}
+    runners.update({a.file: open_runner(work / a.file) for a in artifacts if a.precision == "int8"})
+    outputs = evaluate.collect(runners, batches(which))
+    reference = outputs.pop(FOLDED_FILE)
+    return artifacts, tuple(evaluate.drift(name, reference, out) for name, out in outputs.items())
 
 
 def save_keras(model, path: Path) -> None:
@@ -152,7 +176,7 @@ def _equalize(folded, batches, options: QuantizeOptions, report: Progress):
     return equalize(folded, calib)
 
 
-def _refine(folded, batches, options: QuantizeOptions, report: Progress):
+def _refine(folded, batches, options: QuantizeOptions, report: Progress, keep_float: frozenset[str]):
     """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
     if options.refine == "none":
         return folded, None
@@ -168,6 +192,7 @@ def _refine(folded, batches, options: QuantizeOptions, report: Progress):
         folded, calib, progress=lambda done, total: report(step, done, total),
         adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
         clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
+        keep_float=keep_float,
     )
 
 

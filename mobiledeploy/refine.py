@@ -67,7 +67,7 @@ def fake_quantize(x: np.ndarray, low: float, high: float) -> np.ndarray:
 def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], None] | None = None,
                  chunk: int = 32, adaptive_rounding: bool = True,
                  rounding_samples: int = 64, clip_activations: bool = False,
-                 per_channel: bool = True) -> tuple[Any, RefineReport]:
+                 per_channel: bool = True, keep_float: frozenset[str] = frozenset()) -> tuple[Any, RefineReport]:
     """A copy of the folded ``model`` with int8-grid weights and empirically corrected biases.
 
     With ``adaptive_rounding`` each weight is rounded up or down (not to nearest) so that the
@@ -77,7 +77,10 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
 
     With ``clip_activations`` each bounded ReLU (ReLU6) gets the clip value that minimises the
     int8 rounding + clipping error of its output on the calibration images; the converters then
-    calibrate that tensor to [0, clip] and spend the 256 levels where the values are."""
+    calibrate that tensor to [0, clip] and spend the 256 levels where the values are.
+
+    Weighted layers in ``keep_float`` (mixed precision) keep their float weights; the layers
+    after them are corrected for the error that still reaches them."""
     import keras
 
     started = time.perf_counter()
@@ -90,7 +93,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     quant_out: dict[str, np.ndarray] = {}
     shifts: dict[str, float] = {}
     clips: dict[str, float] = {}
-    weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED]
+    weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED and name not in keep_float]
     done = 0
     for name, node in graph.items():
         layer, twin = model.get_layer(name), refined.get_layer(name)
@@ -99,7 +102,9 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
             x_quant = fake_quantize(x_float, x_float.min(), x_float.max())
         else:
             x_float = run_layer(layer, [float_out[p] for p in node["inputs"]], chunk)
-            if node["kind"] in WEIGHTED:
+            if node["kind"] in WEIGHTED and name in keep_float:
+                x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
+            elif node["kind"] in WEIGHTED:
                 if adaptive_rounding and len(node["inputs"]) == 1 and node["kind"] != "SeparableConv2D":
                     parent = node["inputs"][0]
                     adaround(twin, quant_out[parent][:rounding_samples], float_out[parent][:rounding_samples],

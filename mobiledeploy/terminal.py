@@ -62,6 +62,11 @@ def print_quantize(result) -> None:
         r = result.refinement
         console.print(f"refined for int8 ({r.method}): {r.layers} layers on {r.samples} images in {r.seconds:.1f} s; "
                       f"largest bias shift {r.max_shift:.3g}")
+    if result.mixed_precision is not None:
+        m = result.mixed_precision
+        console.print(f"mixed precision: {len(m.float_layers)} layer(s) in float ({', '.join(m.float_layers) or 'none'}; "
+                      f"{m.float_mac_share:.1%} of the multiply-adds); worst agreement loss {m.agreement_loss:.1f} "
+                      f"points" + (f" (budget {m.max_drop:g}: {'met' if m.met else 'NOT met'})" if m.max_drop is not None else ""))
     console.print(
         f"calibration: {len(cal.calib)} samples from {cal.source} (seed {cal.seed}), "
         f"{len(cal.holdout)} held out, {len(cal.skipped)} unreadable skipped"
@@ -72,11 +77,16 @@ def print_quantize(result) -> None:
     for artifact in result.artifacts:
         check = ""
         if artifact.format == "tflite" and artifact.precision == "int8":
-            check = f"full int8, {artifact.details['float_ops']} float ops, io {artifact.details['io']}"
+            floats = artifact.details["float_ops"]
+            check = f"{'mixed' if floats else 'full int8'}, {floats} float ops, io {artifact.details['io']}"
         elif artifact.format == "onnx" and artifact.precision == "int8":
-            check = "QDQ S8S8, all Conv/Gemm quantized"
+            kept = artifact.details.get("float_nodes", 0)
+            check = f"QDQ S8S8, {kept} float nodes" if kept else "QDQ S8S8, all Conv/Gemm quantized"
         files.add_row(artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check)
     console.print(files)
+    if any(a.details.get("session_options") for a in result.artifacts):
+        console.print("[yellow]note:[/] load model_int8.onnx with InferenceSession(..., disabled_optimizers="
+                      "['WeightBiasQuantization']); ONNX Runtime >= 1.21 otherwise quantizes its float layers")
     held = "held-out" if cal.holdout else "calibration (no images held out)"
     drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
     for column in ("artifact", "top-1 agreement", "SQNR (dB)", "max |diff|"):

@@ -143,6 +143,7 @@ class ExportSettings:
     io: IoType = "int8"  # int8 I/O for the TFLite int8 file (ONNX QDQ keeps float I/O)
     per_channel: bool = True  # per-tensor collapses MobileNets; only for accelerators that need it
     opset: int = 17
+    float_layers: tuple[str, ...] = ()  # Keras layers whose operators stay float (mixed precision)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,6 +164,8 @@ class QuantizeOptions:
     equalize: str = "auto"  # auto (with per-tensor weights) | on | off: cross-layer equalization
     activation_ranges: str = "minmax"  # minmax | mse (clip bounded ReLUs where it lowers the error)
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding
+    keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)
+    max_drop: float | None = None  # keep more layers in float until the int8 files lose at most this
     fold_tolerance: float = 1e-4
     batch_size: int = 16
     trust_model_code: bool = False
@@ -184,10 +187,12 @@ class QuantizeResult:
     seconds: float
     refinement: RefineReport | None = None
     equalization: EqualizeReport | None = None
+    mixed_precision: MixedPrecisionReport | None = None
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
+            "mixed_precision": self.mixed_precision.to_dict() if self.mixed_precision else None,
             "equalization": self.equalization.to_dict() if self.equalization else None,
             "artifacts": [a.to_dict() for a in self.artifacts],
             "folding": self.fold.to_dict(),
@@ -250,3 +255,19 @@ class EqualizeReport:
     def to_dict(self) -> dict:
         return {"pairs": self.pairs, "dead_channels": self.dead_channels,
                 "max_scale": round(self.max_scale, 3), "seconds": round(self.seconds, 2)}
+
+
+@dataclass(frozen=True)
+class MixedPrecisionReport:
+    """Which weighted layers stayed in float, what that costs, and whether the budget was met."""
+
+    max_drop: float | None  # the budget, points of top-1 agreement with float (None: layers named by hand)
+    float_layers: tuple[str, ...]  # weighted layers kept in float, in the order they were chosen
+    float_mac_share: float  # share of the model's multiply-adds that run in float
+    agreement_loss: float  # points of top-1 agreement lost by the worst int8 file on held-out images
+    met: bool
+
+    def to_dict(self) -> dict:
+        return {"max_drop": self.max_drop, "float_layers": list(self.float_layers),
+                "float_mac_share": round(self.float_mac_share, 4),
+                "agreement_loss": round(self.agreement_loss, 2), "met": self.met}

@@ -1,4 +1,5 @@
-"""ONNX export: tf2onnx float model, then ONNX Runtime static quantization (QDQ, S8S8)."""
+"""ONNX export: tf2onnx float model, then ONNX Runtime static quantization (QDQ, S8S8), with
+the nodes of chosen layers left in float (mixed precision) when asked."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
+from ..graph import layer_of
 from ..quiet import captured_output
 from ..types import Artifact, ExportSettings
 
@@ -47,10 +49,13 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
                     weight_type=QuantType.QInt8,
                     per_channel=settings.per_channel,
                     calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=nodes_of(prepared, settings.float_layers),
                 )
         except Exception as exc:
             raise ExportError(f"ONNX Runtime quantization failed: {str(exc).strip().splitlines()[0][:200]}") from None
-    unquantized = float_compute_nodes(int8_path)
+    kept = set(nodes_of(int8_path, settings.float_layers))
+    float_nodes = float_compute_nodes(int8_path)
+    unquantized = [name for name in float_nodes if name not in kept]
     if unquantized:
         raise ExportError(
             f"{INT8_FILE}: {len(unquantized)} compute node(s) were left in float ({', '.join(unquantized[:5])})"
@@ -60,6 +65,9 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         Artifact(INT8_FILE, "onnx", "int8", details={
             "runtime": "ONNX Runtime", "opset": settings.opset, "format": "QDQ", "activations": "int8",
             "weights": "int8", "per_channel": settings.per_channel, "io": "float32",
+            "float_layers": sorted(settings.float_layers), "float_nodes": len(float_nodes),
+            # see runners.KEEP_FLOAT_LAYERS: without this, ONNX Runtime re-quantizes the float layers
+            "session_options": {"disabled_optimizers": ["WeightBiasQuantization"]} if float_nodes else {},
         }),
     ]
 
@@ -140,6 +148,20 @@ def _reader(input_name: str, representative: Callable[[], Iterable[np.ndarray]])
             return next(self._feeds, None)
 
     return Reader()
+
+
+def nodes_of(path: Path, layers) -> list[str]:
+    """Names of the nodes tf2onnx made from the Keras layers ``layers``. A depthwise convolution
+    becomes a node named "Conv__<n>"; its weight or bias input still carries the layer's name."""
+    import onnx
+
+    if not layers:
+        return []
+    layers = set(layers)
+    return [
+        node.name for node in onnx.load(str(path)).graph.node
+        if layer_of(node.name, layers) or (node.op_type == "Conv" and any(layer_of(i, layers) for i in node.input[1:]))
+    ]
 
 
 def float_compute_nodes(path: Path) -> list[str]:

@@ -1,4 +1,5 @@
-"""TFLite export: float32 and full-integer int8 (TFLITE_BUILTINS_INT8 only)."""
+"""TFLite export: float32 and full-integer int8 (TFLITE_BUILTINS_INT8 only), or int8 with the
+operators of chosen layers left in float (mixed precision)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
+from ..graph import layer_of
 from ..quiet import captured_output
 from ..types import Artifact, ExportSettings
 
@@ -38,9 +40,13 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     if not settings.per_channel:
         converter._experimental_disable_per_channel = True  # no public switch exists
     int8_path = directory / INT8_FILE
-    int8_path.write_bytes(_convert(converter))
+    keep = frozenset(settings.float_layers)
+    float_head = _softmax_output(model) in keep
+    int8_path.write_bytes(_convert_mixed(converter, keep, settings, float_head) if keep else _convert(converter))
 
-    offenders = float_ops(int8_path)
+    floats = _float_ops(int8_path)
+    # a float softmax head's output tensor is named after the signature, not the layer
+    offenders = [name for op, name in floats if layer_of(name, keep) is None and not (float_head and op == "SOFTMAX")]
     if offenders:
         raise ExportError(
             f"{INT8_FILE}: {len(offenders)} op(s) still compute in float ({', '.join(offenders[:5])}); "
@@ -50,7 +56,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         Artifact(FLOAT_FILE, "tflite", "float32", details={"runtime": "LiteRT"}),
         Artifact(INT8_FILE, "tflite", "int8", details={
             "runtime": "LiteRT", "io": settings.io, "per_channel": settings.per_channel,
-            "float_ops": 0, "ops": op_counts(int8_path),
+            "float_ops": len(floats), "float_layers": sorted(keep), "ops": op_counts(int8_path),
         }),
     ]
 
@@ -65,29 +71,75 @@ def _convert(converter) -> bytes:
         raise ExportError(f"TFLite converter failed: {str(exc).strip().splitlines()[0][:200]}") from None
 
 
-def _ops(path: Path) -> list[tuple[str, list[np.dtype]]]:
+def _convert_mixed(converter, keep: frozenset[str], settings: ExportSettings, float_head: bool) -> bytes:
+    """Integer conversion with the operators of the layers in ``keep`` left in float: calibrate,
+    then quantize with those nodes denylisted. This is the route of the public
+    tf.lite.experimental.QuantizationDebugger; the converter has no per-layer switch."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert
+
+    converter._experimental_calibrate_only = True
+    calibrated = _convert(converter)
+    nodes = [name for name in _produced_names(_interpreter(content=calibrated)) if layer_of(name, keep)]
+    # the output tensor is named after the signature, not the layer: a float softmax head is
+    # denylisted by its operator type (a classifier has one)
+    ops = ["SOFTMAX"] if float_head else []
+    io_type = tf.int8 if settings.io == "int8" else tf.float32
+    try:
+        with captured_output():
+            return convert.mlir_quantize(
+                calibrated, disable_per_channel=not settings.per_channel, fully_quantize=settings.io == "int8",
+                input_data_type=io_type, output_data_type=io_type, denylisted_nodes=nodes, denylisted_ops=ops)
+    except Exception as exc:  # the quantizer raises plain exceptions
+        raise ExportError(f"TFLite mixed-precision quantization failed: {str(exc).strip()[:200]}") from None
+
+
+def _softmax_output(model) -> str | None:
+    """The name of the model's output layer when it is a softmax."""
+    layer = model.get_layer(model.outputs[0]._keras_history.operation.name)
+    activation = getattr(getattr(layer, "activation", None), "__name__", "")
+    return layer.name if type(layer).__name__ == "Softmax" or activation == "softmax" else None
+
+
+def _interpreter(path: Path | None = None, content: bytes | None = None):
     from ai_edge_litert.interpreter import Interpreter
 
     with captured_output():
-        interpreter = Interpreter(model_path=str(path))
-    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+        return Interpreter(model_path=str(path)) if path else Interpreter(model_content=content)
+
+
+def _produced_names(interpreter) -> list[str]:
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    return [names[i] for op in interpreter._get_ops_details() for i in op["outputs"] if i in names]
+
+
+def _ops(path: Path) -> list[tuple[str, str, list[np.dtype]]]:
+    """(operator, its first output tensor's name, the dtypes of its tensors) for every operator."""
+    interpreter = _interpreter(path)
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
     result = []
     for op in interpreter._get_ops_details():  # no public per-op API in LiteRT 2.x
         indices = [i for i in (*op["inputs"], *op["outputs"]) if i >= 0]
-        result.append((op["op_name"], [tensors.get(i) for i in indices]))
+        output = details[op["outputs"][0]]["name"] if len(op["outputs"]) and op["outputs"][0] in details else ""
+        result.append((op["op_name"], output, [details[i]["dtype"] if i in details else None for i in indices]))
     return result
 
 
 def float_ops(path: Path) -> list[str]:
-    """Ops (other than the I/O QUANTIZE/DEQUANTIZE) that read or write a float tensor."""
+    """Output tensor names of the operators (other than the QUANTIZE/DEQUANTIZE at float
+    boundaries) that read or write a float tensor."""
+    return [name for _, name in _float_ops(path)]
+
+
+def _float_ops(path: Path) -> list[tuple[str, str]]:
     return [
-        name for name, dtypes in _ops(path)
-        if name not in BOUNDARY_OPS and any(d is not None and np.issubdtype(d, np.floating) for d in dtypes)
+        (op, output) for op, output, dtypes in _ops(path)
+        if op not in BOUNDARY_OPS and any(d is not None and np.issubdtype(d, np.floating) for d in dtypes)
     ]
 
 
 def op_counts(path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for name, _ in _ops(path):
+    for name, _, _ in _ops(path):
         counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))

@@ -1,0 +1,104 @@
+"""``mobiledeploy quantize``: fold, calibrate, refine and export (see ``pipeline.quantize``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import terminal
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", "calib", required=True, type=click.Path(path_type=Path),
+              help="Calibration data: a folder of real images (searched recursively), or a "
+                   ".npy/.npz array (N,H,W,C) of 0..255 pixels. Use images like the ones the model "
+                   "will see in production; blank or random images give bad int8 ranges.")
+@click.option("-o", "--output", default=Path("build"), show_default=True, type=click.Path(path_type=Path),
+              help="Output folder. It appears complete or not at all.")
+@click.option("--num-calib", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Images used for calibration. 100-500 is plenty for MobileNets; more costs time.")
+@click.option("--num-holdout", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Further images, not used for calibration, on which int8 drift is measured.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the calibration sampling: same seed, same files.")
+@click.option("--preprocess", default="auto", show_default=True,
+              type=click.Choice(["auto", "mobilenet", "unit", "raw"]),
+              help="Pixel scaling. mobilenet: x/127.5-1 (keras.applications MobileNets); unit: x/255; "
+                   "raw: unchanged (model has its own Rescaling, or arrays are already scaled). auto: raw "
+                   "when the model starts with a Rescaling/Normalization layer, else mobilenet.")
+@click.option("--crop-fraction", default=0.875, show_default=True, type=click.FloatRange(0.1, 1.0),
+              help="Center-crop fraction: resize the shorter side to size/fraction, then crop. 0.875 is "
+                   "the ImageNet evaluation standard (256 -> 224); 1.0 keeps the whole image.")
+@click.option("--io", "io", default="int8", show_default=True, type=click.Choice(["int8", "float"]),
+              help="Input/output type of the int8 TFLite file. int8 for microcontrollers and NPUs that "
+                   "want integer I/O; float to feed float images and let the model quantize them.")
+@click.option("--per-tensor", is_flag=True,
+              help="Per-tensor weight scales instead of per-channel. Only for accelerators that require "
+                   "it: folded MobileNet depthwise weights collapse under one scale per tensor unless "
+                   "equalized (see --equalize).")
+@click.option("--refine", default="adaround", show_default=True, type=click.Choice(["adaround", "bias", "none"]),
+              help="Prepare the float model for int8 before the converters see it. adaround: round each weight "
+                   "up or down to best match the float layer on calibration images, then absorb the remaining "
+                   "mean error into the biases (best int8 accuracy; seconds to a few minutes). bias: bias "
+                   "correction only (faster). none: what the plain converters give.")
+@click.option("--equalize", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
+              help="Cross-layer equalization: rescale each conv -> ReLU -> conv pair so their channels span "
+                   "equal ranges (the function is unchanged). It is what makes --per-tensor usable on "
+                   "MobileNets; auto runs it only with --per-tensor, where it matters.")
+@click.option("--activation-ranges", default="minmax", show_default=True, type=click.Choice(["minmax", "mse"]),
+              help="minmax: each activation's int8 range is its calibration min..max (the converters' own). "
+                   "mse: also clip each ReLU6 where that lowers the rounding + clipping error; helps models "
+                   "whose activations rarely reach 6.")
+@click.option("--rounding-samples", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Calibration images whose statistics drive adaptive rounding; more is slower.")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
+              help="Run this convolution/Dense layer in float inside the int8 files (repeatable). For "
+                   "targets with float kernels next to int8 ones (CPUs, GPUs), when one layer ruins accuracy.")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="Accuracy-aware mixed precision: while an int8 file disagrees with the float model's top-1 "
+                   "on more than this many percent of the held-out images (a bound on its top-1 loss that "
+                   "needs no labels), keep one more layer in float, the one that loses most SQNR. At most "
+                   "8 layers; exit 3 if the budget is still not met. Costs one export per layer.")
+@click.option("--trust-model-code", is_flag=True,
+              help="Allow Lambda layers and custom objects, which run code stored in the model file. "
+                   "Only for files you wrote or vetted.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines).")
+def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout: int, seed: int,
+             preprocess: str, crop_fraction: float, io: str, per_tensor: bool, refine: str, equalize: str,
+             activation_ranges: str, rounding_samples: int, keep_float: tuple[str, ...], max_drop: float | None,
+             trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
+    """Fold BatchNorm, calibrate int8, and export TFLite and ONNX files.
+
+    Writes model_folded.keras, model_float.tflite, model_int8.tflite, model_float.onnx,
+    model_int8.onnx and manifest.json to the output folder, and prints the int8 drift
+    against the float model on held-out images.
+    """
+    from .pipeline import quantize as run
+    from .types import QuantizeOptions
+
+    options = QuantizeOptions(
+        num_calib=num_calib, num_holdout=num_holdout, seed=seed, preprocess=preprocess,
+        crop_fraction=crop_fraction, io=io, per_channel=not per_tensor, refine=refine, equalize=equalize,
+        activation_ranges=activation_ranges, rounding_samples=rounding_samples, keep_float=keep_float,
+        max_drop=max_drop,
+        trust_model_code=trust_model_code, overwrite=overwrite,
+    )
+    if trust_model_code:
+        click.echo("warning: --trust-model-code: code stored in the model file may run", err=True)
+    with terminal.Progress(enabled=not as_json) as progress:
+        result = run(model, calib, output, options, progress.update)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        terminal.print_quantize(result)
+    if result.mixed_precision is not None and not result.mixed_precision.met:
+        from .gate import GateFailed
+
+        raise GateFailed(
+            f"--max-drop {max_drop:g} not met: with {len(result.mixed_precision.float_layers)} layers in float the "
+            f"int8 files still disagree with float on {result.mixed_precision.agreement_loss:.1f}% of the held-out "
+            "images; the files were written (raise the budget, or check the calibration images)")
