@@ -26,6 +26,8 @@ LEVERS = [  # (label, QuantizeOptions fields)
     ("per-tensor, equalize only", {"refine": "none", "per_channel": False}),
     ("per-tensor, adaround + bias", {"per_channel": False, "equalize": "off"}),
     ("per-tensor, equalize + adaround + bias", {"per_channel": False}),
+    # mixed precision needs held-out images to measure its budget on: 50 come out of calibration
+    ("mixed precision, --max-drop 2", {"max_drop": 2.0, "num_holdout": 50}),
 ]
 
 
@@ -48,7 +50,7 @@ def main() -> None:
         calib, evaluation, labels = shared_split(args.shared, args.work / "shared-split", args.seed)
         models.append(("ImageNet MobileNet v1 0.25", args.shared / "models" / "mobilenet_v1_0.25_224.h5",
                        calib, evaluation, labels))
-    print(f"{'model':<28}{'lever':<38}{'artifact':<20}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}"
+    print(f"{'model':<28}{'lever':<42}{'artifact':<20}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}"
           f"{'refine s':>9}{'total s':>8}")
     for name, model, calib, evaluation, labels in models:
         for index in args.levers:
@@ -61,8 +63,9 @@ def _run(name, label, fields, model, calib, evaluation, labels, out) -> None:
     from mobiledeploy.pipeline import evaluate_build
 
     started = time.perf_counter()
-    result = mobiledeploy.quantize(model, calib, out, num_calib=200 if labels else 300, num_holdout=0,
-                                   overwrite=True, **fields)
+    fields = {"num_holdout": 0, **fields}
+    num_calib = (200 if labels else 300) - fields["num_holdout"]
+    result = mobiledeploy.quantize(model, calib, out, num_calib=num_calib, overwrite=True, **fields)
     total = time.perf_counter() - started
     refine_s = (result.refinement.seconds if result.refinement else 0.0) + \
         (result.equalization.seconds if result.equalization else 0.0)
@@ -71,9 +74,13 @@ def _run(name, label, fields, model, calib, evaluation, labels, out) -> None:
     for row in report.rows:
         if row["precision"] != "int8":
             continue
-        print(f"{name:<28}{label:<38}{row['artifact']:<20}{row['top1']:>7.1%}"
+        print(f"{name:<28}{label:<42}{row['artifact']:<20}{row['top1']:>7.1%}"
               f"{100 * (row['top1'] - ref['top1']):>+9.2f}{row['agreement']:>8.1%}{row['sqnr_db']:>7.1f}"
               f"{refine_s:>9.1f}{total:>8.1f}", flush=True)
+    if result.mixed_precision is not None:
+        m = result.mixed_precision
+        print(f"{'':<28}  float layers: {', '.join(m.float_layers) or 'none'} ({m.float_mac_share:.1%} of MACs); "
+              f"held-out agreement loss {m.agreement_loss:.1f} points: budget {'met' if m.met else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def quantize(
     from .quiet import import_tensorflow
 
     import_tensorflow()
-    from . import analyze, mixed
+    from . import mixed
     from .folding import fold_batchnorm, verify_fold
     from .loading import load_model
 
@@ -54,6 +54,10 @@ def quantize(
         progress=lambda done, total: report("read calibration images", done, total),
     )
 
+    mixed.check_layers(loaded.model, options.keep_float)
+    if options.max_drop is not None and not cset.holdout:
+        raise MobiledeployError("--max-drop is measured on held-out calibration images; set --num-holdout above 0")
+
     def batches(which: str = "calib"):
         return calibration.iter_batches(cset, which, options.batch_size)
 
@@ -68,29 +72,13 @@ def quantize(
         )
 
     equalized, equalization = _equalize(folded, batches, options, report)
-    keep = mixed.check_layers(folded, options.keep_float)
     which = "holdout" if cset.holdout else "calib"
-    if options.max_drop is not None and not cset.holdout:
-        raise MobiledeployError("--max-drop is measured on held-out calibration images; set --num-holdout above 0")
     with staging.staged_directory(output_dir, options.overwrite) as work:
         save_keras(folded, work / FOLDED_FILE)
-        while True:
-            refined, refinement = _refine(equalized, batches, options, report, frozenset(keep))
-            settings = ExportSettings(io=options.io, per_channel=options.per_channel,
-                                      float_layers=tuple(sorted(mixed.float_layers(folded, keep))))
-            int8_model = refined if refinement is not None or equalization is not None else None
-            artifacts, drift = _export_and_measure(work, folded, int8_model, batches, which, settings, report)
-            if options.max_drop is None or mixed.worst_loss(drift) <= options.max_drop \
-                    or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
-                break
-            report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
-            candidate = mixed.most_sensitive(analyze.analyze(
-                equalized, {a.file: work / a.file for a in artifacts if a.precision == "int8"}, batches(which)), keep)
-            if candidate is None:
-                break
-            keep.append(candidate)
-        mixed_report = mixed.describe(folded, keep, options.max_drop, drift) if keep or options.max_drop is not None \
-            else None
+        artifacts, drift, refinement, settings, keep = _build_within_budget(
+            work, folded, equalized, equalization is not None, batches, which, options, report)
+        mixed_report = mixed.describe(folded, keep, options.max_drop, drift) \
+            if keep or options.max_drop is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
         manifest.write(work, {
             "created_by": "mobiledeploy quantize",
@@ -117,6 +105,30 @@ def quantize(
         })
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
                           equalization, mixed_report)
+
+
+def _build_within_budget(work: Path, folded, equalized, was_equalized: bool, batches, which: str,
+                         options: QuantizeOptions, report: Progress):
+    """Refine, export and measure; with ``--max-drop``, keep one more layer in float and do it
+    again while an int8 file is over budget (``mixed``). The last round's files stay in ``work``."""
+    from . import analyze, mixed
+
+    keep = list(options.keep_float)
+    while True:
+        refined, refinement = _refine(equalized, batches, options, report, frozenset(keep))
+        settings = ExportSettings(io=options.io, per_channel=options.per_channel,
+                                  float_layers=tuple(sorted(mixed.float_layers(folded, keep))))
+        int8_model = refined if refinement is not None or was_equalized else None
+        artifacts, drift = _export_and_measure(work, folded, int8_model, batches, which, settings, report)
+        if options.max_drop is None or mixed.worst_loss(drift) <= options.max_drop \
+                or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
+            return artifacts, drift, refinement, settings, keep
+        report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
+        int8_files = {a.file: work / a.file for a in artifacts if a.precision == "int8"}
+        candidate = mixed.most_sensitive(analyze.analyze(equalized, int8_files, batches(which)), keep)
+        if candidate is None:
+            return artifacts, drift, refinement, settings, keep
+        keep.append(candidate)
 
 
 def _export_and_measure(work: Path, folded, int8_model, batches, which: str, settings: ExportSettings,

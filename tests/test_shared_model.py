@@ -50,3 +50,25 @@ def test_quantize_real_model(data, tmp_path):
         assert 0.5 < row["agreement"] <= 1.0 and row["sqnr_db"] > 5
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["saved_by_keras"] == "2.8.0"
+
+
+def test_max_drop_search_keeps_layers_in_float_on_real_model(data, tmp_path):
+    """The budget search on a real model: plain converters (78% agreement on these images), so
+    a budget of 0 cannot be met by full int8; each round keeps one more layer in float."""
+    out = tmp_path / "build"
+    result = CliRunner().invoke(main, [
+        "quantize", str(data / "models" / "mobilenet_v1_0.25_224.h5"),
+        "--calib", str(data / "imagenet-dev" / "images"), "-o", str(out),
+        "--num-calib", "40", "--num-holdout", "25", "--refine", "none", "--max-drop", "0",
+    ])
+    assert result.exit_code in (0, 3), result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    chosen = manifest["mixed_precision"]
+    weighted = {"Conv2D", "DepthwiseConv2D"}
+    model = load_model(data / "models" / "mobilenet_v1_0.25_224.h5").model
+    assert chosen["float_layers"] and all(type(model.get_layer(n)).__name__ in weighted for n in chosen["float_layers"])
+    worst = max(100 * (1 - row["agreement"]) for row in manifest["drift"]["rows"])
+    assert chosen["agreement_loss"] == pytest.approx(worst, abs=0.01)
+    assert chosen["met"] == (result.exit_code == 0) == (worst <= 0)
+    if result.exit_code == 3:
+        assert len(chosen["float_layers"]) == 8 and "--max-drop 0 not met" in result.output
