@@ -103,7 +103,7 @@ def _peaks(model, names: list[str], calib: np.ndarray, chunk: int) -> dict[str, 
 
     if not names:
         return {}
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    probe = keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
     peaks = {n: None for n in names}
     for start in range(0, len(calib), chunk):
         outs = probe(calib[start:start + chunk], training=False)

@@ -71,8 +71,8 @@ def test_equalized_activations_stay_under_the_cap():
     equalized, _ = equalize(model, calib)
     import keras
 
-    pre = np.asarray(keras.Model(equalized.inputs, equalized.get_layer("a").output)(calib))
-    original = np.asarray(keras.Model(model.inputs, model.get_layer("a").output)(calib))
+    pre = np.asarray(keras.Model(equalized.inputs[0], equalized.get_layer("a").output)(calib))
+    original = np.asarray(keras.Model(model.inputs[0], model.get_layer("a").output)(calib))
     clipped = original.reshape(-1, 6).max(axis=0) >= 6
     scaled = pre.reshape(-1, 6).max(axis=0)
     assert np.all(scaled[~clipped] < 6.0)  # no channel that was unclipped is clipped now
