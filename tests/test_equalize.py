@@ -76,6 +76,10 @@ def test_equalized_activations_stay_under_the_cap():
     clipped = original.reshape(-1, 6).max(axis=0) >= 6
     scaled = pre.reshape(-1, 6).max(axis=0)
     assert np.all(scaled[~clipped] < 6.0)  # no channel that was unclipped is clipped now
+    # after the unbounded ReLU the tensor's int8 range (its largest value) must not grow
+    before = np.asarray(keras.Model(model.inputs[0], model.get_layer("b").output)(calib)).max()
+    after = np.asarray(keras.Model(equalized.inputs[0], equalized.get_layer("b").output)(calib)).max()
+    assert after <= before * 1.0001
 
 
 @pytest.fixture(scope="module")
