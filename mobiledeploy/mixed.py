@@ -19,8 +19,8 @@ WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
 MAX_FLOAT_LAYERS = 8  # a search that needs more has found a model int8 does not suit
 
 
-def check_layers(model, names) -> list[str]:
-    """``names`` as a list, each a weighted layer of ``model``; a clear error otherwise."""
+def check_layers(model, names) -> None:
+    """A clear error unless every one of ``names`` is a weighted layer of ``model``."""
     weighted = [layer.name for layer in model.layers if type(layer).__name__ in WEIGHTED]
     unknown = [name for name in names if name not in weighted]
     if unknown:
@@ -29,7 +29,6 @@ def check_layers(model, names) -> list[str]:
             f"expected one of {', '.join(weighted[:8])}{' ...' if len(weighted) > 8 else ''} "
             "(mobiledeploy inspect lists them)"
         )
-    return list(dict.fromkeys(names))
 
 
 def float_layers(model, keep) -> frozenset[str]:

@@ -54,7 +54,7 @@ def quantize(
         progress=lambda done, total: report("read calibration images", done, total),
     )
 
-    mixed.check_layers(loaded.model, options.keep_float)
+    mixed.check_layers(loaded.model, options.keep_float)  # fail before any work
     if options.max_drop is not None and not cset.holdout:
         raise MobiledeployError("--max-drop is measured on held-out calibration images; set --num-holdout above 0")
 
@@ -113,7 +113,7 @@ def _build_within_budget(work: Path, folded, equalized, was_equalized: bool, bat
     again while an int8 file is over budget (``mixed``). The last round's files stay in ``work``."""
     from . import analyze, mixed
 
-    keep = list(options.keep_float)
+    keep = list(dict.fromkeys(options.keep_float))
     while True:
         refined, refinement = _refine(equalized, batches, options, report, frozenset(keep))
         settings = ExportSettings(io=options.io, per_channel=options.per_channel,
