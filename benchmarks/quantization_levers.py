@@ -11,7 +11,6 @@ against the folded float model, all on images never used for calibration.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -32,11 +31,9 @@ LEVERS = [  # (label, QuantizeOptions fields)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=Path(os.environ.get(
-        "MOBILEDEPLOY_SHARED_DATA", ROOT.parent / "shared" / "data")))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/mobiledeploy-levers"))
-    parser.add_argument("--seed", type=int, default=2026)
+    from shared_imagenet_drift import shared_split, split_arguments  # this folder: the same fixed split
+
+    parser = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-levers")
     parser.add_argument("--levers", nargs="+", type=int, default=list(range(len(LEVERS))),
                         help="indices into the lever list (default: all)")
     args = parser.parse_args()
@@ -45,8 +42,6 @@ def main() -> None:
     models = [("reference (MNIST, 32x32)", ROOT / "models" / "mnist_mobilenet_v1_0.25_32.h5",
                ROOT / "calibration_data", ROOT / "eval_data", None)]
     if (args.shared / "models" / "mobilenet_v1_0.25_224.h5").is_file():
-        from shared_imagenet_drift import shared_split  # this folder: the same fixed split
-
         calib, evaluation, labels = shared_split(args.shared, args.work / "shared-split", args.seed)
         models.append(("ImageNet MobileNet v1 0.25", args.shared / "models" / "mobilenet_v1_0.25_224.h5",
                        calib, evaluation, labels))

@@ -21,13 +21,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def split_arguments(description: str, work: str) -> argparse.ArgumentParser:
+    """--shared (the data folder), --work (scratch) and --seed (of the fixed split)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get(
         "MOBILEDEPLOY_SHARED_DATA", ROOT.parent / "shared" / "data")))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/mobiledeploy-shared-bench"))
+    parser.add_argument("--work", type=Path, default=Path(work))
     parser.add_argument("--seed", type=int, default=2026)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-shared-bench").parse_args()
 
     import mobiledeploy
     from mobiledeploy.pipeline import evaluate_build

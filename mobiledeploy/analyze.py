@@ -20,10 +20,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .graph import layer_of
+from .graph import WEIGHTED, layer_of
 from .report_types import LayerDrift
 
-WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
 
 
 class TFLiteTaps:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}  # layers with a kernel
+
 
 def layer_graph(model) -> dict[str, dict]:
     """Layer name -> kind, input layer names, consumer names; in the model's topological order.

@@ -12,10 +12,9 @@ it. Refinement then corrects the int8 layers for what remains.
 from __future__ import annotations
 
 from .errors import MobiledeployError
-from .graph import layer_graph
+from .graph import WEIGHTED, layer_graph
 from .types import Drift, MixedPrecisionReport
 
-WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
 MAX_FLOAT_LAYERS = 8  # a search that needs more has found a model int8 does not suit
 
 

@@ -76,7 +76,7 @@ def quantize(
     with staging.staged_directory(output_dir, options.overwrite) as work:
         save_keras(folded, work / FOLDED_FILE)
         artifacts, drift, refinement, settings, keep = _build_within_budget(
-            work, folded, equalized, equalization is not None, batches, which, options, report)
+            work, folded, equalized, batches, which, options, report)
         mixed_report = mixed.describe(folded, keep, options.max_drop, drift) \
             if keep or options.max_drop is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
@@ -107,8 +107,8 @@ def quantize(
                           equalization, mixed_report)
 
 
-def _build_within_budget(work: Path, folded, equalized, was_equalized: bool, batches, which: str,
-                         options: QuantizeOptions, report: Progress):
+def _build_within_budget(work: Path, folded, equalized, batches, which: str, options: QuantizeOptions,
+                         report: Progress):
     """Refine, export and measure; with ``--max-drop``, keep one more layer in float and do it
     again while an int8 file is over budget (``mixed``). The last round's files stay in ``work``."""
     from . import analyze, mixed
@@ -118,8 +118,7 @@ def _build_within_budget(work: Path, folded, equalized, was_equalized: bool, bat
         refined, refinement = _refine(equalized, batches, options, report, frozenset(keep))
         settings = ExportSettings(io=options.io, per_channel=options.per_channel,
                                   float_layers=tuple(sorted(mixed.float_layers(folded, keep))))
-        int8_model = refined if refinement is not None or was_equalized else None
-        artifacts, drift = _export_and_measure(work, folded, int8_model, batches, which, settings, report)
+        artifacts, drift = _export_and_measure(work, folded, refined, batches, which, settings, report)
         if options.max_drop is None or mixed.worst_loss(drift) <= options.max_drop \
                 or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
             return artifacts, drift, refinement, settings, keep

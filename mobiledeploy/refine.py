@@ -29,10 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .graph import layer_graph, run_layer
+from .graph import WEIGHTED, layer_graph, run_layer
 from .types import RefineReport
 
-WEIGHTED = {"Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D"}
 ACTIVATIONS = {"ReLU", "Activation"}
 PASS_THROUGH = {"Dropout", "InputLayer"}  # identity at inference; no new quantization point
 

@@ -20,7 +20,7 @@ from .quiet import captured_output
 # DequantizeLinear and a QuantizeLinear, one scale per tensor: it would silently turn the float
 # layers of a mixed-precision file into per-tensor int8 (measured: 26.8 -> 13.3 dB on the shared
 # MobileNet). Full-int8 files have no float weights, so this changes nothing for them.
-KEEP_FLOAT_LAYERS = ["WeightBiasQuantization"]
+ORT_DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 
 
 class Runner(Protocol):
@@ -102,7 +102,7 @@ class OnnxRunner:
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=KEEP_FLOAT_LAYERS)
+                                                disabled_optimizers=ORT_DISABLED_OPTIMIZERS)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise MobiledeployError(
                 f"{path}: ONNX Runtime cannot load this file ({str(exc).splitlines()[0][:160]}); "

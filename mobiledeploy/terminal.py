@@ -84,9 +84,11 @@ def print_quantize(result) -> None:
             check = f"QDQ S8S8, {kept} float nodes" if kept else "QDQ S8S8, all Conv/Gemm quantized"
         files.add_row(artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check)
     console.print(files)
-    if any(a.details.get("session_options") for a in result.artifacts):
-        console.print("[yellow]note:[/] load model_int8.onnx with InferenceSession(..., disabled_optimizers="
-                      "['WeightBiasQuantization']); ONNX Runtime >= 1.21 otherwise quantizes its float layers")
+    for artifact in result.artifacts:
+        if artifact.details.get("session_options"):
+            options = ", ".join(f"{k}={v!r}" for k, v in artifact.details["session_options"].items())
+            console.print(f"[yellow]note:[/] load {artifact.file} with InferenceSession(..., {options}); "
+                          "ONNX Runtime >= 1.21 otherwise quantizes its float layers")
     held = "held-out" if cal.holdout else "calibration (no images held out)"
     drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
     for column in ("artifact", "top-1 agreement", "SQNR (dB)", "max |diff|"):

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import ExportError
 from ..graph import layer_of
 from ..quiet import captured_output
+from ..runners import ORT_DISABLED_OPTIMIZERS
 from ..types import Artifact, ExportSettings
 
 FLOAT_FILE = "model_float.onnx"
@@ -66,8 +67,8 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
             "runtime": "ONNX Runtime", "opset": settings.opset, "format": "QDQ", "activations": "int8",
             "weights": "int8", "per_channel": settings.per_channel, "io": "float32",
             "float_layers": sorted(settings.float_layers), "float_nodes": len(float_nodes),
-            # see runners.KEEP_FLOAT_LAYERS: without this, ONNX Runtime re-quantizes the float layers
-            "session_options": {"disabled_optimizers": ["WeightBiasQuantization"]} if float_nodes else {},
+            # without this, ONNX Runtime re-quantizes the float layers (see runners)
+            "session_options": {"disabled_optimizers": ORT_DISABLED_OPTIMIZERS} if float_nodes else {},
         }),
     ]
 
