@@ -86,7 +86,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     refined = keras.Model.from_config(model.get_config())
     refined.set_weights(model.get_weights())
     graph = layer_graph(model)
-    fused = _fused_into_activation(graph)
+    rounded = rounded_outputs(graph)
     remaining = {name: len(node["consumers"]) for name, node in graph.items()}
     float_out: dict[str, np.ndarray] = {}
     quant_out: dict[str, np.ndarray] = {}
@@ -125,7 +125,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                 if clip_activations and _clippable(twin):
                     twin.max_value = clips[name] = mse_clip(x_float, float(twin.max_value))
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
-            if node["kind"] not in PASS_THROUGH and name not in fused:
+            if name in rounded:
                 x_quant = fake_quantize(x_quant, x_float.min(), min(x_float.max(), clips.get(name, np.inf)))
         float_out[name], quant_out[name] = x_float, x_quant
         for parent in node["inputs"]:  # free what no later layer needs
@@ -270,9 +270,12 @@ def _quantize_weights(layer, per_channel: bool = True) -> None:
     layer.set_weights(weights)
 
 
-def _fused_into_activation(graph: dict[str, dict]) -> set[str]:
-    """Weighted layers whose only consumer is an activation: the converters fuse the two, so
-    the pre-activation tensor is never rounded to int8."""
+def rounded_outputs(graph: dict[str, dict]) -> set[str]:
+    """The layers whose output tensor the converters round to int8: the input, and every layer
+    but the identities and the weighted layers fused with the activation after them (the
+    converters fuse the two, so the pre-activation tensor is never rounded)."""
+    fused = {name for name, node in graph.items()
+             if node["kind"] in WEIGHTED and len(node["consumers"]) == 1
+             and graph.get(node["consumers"][0], {}).get("kind") in ACTIVATIONS}
     return {name for name, node in graph.items()
-            if node["kind"] in WEIGHTED and len(node["consumers"]) == 1
-            and graph.get(node["consumers"][0], {}).get("kind") in ACTIVATIONS}
+            if node["kind"] == "InputLayer" or (node["kind"] not in PASS_THROUGH and name not in fused)}

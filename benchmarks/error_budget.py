@@ -1,0 +1,124 @@
+"""Where the int8 error of the shared MobileNet comes from: weights or activations.
+
+    python benchmarks/error_budget.py [--shared ../shared/data] [--seed 2026]
+
+On the fixed split of shared_imagenet_drift.py (200 calibration images, 300 evaluation
+images) the folded float model runs in a simulation of int8 inference, with refine.py's
+rounding (the converters' asymmetric per-tensor int8 over the calibration min/max, after each
+fused activation): weights float or on the int8 grid (nearest rounding, or mobiledeploy's
+refinement), activations float or int8. Output SQNR and top-1 agreement are against the float
+model on the evaluation images; the last row is the real default int8 TFLite file on the same
+images, to show the simulation is faithful. If "float weights, int8 activations" is no better
+than the default, no weight-side lever can close the rest of the gap: it is the int8
+activation grid.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    from shared_imagenet_drift import shared_split, split_arguments  # this folder: the same fixed split
+
+    args = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-budget").parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import mobiledeploy
+    from mobiledeploy import calibration, datasets
+    from mobiledeploy.folding import fold_batchnorm
+    from mobiledeploy.loading import load_model
+    from mobiledeploy.refine import refine_for_int8
+    from mobiledeploy.runners import open_runner
+
+    model_path = args.shared / "models" / "mobilenet_v1_0.25_224.h5"
+    calib_dir, eval_dir, labels = shared_split(args.shared, args.work / "shared-split", args.seed)
+    model = load_model(model_path).model
+    preprocessing = calibration.preprocessing_for(model)
+    folded, _ = fold_batchnorm(model)
+    calib = np.concatenate(list(calibration.iter_batches(calibration.scan(calib_dir, preprocessing, 200), "calib", 50)))
+    images = np.concatenate(list(datasets.iter_batches(datasets.open_data(eval_dir, labels), preprocessing, 50)))
+    reference = _predict(folded, images)
+    ranges = _ranges(folded, calib)
+    nearest = _nearest(folded)
+    refined, _ = refine_for_int8(folded, calib)
+    build = mobiledeploy.quantize(model_path, calib_dir, args.work / "build", num_calib=200, overwrite=True)
+    real = open_runner(Path(build.output_dir) / "model_int8.tflite")
+    rows = [
+        ("nearest int8 weights, float activations", _simulate(nearest, images, None)),
+        ("float weights, int8 activations", _simulate(folded, images, ranges)),
+        ("nearest int8 weights, int8 activations", _simulate(nearest, images, ranges)),
+        ("refined int8 weights, int8 activations (default)", _simulate(refined, images, ranges)),
+        ("real default model_int8.tflite", np.concatenate([real.run(images[i:i + 50]) for i in range(0, len(images), 50)])),
+    ]
+    print(f"{'simulation':<52}{'SQNR dB':>8}{'agree':>8}   ({len(images)} images)")
+    for label, output in rows:
+        sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
+        agree = np.mean(output.argmax(axis=1) == reference.argmax(axis=1))
+        print(f"{label:<52}{sqnr:>8.1f}{agree:>8.1%}", flush=True)
+
+
+def _predict(model, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(model(images[i:i + 50], training=False)) for i in range(0, len(images), 50)])
+
+
+def _ranges(model, calib: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Calibration min/max of every tensor the converters round to int8, as they compute it."""
+    import keras
+
+    from mobiledeploy.graph import layer_graph
+    from mobiledeploy.refine import rounded_outputs
+
+    graph = layer_graph(model)
+    names = [n for n in rounded_outputs(graph) if graph[n]["kind"] != "InputLayer"]
+    probe = keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
+    ranges = {n: (float(calib.min()), float(calib.max())) for n in graph if graph[n]["kind"] == "InputLayer"}
+    for start in range(0, len(calib), 25):
+        for name, out in zip(names, probe(calib[start:start + 25], training=False)):
+            low, high = ranges.get(name, (np.inf, -np.inf))
+            ranges[name] = (min(low, float(np.min(out))), max(high, float(np.max(out))))
+    return ranges
+
+
+def _nearest(model):
+    """A copy of ``model`` with every weighted layer's kernel rounded to nearest on the
+    per-channel int8 grid, as the plain converters do."""
+    import keras
+
+    from mobiledeploy.graph import WEIGHTED
+    from mobiledeploy.refine import quantize_kernel
+
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    for layer in copy.layers:
+        kind = type(layer).__name__
+        if kind in WEIGHTED and kind != "SeparableConv2D":
+            weights = layer.get_weights()
+            weights[0] = quantize_kernel(weights[0], kind)
+            layer.set_weights(weights)
+    return copy
+
+
+def _simulate(model, images: np.ndarray, ranges: dict | None) -> np.ndarray:
+    """``model`` run layer by layer, rounding each int8 tensor to its grid unless ``ranges`` is None."""
+    from mobiledeploy.graph import layer_graph, run_layer
+    from mobiledeploy.refine import fake_quantize
+
+    graph = layer_graph(model)
+    outputs = []
+    for start in range(0, len(images), 50):
+        values: dict[str, np.ndarray] = {}
+        for name, node in graph.items():
+            if node["kind"] == "InputLayer":
+                x = images[start:start + 50]
+            else:
+                x = run_layer(model.get_layer(name), [values[p] for p in node["inputs"]], 50)
+            values[name] = fake_quantize(x, *ranges[name]) if ranges is not None and name in ranges else x
+        outputs.append(values[name])  # the last layer in graph order is the output
+    return np.concatenate(outputs)
+
+
+if __name__ == "__main__":
+    main()
