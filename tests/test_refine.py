@@ -144,3 +144,15 @@ def test_refined_files_are_deterministic(tiny_model_file, calib_folder, tmp_path
         assert cli("quantize", tiny_model_file, "--calib", calib_folder, "-o", tmp_path / run, "--num-calib", 30,
                    "--num-holdout", 0).exit_code == 0
     assert (tmp_path / "a" / "model_int8.tflite").read_bytes() == (tmp_path / "b" / "model_int8.tflite").read_bytes()
+
+
+def test_rounded_outputs_are_the_tensors_the_converters_round(tiny_model):
+    """Convolutions followed by their activation are fused (never rounded), identities add no
+    rounding; everything else, the input included, is an int8 tensor."""
+    from mobiledeploy.folding import fold_batchnorm
+    from mobiledeploy.graph import layer_graph
+    from mobiledeploy.refine import rounded_outputs
+
+    folded, _ = fold_batchnorm(tiny_model)
+    assert rounded_outputs(layer_graph(folded)) == {
+        "image", "stem_relu", "dw_relu", "pw_relu", "sep", "residual", "pool", "logits", "probs"}
