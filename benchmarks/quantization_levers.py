@@ -27,6 +27,7 @@ LEVERS = [  # (label, QuantizeOptions fields)
     ("per-tensor, equalize + adaround + bias", {"per_channel": False}),
     # mixed precision needs held-out images to measure its budget on: 50 come out of calibration
     ("mixed precision, --max-drop 2", {"max_drop": 2.0, "num_holdout": 50}),
+    ("per-channel + --equalize on", {"equalize": "on"}),
 ]
 
 
