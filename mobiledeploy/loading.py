@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ModelLoadError
+from .flatten import flatten
 
 # Layer classes the pipeline (folding, converters, cost model) knows how to handle.
 SUPPORTED_LAYERS = frozenset(
@@ -99,7 +100,7 @@ def _load_h5(path: Path, trust: bool) -> LoadedModel:
         group = handle["model_weights"] if "model_weights" in handle else handle
         weights = dict(_h5_weights(group, path))
     _assign_weights(model, weights, path)
-    return LoadedModel(model, str(path), "h5", saved_by, trust)
+    return LoadedModel(flatten(model), str(path), "h5", saved_by, trust)
 
 
 def _h5_weights(group, path: Path) -> Iterator[tuple[str, list]]:
@@ -137,7 +138,7 @@ def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
             f"{path}: Keras could not rebuild the model ({_first_line(exc)}); "
             "re-save it with the Keras version that trained it"
         ) from None
-    return LoadedModel(_as_functional(model), str(path), "keras",
+    return LoadedModel(flatten(_as_functional(model)), str(path), "keras",
                        str(metadata.get("keras_version", "unknown")), trust)
 
 
@@ -180,7 +181,7 @@ def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
         layer_name, _, weight_name = variable.name.rpartition("/")
         weights.setdefault(layer_name, []).append((weight_name, variable.numpy()))
     _assign_weights(model, weights, path)
-    return LoadedModel(model, str(path), "savedmodel", str(meta.get("keras_version", "unknown")), trust)
+    return LoadedModel(flatten(model), str(path), "savedmodel", str(meta.get("keras_version", "unknown")), trust)
 
 
 # --- config checks and model building ---------------------------------------------------
@@ -229,6 +230,10 @@ def _check_layer(layer: dict, path: Path, trust: bool) -> None:
     kind = layer.get("class_name")
     cfg = layer.get("config", {}) or {}
     name = cfg.get("name") or layer.get("name") or "?"
+    if kind in MODEL_CLASSES:  # a nested model (a base inside a fine-tuned classifier): check its layers
+        for inner in cfg.get("layers") or []:
+            _check_layer(inner, path, trust)
+        return
     if kind in CODE_LAYERS or _has_custom_object(cfg):
         if trust:
             return
@@ -237,11 +242,6 @@ def _check_layer(layer: dict, path: Path, trust: bool) -> None:
             f"{path}: layer '{name}' is {what}, which would run code stored in the file; "
             "refused. Replace it with built-in layers, or pass --trust-model-code if you "
             "wrote or vetted this file"
-        )
-    if kind in MODEL_CLASSES:
-        raise ModelLoadError(
-            f"{path}: layer '{name}' is a nested model; nested models are not supported yet. "
-            "Rebuild the model as one flat Functional model (call the inner layers directly)"
         )
     if kind not in SUPPORTED_LAYERS:
         if trust and layer.get("module") not in (None, "keras.layers"):
@@ -275,8 +275,23 @@ def _has_custom_object(value: Any) -> bool:
 def _sanitize_keras2(config: dict) -> dict:
     """Drop Keras 2 keys that Keras 3 constructors reject (same meaning, new defaults)."""
     config = _untuple(config)
-    for layer in config["config"]["layers"]:
+    _sanitize_layers(config["config"]["layers"], config["config"])
+    return config
+
+
+def _sanitize_layers(layers: list, model: dict) -> None:
+    nested = {layer.get("config", {}).get("name") for layer in layers if layer.get("class_name") in MODEL_CLASSES}
+    # Keras 2 counted a nested model's own construction as its node 0, so its first call in
+    # the outer graph is node 1; in Keras 3 that call is node 0
+    calls = [node for layer in layers for node in layer.get("inbound_nodes") or [] if isinstance(node, list)]
+    for entry in [e for node in calls for e in node] + list(model.get("output_layers") or []):
+        if isinstance(entry, list) and len(entry) >= 2 and entry[0] in nested and isinstance(entry[1], int) \
+                and entry[1] >= 1:
+            entry[1] -= 1
+    for layer in layers:
         cfg = layer.get("config", {})
+        if layer.get("class_name") in MODEL_CLASSES:  # a nested model
+            _sanitize_layers(cfg.get("layers") or [], cfg)
         if layer.get("class_name") == "DepthwiseConv2D":
             if cfg.get("groups", 1) != 1:
                 raise ModelLoadError(
@@ -284,7 +299,6 @@ def _sanitize_keras2(config: dict) -> dict:
                     "has no Keras 3 equivalent"
                 )
             cfg.pop("groups", None)
-    return config
 
 
 def _untuple(value: Any) -> Any:
@@ -329,12 +343,25 @@ def _as_functional(model):
 
 
 def _assign_weights(model, weights: dict[str, list], path: Path) -> None:
-    """Give every layer its saved weights, matched by layer name then by weight name."""
+    """Give every layer its saved weights, matched by layer name then by weight name. A nested
+    model's weights are saved under its own name as '<inner layer>/<weight>' (HDF5), or under
+    the inner layers' names (SavedModel)."""
+    import keras
+
     for layer in model.layers:
         expected = layer.weights
         if not expected:
             continue
         saved = weights.get(layer.name)
+        if isinstance(layer, keras.Model):
+            inner = weights
+            if saved is not None:
+                inner = {}
+                for name, value in saved:
+                    parts = name.split("/")
+                    inner.setdefault(parts[-2] if len(parts) > 1 else "", []).append((name, value))
+            _assign_weights(layer, inner, path)
+            continue
         if saved is None:
             raise ModelLoadError(
                 f"{path}: no saved weights for layer '{layer.name}'; the file is incomplete"

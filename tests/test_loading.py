@@ -186,3 +186,58 @@ def test_two_inputs_are_refused(tmp_path):
     keras.Model([a, b], keras.layers.Add()([a, b])).save(path)
     with pytest.raises(ModelLoadError, match="2 inputs"):
         load_model(path)
+
+
+@pytest.fixture(scope="module")
+def nested_files(tmp_path_factory):
+    """Fine-tuned classifiers saved the usual way: a MobileNet base called as one layer."""
+    import keras
+
+    tf_keras = pytest.importorskip("tf_keras")
+    folder = tmp_path_factory.mktemp("nested")
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0, 1, (2, 48, 48, 3)).astype("float32")
+    made = {}
+    for api, suffixes in ((tf_keras, ("h5", "savedmodel")), (keras, ("keras", "h5"))):
+        base = api.applications.MobileNetV2(alpha=0.35, input_shape=(48, 48, 3), include_top=False, weights=None)
+        for layer in base.layers:
+            if "BatchNormalization" in type(layer).__name__:
+                layer.set_weights([rng.uniform(0.5, 2, w.shape) for w in layer.get_weights()])
+        inputs = api.Input((48, 48, 3))
+        h = api.layers.Rescaling(2.0, offset=-1.0)(inputs)  # [0, 1] input
+        h = api.layers.GlobalAveragePooling2D()(base(h, training=False))
+        model = api.Model(inputs, api.layers.Dense(4, activation="softmax")(h))
+        expected = np.asarray(model(x, training=False))
+        for suffix in suffixes:
+            path = folder / f"{'k2' if api is tf_keras else 'k3'}_nested.{suffix}"
+            model.save(path, save_format="tf") if suffix == "savedmodel" else model.save(path)
+            made[path.name] = (path, expected)
+    return made, x
+
+
+@pytest.mark.parametrize("name", ["k2_nested.h5", "k2_nested.savedmodel", "k3_nested.keras", "k3_nested.h5"])
+def test_nested_models_are_inlined_with_their_weights(nested_files, name):
+    import keras
+
+    from mobiledeploy.folding import fold_batchnorm
+
+    made, x = nested_files
+    path, expected = made[name]
+    model = load_model(path).model
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    assert "Conv1" in [layer.name for layer in model.layers]  # the base's own layers, by name
+    np.testing.assert_allclose(np.asarray(model(x)), expected, atol=1e-5)
+    folded, report = fold_batchnorm(model)
+    assert len(report.folded) == 52 and not report.unfolded
+    np.testing.assert_allclose(np.asarray(folded(x)), expected, atol=1e-5)
+
+
+def test_code_inside_a_nested_model_is_still_refused(tmp_path):
+    import keras
+
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, keras.layers.Lambda(lambda t: t * 2.0, name="code")(inner_in), name="inner")
+    outer_in = keras.Input((8, 8, 3))
+    keras.Model(outer_in, keras.layers.Flatten()(inner(outer_in))).save(tmp_path / "nested_lambda.keras")
+    with pytest.raises(ModelLoadError, match="'code' is a Lambda layer"):
+        load_model(tmp_path / "nested_lambda.keras")
