@@ -6,7 +6,8 @@ layers and custom objects are refused unless the caller explicitly trusts the fi
 
 Keras 2 files (most ``model.h5`` files in the wild) do not load with Keras 3's
 ``load_model`` (e.g. DepthwiseConv2D's ``groups`` key), so every format goes through the
-same path: config JSON -> sanitize -> ``from_config`` -> weights assigned by layer name.
+same path: config JSON -> check -> translate for Keras 3 (``keras2_config``) -> ``from_config``
+-> weights assigned by layer name -> nested models inlined (``flatten``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ModelLoadError
-from .flatten import flatten
+from .flatten import INFERENCE_IDENTITY, flatten
+from .keras2_config import MODEL_CLASSES, scalar_op, to_keras3
 
 # Layer classes the pipeline (folding, converters, cost model) knows how to handle.
 SUPPORTED_LAYERS = frozenset(
@@ -29,13 +31,12 @@ SUPPORTED_LAYERS = frozenset(
         "Multiply", "Concatenate", "Dropout", "Flatten", "Reshape", "Dense", "Rescaling",
         "Normalization",
     }
-)
+) | INFERENCE_IDENTITY  # data augmentation: dropped when the model is loaded
 SUPPORTED_ACTIVATIONS = frozenset(
     {"linear", "relu", "relu6", "softmax", "sigmoid", "hard_sigmoid", "swish", "silu",
      "hard_swish", "hard_silu", "tanh", "elu", "gelu"}
 )
 CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
-MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def _build(config: dict, path: Path, trust: bool):
     import keras
 
     _check_config(config, path, trust)
-    config = _sanitize_keras2(config)
+    config = to_keras3(config)
     class_name = config.get("class_name")
     builder = keras.Sequential if class_name == "Sequential" else keras.Model
     try:
@@ -230,6 +231,8 @@ def _check_layer(layer: dict, path: Path, trust: bool) -> None:
     kind = layer.get("class_name")
     cfg = layer.get("config", {}) or {}
     name = cfg.get("name") or layer.get("name") or "?"
+    if scalar_op(layer) is not None:  # x/127.5 etc.: becomes a Rescaling layer
+        return
     if kind in MODEL_CLASSES:  # a nested model (a base inside a fine-tuned classifier): check its layers
         for inner in cfg.get("layers") or []:
             _check_layer(inner, path, trust)
@@ -270,46 +273,6 @@ def _has_custom_object(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_custom_object(v) for v in value)
     return False
-
-
-def _sanitize_keras2(config: dict) -> dict:
-    """Drop Keras 2 keys that Keras 3 constructors reject (same meaning, new defaults)."""
-    config = _untuple(config)
-    _sanitize_layers(config["config"]["layers"], config["config"])
-    return config
-
-
-def _sanitize_layers(layers: list, model: dict) -> None:
-    nested = {layer.get("config", {}).get("name") for layer in layers if layer.get("class_name") in MODEL_CLASSES}
-    # Keras 2 counted a nested model's own construction as its node 0, so its first call in
-    # the outer graph is node 1; in Keras 3 that call is node 0
-    calls = [node for layer in layers for node in layer.get("inbound_nodes") or [] if isinstance(node, list)]
-    for entry in [e for node in calls for e in node] + list(model.get("output_layers") or []):
-        if isinstance(entry, list) and len(entry) >= 2 and entry[0] in nested and isinstance(entry[1], int) \
-                and entry[1] >= 1:
-            entry[1] -= 1
-    for layer in layers:
-        cfg = layer.get("config", {})
-        if layer.get("class_name") in MODEL_CLASSES:  # a nested model
-            _sanitize_layers(cfg.get("layers") or [], cfg)
-        if layer.get("class_name") == "DepthwiseConv2D":
-            if cfg.get("groups", 1) != 1:
-                raise ModelLoadError(
-                    f"layer '{cfg.get('name')}': DepthwiseConv2D with groups={cfg['groups']} "
-                    "has no Keras 3 equivalent"
-                )
-            cfg.pop("groups", None)
-
-
-def _untuple(value: Any) -> Any:
-    """A copy where tf-keras' {"class_name": "__tuple__", "items": [...]} become plain lists."""
-    if isinstance(value, dict):
-        if value.get("class_name") == "__tuple__" and "items" in value:
-            return [_untuple(v) for v in value["items"]]
-        return {k: _untuple(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_untuple(v) for v in value]
-    return value
 
 
 def _as_functional(model):

@@ -241,3 +241,39 @@ def test_code_inside_a_nested_model_is_still_refused(tmp_path):
     keras.Model(outer_in, keras.layers.Flatten()(inner(outer_in))).save(tmp_path / "nested_lambda.keras")
     with pytest.raises(ModelLoadError, match="'code' is a Lambda layer"):
         load_model(tmp_path / "nested_lambda.keras")
+
+
+def test_keras2_transfer_learning_tutorial_model(tmp_path):
+    """The shape of TensorFlow's transfer-learning tutorial: augmentation, preprocess_input
+    (TFOpLambda x/127.5 - 1) and a nested MobileNetV2. Augmentation is dropped, the scaling
+    becomes Rescaling layers, and the outputs are unchanged."""
+    import keras
+
+    from mobiledeploy.calibration import preprocessing_for
+
+    tf_keras = pytest.importorskip("tf_keras")
+    base = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(48, 48, 3), include_top=False, weights=None)
+    augment = tf_keras.Sequential([tf_keras.layers.RandomFlip("horizontal"), tf_keras.layers.RandomRotation(0.2)])
+    inputs = tf_keras.Input((48, 48, 3))
+    h = tf_keras.applications.mobilenet_v2.preprocess_input(augment(inputs))
+    h = tf_keras.layers.GlobalAveragePooling2D()(base(h, training=False))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(3)(tf_keras.layers.Dropout(0.2)(h)))
+    model.save(tmp_path / "tutorial.h5")
+    x = np.random.default_rng(2).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
+    loaded = load_model(tmp_path / "tutorial.h5").model
+    kinds = [type(layer).__name__ for layer in loaded.layers]
+    assert kinds[:3] == ["InputLayer", "Rescaling", "Rescaling"]
+    assert not any(k.startswith("Random") or isinstance(layer, keras.Model) for k, layer in zip(kinds, loaded.layers))
+    np.testing.assert_allclose(np.asarray(loaded(x)), model(x, training=False).numpy(), atol=1e-5)
+    assert preprocessing_for(loaded).scaling == "raw"  # the model scales its own [0, 255] input
+
+
+def test_tf_op_lambda_other_than_constant_arithmetic_stays_refused(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    import tensorflow as tf
+
+    inputs = tf_keras.Input((8, 8, 3))
+    model = tf_keras.Model(inputs, tf.math.truediv(inputs, inputs + 1.0))  # y is a tensor, not a number
+    model.save(tmp_path / "op.h5")
+    with pytest.raises(ModelLoadError, match="Lambda layer"):
+        load_model(tmp_path / "op.h5")
