@@ -35,7 +35,8 @@ def scalar_op(layer: dict) -> tuple[float, float] | None:
     constant number y to one tensor, else None."""
     if layer.get("class_name") != "TFOpLambda":
         return None
-    rule = _SCALAR_OPS.get((layer.get("config") or {}).get("function"))
+    function = (layer.get("config") or {}).get("function")
+    rule = _SCALAR_OPS.get(function)
     nodes = layer.get("inbound_nodes") or []
     entries = _entries(nodes[0]) if len(nodes) == 1 and isinstance(nodes[0], list) else []
     if rule is None or len(entries) != 1:
@@ -44,7 +45,7 @@ def scalar_op(layer: dict) -> tuple[float, float] | None:
     kwargs = entry[3] if isinstance(entry, list) and len(entry) == 4 and isinstance(entry[3], dict) else None
     y = None if kwargs is None else kwargs.get("y")
     if not isinstance(y, (int, float)) or isinstance(y, bool) or set(kwargs) - {"y", "name"} \
-            or (y == 0 and rule is _SCALAR_OPS["math.truediv"]):
+            or (y == 0 and "div" in function):
         return None
     return rule(float(y))
 
