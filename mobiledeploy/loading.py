@@ -132,6 +132,12 @@ def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
             "re-save the model with model.save('model.keras')"
         ) from None
     _check_config(config, path, trust)
+    version = str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
+    if version.startswith("2."):  # tf-keras' .keras files name their weights by class, not by layer
+        raise ModelLoadError(
+            f"{path}: a .keras file saved by Keras {version} (tf-keras) is not supported; save the "
+            "model with model.save('model.h5') or as a SavedModel directory, which load as saved"
+        )
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=not trust)
     except Exception as exc:  # Keras raises many types for broken archives

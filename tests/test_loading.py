@@ -277,3 +277,11 @@ def test_tf_op_lambda_other_than_constant_arithmetic_stays_refused(tmp_path):
     model.save(tmp_path / "op.h5")
     with pytest.raises(ModelLoadError, match="Lambda layer"):
         load_model(tmp_path / "op.h5")
+
+
+def test_tf_keras_dot_keras_file_gets_a_clear_error(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    inputs = tf_keras.Input((8, 8, 3))
+    tf_keras.Model(inputs, tf_keras.layers.Conv2D(2, 3)(inputs)).save(tmp_path / "k2.keras")
+    with pytest.raises(ModelLoadError, match=r"saved by Keras 2\.\d+.*model\.save\('model\.h5'\)"):
+        load_model(tmp_path / "k2.keras")
