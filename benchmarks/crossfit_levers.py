@@ -16,7 +16,6 @@ right (the discordant pairs; a difference well inside their total is noise).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import numpy as np
 
 def main() -> None:
     from quantization_levers import LEVERS  # this folder: one list of levers for both benchmarks
-    from shared_imagenet_drift import split_arguments
+    from shared_imagenet_drift import link_images, split_arguments
 
     parser = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-crossfit")
     parser.add_argument("--levers", nargs="+", type=int, default=[2, 0, 1],
@@ -40,15 +39,16 @@ def main() -> None:
     wnids = [line.split("\t")[1] for line in (args.shared / "imagenet-dev" / "classes.txt").read_text().splitlines()]
     order = np.random.default_rng(args.seed).permutation(len(images))
     folds = np.array_split(order, args.folds)
-    labels = {f.name: wnids.index(f.name.split("_", 1)[0]) for f in images}
+    class_of = {wnid: i for i, wnid in enumerate(wnids)}
+    labels = {f.name: class_of[f.name.split("_", 1)[0]] for f in images}
     float_out: dict[str, np.ndarray] = {}
     int8_out: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     for k, held_out in enumerate(folds):
         rest = np.concatenate([f for j, f in enumerate(folds) if j != k])
         calib = args.work / f"fold{k}" / "calib"
         evaluation = args.work / f"fold{k}" / "eval"
-        _link(calib, [images[i] for i in rest[:200]])
-        _link(evaluation, [images[i] for i in held_out])
+        link_images(calib, [images[i] for i in rest[:200]])
+        link_images(evaluation, [images[i] for i in held_out])
         for index in args.levers:
             label, fields = LEVERS[index]
             print(f"fold {k + 1}/{args.folds}: {label}", flush=True)
@@ -57,17 +57,11 @@ def main() -> None:
     _table(args.levers, LEVERS, labels, float_out, int8_out)
 
 
-def _link(folder: Path, files: list[Path]) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for f in files:
-        (folder / f.name).symlink_to(f.resolve())
-
-
 def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out, index) -> dict[str, np.ndarray]:
     """Build with the lever's options; the float model's and each int8 file's output per image."""
     import mobiledeploy
     from mobiledeploy import datasets, manifest
+    from mobiledeploy.evaluate import collect
     from mobiledeploy.runners import open_runner
     from mobiledeploy.types import Preprocessing
 
@@ -78,14 +72,11 @@ def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out, index
     names = [Path(item).name for item in data.items]
     runners = {"float": open_runner(out / "model_folded.keras")}
     runners.update({a.file: open_runner(out / a.file) for a in result.artifacts if a.precision == "int8"})
-    outputs = {name: [] for name in runners}
-    for batch in datasets.iter_batches(data, preprocessing, 50):
-        for name, runner in runners.items():
-            outputs[name].extend(np.asarray(runner.run(batch), np.float64))
+    outputs = collect(runners, datasets.iter_batches(data, preprocessing, 50))
     for name, rows in outputs.items():
         if name != "float":
-            int8_out.setdefault((index, name), {}).update(zip(names, rows))
-    return dict(zip(names, outputs["float"]))
+            int8_out.setdefault((index, name), {}).update(zip(names, rows.astype(np.float64)))
+    return dict(zip(names, outputs["float"].astype(np.float64)))
 
 
 def _table(levers, catalogue, labels, float_out, int8_out) -> None:

@@ -30,8 +30,9 @@ def main() -> None:
     from mobiledeploy import calibration, datasets
     from mobiledeploy.folding import fold_batchnorm
     from mobiledeploy.loading import load_model
+    from mobiledeploy.evaluate import collect
     from mobiledeploy.refine import refine_for_int8
-    from mobiledeploy.runners import open_runner
+    from mobiledeploy.runners import KerasRunner, open_runner
 
     model_path = args.shared / "models" / "mobilenet_v1_0.25_224.h5"
     calib_dir, eval_dir, labels = shared_split(args.shared, args.work / "shared-split", args.seed)
@@ -40,28 +41,25 @@ def main() -> None:
     folded, _ = fold_batchnorm(model)
     calib = np.concatenate(list(calibration.iter_batches(calibration.scan(calib_dir, preprocessing, 200), "calib", 50)))
     images = np.concatenate(list(datasets.iter_batches(datasets.open_data(eval_dir, labels), preprocessing, 50)))
-    reference = _predict(folded, images)
     ranges = _ranges(folded, calib)
     nearest = _nearest(folded)
     refined, _ = refine_for_int8(folded, calib)
     build = mobiledeploy.quantize(model_path, calib_dir, args.work / "build", num_calib=200, overwrite=True)
-    real = open_runner(Path(build.output_dir) / "model_int8.tflite")
+    real = collect({"float": KerasRunner(folded), "tflite": open_runner(Path(build.output_dir) / "model_int8.tflite")},
+                   (images[i:i + 50] for i in range(0, len(images), 50)))
+    reference = real["float"]
     rows = [
         ("nearest int8 weights, float activations", _simulate(nearest, images, None)),
         ("float weights, int8 activations", _simulate(folded, images, ranges)),
         ("nearest int8 weights, int8 activations", _simulate(nearest, images, ranges)),
         ("refined int8 weights, int8 activations (default)", _simulate(refined, images, ranges)),
-        ("real default model_int8.tflite", np.concatenate([real.run(images[i:i + 50]) for i in range(0, len(images), 50)])),
+        ("real default model_int8.tflite", real["tflite"]),
     ]
     print(f"{'simulation':<52}{'SQNR dB':>8}{'agree':>8}   ({len(images)} images)")
     for label, output in rows:
         sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
         agree = np.mean(output.argmax(axis=1) == reference.argmax(axis=1))
         print(f"{label:<52}{sqnr:>8.1f}{agree:>8.1%}", flush=True)
-
-
-def _predict(model, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(model(images[i:i + 50], training=False)) for i in range(0, len(images), 50)])
 
 
 def _ranges(model, calib: np.ndarray) -> dict[str, tuple[float, float]]:
@@ -88,16 +86,13 @@ def _nearest(model):
     import keras
 
     from mobiledeploy.graph import WEIGHTED
-    from mobiledeploy.refine import quantize_kernel
+    from mobiledeploy.refine import quantize_weights
 
     copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     for layer in copy.layers:
-        kind = type(layer).__name__
-        if kind in WEIGHTED and kind != "SeparableConv2D":
-            weights = layer.get_weights()
-            weights[0] = quantize_kernel(weights[0], kind)
-            layer.set_weights(weights)
+        if type(layer).__name__ in WEIGHTED:
+            quantize_weights(layer)
     return copy
 
 

@@ -57,16 +57,22 @@ def shared_split(shared: Path, work: Path, seed: int = 2026) -> tuple[Path, Path
     as <wnid>/<file>, labels file of all 1000 wnids in model output order). Symlinks only."""
     images = sorted((shared / "imagenet-dev" / "images").iterdir())
     order = np.random.default_rng(seed).permutation(len(images))
-    calib, evaluation = [images[i] for i in order[:200]], [images[i] for i in order[200:]]
     shutil.rmtree(work, ignore_errors=True)
-    for folder, files in (("calib", calib), ("eval", evaluation)):
-        for f in files:
-            target = work / folder / (f.name.split("_", 1)[0] if folder == "eval" else "")
-            target.mkdir(parents=True, exist_ok=True)
-            (target / f.name).symlink_to(f.resolve())
+    link_images(work / "calib", [images[i] for i in order[:200]])
+    link_images(work / "eval", [images[i] for i in order[200:]], by_class=True)
     wnids = [line.split("\t")[1] for line in (shared / "imagenet-dev" / "classes.txt").read_text().splitlines()]
     (work / "labels.txt").write_text("\n".join(wnids) + "\n")
     return work / "calib", work / "eval", work / "labels.txt"
+
+
+def link_images(folder: Path, files: list[Path], by_class: bool = False) -> None:
+    """Symlinks to ``files`` in a fresh ``folder``; with ``by_class``, in one subfolder per wnid
+    (the file name's prefix), the layout eval reads labels from."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for f in files:
+        target = folder / (f.name.split("_", 1)[0] if by_class else "")
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f.name).symlink_to(f.resolve())
 
 
 if __name__ == "__main__":

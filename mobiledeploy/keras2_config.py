@@ -77,8 +77,8 @@ def _translate(layers: list, model: dict) -> None:
             cfg.pop("groups", None)
         elif kind in INFERENCE_IDENTITY:  # data augmentation, dropped after loading
             cfg.pop("rng_type", None)
-        elif scalar_op(layer) is not None:
-            scale, offset = scalar_op(layer)
+        elif (rescaling := scalar_op(layer)) is not None:
+            scale, offset = rescaling
             source = _entries(layer["inbound_nodes"][0])[0]
             layer["inbound_nodes"] = [[[source[0], source[1], source[2], {}]]]
             layer["class_name"] = "Rescaling"

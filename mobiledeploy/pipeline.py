@@ -7,6 +7,7 @@ inspect and analyze over a build.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +62,12 @@ def quantize(
     def batches(which: str = "calib"):
         return calibration.iter_batches(cset, which, options.batch_size)
 
+    @functools.cache
+    def samples():  # what equalization and every refinement round read: decoded once
+        import numpy as np
+
+        return np.concatenate(list(calibration.first_samples(batches(), REFINE_SAMPLES)))  # bounded memory
+
     report("fold BatchNorm", 0, 1)
     folded, fold = fold_batchnorm(loaded.model)
     fold = verify_fold(loaded.model, folded, batches(), fold, options.fold_tolerance)
@@ -71,12 +78,12 @@ def quantize(
             "or extreme values — check the file"
         )
 
-    equalized, equalization = _equalize(folded, batches, options, report)
+    equalized, equalization = _equalize(folded, samples, options, report)
     which = "holdout" if cset.holdout else "calib"
     with staging.staged_directory(output_dir, options.overwrite) as work:
         save_keras(folded, work / FOLDED_FILE)
         artifacts, drift, refinement, settings, keep = _build_within_budget(
-            work, folded, equalized, batches, which, options, report)
+            work, folded, equalized, batches, samples, which, options, report)
         mixed_report = mixed.describe(folded, keep, options.max_drop, drift) \
             if keep or options.max_drop is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
@@ -107,7 +114,7 @@ def quantize(
                           equalization, mixed_report)
 
 
-def _build_within_budget(work: Path, folded, equalized, batches, which: str, options: QuantizeOptions,
+def _build_within_budget(work: Path, folded, equalized, batches, samples, which: str, options: QuantizeOptions,
                          report: Progress):
     """Refine, export and measure; with ``--max-drop``, keep one more layer in float and do it
     again while an int8 file is over budget (``mixed``). The last round's files stay in ``work``."""
@@ -115,7 +122,7 @@ def _build_within_budget(work: Path, folded, equalized, batches, which: str, opt
 
     keep = list(dict.fromkeys(options.keep_float))
     while True:
-        refined, refinement = _refine(equalized, batches, options, report, frozenset(keep))
+        refined, refinement = _refine(equalized, samples, options, report, frozenset(keep))
         settings = ExportSettings(io=options.io, per_channel=options.per_channel,
                                   float_layers=tuple(sorted(mixed.float_layers(folded, keep))))
         artifacts, drift = _export_and_measure(work, folded, refined, batches, which, settings, report)
@@ -172,35 +179,29 @@ def save_keras(model, path: Path) -> None:
     stable.replace(path)
 
 
-def _equalize(folded, batches, options: QuantizeOptions, report: Progress):
+def _equalize(folded, samples, options: QuantizeOptions, report: Progress):
     """Cross-layer equalization for per-tensor weights ('auto'), or as asked."""
     if options.equalize not in ("auto", "on", "off"):
         raise MobiledeployError(f"unknown equalize setting '{options.equalize}'; expected auto, on or off")
     if options.equalize == "off" or (options.equalize == "auto" and options.per_channel):
         return folded, None
-    import numpy as np
-
     from .equalize import equalize
 
     report("cross-layer equalization", 0, 1)
-    calib = np.concatenate(list(calibration.first_samples(batches(), REFINE_SAMPLES)))
-    return equalize(folded, calib)
+    return equalize(folded, samples())
 
 
-def _refine(folded, batches, options: QuantizeOptions, report: Progress, keep_float: frozenset[str]):
+def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_float: frozenset[str]):
     """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
     if options.refine == "none":
         return folded, None
-    import numpy as np
-
     from . import refine
 
     if options.refine not in ("bias", "adaround"):
         raise MobiledeployError(f"unknown refine method '{options.refine}'; expected adaround, bias or none")
-    calib = np.concatenate(list(calibration.first_samples(batches(), REFINE_SAMPLES)))  # bounded memory
     step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
     return refine.refine_for_int8(
-        folded, calib, progress=lambda done, total: report(step, done, total),
+        folded, samples(), progress=lambda done, total: report(step, done, total),
         adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
         clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
         keep_float=keep_float,

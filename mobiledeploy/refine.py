@@ -109,7 +109,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                     adaround(twin, quant_out[parent][:rounding_samples], float_out[parent][:rounding_samples],
                              per_channel=per_channel)
                 else:
-                    _quantize_weights(twin, per_channel)
+                    quantize_weights(twin, per_channel)
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
                 if twin.use_bias:  # after folding every layer that had a BatchNorm has one
                     error = (x_quant - x_float).reshape(-1, x_float.shape[-1]).mean(axis=0)
@@ -259,7 +259,7 @@ def _clippable(layer) -> bool:
         and not getattr(layer, "negative_slope", 0)
 
 
-def _quantize_weights(layer, per_channel: bool = True) -> None:
+def quantize_weights(layer, per_channel: bool = True) -> None:
     kind = type(layer).__name__
     weights = layer.get_weights()
     if kind == "SeparableConv2D":

@@ -44,7 +44,8 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     float_head = _softmax_output(model) in keep
     int8_path.write_bytes(_convert_mixed(converter, keep, settings, float_head) if keep else _convert(converter))
 
-    floats = _float_ops(int8_path)
+    ops = _ops(int8_path)
+    floats = _float_ops(ops)
     # a float softmax head's output tensor is named after the signature, not the layer
     offenders = [name for op, name in floats if layer_of(name, keep) is None and not (float_head and op == "SOFTMAX")]
     if offenders:
@@ -56,7 +57,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         Artifact(FLOAT_FILE, "tflite", "float32", details={"runtime": "LiteRT"}),
         Artifact(INT8_FILE, "tflite", "int8", details={
             "runtime": "LiteRT", "io": settings.io, "per_channel": settings.per_channel,
-            "float_ops": len(floats), "float_layers": sorted(keep), "ops": op_counts(int8_path),
+            "float_ops": len(floats), "float_layers": sorted(keep), "ops": _op_counts(ops),
         }),
     ]
 
@@ -128,18 +129,18 @@ def _ops(path: Path) -> list[tuple[str, str, list[np.dtype]]]:
 def float_ops(path: Path) -> list[str]:
     """Output tensor names of the operators (other than the QUANTIZE/DEQUANTIZE at float
     boundaries) that read or write a float tensor."""
-    return [name for _, name in _float_ops(path)]
+    return [name for _, name in _float_ops(_ops(path))]
 
 
-def _float_ops(path: Path) -> list[tuple[str, str]]:
+def _float_ops(ops: list[tuple[str, str, list[np.dtype]]]) -> list[tuple[str, str]]:
     return [
-        (op, output) for op, output, dtypes in _ops(path)
+        (op, output) for op, output, dtypes in ops
         if op not in BOUNDARY_OPS and any(d is not None and np.issubdtype(d, np.floating) for d in dtypes)
     ]
 
 
-def op_counts(path: Path) -> dict[str, int]:
+def _op_counts(ops: list[tuple[str, str, list[np.dtype]]]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for name, _, _ in _ops(path):
+    for name, _, _ in ops:
         counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
