@@ -17,17 +17,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVERS = [  # (label, QuantizeOptions fields)
-    ("plain converters", {"refine": "none"}),
-    ("bias correction", {"refine": "bias"}),
-    ("adaround + bias correction (default)", {}),
-    ("adaround + bias + mse ranges", {"activation_ranges": "mse"}),
-    ("per-tensor, plain", {"refine": "none", "per_channel": False, "equalize": "off"}),
-    ("per-tensor, equalize only", {"refine": "none", "per_channel": False}),
-    ("per-tensor, adaround + bias", {"per_channel": False, "equalize": "off"}),
-    ("per-tensor, equalize + adaround + bias", {"per_channel": False}),
+    ("plain converters", {"refine": "none", "logit_floor": "off"}),
+    ("bias correction", {"refine": "bias", "logit_floor": "off"}),
+    ("adaround + bias + logit floor (default)", {}),
+    ("default + mse ranges", {"activation_ranges": "mse"}),
+    ("per-tensor, plain", {"refine": "none", "per_channel": False, "equalize": "off", "logit_floor": "off"}),
+    ("per-tensor, equalize only", {"refine": "none", "per_channel": False, "logit_floor": "off"}),
+    ("per-tensor, adaround + bias + floor", {"per_channel": False, "equalize": "off"}),
+    ("per-tensor, equalize + adaround + bias + floor", {"per_channel": False}),
     # mixed precision needs held-out images to measure its budget on: 50 come out of calibration
     ("mixed precision, --max-drop 2", {"max_drop": 2.0, "num_holdout": 50}),
-    ("per-channel + --equalize on", {"equalize": "on"}),
+    ("default + --equalize on", {"equalize": "on"}),
+    ("adaround + bias (--logit-floor off)", {"logit_floor": "off"}),
 ]
 
 

@@ -52,6 +52,11 @@ from . import terminal
               help="minmax: each activation's int8 range is its calibration min..max (the converters' own). "
                    "mse: also clip each ReLU6 where that lowers the rounding + clipping error; helps models "
                    "whose activations rarely reach 6.")
+@click.option("--logit-floor", default="auto", show_default=True, type=click.Choice(["auto", "off"]),
+              help="auto: when the model ends in Conv2D/Dense -> softmax, raise the logits that are far below "
+                   "the top to a floor chosen on the calibration images, so the int8 logits get a finer step "
+                   "(the softmax barely changes; near-ties between the top classes stop collapsing onto one "
+                   "int8 level). off: the logits keep their full calibrated range.")
 @click.option("--rounding-samples", default=64, show_default=True, type=click.IntRange(min=1),
               help="Calibration images whose statistics drive adaptive rounding; more is slower.")
 @click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
@@ -69,7 +74,7 @@ from . import terminal
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines).")
 def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout: int, seed: int,
              preprocess: str, crop_fraction: float, io: str, per_tensor: bool, refine: str, equalize: str,
-             activation_ranges: str, rounding_samples: int, keep_float: tuple[str, ...], max_drop: float | None,
+             activation_ranges: str, logit_floor: str, rounding_samples: int, keep_float: tuple[str, ...], max_drop: float | None,
              trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
     """Fold BatchNorm, calibrate int8, and export TFLite and ONNX files.
 
@@ -83,7 +88,7 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
     options = QuantizeOptions(
         num_calib=num_calib, num_holdout=num_holdout, seed=seed, preprocess=preprocess,
         crop_fraction=crop_fraction, io=io, per_channel=not per_tensor, refine=refine, equalize=equalize,
-        activation_ranges=activation_ranges, rounding_samples=rounding_samples, keep_float=keep_float,
+        activation_ranges=activation_ranges, logit_floor=logit_floor, rounding_samples=rounding_samples, keep_float=keep_float,
         max_drop=max_drop,
         trust_model_code=trust_model_code, overwrite=overwrite,
     )

@@ -158,6 +158,11 @@ def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200
     preprocessing = Preprocessing.from_dict(content["preprocessing"])
     dataset = datasets.open_data(data)
     model = _keras_model(build_dir, False)
+    floor = content.get("logit_floor")
+    if floor:  # the int8 files' logits are floored: compare them with the same floored tensor
+        from .logit_floor import apply_floor
+
+        model = apply_floor(model, floor["layer"], floor["split_softmax"], floor["floor"])
     int8 = {e["file"]: build_dir / e["file"] for e in files if e["precision"] == "int8"}
     total = min(max_images, len(dataset.items))
     batches = datasets.iter_batches(dataset, preprocessing, batch_size)

@@ -79,11 +79,12 @@ def quantize(
         )
 
     equalized, equalization = _equalize(folded, samples, options, report)
+    floor = _logit_floor(equalized, samples, options, report)
     which = "holdout" if cset.holdout else "calib"
     with staging.staged_directory(output_dir, options.overwrite) as work:
         save_keras(folded, work / FOLDED_FILE)
         artifacts, drift, refinement, settings, keep = _build_within_budget(
-            work, folded, equalized, batches, samples, which, options, report)
+            work, folded, equalized, floor, batches, samples, which, options, report)
         mixed_report = mixed.describe(folded, keep, options.max_drop, drift) \
             if keep or options.max_drop is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
@@ -105,24 +106,31 @@ def quantize(
             "folding": fold.to_dict(),
             "equalization": {k: v for k, v in equalization.to_dict().items() if k != "seconds"} if equalization else None,
             "refinement": {k: v for k, v in refinement.to_dict().items() if k != "seconds"} if refinement else None,
+            "logit_floor": floor.to_dict() if floor else None,
             "mixed_precision": mixed_report.to_dict() if mixed_report else None,
             "files": [a.to_dict() for a in artifacts],
             "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
             "versions": manifest.library_versions(),
         })
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
-                          equalization, mixed_report)
+                          equalization, mixed_report, floor)
 
 
-def _build_within_budget(work: Path, folded, equalized, batches, samples, which: str, options: QuantizeOptions,
-                         report: Progress):
-    """Refine, export and measure; with ``--max-drop``, keep one more layer in float and do it
-    again while an int8 file is over budget (``mixed``). The last round's files stay in ``work``."""
+def _build_within_budget(work: Path, folded, equalized, floor, batches, samples, which: str,
+                         options: QuantizeOptions, report: Progress):
+    """Refine (and floor the logits), export and measure; with ``--max-drop``, keep one more
+    layer in float and do it again while an int8 file is over budget (``mixed``). The last
+    round's files stay in ``work``."""
     from . import analyze, mixed
+    from .logit_floor import apply_floor
+
+    def floored(model):  # what the int8 converters see; analyze compares its tensors with the same
+        return apply_floor(model, floor.layer, floor.split_softmax, floor.floor) if floor else model
 
     keep = list(dict.fromkeys(options.keep_float))
     while True:
         refined, refinement = _refine(equalized, samples, options, report, frozenset(keep))
+        refined = floored(refined)
         settings = ExportSettings(io=options.io, per_channel=options.per_channel,
                                   float_layers=tuple(sorted(mixed.float_layers(folded, keep))))
         artifacts, drift = _export_and_measure(work, folded, refined, batches, which, settings, report)
@@ -131,7 +139,7 @@ def _build_within_budget(work: Path, folded, equalized, batches, samples, which:
             return artifacts, drift, refinement, settings, keep
         report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
         int8_files = {a.file: work / a.file for a in artifacts if a.precision == "int8"}
-        candidate = mixed.most_sensitive(analyze.analyze(equalized, int8_files, batches(which)), keep)
+        candidate = mixed.most_sensitive(analyze.analyze(floored(equalized), int8_files, batches(which)), keep)
         if candidate is None:
             return artifacts, drift, refinement, settings, keep
         keep.append(candidate)
@@ -189,6 +197,18 @@ def _equalize(folded, samples, options: QuantizeOptions, report: Progress):
 
     report("cross-layer equalization", 0, 1)
     return equalize(folded, samples())
+
+
+def _logit_floor(model, samples, options: QuantizeOptions, report: Progress):
+    """The floor under the softmax's logits for the int8 files ('auto'), or None."""
+    if options.logit_floor not in ("auto", "off"):
+        raise MobiledeployError(f"unknown logit floor setting '{options.logit_floor}'; expected auto or off")
+    if options.logit_floor == "off":
+        return None
+    from .logit_floor import floor_logits
+
+    report("floor the softmax's logits", 0, 1)
+    return floor_logits(model, samples())
 
 
 def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_float: frozenset[str]):

@@ -163,6 +163,7 @@ class QuantizeOptions:
     refine: str = "adaround"  # adaround (+ bias correction) | bias | none
     equalize: str = "auto"  # auto (with per-tensor weights) | on | off: cross-layer equalization
     activation_ranges: str = "minmax"  # minmax | mse (clip bounded ReLUs where it lowers the error)
+    logit_floor: str = "auto"  # auto (where a softmax follows a linear layer and it lowers the error) | off
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding
     keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)
     max_drop: float | None = None  # keep more layers in float until the int8 files lose at most this
@@ -188,10 +189,12 @@ class QuantizeResult:
     refinement: RefineReport | None = None
     equalization: EqualizeReport | None = None
     mixed_precision: MixedPrecisionReport | None = None
+    logit_floor: LogitFloorReport | None = None
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
+            "logit_floor": self.logit_floor.to_dict() if self.logit_floor else None,
             "mixed_precision": self.mixed_precision.to_dict() if self.mixed_precision else None,
             "equalization": self.equalization.to_dict() if self.equalization else None,
             "artifacts": [a.to_dict() for a in self.artifacts],
@@ -255,6 +258,23 @@ class EqualizeReport:
     def to_dict(self) -> dict:
         return {"pairs": self.pairs, "dead_channels": self.dead_channels,
                 "max_scale": round(self.max_scale, 3), "seconds": round(self.seconds, 2)}
+
+
+@dataclass(frozen=True)
+class LogitFloorReport:
+    """The floor put under the softmax's logits in the int8 files (recorded in the manifest)."""
+
+    layer: str  # the Conv2D/Dense that computes the logits
+    split_softmax: bool  # its activation was the softmax, now a layer of its own
+    floor: float  # logits below it are raised to it (softmax(max(x, floor)) = softmax(relu(x - floor)))
+    calibrated_range: tuple[float, float]  # the logits' range on the calibration images
+    step_ratio: float  # how many times finer the int8 step of the logits is
+    share_below: float  # share of calibration logits raised to the floor
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "split_softmax": self.split_softmax, "floor": round(self.floor, 4),
+                "calibrated_range": [round(v, 4) for v in self.calibrated_range],
+                "step_ratio": round(self.step_ratio, 3), "share_below": round(self.share_below, 4)}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def mixed_builds(tmp_path_factory):
     for name, extra in (("int8", []), ("mixed", [arg for layer in KEPT for arg in ("--keep-float", layer)])):
         out = tmp_path_factory.mktemp(name) / "build"
         result = cli("quantize", REFERENCE_MODEL, "--calib", ROOT / "calibration_data", "-o", out,
-                     "--num-holdout", 100, "--refine", "none", "--json", *extra)
+                     "--num-holdout", 100, "--refine", "none", "--logit-floor", "off", "--json", *extra)
         assert result.exit_code == 0, result.output
         builds[name] = (out, json.loads(result.output))
     return builds

@@ -1,0 +1,171 @@
+"""A floor under the logits that feed a classifier's softmax, chosen for the int8 grid.
+
+The int8 tensor that feeds the softmax spreads its 256 levels over the whole calibrated range
+of the logits. On the ImageNet MobileNet v1 0.25 that range is [-15, 27]: one step is 0.17,
+so two classes whose probabilities differ by up to 18% can land on the same level, and the
+argmax then picks the lower class index, whichever was on top in float. Yet softmax hardly
+looks at the low end: a class 15 below the top gets e^-15 of its probability.
+
+Softmax is shift invariant, so ``softmax(max(x, c)) = softmax(relu(x - c))``, and
+``relu(x - c)`` is what the layer that produces the logits computes once ``c`` is taken off its
+bias and its activation becomes ReLU, which every converter fuses into the layer. The int8
+tensor then spans [0, max - c] and its step shrinks by (max - min) / (max - c). The floor ``c``
+is the one that minimises the squared error of the softmax output on the calibration images,
+with the int8 rounding of the logits simulated; raising it lifts every class below it to the
+floor's probability, so the search stops where that costs more than the finer grid saves,
+and if no floor beats none, the model is left as it is.
+
+Only the file the int8 converters see gets the floor; the float files and the folded model
+stay as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from .folding import _plain, _refs, _rewire
+from .graph import layer_graph
+from .types import LogitFloorReport
+
+PRODUCERS = {"Conv2D", "Dense"}
+PASS_THROUGH = {"Reshape", "Flatten", "Dropout"}  # shape only (or identity at inference)
+CANDIDATES = 96
+MIN_GAIN = 0.8  # a floor must cut the softmax's int8 error by at least 20%
+
+
+def softmax_logits(model) -> tuple[str, bool] | None:
+    """(the layer that computes the logits, whether its own activation is the softmax), when
+    the model's softmax is fed by a linear Conv2D/Dense with a bias through shape-only layers
+    and sees one distribution per image; otherwise None."""
+    graph = layer_graph(model)
+    for name, node in graph.items():
+        layer = model.get_layer(name)
+        if _activation(layer) == "softmax" and node["kind"] in PRODUCERS:
+            return (name, True) if _plain_producer(layer, fused=True) else None
+        if node["kind"] == "Softmax" or (node["kind"] == "Activation" and _activation(layer) == "softmax"):
+            if node["kind"] == "Softmax" and getattr(layer, "axis", -1) not in (-1, len(layer.output.shape) - 1):
+                return None
+            parent = node["inputs"][0] if len(node["inputs"]) == 1 else None
+            while parent and graph[parent]["kind"] in PASS_THROUGH and len(graph[parent]["consumers"]) == 1:
+                parent = graph[parent]["inputs"][0] if len(graph[parent]["inputs"]) == 1 else None
+            if parent and graph[parent]["kind"] in PRODUCERS and len(graph[parent]["consumers"]) == 1 \
+                    and _plain_producer(model.get_layer(parent), fused=False) \
+                    and _per_image(model.get_layer(parent), layer):
+                return parent, False
+            return None
+    return None
+
+
+def choose_floor(logits: np.ndarray) -> float | None:
+    """The floor that minimises the softmax output's squared error over ``logits`` (one row
+    per image) with the logits rounded to int8 on [floor, max]; None when no floor cuts the
+    error by a fifth."""
+    logits = np.asarray(logits, np.float64).reshape(len(logits), -1)
+    low, high = float(logits.min()), float(logits.max())
+    reference = _softmax(logits)
+    ceiling = float(np.median(logits.max(axis=1)))  # beyond the typical top logit it only hurts
+    if not ceiling > low:
+        return None
+    candidates = np.linspace(low, ceiling, CANDIDATES)
+    errors = [float(np.sum((_softmax(_int8_grid(logits, c, high)) - reference) ** 2)) for c in candidates]
+    best = int(np.argmin(errors))
+    # small floors move where the grid falls and win or lose by luck; ask for a real gain
+    return float(candidates[best]) if errors[best] < MIN_GAIN * errors[0] else None
+
+
+def apply_floor(model, layer_name: str, fused: bool, floor: float):
+    """A copy of ``model`` whose ``layer_name`` outputs relu(logits - floor), followed by the
+    softmax (split off into its own layer when it was the layer's activation)."""
+    import keras
+
+    config = _plain(model.get_config())
+    entry = next(layer for layer in config["layers"] if layer["name"] == layer_name)
+    entry["config"]["activation"] = "relu"
+    if fused:
+        _insert_softmax(config, entry)
+    floored = keras.Model.from_config(config)
+    for layer in floored.layers:
+        if layer.weights:
+            weights = model.get_layer(layer.name).get_weights()
+            if layer.name == layer_name:
+                weights[-1] = (weights[-1] - np.float32(floor)).astype(np.float32)
+            layer.set_weights(weights)
+    return floored
+
+
+def floor_logits(model, calib: np.ndarray, chunk: int = 32) -> LogitFloorReport | None:
+    """Find the softmax's logits in ``model`` and choose their floor on ``calib``; None when the
+    model has no such softmax or no floor lowers the error."""
+    import keras
+
+    found = softmax_logits(model)
+    if found is None:
+        return None
+    name, fused = found
+    layer = model.get_layer(name)
+    if fused:  # the layer's own output is the softmax: compute its logits without it
+        probe = keras.Model.from_config(_linear_config(model, name))
+        probe.set_weights(model.get_weights())
+        probe = keras.Model(probe.inputs[0], probe.get_layer(name).output)
+    else:
+        probe = keras.Model(model.inputs[0], layer.output)
+    logits = np.concatenate([np.asarray(probe(calib[i:i + chunk], training=False)).reshape(
+        len(calib[i:i + chunk]), -1) for i in range(0, len(calib), chunk)])
+    floor = choose_floor(logits)
+    if floor is None:
+        return None
+    low, high = float(logits.min()), float(logits.max())
+    return LogitFloorReport(layer=name, split_softmax=fused, floor=floor, calibrated_range=(low, high),
+                            step_ratio=(high - low) / (high - floor),
+                            share_below=float(np.mean(logits < floor)))
+
+
+def _plain_producer(layer, fused: bool) -> bool:
+    return (fused or _activation(layer) == "linear") and bool(getattr(layer, "use_bias", False))
+
+
+def _per_image(producer, softmax) -> bool:
+    """One distribution per image: the softmax's last axis holds all of the logits."""
+    size = int(np.prod(producer.output.shape[1:]))
+    return softmax.output.shape[-1] == size
+
+
+def _activation(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    if isinstance(activation, str):
+        return activation
+    return getattr(activation, "__name__", "") if activation is not None else ""
+
+
+def _linear_config(model, name: str) -> dict:
+    config = _plain(model.get_config())
+    next(layer for layer in config["layers"] if layer["name"] == name)["config"]["activation"] = "linear"
+    return config
+
+
+def _insert_softmax(config: dict, entry: dict) -> None:
+    """Put an Activation('softmax') layer after ``entry`` and point its consumers at it."""
+    name = entry["name"]
+    softmax_name = f"{name}_softmax"
+    _rewire(config, {name: softmax_name})
+    node = copy.deepcopy(entry["inbound_nodes"][0])
+    for ref in _refs(node):
+        ref[:] = [name, 0, 0]
+    softmax = {"module": "keras.layers", "class_name": "Activation", "registered_name": None,
+               "name": softmax_name, "inbound_nodes": [node],
+               "config": {"name": softmax_name, "activation": "softmax", "trainable": False,
+                          "dtype": entry["config"].get("dtype", "float32")}}
+    config["layers"].insert(config["layers"].index(entry) + 1, softmax)
+
+
+def _int8_grid(logits: np.ndarray, floor: float, high: float) -> np.ndarray:
+    """relu(logits - floor) rounded to the int8 grid of [0, high - floor], shifted back."""
+    scale = (high - floor) / 255.0
+    return np.clip(np.round((logits - floor) / scale), 0, 255) * scale + floor
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
