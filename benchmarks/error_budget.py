@@ -25,7 +25,11 @@ import numpy as np
 def main() -> None:
     from shared_imagenet_drift import shared_split, split_arguments  # this folder: the same fixed split
 
-    args = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-budget").parse_args()
+    parser = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-budget")
+    parser.add_argument("--each-tensor", type=int, default=0, metavar="N",
+                        help="also list the N activation tensors whose int8 rounding alone (float weights, "
+                             "every other tensor float, logit floor on) costs the most")
+    args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import mobiledeploy
     from mobiledeploy import calibration, datasets
@@ -65,6 +69,22 @@ def main() -> None:
         sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
         agree = np.mean(output.argmax(axis=1) == reference.argmax(axis=1))
         print(f"{label:<52}{sqnr:>8.1f}{agree:>8.1%}", flush=True)
+    if args.each_tensor:
+        _each_tensor(apply_floor(folded, floor.layer, floor.split_softmax, floor.floor), calib, images,
+                     reference, args.each_tensor)
+
+
+def _each_tensor(model, calib: np.ndarray, images: np.ndarray, reference: np.ndarray, count: int) -> None:
+    """The tensors whose int8 rounding alone costs the most output SQNR, worst first."""
+    ranges = _ranges(model, calib)
+    rows = []
+    for name, bounds in ranges.items():
+        output = _simulate(model, images, {name: bounds})
+        sqnr = 10 * np.log10(np.sum(reference ** 2) / max(float(np.sum((output - reference) ** 2)), 1e-30))
+        rows.append((sqnr, float(np.mean(output.argmax(axis=1) == reference.argmax(axis=1))), name, bounds))
+    print(f"\nonly this tensor int8 (float weights, logit floor){'':<4}{'SQNR dB':>8}{'agree':>8}   range")
+    for sqnr, agree, name, (low, high) in sorted(rows)[:count]:
+        print(f"{name:<52}{sqnr:>8.1f}{agree:>8.1%}   {low:.3g}..{high:.3g}")
 
 
 def _ranges(model, calib: np.ndarray) -> dict[str, tuple[float, float]]:

@@ -23,8 +23,8 @@ LEVERS = [  # (label, QuantizeOptions fields)
     ("default + mse ranges", {"activation_ranges": "mse"}),
     ("per-tensor, plain", {"refine": "none", "per_channel": False, "equalize": "off", "logit_floor": "off"}),
     ("per-tensor, equalize only", {"refine": "none", "per_channel": False, "logit_floor": "off"}),
-    ("per-tensor, adaround + bias + floor", {"per_channel": False, "equalize": "off"}),
-    ("per-tensor, equalize + adaround + bias + floor", {"per_channel": False}),
+    ("per-tensor, adaround + floor", {"per_channel": False, "equalize": "off"}),
+    ("per-tensor, equalize + adaround + floor", {"per_channel": False}),
     # mixed precision needs held-out images to measure its budget on: 50 come out of calibration
     ("mixed precision, --max-drop 2", {"max_drop": 2.0, "num_holdout": 50}),
     ("default + --equalize on", {"equalize": "on"}),

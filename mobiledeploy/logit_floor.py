@@ -69,6 +69,7 @@ def choose_floor(logits: np.ndarray) -> float | None:
     if not ceiling > low:
         return None
     candidates = np.linspace(low, ceiling, CANDIDATES)
+    candidates = candidates[candidates < high]  # a floor at the top would leave no range
     errors = [float(np.sum((_softmax(_int8_grid(logits, c, high)) - reference) ** 2)) for c in candidates]
     best = int(np.argmin(errors))
     # small floors move where the grid falls and win or lose by luck; ask for a real gain

@@ -64,8 +64,8 @@ def print_quantize(result) -> None:
                       f"largest bias shift {r.max_shift:.3g}")
     if result.logit_floor is not None:
         f = result.logit_floor
-        console.print(f"int8 logits of {f.layer} floored at {f.floor:.3g} (calibrated from {f.calibrated_range[0]:.3g}): "
-                      f"{f.step_ratio:.2f}x finer int8 step; {f.share_below:.0%} of calibration logits raised")
+        console.print(f"logit floor: int8 {f.layer} floored at {f.floor:.3g} (was {f.calibrated_range[0]:.3g}), "
+                      f"{f.step_ratio:.2f}x finer step; {f.share_below:.0%} of logits raised")
     if result.mixed_precision is not None:
         m = result.mixed_precision
         console.print(f"mixed precision: {len(m.float_layers)} layer(s) in float ({', '.join(m.float_layers) or 'none'}; "

@@ -107,7 +107,7 @@ def test_the_floored_model_computes_softmax_of_the_floored_logits_and_leaves_the
     assert np.allclose(before, softmax(logits), atol=1e-5)
 
 
-def _int8_logit_scale(path, layer):
+def _int8_logit_scale(path):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(str(path))
@@ -117,8 +117,9 @@ def _int8_logit_scale(path, layer):
     return details[softmax_op["inputs"][0]]["quantization"][0]
 
 
-def test_the_int8_files_get_the_finer_logit_step_and_a_closer_softmax(tmp_path, calib_folder):
-    model = _classifier("conv", classes=100)
+@pytest.mark.parametrize("head, layer", [("conv", "conv_preds"), ("fused", "predictions")])
+def test_the_int8_files_get_the_finer_logit_step_and_a_closer_softmax(tmp_path, calib_folder, head, layer):
+    model = _classifier(head, classes=100)
     model.save(tmp_path / "classifier.keras")
 
     def build(name, *extra):
@@ -132,10 +133,10 @@ def test_the_int8_files_get_the_finer_logit_step_and_a_closer_softmax(tmp_path, 
     floored, result = build("auto")
     plain, plain_result = build("off", "--logit-floor", "off")
     floor = json.loads((floored / "manifest.json").read_text())["logit_floor"]
-    assert floor == result["logit_floor"] and floor["layer"] == "conv_preds" and floor["step_ratio"] > 1.2
+    assert floor == result["logit_floor"] and floor["layer"] == layer and floor["step_ratio"] > 1.2
+    assert floor["split_softmax"] == (head == "fused")
     assert json.loads((plain / "manifest.json").read_text())["logit_floor"] is None
-    ratio = _int8_logit_scale(plain / "model_int8.tflite", "conv_preds") \
-        / _int8_logit_scale(floored / "model_int8.tflite", "conv_preds")
+    ratio = _int8_logit_scale(plain / "model_int8.tflite") / _int8_logit_scale(floored / "model_int8.tflite")
     assert ratio == pytest.approx(floor["step_ratio"], rel=0.05)
     sqnr = {row["artifact"]: row["sqnr_db"] for row in result["drift"]}
     plain_sqnr = {row["artifact"]: row["sqnr_db"] for row in plain_result["drift"]}
@@ -146,5 +147,5 @@ def test_the_int8_files_get_the_finer_logit_step_and_a_closer_softmax(tmp_path, 
 
     report = mobiledeploy.analyze_build(floored, calib_folder, max_images=20)
     for artifact, rows in report.layers.items():
-        logits = next(row for row in rows if row.layer == "conv_preds")
+        logits = next(row for row in rows if row.layer == layer)
         assert logits.sqnr_db > 20, (artifact, logits)
