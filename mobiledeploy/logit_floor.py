@@ -32,6 +32,7 @@ from .types import LogitFloorReport
 PRODUCERS = {"Conv2D", "Dense"}
 PASS_THROUGH = {"Reshape", "Flatten", "Dropout"}  # shape only (or identity at inference)
 CANDIDATES = 96
+KEEP_NATS = 5.0  # logits this close to an image's top (probability ratio e^-5) are never floored
 MIN_GAIN = 0.8  # a floor must cut the softmax's int8 error by at least 20%
 
 
@@ -65,11 +66,15 @@ def choose_floor(logits: np.ndarray) -> float | None:
     logits = np.asarray(logits, np.float64).reshape(len(logits), -1)
     low, high = float(logits.min()), float(logits.max())
     reference = _softmax(logits)
-    ceiling = float(np.median(logits.max(axis=1)))  # beyond the typical top logit it only hurts
-    if not ceiling > low:
+    tops = logits.max(axis=1)
+    # every calibration image keeps its classes within KEEP_NATS of its top exactly, so an image
+    # less confident than any seen in calibration still has room below its top classes
+    ceiling = min(float(np.median(tops)), float(tops.min()) - KEEP_NATS, high)
+    # beyond the typical top logit a floor only hurts: search up to it, below the ceiling
+    candidates = np.linspace(low, float(np.median(tops)), CANDIDATES)
+    candidates = candidates[candidates < ceiling]
+    if len(candidates) < 2:
         return None
-    candidates = np.linspace(low, ceiling, CANDIDATES)
-    candidates = candidates[candidates < high]  # a floor at the top would leave no range
     errors = [float(np.sum((_softmax(_int8_grid(logits, c, high)) - reference) ** 2)) for c in candidates]
     best = int(np.argmin(errors))
     # small floors move where the grid falls and win or lose by luck; ask for a real gain

@@ -45,6 +45,14 @@ def test_the_chosen_floor_beats_no_floor_and_every_other_candidate_range():
     assert np.sum((softmax(np.maximum(logits, floor)) - softmax(logits)) ** 2) < 0.2 * chosen
 
 
+def test_the_floor_stays_well_below_every_calibration_images_top_class():
+    logits = imagenet_like_logits()
+    unsure = logits[0] - logits[0].max() - 1.0  # one image whose top logit is -1
+    floor = choose_floor(np.vstack([logits, unsure]))
+    assert floor is None or floor <= unsure.max() - 5.0
+    assert choose_floor(logits) > unsure.max() - 5.0  # without that image the floor is higher
+
+
 def test_no_floor_when_every_logit_matters():
     rng = np.random.default_rng(1)
     logits = rng.uniform(-1, 1, (300, 3))  # three close classes: the grid is already fine
