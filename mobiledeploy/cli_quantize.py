@@ -43,7 +43,8 @@ from . import terminal
               help="Prepare the float model for int8 before the converters see it. adaround: round each weight "
                    "up or down to best match the float layer on calibration images, then absorb the remaining "
                    "mean error into the biases (best int8 accuracy; seconds to a few minutes). bias: bias "
-                   "correction only (faster). none: what the plain converters give.")
+                   "correction only (faster). none: no refinement (with --logit-floor off: what the plain "
+                   "converters give).")
 @click.option("--equalize", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
               help="Cross-layer equalization: rescale each conv -> ReLU -> conv pair so their channels span "
                    "equal ranges (the function is unchanged). It is what makes --per-tensor usable on "
@@ -74,8 +75,8 @@ from . import terminal
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines).")
 def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout: int, seed: int,
              preprocess: str, crop_fraction: float, io: str, per_tensor: bool, refine: str, equalize: str,
-             activation_ranges: str, logit_floor: str, rounding_samples: int, keep_float: tuple[str, ...], max_drop: float | None,
-             trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
+             activation_ranges: str, logit_floor: str, rounding_samples: int, keep_float: tuple[str, ...],
+             max_drop: float | None, trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
     """Fold BatchNorm, calibrate int8, and export TFLite and ONNX files.
 
     Writes model_folded.keras, model_float.tflite, model_int8.tflite, model_float.onnx,
@@ -88,8 +89,8 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
     options = QuantizeOptions(
         num_calib=num_calib, num_holdout=num_holdout, seed=seed, preprocess=preprocess,
         crop_fraction=crop_fraction, io=io, per_channel=not per_tensor, refine=refine, equalize=equalize,
-        activation_ranges=activation_ranges, logit_floor=logit_floor, rounding_samples=rounding_samples, keep_float=keep_float,
-        max_drop=max_drop,
+        activation_ranges=activation_ranges, logit_floor=logit_floor, rounding_samples=rounding_samples,
+        keep_float=keep_float, max_drop=max_drop,
         trust_model_code=trust_model_code, overwrite=overwrite,
     )
     if trust_model_code:

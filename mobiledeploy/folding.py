@@ -25,7 +25,7 @@ def fold_batchnorm(model) -> tuple[Any, FoldReport]:
     """Return a new Keras model with every foldable BatchNorm absorbed, and what was done."""
     import keras
 
-    config = _plain(model.get_config())
+    config = plain_config(model.get_config())
     layers = {layer["name"]: layer for layer in config["layers"]}
     consumers = _consumers(config)
     outputs = {ref[0] for ref in _output_refs(config)}
@@ -43,7 +43,7 @@ def fold_batchnorm(model) -> tuple[Any, FoldReport]:
     for bn_name, producer in plan.items():
         layers[producer]["config"]["use_bias"] = True
         config["layers"].remove(layers[bn_name])
-    _rewire(config, {bn: producer for bn, producer in plan.items()})
+    rewire(config, {bn: producer for bn, producer in plan.items()})
     folded_model = keras.Model.from_config(config)
 
     into = {producer: bn for bn, producer in plan.items()}
@@ -126,35 +126,35 @@ def _why_not_foldable(bn: dict, layers: dict, consumers: dict, outputs: set, mod
 
 
 def _single_input(layer: dict) -> list | None:
-    refs = list(_refs(layer.get("inbound_nodes", [])))
+    refs = list(history_refs(layer.get("inbound_nodes", [])))
     return refs[0] if len(layer.get("inbound_nodes", [])) == 1 and len(refs) == 1 else None
 
 
 def _consumers(config: dict) -> dict[str, set[str]]:
     result: dict[str, set[str]] = {}
     for layer in config["layers"]:
-        for ref in _refs(layer.get("inbound_nodes", [])):
+        for ref in history_refs(layer.get("inbound_nodes", [])):
             result.setdefault(ref[0], set()).add(layer["name"])
     return result
 
 
-def _refs(value: Any):
+def history_refs(value: Any):
     """Every keras_history reference [layer, node, tensor] inside an inbound_nodes value."""
     if isinstance(value, dict):
         if "keras_history" in value.get("config", {}):
             yield value["config"]["keras_history"]
             return
         for item in value.values():
-            yield from _refs(item)
+            yield from history_refs(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _refs(item)
+            yield from history_refs(item)
 
 
-def _rewire(config: dict, mapping: dict[str, str]) -> None:
+def rewire(config: dict, mapping: dict[str, str]) -> None:
     """Point every reference to a removed layer at the layer that replaces it."""
     for layer in config["layers"]:
-        for ref in _refs(layer.get("inbound_nodes", [])):
+        for ref in history_refs(layer.get("inbound_nodes", [])):
             if ref[0] in mapping:
                 ref[0] = mapping[ref[0]]
     for ref in _output_refs(config):
@@ -167,12 +167,12 @@ def _output_refs(config: dict) -> list[list]:
     return [refs] if refs and isinstance(refs[0], str) else refs
 
 
-def _plain(value: Any) -> Any:
+def plain_config(value: Any) -> Any:
     """A copy with tuples turned into lists, so references can be edited in place."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_config(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_config(v) for v in value]
     return value
 
 

@@ -12,8 +12,10 @@ bias and its activation becomes ReLU, which every converter fuses into the layer
 tensor then spans [0, max - c] and its step shrinks by (max - min) / (max - c). The floor ``c``
 is the one that minimises the squared error of the softmax output on the calibration images,
 with the int8 rounding of the logits simulated; raising it lifts every class below it to the
-floor's probability, so the search stops where that costs more than the finer grid saves,
-and if no floor beats none, the model is left as it is.
+floor's probability, so the search stops where that costs more than the finer grid saves. It
+stays 5 nats below every calibration image's top logit, so the classes that matter for an
+image less confident than any seen keep their exact values; and a floor that does not cut
+the error by a fifth is not applied (small floors only move where the grid falls).
 
 Only the file the int8 converters see gets the floor; the float files and the folded model
 stay as they were.
@@ -25,7 +27,7 @@ import copy
 
 import numpy as np
 
-from .folding import _plain, _refs, _rewire
+from .folding import history_refs, plain_config, rewire
 from .graph import layer_graph
 from .types import LogitFloorReport
 
@@ -86,7 +88,7 @@ def apply_floor(model, layer_name: str, fused: bool, floor: float):
     softmax (split off into its own layer when it was the layer's activation)."""
     import keras
 
-    config = _plain(model.get_config())
+    config = plain_config(model.get_config())
     entry = next(layer for layer in config["layers"] if layer["name"] == layer_name)
     entry["config"]["activation"] = "relu"
     if fused:
@@ -146,7 +148,7 @@ def _activation(layer) -> str:
 
 
 def _linear_config(model, name: str) -> dict:
-    config = _plain(model.get_config())
+    config = plain_config(model.get_config())
     next(layer for layer in config["layers"] if layer["name"] == name)["config"]["activation"] = "linear"
     return config
 
@@ -155,9 +157,9 @@ def _insert_softmax(config: dict, entry: dict) -> None:
     """Put an Activation('softmax') layer after ``entry`` and point its consumers at it."""
     name = entry["name"]
     softmax_name = f"{name}_softmax"
-    _rewire(config, {name: softmax_name})
+    rewire(config, {name: softmax_name})
     node = copy.deepcopy(entry["inbound_nodes"][0])
-    for ref in _refs(node):
+    for ref in history_refs(node):
         ref[:] = [name, 0, 0]
     softmax = {"module": "keras.layers", "class_name": "Activation", "registered_name": None,
                "name": softmax_name, "inbound_nodes": [node],

@@ -272,7 +272,7 @@ class LogitFloorReport:
     share_below: float  # share of calibration logits raised to the floor
 
     def to_dict(self) -> dict:
-        return {"layer": self.layer, "split_softmax": self.split_softmax, "floor": round(self.floor, 4),
+        return {"layer": self.layer, "split_softmax": self.split_softmax, "floor": round(self.floor, 6),
                 "calibrated_range": [round(v, 4) for v in self.calibrated_range],
                 "step_ratio": round(self.step_ratio, 3), "share_below": round(self.share_below, 4)}
 
