@@ -29,6 +29,7 @@ import numpy as np
 
 from .folding import history_refs, plain_config, rewire
 from .graph import layer_graph
+from .refine import fake_quantize
 from .types import LogitFloorReport
 
 PRODUCERS = {"Conv2D", "Dense"}
@@ -69,11 +70,11 @@ def choose_floor(logits: np.ndarray) -> float | None:
     low, high = float(logits.min()), float(logits.max())
     reference = _softmax(logits)
     tops = logits.max(axis=1)
+    typical_top = float(np.median(tops))  # beyond the typical top logit a floor only hurts
     # every calibration image keeps its classes within KEEP_NATS of its top exactly, so an image
     # less confident than any seen in calibration still has room below its top classes
-    ceiling = min(float(np.median(tops)), float(tops.min()) - KEEP_NATS, high)
-    # beyond the typical top logit a floor only hurts: search up to it, below the ceiling
-    candidates = np.linspace(low, float(np.median(tops)), CANDIDATES)
+    ceiling = min(float(tops.min()) - KEEP_NATS, high)
+    candidates = np.linspace(low, typical_top, CANDIDATES)
     candidates = candidates[candidates < ceiling]
     if len(candidates) < 2:
         return None
@@ -86,21 +87,7 @@ def choose_floor(logits: np.ndarray) -> float | None:
 def apply_floor(model, layer_name: str, fused: bool, floor: float):
     """A copy of ``model`` whose ``layer_name`` outputs relu(logits - floor), followed by the
     softmax (split off into its own layer when it was the layer's activation)."""
-    import keras
-
-    config = plain_config(model.get_config())
-    entry = next(layer for layer in config["layers"] if layer["name"] == layer_name)
-    entry["config"]["activation"] = "relu"
-    if fused:
-        _insert_softmax(config, entry)
-    floored = keras.Model.from_config(config)
-    for layer in floored.layers:
-        if layer.weights:
-            weights = model.get_layer(layer.name).get_weights()
-            if layer.name == layer_name:
-                weights[-1] = (weights[-1] - np.float32(floor)).astype(np.float32)
-            layer.set_weights(weights)
-    return floored
+    return _with_head(model, layer_name, fused, "relu", floor)
 
 
 def floor_logits(model, calib: np.ndarray, chunk: int = 32) -> LogitFloorReport | None:
@@ -112,13 +99,9 @@ def floor_logits(model, calib: np.ndarray, chunk: int = 32) -> LogitFloorReport 
     if found is None:
         return None
     name, fused = found
-    layer = model.get_layer(name)
-    if fused:  # the layer's own output is the softmax: compute its logits without it
-        probe = keras.Model.from_config(_linear_config(model, name))
-        probe.set_weights(model.get_weights())
-        probe = keras.Model(probe.inputs[0], probe.get_layer(name).output)
-    else:
-        probe = keras.Model(model.inputs[0], layer.output)
+    # a fused layer's own output is the softmax: split it off to read the logits
+    split = _with_head(model, name, fused, "linear", 0.0) if fused else model
+    probe = keras.Model(split.inputs[0], split.get_layer(name).output)
     logits = np.concatenate([np.asarray(probe(calib[i:i + chunk], training=False)).reshape(
         len(calib[i:i + chunk]), -1) for i in range(0, len(calib), chunk)])
     floor = choose_floor(logits)
@@ -147,10 +130,24 @@ def _activation(layer) -> str:
     return getattr(activation, "__name__", "") if activation is not None else ""
 
 
-def _linear_config(model, name: str) -> dict:
+def _with_head(model, layer_name: str, fused: bool, activation: str, shift: float):
+    """A copy of ``model`` with ``activation`` on ``layer_name`` and ``shift`` taken off its bias;
+    a softmax that was its activation becomes a layer of its own."""
+    import keras
+
     config = plain_config(model.get_config())
-    next(layer for layer in config["layers"] if layer["name"] == name)["config"]["activation"] = "linear"
-    return config
+    entry = next(layer for layer in config["layers"] if layer["name"] == layer_name)
+    entry["config"]["activation"] = activation
+    if fused:
+        _insert_softmax(config, entry)
+    rebuilt = keras.Model.from_config(config)
+    for layer in rebuilt.layers:
+        if layer.weights:
+            weights = model.get_layer(layer.name).get_weights()
+            if layer.name == layer_name:
+                weights[-1] = (weights[-1] - np.float32(shift)).astype(np.float32)
+            layer.set_weights(weights)
+    return rebuilt
 
 
 def _insert_softmax(config: dict, entry: dict) -> None:
@@ -170,8 +167,7 @@ def _insert_softmax(config: dict, entry: dict) -> None:
 
 def _int8_grid(logits: np.ndarray, floor: float, high: float) -> np.ndarray:
     """relu(logits - floor) rounded to the int8 grid of [0, high - floor], shifted back."""
-    scale = (high - floor) / 255.0
-    return np.clip(np.round((logits - floor) / scale), 0, 255) * scale + floor
+    return fake_quantize(logits - floor, 0.0, high - floor) + floor
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
