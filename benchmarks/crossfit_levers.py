@@ -11,6 +11,11 @@ serve every lever of a fold, so the levers can be compared image by image. The t
 each int8 file's top-1 change vs float, agreement and output SQNR over all 500 images and,
 against the first lever listed, how many images only it gets right / only the first gets
 right (the discordant pairs; a difference well inside their total is noise).
+
+--model runs the same folds on another real model (see other_models.py). When its classes are
+not ImageNet's, top-1 against the labels means nothing: the table then gives agreement and
+SQNR, and the paired counts are of images on which only this lever / only the first agrees
+with float.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ def main() -> None:
                         help="indices into quantization_levers.LEVERS; the first is the baseline of "
                              "the paired counts (default: the default lever vs plain and bias correction)")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="another model on the same images (default: the shared MobileNet v1 0.25)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    model = args.shared / "models" / "mobilenet_v1_0.25_224.h5"
+    model = args.model or args.shared / "models" / "mobilenet_v1_0.25_224.h5"
     if not model.is_file():
         raise SystemExit(f"no shared model at {model}: pass --shared")
     images = sorted((args.shared / "imagenet-dev" / "images").iterdir())
@@ -81,21 +88,31 @@ def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out, index
 
 def _table(levers, catalogue, labels, float_out, int8_out) -> None:
     names = sorted(float_out)
-    truth = np.array([labels[n] for n in names])
     reference = np.stack([float_out[n] for n in names])
     float_top = reference.argmax(axis=1)
-    print(f"\n{len(names)} images; float top-1 {np.mean(float_top == truth):.1%}")
-    print(f"{'lever':<42}{'artifact':<20}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}"
-          f"{'only this':>10}{'only base':>10}")
+    imagenet = reference.shape[1] == 1000
+    truth = np.array([labels[n] for n in names]) if imagenet else float_top
+    if imagenet:
+        print(f"\n{len(names)} images; float top-1 {np.mean(float_top == truth):.1%}")
+        print(f"{'lever':<42}{'artifact':<20}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}"
+              f"{'only this':>10}{'only base':>10}")
+    else:  # not ImageNet's classes: the labels mean nothing, the paired counts are of agreement
+        print(f"\n{len(names)} images; {reference.shape[1]} classes, not ImageNet's: label-free drift only")
+        print(f"{'lever':<42}{'artifact':<20}{'agree':>8}{'SQNR':>7}{'only this agrees':>18}{'only base agrees':>18}")
     for (index, artifact), rows in sorted(int8_out.items(), key=lambda kv: (levers.index(kv[0][0]), kv[0][1])):
         output = np.stack([rows[n] for n in names])
         top = output.argmax(axis=1)
         base = np.stack([int8_out[(levers[0], artifact)][n] for n in names]).argmax(axis=1)
         right, base_right = top == truth, base == truth
+        only_this, only_base = int(np.sum(right & ~base_right)), int(np.sum(base_right & ~right))
         sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
-        print(f"{catalogue[index][0]:<42}{artifact:<20}{np.mean(right):>7.1%}"
-              f"{100 * (np.mean(right) - np.mean(float_top == truth)):>+9.2f}{np.mean(top == float_top):>8.1%}"
-              f"{sqnr:>7.1f}{int(np.sum(right & ~base_right)):>10}{int(np.sum(base_right & ~right)):>10}")
+        agree = np.mean(top == float_top)
+        if imagenet:
+            print(f"{catalogue[index][0]:<42}{artifact:<20}{np.mean(right):>7.1%}"
+                  f"{100 * (np.mean(right) - np.mean(float_top == truth)):>+9.2f}{agree:>8.1%}"
+                  f"{sqnr:>7.1f}{only_this:>10}{only_base:>10}")
+        else:
+            print(f"{catalogue[index][0]:<42}{artifact:<20}{agree:>8.1%}{sqnr:>7.1f}{only_this:>18}{only_base:>18}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--each-tensor", type=int, default=0, metavar="N",
                         help="also list the N activation tensors whose int8 rounding alone (float weights, "
                              "every other tensor float, logit floor on) costs the most")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="another model to study on the same images (default: the shared MobileNet v1 0.25)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import mobiledeploy
@@ -40,7 +42,7 @@ def main() -> None:
     from mobiledeploy.refine import refine_for_int8
     from mobiledeploy.runners import KerasRunner, open_runner
 
-    model_path = args.shared / "models" / "mobilenet_v1_0.25_224.h5"
+    model_path = args.model or args.shared / "models" / "mobilenet_v1_0.25_224.h5"
     calib_dir, eval_dir, labels = shared_split(args.shared, args.work / "shared-split", args.seed)
     model = load_model(model_path).model
     preprocessing = calibration.preprocessing_for(model)

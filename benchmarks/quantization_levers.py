@@ -29,6 +29,7 @@ LEVERS = [  # (label, QuantizeOptions fields)
     ("mixed precision, --max-drop 2", {"max_drop": 2.0, "num_holdout": 50}),
     ("default + --equalize on", {"equalize": "on"}),
     ("adaround + bias (--logit-floor off)", {"logit_floor": "off"}),
+    ("default, adaround on every layer", {"rounding_positions_per_weight": 0}),
 ]
 
 

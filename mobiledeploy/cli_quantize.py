@@ -60,6 +60,12 @@ from . import terminal
                    "int8 level). off: the logits keep their full calibrated range.")
 @click.option("--rounding-samples", default=64, show_default=True, type=click.IntRange(min=1),
               help="Calibration images whose statistics drive adaptive rounding; more is slower.")
+@click.option("--rounding-positions-per-weight", default=16.0, show_default=True, type=click.FloatRange(min=0),
+              help="Adaptive rounding decides each layer's weights on at least this many calibration positions "
+                   "per weight of its fan-in, reading more than --rounding-samples images where the layer is "
+                   "small; layers that even all calibration images leave short (usually the classifier) are "
+                   "rounded to nearest, since rounding fitted on too few samples fits their noise. 0 rounds "
+                   "every layer adaptively.")
 @click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
               help="Run this convolution/Dense layer in float inside the int8 files (repeatable). For "
                    "targets with float kernels next to int8 ones (CPUs, GPUs), when one layer ruins accuracy.")
@@ -75,7 +81,8 @@ from . import terminal
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines).")
 def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout: int, seed: int,
              preprocess: str, crop_fraction: float, io: str, per_tensor: bool, refine: str, equalize: str,
-             activation_ranges: str, logit_floor: str, rounding_samples: int, keep_float: tuple[str, ...],
+             activation_ranges: str, logit_floor: str, rounding_samples: int,
+             rounding_positions_per_weight: float, keep_float: tuple[str, ...],
              max_drop: float | None, trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
     """Fold BatchNorm, calibrate int8, and export TFLite and ONNX files.
 
@@ -90,6 +97,7 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
         num_calib=num_calib, num_holdout=num_holdout, seed=seed, preprocess=preprocess,
         crop_fraction=crop_fraction, io=io, per_channel=not per_tensor, refine=refine, equalize=equalize,
         activation_ranges=activation_ranges, logit_floor=logit_floor, rounding_samples=rounding_samples,
+        rounding_positions_per_weight=rounding_positions_per_weight,
         keep_float=keep_float, max_drop=max_drop,
         trust_model_code=trust_model_code, overwrite=overwrite,
     )

@@ -223,6 +223,7 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
     return refine.refine_for_int8(
         folded, samples(), progress=lambda done, total: report(step, done, total),
         adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
+        positions_per_weight=options.rounding_positions_per_weight,
         clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
         keep_float=keep_float,
     )

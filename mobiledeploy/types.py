@@ -165,6 +165,7 @@ class QuantizeOptions:
     activation_ranges: str = "minmax"  # minmax | mse (clip bounded ReLUs where it lowers the error)
     logit_floor: str = "auto"  # auto (where a softmax follows a linear layer and it lowers the error) | off
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding
+    rounding_positions_per_weight: float = 16  # fewer calibration positions per weight: round to nearest
     keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)
     max_drop: float | None = None  # keep more layers in float until the int8 files lose at most this
     fold_tolerance: float = 1e-4
@@ -239,11 +240,13 @@ class RefineReport:
     seconds: float
     per_layer: tuple[tuple[str, float], ...] = ()
     clips: tuple[tuple[str, float], ...] = ()  # activation layer -> chosen upper clip
+    rounded_to_nearest: tuple[str, ...] = ()  # too few calibration positions for adaptive rounding
 
     def to_dict(self) -> dict:
         return {"method": self.method, "layers": self.layers, "samples": self.samples,
                 "max_shift": self.max_shift, "seconds": round(self.seconds, 2),
-                "per_layer": dict(self.per_layer), "clips": dict(self.clips)}
+                "per_layer": dict(self.per_layer), "clips": dict(self.clips),
+                "rounded_to_nearest": list(self.rounded_to_nearest)}
 
 
 @dataclass(frozen=True)

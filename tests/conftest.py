@@ -102,6 +102,17 @@ def calib_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def eval_sqnr(build: Path) -> dict[str, float]:
+    """Output SQNR of each int8 file of a reference-model build against its float model on the
+    2,000 images of eval_data/ (the model's evaluation split, never calibrated on). The 100
+    calibration-folder images quantize holds out move by +-1 dB between near-identical builds:
+    too few to rank two levers that differ by one."""
+    from mobiledeploy.pipeline import evaluate_build
+
+    report = evaluate_build(build, ROOT / "eval_data")
+    return {row["artifact"]: row["sqnr_db"] for row in report.rows if row["precision"] == "int8"}
+
+
 def shared_data() -> Path:
     if not (SHARED_DATA / "models" / "mobilenet_v1_0.25_224.h5").exists():
         pytest.skip(f"shared real data not found at {SHARED_DATA} (set MOBILEDEPLOY_SHARED_DATA)")
