@@ -219,6 +219,10 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
 
     if options.refine not in ("bias", "adaround"):
         raise MobiledeployError(f"unknown refine method '{options.refine}'; expected adaround, bias or none")
+    if options.rounding_samples < 1 or options.rounding_positions_per_weight < 0:
+        raise MobiledeployError(
+            f"rounding_samples {options.rounding_samples} and rounding_positions_per_weight "
+            f"{options.rounding_positions_per_weight}: expected at least 1 image and a ratio of 0 or more")
     step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
     return refine.refine_for_int8(
         folded, samples(), progress=lambda done, total: report(step, done, total),

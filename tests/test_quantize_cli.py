@@ -126,10 +126,20 @@ def test_bad_input_exits_1_with_one_line_and_no_output(tmp_path, tiny_model_file
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
+def test_python_api_refuses_bad_rounding_settings_before_writing(tmp_path, tiny_model_file, calib_folder):
+    from mobiledeploy.errors import MobiledeployError
+
+    with pytest.raises(MobiledeployError, match="rounding_positions_per_weight -1"):
+        mobiledeploy.quantize(tiny_model_file, calib_folder, tmp_path / "out", num_calib=20, num_holdout=0,
+                              rounding_positions_per_weight=-1)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
 def test_usage_errors_exit_2_and_help_is_instant():
     result = run_cli("quantize", "model.h5")  # --calib missing
     assert result.exit_code == 2 and "--calib" in result.output
     assert run_cli("quantize", "m.h5", "--calib", "x", "--io", "int4").exit_code == 2
+    assert run_cli("quantize", "m.h5", "--calib", "x", "--rounding-positions-per-weight", -1).exit_code == 2
     proc = subprocess.run([sys.executable, "-c", "import sys, mobiledeploy.cli; "
                            "print('tensorflow' in sys.modules)"], capture_output=True, text=True)
     assert proc.stdout.strip() == "False"  # --help must not pay for importing TensorFlow
