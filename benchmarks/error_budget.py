@@ -1,6 +1,6 @@
 """Where the int8 error of the shared MobileNet comes from: weights or activations.
 
-    python benchmarks/error_budget.py [--shared ../shared/data] [--seed 2026]
+    python benchmarks/error_budget.py [--shared ../shared/data] [--seed 2026] [--model other.h5]
 
 On the fixed split of shared_imagenet_drift.py (200 calibration images, 300 evaluation
 images) the folded float model runs in a simulation of int8 inference, with refine.py's
@@ -11,7 +11,8 @@ model on the evaluation images; the last row is the real default int8 TFLite fil
 images, to show the simulation is faithful. If "float weights, int8 activations" is no better
 than the default, no weight-side lever can close the rest of the gap: it is the int8
 activation grid. The logit floor (logit_floor.py) is the one activation-side lever in the
-default; its row shows what it takes off the int8 logits' share.
+default; its row shows what it takes off the int8 logits' share. --model studies another
+model (other_models.py) on the same images.
 """
 
 from __future__ import annotations
