@@ -59,7 +59,8 @@ from . import terminal
                    "(the softmax barely changes; near-ties between the top classes stop collapsing onto one "
                    "int8 level). off: the logits keep their full calibrated range.")
 @click.option("--rounding-samples", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Calibration images whose statistics drive adaptive rounding; more is slower.")
+              help="Calibration images whose statistics drive adaptive rounding (small late layers read more, "
+                   "see below); more is slower.")
 @click.option("--rounding-positions-per-weight", default=16.0, show_default=True, type=click.FloatRange(min=0),
               help="Adaptive rounding decides each layer's weights on at least this many calibration positions "
                    "per weight of its fan-in, reading more than --rounding-samples images where the layer is "
