@@ -61,7 +61,7 @@ from . import terminal
 @click.option("--rounding-samples", default=64, show_default=True, type=click.IntRange(min=1),
               help="Calibration images whose statistics drive adaptive rounding (small late layers read more, "
                    "see below); more is slower.")
-@click.option("--rounding-positions-per-weight", default=16.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--rounding-positions-per-weight", default=64.0, show_default=True, type=click.FloatRange(min=0),
               help="Adaptive rounding decides each layer's weights on at least this many calibration positions "
                    "per weight of its fan-in, reading more than --rounding-samples images where the layer is "
                    "small; layers that even all calibration images leave short (usually the classifier) are "

@@ -165,7 +165,7 @@ class QuantizeOptions:
     activation_ranges: str = "minmax"  # minmax | mse (clip bounded ReLUs where it lowers the error)
     logit_floor: str = "auto"  # auto (where a softmax follows a linear layer and it lowers the error) | off
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding (at least)
-    rounding_positions_per_weight: float = 16  # fewer calibration positions per weight: round to nearest
+    rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: round to nearest
     keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)
     max_drop: float | None = None  # keep more layers in float until the int8 files lose at most this
     fold_tolerance: float = 1e-4

@@ -104,7 +104,7 @@ def test_equalization_rescues_per_tensor_int8(per_tensor_builds):
 
     sqnr = {k: eval_sqnr(out) for k, (out, _) in per_tensor_builds.items()}
     for artifact in ("model_int8.tflite", "model_int8.onnx"):
-        assert sqnr["auto"][artifact] > sqnr["off"][artifact] + 0.5  # measured 29.1 -> 30.1 dB
+        assert sqnr["auto"][artifact] > sqnr["off"][artifact] + 0.5  # measured 28.5 -> 31.5 dB
     manifest = json.loads((per_tensor_builds["auto"][0] / "manifest.json").read_text())
     assert manifest["settings"]["equalize"] == "auto" and manifest["equalization"]["pairs"] == 26
     assert json.loads((per_tensor_builds["off"][0] / "manifest.json").read_text())["equalization"] is None

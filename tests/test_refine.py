@@ -183,14 +183,14 @@ def lever_builds(tmp_path_factory):
 
 def test_levers_lower_int8_error_end_to_end(lever_builds):
     sqnr = {refine: {d["artifact"]: d["sqnr_db"] for d in data["drift"]} for refine, (_, data) in lever_builds.items()}
-    for artifact in ("model_int8.tflite", "model_int8.onnx"):  # measured: 31.7, 34.6, 36.8 dB
+    for artifact in ("model_int8.tflite", "model_int8.onnx"):  # measured: 31.7, 34.6, 43.6 dB
         assert sqnr["bias"][artifact] > sqnr["none"][artifact] + 2.0
         assert sqnr["adaround"][artifact] > sqnr["bias"][artifact] + 2.0
     manifest = json.loads((lever_builds["adaround"][0] / "manifest.json").read_text())
     assert manifest["settings"]["refine"] == "adaround"
     assert manifest["refinement"]["method"] == "adaround+bias-correction" and "seconds" not in manifest["refinement"]
     # 2x2 and 1x1 outputs on 200 images: too few positions per weight for the late layers and the classifier
-    assert manifest["settings"]["rounding_positions_per_weight"] == 16
+    assert manifest["settings"]["rounding_positions_per_weight"] == 64
     assert manifest["refinement"]["rounded_to_nearest"][-2:] == ["conv_pw_13", "conv_preds"]
     assert json.loads((lever_builds["none"][0] / "manifest.json").read_text())["refinement"] is None
 
