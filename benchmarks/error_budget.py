@@ -39,7 +39,7 @@ def main() -> None:
     from mobiledeploy.folding import fold_batchnorm
     from mobiledeploy.loading import load_model
     from mobiledeploy.evaluate import collect
-    from mobiledeploy.logit_floor import apply_floor, floor_logits
+    from mobiledeploy.logit_floor import floor_logits, floored
     from mobiledeploy.refine import refine_for_int8
     from mobiledeploy.runners import KerasRunner, open_runner
 
@@ -54,7 +54,7 @@ def main() -> None:
     nearest = _nearest(folded)
     refined, _ = refine_for_int8(folded, calib)
     floor = floor_logits(folded, calib)
-    floored = apply_floor(refined, floor.layer, floor.split_softmax, floor.floor)
+    with_floor = floored(refined, floor)
     build = mobiledeploy.quantize(model_path, calib_dir, args.work / "build", num_calib=200, overwrite=True)
     real = collect({"float": KerasRunner(folded), "tflite": open_runner(Path(build.output_dir) / "model_int8.tflite")},
                    (images[i:i + 50] for i in range(0, len(images), 50)))
@@ -64,7 +64,7 @@ def main() -> None:
         ("float weights, int8 activations", _simulate(folded, images, ranges)),
         ("nearest int8 weights, int8 activations", _simulate(nearest, images, ranges)),
         ("refined int8 weights, int8 activations", _simulate(refined, images, ranges)),
-        ("refined, int8 activations, logit floor (default)", _simulate(floored, images, _ranges(floored, calib))),
+        ("refined, int8 activations, logit floor (default)", _simulate(with_floor, images, _ranges(with_floor, calib))),
         ("real default model_int8.tflite", real["tflite"]),
     ]
     print(f"{'simulation':<52}{'SQNR dB':>8}{'agree':>8}   ({len(images)} images)")
@@ -73,8 +73,7 @@ def main() -> None:
         agree = np.mean(output.argmax(axis=1) == reference.argmax(axis=1))
         print(f"{label:<52}{sqnr:>8.1f}{agree:>8.1%}", flush=True)
     if args.each_tensor:
-        _each_tensor(apply_floor(folded, floor.layer, floor.split_softmax, floor.floor), calib, images,
-                     reference, args.each_tensor)
+        _each_tensor(floored(folded, floor), calib, images, reference, args.each_tensor)
 
 
 def _each_tensor(model, calib: np.ndarray, images: np.ndarray, reference: np.ndarray, count: int) -> None:

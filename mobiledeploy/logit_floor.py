@@ -90,6 +90,11 @@ def apply_floor(model, layer_name: str, fused: bool, floor: float):
     return _with_head(model, layer_name, fused, "relu", floor)
 
 
+def floored(model, report: LogitFloorReport | None):
+    """``model`` with the floor ``report`` chose applied, or ``model`` itself when there is none."""
+    return apply_floor(model, report.layer, report.split_softmax, report.floor) if report else model
+
+
 def floor_logits(model, calib: np.ndarray, chunk: int = 32) -> LogitFloorReport | None:
     """Find the softmax's logits in ``model`` and choose their floor on ``calib``; None when the
     model has no such softmax or no floor lowers the error."""

@@ -45,6 +45,7 @@ def quantize(
     report = progress or (lambda step, done, total: None)
     output_dir = Path(output_dir)
     staging.check_destination(output_dir, options.overwrite)
+    _check_options(options)
     started = time.perf_counter()
 
     report("load model", 0, 1)
@@ -122,15 +123,12 @@ def _build_within_budget(work: Path, folded, equalized, floor, batches, samples,
     layer in float and do it again while an int8 file is over budget (``mixed``). The last
     round's files stay in ``work``."""
     from . import analyze, mixed
-    from .logit_floor import apply_floor
-
-    def floored(model):  # what the int8 converters see; analyze compares its tensors with the same
-        return apply_floor(model, floor.layer, floor.split_softmax, floor.floor) if floor else model
+    from .logit_floor import floored  # what the int8 converters see; analyze compares the same tensors
 
     keep = list(dict.fromkeys(options.keep_float))
     while True:
         refined, refinement = _refine(equalized, samples, options, report, frozenset(keep))
-        refined = floored(refined)
+        refined = floored(refined, floor)
         settings = ExportSettings(io=options.io, per_channel=options.per_channel,
                                   float_layers=tuple(sorted(mixed.float_layers(folded, keep))))
         artifacts, drift = _export_and_measure(work, folded, refined, batches, which, settings, report)
@@ -139,7 +137,7 @@ def _build_within_budget(work: Path, folded, equalized, floor, batches, samples,
             return artifacts, drift, refinement, settings, keep
         report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
         int8_files = {a.file: work / a.file for a in artifacts if a.precision == "int8"}
-        candidate = mixed.most_sensitive(analyze.analyze(floored(equalized), int8_files, batches(which)), keep)
+        candidate = mixed.most_sensitive(analyze.analyze(floored(equalized, floor), int8_files, batches(which)), keep)
         if candidate is None:
             return artifacts, drift, refinement, settings, keep
         keep.append(candidate)
@@ -187,10 +185,21 @@ def save_keras(model, path: Path) -> None:
     stable.replace(path)
 
 
+def _check_options(options: QuantizeOptions) -> None:
+    """Refuse settings no stage can run, before any work (the CLI's choices catch them first)."""
+    choices = {"refine": ("adaround", "bias", "none"), "equalize": ("auto", "on", "off"), "logit_floor": ("auto", "off")}
+    for field, allowed in choices.items():
+        value = getattr(options, field)
+        if value not in allowed:
+            raise MobiledeployError(f"unknown {field.replace('_', ' ')} setting '{value}'; expected {', '.join(allowed)}")
+    if options.rounding_samples < 1 or options.rounding_positions_per_weight < 0:
+        raise MobiledeployError(
+            f"rounding_samples {options.rounding_samples} and rounding_positions_per_weight "
+            f"{options.rounding_positions_per_weight}: expected at least 1 image and a ratio of 0 or more")
+
+
 def _equalize(folded, samples, options: QuantizeOptions, report: Progress):
     """Cross-layer equalization for per-tensor weights ('auto'), or as asked."""
-    if options.equalize not in ("auto", "on", "off"):
-        raise MobiledeployError(f"unknown equalize setting '{options.equalize}'; expected auto, on or off")
     if options.equalize == "off" or (options.equalize == "auto" and options.per_channel):
         return folded, None
     from .equalize import equalize
@@ -201,8 +210,6 @@ def _equalize(folded, samples, options: QuantizeOptions, report: Progress):
 
 def _logit_floor(model, samples, options: QuantizeOptions, report: Progress):
     """The floor under the softmax's logits for the int8 files ('auto'), or None."""
-    if options.logit_floor not in ("auto", "off"):
-        raise MobiledeployError(f"unknown logit floor setting '{options.logit_floor}'; expected auto or off")
     if options.logit_floor == "off":
         return None
     from .logit_floor import floor_logits
@@ -217,12 +224,6 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
         return folded, None
     from . import refine
 
-    if options.refine not in ("bias", "adaround"):
-        raise MobiledeployError(f"unknown refine method '{options.refine}'; expected adaround, bias or none")
-    if options.rounding_samples < 1 or options.rounding_positions_per_weight < 0:
-        raise MobiledeployError(
-            f"rounding_samples {options.rounding_samples} and rounding_positions_per_weight "
-            f"{options.rounding_positions_per_weight}: expected at least 1 image and a ratio of 0 or more")
     step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
     return refine.refine_for_int8(
         folded, samples(), progress=lambda done, total: report(step, done, total),
