@@ -1,4 +1,8 @@
-"""Which layer hurts: per-layer drift between the folded float model and each int8 artifact.
+"""Which layer hurts: per-layer drift between the float model and each int8 artifact.
+
+The float model is the one the int8 files were made from: the folded model, or the equalized
+one after cross-layer equalization, whose channels are rescaled (the folded model's tensors
+would differ from the int8 files' by those scales, not by quantization).
 
 For every activation tensor the int8 file materializes, the same tensor of the float model is
 computed on the same images and compared: SQNR (accumulated up to that layer), the SQNR lost

@@ -115,12 +115,18 @@ def verified_files(build_dir: Path, content: dict) -> list[dict]:
     if not entries:
         raise MobiledeployError(f"{build_dir}/{MANIFEST} lists no files; re-run mobiledeploy quantize")
     for entry in entries:
-        path = build_dir / entry["file"]
-        if not path.is_file():
-            raise MobiledeployError(f"{path}: listed in the manifest but missing; re-run mobiledeploy quantize")
-        if path.stat().st_size != entry["size"] or sha256(path) != entry["sha256"]:
-            raise MobiledeployError(
-                f"{path}: contents differ from the manifest (sha256 mismatch): the file was changed "
-                "or truncated after quantize; re-run mobiledeploy quantize"
-            )
+        verified(build_dir, entry)
     return entries
+
+
+def verified(build_dir: Path, entry: dict) -> Path:
+    """The path of one file the manifest lists, after checking its size and sha256."""
+    path = build_dir / entry["file"]
+    if not path.is_file():
+        raise MobiledeployError(f"{path}: listed in the manifest but missing; re-run mobiledeploy quantize")
+    if path.stat().st_size != entry["size"] or sha256(path) != entry["sha256"]:
+        raise MobiledeployError(
+            f"{path}: contents differ from the manifest (sha256 mismatch): the file was changed "
+            "or truncated after quantize; re-run mobiledeploy quantize"
+        )
+    return path

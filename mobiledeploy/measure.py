@@ -148,7 +148,10 @@ def _keras_model(target: Path, trust_model_code: bool):
 
 def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200, batch_size: int = 32,
                   progress: Progress | None = None) -> AnalyzeReport:
-    """Per-layer drift of every int8 artifact in ``build_dir`` against the folded float model."""
+    """Per-layer drift of every int8 artifact in ``build_dir`` against the float model they were
+    made from: the folded model, or, when equalization rescaled its channels, the equalized one
+    (the same function, but only its intermediate tensors match the int8 files' channel by
+    channel)."""
     from . import analyze, datasets
 
     report = progress or (lambda step, done, total: None)
@@ -157,7 +160,16 @@ def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200
     files = manifest.verified_files(build_dir, content)
     preprocessing = Preprocessing.from_dict(content["preprocessing"])
     dataset = datasets.open_data(data)
-    model = _keras_model(build_dir, False)
+    equalized = (content.get("equalization") or {}).get("reference")
+    if equalized:
+        from .quiet import import_tensorflow
+
+        import_tensorflow()
+        import keras
+
+        model = keras.saving.load_model(manifest.verified(build_dir, equalized), compile=False)
+    else:
+        model = _keras_model(build_dir, False)
     floor = content.get("logit_floor")
     if floor:  # the int8 files' logits are floored: compare them with the same floored tensor
         from .logit_floor import apply_floor

@@ -17,6 +17,9 @@ from .errors import FoldingError, MobiledeployError
 from .types import Artifact, EvalReport, ExportSettings, Preprocessing, Progress, QuantizeOptions, QuantizeResult
 
 FOLDED_FILE = "model_folded.keras"
+# the equalized float model: the same function as the folded one, with rescaled channels; the
+# int8 files' intermediate tensors mirror it, so analyze compares them with this one
+EQUALIZED_FILE = "model_equalized.keras"
 # Refinement holds its calibration images and one layer's activations in memory, so it uses at
 # most this many; the statistics it needs settle well before that.
 REFINE_SAMPLES = 256
@@ -84,6 +87,8 @@ def quantize(
     which = "holdout" if cset.holdout else "calib"
     with staging.staged_directory(output_dir, options.overwrite) as work:
         save_keras(folded, work / FOLDED_FILE)
+        if equalization:
+            save_keras(equalized, work / EQUALIZED_FILE)
         artifacts, drift, refinement, settings, keep = _build_within_budget(
             work, folded, equalized, floor, batches, samples, which, options, report)
         mixed_report = mixed.describe(folded, keep, options.max_drop, drift) \
@@ -105,7 +110,7 @@ def quantize(
             "calibration": cset.summary(),
             "settings": {**options.to_dict(), "export": settings.to_dict()},
             "folding": fold.to_dict(),
-            "equalization": {k: v for k, v in equalization.to_dict().items() if k != "seconds"} if equalization else None,
+            "equalization": _equalization_entry(work, equalization),
             "refinement": {k: v for k, v in refinement.to_dict().items() if k != "seconds"} if refinement else None,
             "logit_floor": floor.to_dict() if floor else None,
             "mixed_precision": mixed_report.to_dict() if mixed_report else None,
@@ -115,6 +120,17 @@ def quantize(
         })
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
                           equalization, mixed_report, floor)
+
+
+def _equalization_entry(work: Path, equalization) -> dict | None:
+    """What equalization did, and the equalized float model analyze compares with (checked like
+    the artifacts, but not one: eval and bench leave it alone)."""
+    if equalization is None:
+        return None
+    entry = {k: v for k, v in equalization.to_dict().items() if k != "seconds"}
+    path = work / EQUALIZED_FILE
+    entry["reference"] = {"file": EQUALIZED_FILE, "sha256": manifest.sha256(path), "size": path.stat().st_size}
+    return entry
 
 
 def _build_within_budget(work: Path, folded, equalized, floor, batches, samples, which: str,
