@@ -64,9 +64,10 @@ from . import terminal
 @click.option("--rounding-positions-per-weight", default=64.0, show_default=True, type=click.FloatRange(min=0),
               help="Adaptive rounding decides each layer's weights on at least this many calibration positions "
                    "per weight of its fan-in, reading more than --rounding-samples images where the layer is "
-                   "small; layers that even all calibration images leave short (usually the classifier) are "
-                   "rounded to nearest, since rounding fitted on too few samples fits their noise. 0 rounds "
-                   "every layer adaptively.")
+                   "small. Layers that even all calibration images leave short (the late layers, the "
+                   "classifier) may fit their noise: there the rounding is fitted on one half of the images, "
+                   "scored on the other, and replaced by nearest rounding unless it wins. 0 rounds every layer "
+                   "adaptively, unchecked.")
 @click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
               help="Run this convolution/Dense layer in float inside the int8 files (repeatable). For "
                    "targets with float kernels next to int8 ones (CPUs, GPUs), when one layer ruins accuracy.")

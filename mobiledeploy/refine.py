@@ -74,10 +74,12 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     least-squares sense over ``rounding_samples`` calibration images (AdaRound's objective,
     solved by coordinate descent on the exact quadratic form). A layer whose output has few
     positions per image (the late 7x7 and 1x1 layers) reads more images, so that each weight's
-    rounding is decided on at least ``positions_per_weight`` x fan-in positions; where even every
-    calibration image is too few (the classifier: one position per image, hundreds of inputs)
-    it is rounded to nearest, because rounding fitted to fewer samples than that fits their
-    noise (see ``rounding_images``). ``positions_per_weight=0`` rounds every layer adaptively.
+    rounding is decided on at least ``positions_per_weight`` x fan-in positions. Where even every
+    calibration image is too few (the late layers and the classifier: one position per image,
+    hundreds of inputs) the rounding may fit the samples' noise (see ``rounding_images``), so
+    it is checked on held-out images: fitted on each half of them and scored on the other, and
+    kept only if it beats round-to-nearest there (``adaround(validate=True)``).
+    ``positions_per_weight=0`` rounds every layer adaptively, unchecked.
 
     With ``clip_activations`` each bounded ReLU (ReLU6) gets the clip value that minimises the
     int8 rounding + clipping error of its output on the calibration images; the converters then
@@ -97,6 +99,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     quant_out: dict[str, np.ndarray] = {}
     shifts: dict[str, float] = {}
     clips: dict[str, float] = {}
+    validated: list[str] = []
     nearest: list[str] = []
     weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED and name not in keep_float]
     done = 0
@@ -110,14 +113,14 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
             if node["kind"] in WEIGHTED and name in keep_float:
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             elif node["kind"] in WEIGHTED:
-                images = 0
                 if adaptive_rounding and len(node["inputs"]) == 1 and node["kind"] != "SeparableConv2D":
                     images = rounding_images(twin, x_float.shape, len(calib), rounding_samples, positions_per_weight)
-                    if not images:
-                        nearest.append(name)
-                if images:
                     parent = node["inputs"][0]
-                    adaround(twin, quant_out[parent][:images], float_out[parent][:images], per_channel=per_channel)
+                    if not images:
+                        validated.append(name)
+                    if not adaround(twin, quant_out[parent][:images or None], float_out[parent][:images or None],
+                                    per_channel=per_channel, validate=not images):
+                        nearest.append(name)
                 else:
                     quantize_weights(twin, per_channel)
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
@@ -147,7 +150,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
         layers=len(shifts), samples=len(calib),
         max_shift=max(shifts.values(), default=0.0), seconds=time.perf_counter() - started,
         per_layer=tuple(sorted(shifts.items())), clips=tuple(sorted(clips.items())),
-        rounded_to_nearest=tuple(nearest),
+        validated=tuple(validated), rounded_to_nearest=tuple(nearest),
     )
 
 
@@ -155,8 +158,9 @@ def rounding_images(layer, output_shape: tuple[int, ...], available: int, minimu
                     positions_per_weight: float) -> int:
     """How many calibration images adaptive rounding of ``layer`` reads: ``minimum``, or more
     where its output has few positions per image, so that the rounding of each output channel's
-    fan-in weights is fitted on at least ``positions_per_weight`` x fan-in positions; 0 (round
-    to nearest) when even all ``available`` images are fewer.
+    fan-in weights is fitted on at least ``positions_per_weight`` x fan-in positions; 0 when
+    even all ``available`` images are fewer (the rounding, fitted on all of them, is then
+    checked on held-out halves: ``adaround(validate=True)``).
 
     The rule, measured: rounding fitted on too few positions fits their noise. On a real
     MobileNetV2 (160x160, fan-in up to 1,280) adaptive rounding of every layer from 64 images
@@ -170,30 +174,89 @@ def rounding_images(layer, output_shape: tuple[int, ...], available: int, minimu
     return images if images * per_image >= needed else 0
 
 
-def adaround(layer, x_quant: np.ndarray, x_float: np.ndarray, sweeps: int = 6, per_channel: bool = True) -> None:
+def adaround(layer, x_quant: np.ndarray, x_float: np.ndarray, sweeps: int = 6, per_channel: bool = True,
+             validate: bool = False) -> bool:
     """Round ``layer``'s kernel up or down per weight to minimise E[(w_q·x_q - w·x_f)²] for
     each output channel. Starts from round-to-nearest; keeps every weight on its channel's
-    int8 grid (the largest |w| stays at ±127, so the converters recompute the same scale)."""
-    kind = type(layer).__name__
+    int8 grid (the largest |w| stays at ±127, so the converters recompute the same scale).
+
+    With ``validate`` the rounding must earn its place on images it was not fitted on: the
+    images are cut into ``VALIDATION_FOLDS`` folds, and for each fold the rounding fitted on the
+    others is scored on it against round-to-nearest (output error after removing its mean,
+    which bias correction absorbs). Unless it wins on every fold, the kernel is rounded to
+    nearest. Returns whether the rounding is adaptive."""
     weights = layer.get_weights()
     kernel = np.asarray(weights[0], np.float64)
-    if kind == "Dense":
-        aq, bf = _moments(x_quant.reshape(-1, x_quant.shape[-1]), x_float.reshape(-1, x_float.shape[-1]))
-        flat = kernel  # (in, out)
-    elif kind == "DepthwiseConv2D":
-        kh, kw, channels, mult = kernel.shape
-        aq, bf = _conv_moments(layer, x_quant, x_float, depthwise=True)
-        flat = kernel.reshape(kh * kw, channels * mult)
-        aq, bf = np.repeat(aq, mult, axis=0), np.repeat(bf, mult, axis=0)  # one per output channel
+    flat = _flat(kernel, type(layer).__name__)
+    folds = VALIDATION_FOLDS if validate and len(x_quant) >= VALIDATION_FOLDS else 0
+    if folds:
+        bounds = np.linspace(0, len(x_quant), folds + 1).astype(int)
+        parts = [_layer_moments(layer, x_quant[a:b], x_float[a:b]) for a, b in zip(bounds, bounds[1:])]
+        sizes = np.diff(bounds)
+        full = _pooled(parts, sizes)
     else:
-        aq, bf = _conv_moments(layer, x_quant, x_float, depthwise=False)
-        flat = kernel.reshape(-1, kernel.shape[-1])
-    levels = 127
-    scale = np.max(np.abs(flat), axis=0 if per_channel else None, keepdims=True) / levels
+        full = _layer_moments(layer, x_quant, x_float)
+    scale = np.max(np.abs(flat), axis=0 if per_channel else None, keepdims=True) / LEVELS
     scale = np.where(scale == 0, 1.0, scale)
-    rounded = _descend(flat / scale, aq, bf, sweeps)
-    weights[0] = (np.clip(rounded, -levels, levels) * scale).reshape(kernel.shape).astype(np.float32)
+    for k in range(folds):  # stops at the first fold that nearest rounding wins
+        others = [i for i in range(folds) if i != k]
+        fitted = _descend(flat / scale, *_pooled([parts[i] for i in others], sizes[others])[:2], sweeps)
+        nearest = np.round(flat / scale)
+        if _held_out_error(fitted * scale, flat, parts[k]) >= _held_out_error(nearest * scale, flat, parts[k]):
+            weights[0] = (nearest * scale).reshape(kernel.shape).astype(np.float32)
+            layer.set_weights(weights)
+            return False
+    rounded = _descend(flat / scale, full[0], full[1], sweeps)
+    weights[0] = (np.clip(rounded, -LEVELS, LEVELS) * scale).reshape(kernel.shape).astype(np.float32)
     layer.set_weights(weights)
+    return True
+
+
+VALIDATION_FOLDS = 4
+
+
+def _pooled(parts: list[list[np.ndarray]], sizes: np.ndarray) -> list[np.ndarray]:
+    """The moments of several image sets together, from each set's moments and image count."""
+    shares = np.asarray(sizes, np.float64) / np.sum(sizes)
+    return [sum(share * part[i] for share, part in zip(shares, parts)) for i in range(len(parts[0]))]
+
+
+LEVELS = 127  # symmetric int8 weights: the converters' scale is max|w| / 127
+
+
+def _flat(kernel: np.ndarray, kind: str) -> np.ndarray:
+    """The kernel as (fan-in, output channels)."""
+    if kind == "Dense":
+        return kernel
+    if kind == "DepthwiseConv2D":
+        kh, kw, channels, mult = kernel.shape
+        return kernel.reshape(kh * kw, channels * mult)
+    return kernel.reshape(-1, kernel.shape[-1])
+
+
+def _layer_moments(layer, xq: np.ndarray, xf: np.ndarray) -> list[np.ndarray]:
+    """[E[xq xqᵀ], E[xq xfᵀ], E[xq], E[xf]] over the layer's input vectors (patches): shared
+    by all output channels, or one set per output channel for a depthwise layer."""
+    kind = type(layer).__name__
+    if kind == "Dense":
+        return _moments(xq.reshape(-1, xq.shape[-1]), xf.reshape(-1, xf.shape[-1]))
+    if kind == "DepthwiseConv2D":
+        return [np.repeat(m, layer.depth_multiplier, axis=0)  # one per output channel
+                for m in _conv_moments(layer, xq, xf, depthwise=True)]
+    return _conv_moments(layer, xq, xf, depthwise=False)
+
+
+def _held_out_error(wq: np.ndarray, w: np.ndarray, moments: list[np.ndarray]) -> float:
+    """Sum over output channels of Var(wq·xq - w·x_f) on other images' moments, up to a constant
+    that does not depend on ``wq`` (wᵀE[xf xfᵀ]w)."""
+    a, b, mq, mf = moments
+    if a.ndim == 2:
+        square = np.sum(wq * (a @ wq), axis=0) - 2 * np.sum(wq * (b @ w), axis=0)
+        mean = mq @ wq - mf @ w
+    else:
+        square = np.einsum("ko,okl,lo->o", wq, a, wq) - 2 * np.einsum("ko,okl,lo->o", wq, b, w)
+        mean = np.einsum("ok,ko->o", mq, wq) - np.einsum("ok,ko->o", mf, w)
+    return float(np.sum(square - mean ** 2))
 
 
 def _descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, sweeps: int) -> np.ndarray:
@@ -223,18 +286,19 @@ def _descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, sweeps: int) -> np.nda
     return q
 
 
-def _moments(xq: np.ndarray, xf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """E[xq xqᵀ] and E[xq xfᵀ]. Uncentred: centring (leaving the mean to bias correction)
-    measured 0.2 dB worse output SQNR on the shared MobileNet."""
+def _moments(xq: np.ndarray, xf: np.ndarray) -> list[np.ndarray]:
+    """E[xq xqᵀ], E[xq xfᵀ], E[xq], E[xf]. Adaptive rounding uses the uncentred moments:
+    centring (leaving the mean to bias correction) measured 0.2 dB worse output SQNR on the
+    shared MobileNet."""
     xq, xf = np.asarray(xq, np.float64), np.asarray(xf, np.float64)
-    return xq.T @ xq / len(xq), xq.T @ xf / len(xq)
+    return [xq.T @ xq / len(xq), xq.T @ xf / len(xq), xq.mean(axis=0), xf.mean(axis=0)]
 
 
-def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk: int = 4):
-    """E[pq pqᵀ] and E[pq pfᵀ] over all input patches, accumulated a few images at a time
-    (patches of a whole calibration set would take gigabytes). Depthwise: one (k, k) pair
+def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk: int = 4) -> list[np.ndarray]:
+    """``_moments`` over all input patches, accumulated a few images at a time (patches of a
+    whole calibration set would take gigabytes). Depthwise: one (k, k) pair and (k,) means
     per channel."""
-    a = b = None
+    sums = None
     count = 0
     for start in range(0, len(xq), chunk):
         pq = _patches(layer, xq[start:start + chunk])
@@ -242,13 +306,14 @@ def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk:
         if depthwise:
             channels = xq.shape[-1]
             pq, pf = pq.reshape(len(pq), -1, channels), pf.reshape(len(pf), -1, channels)
-            da, db = np.einsum("pkc,plc->ckl", pq, pq), np.einsum("pkc,plc->ckl", pq, pf)
+            parts = [np.einsum("pkc,plc->ckl", pq, pq), np.einsum("pkc,plc->ckl", pq, pf),
+                     pq.sum(axis=0).T, pf.sum(axis=0).T]
         else:
-            da, db = pq.T @ pq, pq.T @ pf
-        a = da.astype(np.float64) if a is None else a + da
-        b = db.astype(np.float64) if b is None else b + db
+            parts = [pq.T @ pq, pq.T @ pf, pq.sum(axis=0), pf.sum(axis=0)]
+        parts = [np.asarray(x, np.float64) for x in parts]
+        sums = parts if sums is None else [s + x for s, x in zip(sums, parts)]
         count += len(pq)
-    return a / count, b / count
+    return [s / count for s in sums]
 
 
 def _patches(layer, x: np.ndarray) -> np.ndarray:

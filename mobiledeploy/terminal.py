@@ -62,8 +62,9 @@ def print_quantize(result) -> None:
         r = result.refinement
         console.print(f"refined for int8 ({r.method}): {r.layers} layers on {r.samples} images in {r.seconds:.1f} s; "
                       f"largest bias shift {r.max_shift:.3g}"
-                      + (f"; rounded to nearest (too few calibration positions per weight): "
-                         f"{', '.join(r.rounded_to_nearest)}" if r.rounded_to_nearest else ""))
+                      + (f"; {len(r.validated)} layers short of calibration positions checked on held-out "
+                         f"folds, {len(r.rounded_to_nearest)} of them rounded to nearest" if r.validated else "")
+                      + (f" ({', '.join(r.rounded_to_nearest)})" if r.rounded_to_nearest else ""))
     if result.logit_floor is not None:
         f = result.logit_floor
         console.print(f"logit floor: int8 {f.layer} floored at {f.floor:.3g} (was {f.calibrated_range[0]:.3g}), "

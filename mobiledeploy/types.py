@@ -165,7 +165,7 @@ class QuantizeOptions:
     activation_ranges: str = "minmax"  # minmax | mse (clip bounded ReLUs where it lowers the error)
     logit_floor: str = "auto"  # auto (where a softmax follows a linear layer and it lowers the error) | off
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding (at least)
-    rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: round to nearest
+    rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: check on held-out images
     keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)
     max_drop: float | None = None  # keep more layers in float until the int8 files lose at most this
     fold_tolerance: float = 1e-4
@@ -240,13 +240,15 @@ class RefineReport:
     seconds: float
     per_layer: tuple[tuple[str, float], ...] = ()
     clips: tuple[tuple[str, float], ...] = ()  # activation layer -> chosen upper clip
-    rounded_to_nearest: tuple[str, ...] = ()  # too few calibration positions for adaptive rounding
+    # too few calibration positions per weight: adaptive rounding checked on held-out halves
+    validated: tuple[str, ...] = ()
+    rounded_to_nearest: tuple[str, ...] = ()  # of those, where nearest did as well on held-out images
 
     def to_dict(self) -> dict:
         return {"method": self.method, "layers": self.layers, "samples": self.samples,
                 "max_shift": self.max_shift, "seconds": round(self.seconds, 2),
                 "per_layer": dict(self.per_layer), "clips": dict(self.clips),
-                "rounded_to_nearest": list(self.rounded_to_nearest)}
+                "validated": list(self.validated), "rounded_to_nearest": list(self.rounded_to_nearest)}
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,32 @@ def test_adaptive_rounding_fitted_on_too_few_samples_loses_to_nearest_out_of_sam
     assert held_out_loss(32) > nearest
 
 
+def test_validated_rounding_keeps_adaround_only_where_it_wins_on_held_out_samples():
+    """Where a layer has too few positions for rounding_images, adaround is fitted on three
+    folds of the samples and scored on the fourth, four times: on too few samples it loses to
+    nearest and the kernel is rounded to nearest; on plenty it wins every fold and the kernel
+    is the rounding fitted on all samples."""
+    import keras
+
+    rng = np.random.default_rng(4)
+    mixing = rng.normal(0, 1, (64, 64))
+    layer = keras.layers.Dense(16)
+    layer.build((None, 64))
+    kernel = rng.normal(0, 1, (64, 16)).astype(np.float32)
+    layer.set_weights([kernel, np.zeros(16, np.float32)])
+    few = (rng.normal(0, 1, (48, 64)) @ mixing).astype(np.float32)
+    assert adaround(layer, few, few, validate=True) is False
+    assert np.array_equal(layer.get_weights()[0], quantize_kernel(kernel, "Dense"))
+    many = (rng.normal(0, 1, (4096, 64)) @ mixing).astype(np.float32)
+    layer.set_weights([kernel, np.zeros(16, np.float32)])
+    assert adaround(layer, many, many, validate=True) is True
+    validated = layer.get_weights()[0]
+    layer.set_weights([kernel, np.zeros(16, np.float32)])
+    adaround(layer, many, many)
+    assert np.array_equal(validated, layer.get_weights()[0])
+    assert not np.array_equal(validated, quantize_kernel(kernel, "Dense"))
+
+
 def test_rounding_images_reads_more_images_for_small_layers_and_gives_up_below_the_ratio():
     import keras
 
@@ -102,14 +128,16 @@ def test_rounding_images_reads_more_images_for_small_layers_and_gives_up_below_t
     assert rounding_images(dense, (1, 10), 30, 64, 0) == 30  # 0: every layer, on what there is
 
 
-def test_refine_rounds_to_nearest_where_calibration_is_too_small(tiny_model):
+def test_refine_checks_rounding_where_calibration_is_too_small(tiny_model):
     from mobiledeploy.folding import fold_batchnorm
 
     folded, _ = fold_batchnorm(tiny_model)
     calib = np.random.default_rng(5).uniform(-1, 1, (48, 24, 24, 3)).astype(np.float32)
     guarded, report = refine_for_int8(folded, calib)
     everywhere, report_all = refine_for_int8(folded, calib, positions_per_weight=0)
-    assert report.rounded_to_nearest == ("logits",) and report_all.rounded_to_nearest == ()  # 48 images, fan-in 16
+    # 48 images, fan-in 16: checked on held-out halves, where nearest wins
+    assert report.validated == report.rounded_to_nearest == ("logits",)
+    assert report_all.validated == report_all.rounded_to_nearest == ()
     float_kernel = folded.get_layer("logits").get_weights()[0]
     assert np.array_equal(guarded.get_layer("logits").get_weights()[0], quantize_kernel(float_kernel, "Dense"))
     assert not np.array_equal(everywhere.get_layer("logits").get_weights()[0], quantize_kernel(float_kernel, "Dense"))
@@ -189,9 +217,13 @@ def test_levers_lower_int8_error_end_to_end(lever_builds):
     manifest = json.loads((lever_builds["adaround"][0] / "manifest.json").read_text())
     assert manifest["settings"]["refine"] == "adaround"
     assert manifest["refinement"]["method"] == "adaround+bias-correction" and "seconds" not in manifest["refinement"]
-    # 2x2 and 1x1 outputs on 200 images: too few positions per weight for the late layers and the classifier
+    # 2x2 and 1x1 outputs on 200 images: too few positions per weight for the late layers and the
+    # classifier, whose rounding is checked on held-out halves; nearest wins at least at the end
     assert manifest["settings"]["rounding_positions_per_weight"] == 64
-    assert manifest["refinement"]["rounded_to_nearest"][-2:] == ["conv_pw_13", "conv_preds"]
+    refinement = manifest["refinement"]
+    assert refinement["validated"][0] == "conv_pw_5" and refinement["validated"][-1] == "conv_preds"
+    assert len(refinement["validated"]) == 12 and set(refinement["rounded_to_nearest"]) <= set(refinement["validated"])
+    assert refinement["rounded_to_nearest"][-2:] == ["conv_pw_13", "conv_preds"]
     assert json.loads((lever_builds["none"][0] / "manifest.json").read_text())["refinement"] is None
 
 
