@@ -78,9 +78,10 @@ def canonical(proto):
 
     Two exports of the same model in two processes give the same nodes in the same order, but
     the "__<n>" counters tf2onnx appends to the tensors it creates, and the order of the
-    initializers, differ. Renumbering those suffixes in order of first use and ordering the
-    initializers by first use makes repeated exports byte-identical, and keeps every name that
-    carries a Keras layer name readable.
+    initializers, differ; within one process, so do the symbolic sizes ("unk__<n>", the batch).
+    Renumbering those suffixes in order of first use and ordering the initializers by first use
+    makes repeated exports byte-identical, and keeps every name that carries a Keras layer name
+    readable.
     """
     import re
 
@@ -110,6 +111,11 @@ def canonical(proto):
     position = {rename(name): i for name, i in first_use.items()}
     _reorder(proto.graph.initializer, lambda t: (position.get(t.name, len(position)), t.name))
     _reorder(proto.graph.value_info, lambda v: v.name)
+    dims: dict[str, str] = {}  # symbolic sizes ("unk__557") count on across exports in one process
+    for info in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in info.type.tensor_type.shape.dim:
+            if pattern.search(dim.dim_param):
+                dim.dim_param = dims.setdefault(dim.dim_param, f"{pattern.sub('', dim.dim_param)}__{len(dims)}")
     return proto
 
 
