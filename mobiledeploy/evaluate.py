@@ -55,8 +55,11 @@ def drift(name: str, reference: np.ndarray, candidate: np.ndarray) -> Drift:
 
 
 def topk_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Share of samples whose label is among the k highest outputs. Ties go to the lower class
+    index, as argmax (and so ``agreement``, and an app's argmax) breaks them: an int8 softmax
+    steps by 1/256, so its top classes often tie."""
     k = min(k, outputs.shape[1])
-    top = np.argpartition(-outputs, k - 1, axis=1)[:, :k]
+    top = np.argsort(-outputs, axis=1, kind="stable")[:, :k]
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 

@@ -153,3 +153,21 @@ def test_rules_are_exact_at_the_threshold():
     xml = junit_xml(evaluate_rules(_report(0.80, 0.5, 0.95), rules))
     suite = ElementTree.fromstring(xml.split("?>", 1)[1])
     assert suite.get("failures") == "1" and suite.find(".//failure").get("type") == "max-drop"
+
+
+def test_top1_breaks_ties_like_argmax_and_agreement():
+    """int8 softmax outputs step by 1/256 and their top classes tie; top-1 must pick the class
+    argmax picks (the lower index), as agreement and per-class accuracy do. An unordered
+    partition (the former implementation) scored 14.8% here where argmax scores 100%."""
+    from mobiledeploy.evaluate import per_class_accuracy, topk_accuracy
+
+    rng = np.random.default_rng(0)
+    outputs = rng.integers(0, 4, (500, 1000)).astype(np.float32) / 256  # many ties at the top
+    labels = outputs.argmax(axis=1)
+    assert topk_accuracy(outputs, labels, 1) == 1.0
+    higher_tied = np.array([np.flatnonzero(row == row.max())[-1] for row in outputs])
+    tied = higher_tied != labels
+    assert tied.sum() > 400 and topk_accuracy(outputs[tied], higher_tied[tied], 1) == 0.0
+    assert topk_accuracy(outputs, higher_tied, 5) >= topk_accuracy(outputs, higher_tied, 1)
+    accuracy = [a for a in per_class_accuracy(outputs, labels, 1000) if a is not None]
+    assert all(a == 1.0 for a in accuracy)
