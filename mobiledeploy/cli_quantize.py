@@ -65,9 +65,9 @@ from . import terminal
               help="Adaptive rounding decides each layer's weights on at least this many calibration positions "
                    "per weight of its fan-in, reading more than --rounding-samples images where the layer is "
                    "small. Layers that even all calibration images leave short (the late layers, the "
-                   "classifier) may fit their noise: there the rounding is fitted on one half of the images, "
-                   "scored on the other, and replaced by nearest rounding unless it wins. 0 rounds every layer "
-                   "adaptively, unchecked.")
+                   "classifier) may fit their noise: there the rounding is fitted on three of four folds of the "
+                   "images, scored on the fourth, and replaced by nearest rounding unless it wins on every fold. "
+                   "0 rounds every layer adaptively, unchecked.")
 @click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
               help="Run this convolution/Dense layer in float inside the int8 files (repeatable). For "
                    "targets with float kernels next to int8 ones (CPUs, GPUs), when one layer ruins accuracy.")

@@ -34,6 +34,8 @@ from .types import RefineReport
 
 ACTIVATIONS = {"ReLU", "Activation"}
 PASS_THROUGH = {"Dropout", "InputLayer"}  # identity at inference; no new quantization point
+LEVELS = 127  # symmetric int8 weights: the converters' scale is max|w| / 127
+VALIDATION_FOLDS = 4  # a layer short of calibration positions keeps adaptive rounding only if it wins on every fold
 
 
 def quantize_kernel(kernel: np.ndarray, kind: str, per_channel: bool = True, bits: int = 8) -> np.ndarray:
@@ -77,8 +79,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     rounding is decided on at least ``positions_per_weight`` x fan-in positions. Where even every
     calibration image is too few (the late layers and the classifier: one position per image,
     hundreds of inputs) the rounding may fit the samples' noise (see ``rounding_images``), so
-    it is checked on held-out images: fitted on each half of them and scored on the other, and
-    kept only if it beats round-to-nearest there (``adaround(validate=True)``).
+    it is checked on held-out images: fitted on three of four folds of them and scored on the
+    fourth, and kept only if it beats round-to-nearest on every fold (``adaround(validate=True)``).
     ``positions_per_weight=0`` rounds every layer adaptively, unchecked.
 
     With ``clip_activations`` each bounded ReLU (ReLU6) gets the clip value that minimises the
@@ -160,7 +162,7 @@ def rounding_images(layer, output_shape: tuple[int, ...], available: int, minimu
     where its output has few positions per image, so that the rounding of each output channel's
     fan-in weights is fitted on at least ``positions_per_weight`` x fan-in positions; 0 when
     even all ``available`` images are fewer (the rounding, fitted on all of them, is then
-    checked on held-out halves: ``adaround(validate=True)``).
+    checked on held-out folds: ``adaround(validate=True)``).
 
     The rule, measured: rounding fitted on too few positions fits their noise. On a real
     MobileNetV2 (160x160, fan-in up to 1,280) adaptive rounding of every layer from 64 images
@@ -198,10 +200,10 @@ def adaround(layer, x_quant: np.ndarray, x_float: np.ndarray, sweeps: int = 6, p
         full = _layer_moments(layer, x_quant, x_float)
     scale = np.max(np.abs(flat), axis=0 if per_channel else None, keepdims=True) / LEVELS
     scale = np.where(scale == 0, 1.0, scale)
+    nearest = np.round(flat / scale)
     for k in range(folds):  # stops at the first fold that nearest rounding wins
         others = [i for i in range(folds) if i != k]
         fitted = _descend(flat / scale, *_pooled([parts[i] for i in others], sizes[others])[:2], sweeps)
-        nearest = np.round(flat / scale)
         if _held_out_error(fitted * scale, flat, parts[k]) >= _held_out_error(nearest * scale, flat, parts[k]):
             weights[0] = (nearest * scale).reshape(kernel.shape).astype(np.float32)
             layer.set_weights(weights)
@@ -212,16 +214,10 @@ def adaround(layer, x_quant: np.ndarray, x_float: np.ndarray, sweeps: int = 6, p
     return True
 
 
-VALIDATION_FOLDS = 4
-
-
 def _pooled(parts: list[list[np.ndarray]], sizes: np.ndarray) -> list[np.ndarray]:
     """The moments of several image sets together, from each set's moments and image count."""
     shares = np.asarray(sizes, np.float64) / np.sum(sizes)
     return [sum(share * part[i] for share, part in zip(shares, parts)) for i in range(len(parts[0]))]
-
-
-LEVELS = 127  # symmetric int8 weights: the converters' scale is max|w| / 127
 
 
 def _flat(kernel: np.ndarray, kind: str) -> np.ndarray:

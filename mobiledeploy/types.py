@@ -240,7 +240,7 @@ class RefineReport:
     seconds: float
     per_layer: tuple[tuple[str, float], ...] = ()
     clips: tuple[tuple[str, float], ...] = ()  # activation layer -> chosen upper clip
-    # too few calibration positions per weight: adaptive rounding checked on held-out halves
+    # too few calibration positions per weight: adaptive rounding checked on held-out folds
     validated: tuple[str, ...] = ()
     rounded_to_nearest: tuple[str, ...] = ()  # of those, where nearest did as well on held-out images
 

@@ -135,7 +135,7 @@ def test_refine_checks_rounding_where_calibration_is_too_small(tiny_model):
     calib = np.random.default_rng(5).uniform(-1, 1, (48, 24, 24, 3)).astype(np.float32)
     guarded, report = refine_for_int8(folded, calib)
     everywhere, report_all = refine_for_int8(folded, calib, positions_per_weight=0)
-    # 48 images, fan-in 16: checked on held-out halves, where nearest wins
+    # 48 images, fan-in 16: checked on held-out folds, where nearest wins
     assert report.validated == report.rounded_to_nearest == ("logits",)
     assert report_all.validated == report_all.rounded_to_nearest == ()
     float_kernel = folded.get_layer("logits").get_weights()[0]
@@ -218,7 +218,7 @@ def test_levers_lower_int8_error_end_to_end(lever_builds):
     assert manifest["settings"]["refine"] == "adaround"
     assert manifest["refinement"]["method"] == "adaround+bias-correction" and "seconds" not in manifest["refinement"]
     # 2x2 and 1x1 outputs on 200 images: too few positions per weight for the late layers and the
-    # classifier, whose rounding is checked on held-out halves; nearest wins at least at the end
+    # classifier, whose rounding is checked on held-out folds; nearest wins at least at the end
     assert manifest["settings"]["rounding_positions_per_weight"] == 64
     refinement = manifest["refinement"]
     assert refinement["validated"][0] == "conv_pw_5" and refinement["validated"][-1] == "conv_preds"
