@@ -136,14 +136,21 @@ def _keras_model(target: Path, trust_model_code: bool):
         keras_file = next((e["file"] for e in entries if e["format"] == "keras"), None)
         if keras_file is None:
             raise MobiledeployError(f"{target}/manifest.json lists no Keras model; re-run mobiledeploy quantize")
-        import_tensorflow()
-        import keras
-
-        return keras.saving.load_model(target / keras_file, compile=False)
+        return _load_saved(target / keras_file)
     import_tensorflow()
     from .loading import load_model
 
     return load_model(target, trust=trust_model_code).model
+
+
+def _load_saved(path: Path):
+    """A .keras file this tool wrote (sha256-checked by the caller)."""
+    from .quiet import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    return keras.saving.load_model(path, compile=False)
 
 
 def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200, batch_size: int = 32,
@@ -161,15 +168,7 @@ def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200
     preprocessing = Preprocessing.from_dict(content["preprocessing"])
     dataset = datasets.open_data(data)
     equalized = (content.get("equalization") or {}).get("reference")
-    if equalized:
-        from .quiet import import_tensorflow
-
-        import_tensorflow()
-        import keras
-
-        model = keras.saving.load_model(manifest.verified(build_dir, equalized), compile=False)
-    else:
-        model = _keras_model(build_dir, False)
+    model = _load_saved(manifest.verified(build_dir, equalized)) if equalized else _keras_model(build_dir, False)
     floor = content.get("logit_floor")
     if floor:  # the int8 files' logits are floored: compare them with the same floored tensor
         from .logit_floor import apply_floor

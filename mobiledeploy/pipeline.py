@@ -128,8 +128,7 @@ def _equalization_entry(work: Path, equalization) -> dict | None:
     if equalization is None:
         return None
     entry = {k: v for k, v in equalization.to_dict().items() if k != "seconds"}
-    path = work / EQUALIZED_FILE
-    entry["reference"] = {"file": EQUALIZED_FILE, "sha256": manifest.sha256(path), "size": path.stat().st_size}
+    entry["reference"] = manifest.describe(work, Artifact(EQUALIZED_FILE, "keras", "float32")).to_dict()
     return entry
 
 

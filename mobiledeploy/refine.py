@@ -205,8 +205,7 @@ def adaround(layer, x_quant: np.ndarray, x_float: np.ndarray, sweeps: int = 6, p
         others = [i for i in range(folds) if i != k]
         fitted = _descend(flat / scale, *_pooled([parts[i] for i in others], sizes[others])[:2], sweeps)
         if _held_out_error(fitted * scale, flat, parts[k]) >= _held_out_error(nearest * scale, flat, parts[k]):
-            weights[0] = (nearest * scale).reshape(kernel.shape).astype(np.float32)
-            layer.set_weights(weights)
+            quantize_weights(layer, per_channel)
             return False
     rounded = _descend(flat / scale, full[0], full[1], sweeps)
     weights[0] = (np.clip(rounded, -LEVELS, LEVELS) * scale).reshape(kernel.shape).astype(np.float32)
