@@ -11,8 +11,10 @@ model on the evaluation images; the last row is the real default int8 TFLite fil
 images, to show the simulation is faithful. If "float weights, int8 activations" is no better
 than the default, no weight-side lever can close the rest of the gap: it is the int8
 activation grid. The logit floor (logit_floor.py) is the one activation-side lever in the
-default; its row shows what it takes off the int8 logits' share. --model studies another
-model (other_models.py) on the same images.
+default; its row shows what it takes off the int8 logits' share. --each-layer puts one layer at
+a time back to float weights in the default's simulation: a layer whose refined int8 weights
+beat its own float weights there is compensating the int8 activations around it, and no better
+rounding of it can gain much. --model studies another model (other_models.py) on the same images.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main() -> None:
                              "every other tensor float, logit floor on) costs the most")
     parser.add_argument("--model", type=Path, default=None,
                         help="another model to study on the same images (default: the shared MobileNet v1 0.25)")
+    parser.add_argument("--each-layer", action="store_true",
+                        help="also give the default's simulated SQNR with each weighted layer back to float weights")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import mobiledeploy
@@ -72,6 +76,8 @@ def main() -> None:
         sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
         agree = np.mean(output.argmax(axis=1) == reference.argmax(axis=1))
         print(f"{label:<52}{sqnr:>8.1f}{agree:>8.1%}", flush=True)
+    if args.each_layer:
+        _each_layer(with_floor, floored(folded, floor), _ranges(with_floor, calib), images, reference)
     if args.each_tensor:
         _each_tensor(floored(folded, floor), calib, images, reference, args.each_tensor)
 
@@ -87,6 +93,26 @@ def _each_tensor(model, calib: np.ndarray, images: np.ndarray, reference: np.nda
     print(f"\nonly this tensor int8 (float weights, logit floor){'':<4}{'SQNR dB':>8}{'agree':>8}   range")
     for sqnr, agree, name, (low, high) in sorted(rows)[:count]:
         print(f"{name:<52}{sqnr:>8.1f}{agree:>8.1%}   {low:.3g}..{high:.3g}")
+
+
+def _each_layer(refined, float_model, ranges: dict, images: np.ndarray, reference: np.ndarray) -> None:
+    """The default's simulation with one weighted layer at a time given its float weights back."""
+    from mobiledeploy.graph import WEIGHTED
+
+    def score(output):
+        sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
+        return sqnr, float(np.mean(output.argmax(axis=1) == reference.argmax(axis=1)))
+
+    base, _ = score(_simulate(refined, images, ranges))
+    print(f"\n{'one layer back to float weights (rest: default)':<52}{'SQNR dB':>8}{'agree':>8}{'gain':>8}")
+    for layer in refined.layers:
+        if type(layer).__name__ not in WEIGHTED:
+            continue
+        kept = layer.get_weights()
+        layer.set_weights(float_model.get_layer(layer.name).get_weights())
+        sqnr, agree = score(_simulate(refined, images, ranges))
+        layer.set_weights(kept)
+        print(f"{layer.name:<52}{sqnr:>8.1f}{agree:>8.1%}{sqnr - base:>+8.2f}", flush=True)
 
 
 def _ranges(model, calib: np.ndarray) -> dict[str, tuple[float, float]]:
