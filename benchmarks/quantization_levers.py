@@ -6,7 +6,7 @@ Two models: the real ImageNet MobileNet v1 0.25 in ../shared/data (fixed seeded 
 500 dev images: 200 calibrate, the other 300 evaluate, as in shared_imagenet_drift.py) and the
 bundled reference model (calibration_data/ vs eval_data/). For every lever the same
 calibration images feed both exporters; top-1 is against the labels, agreement and SQNR
-against the folded float model, all on images never used for calibration. "±95%" is the
+against the folded float model, all on images never used for calibration. "±95%" bounds the
 half-width of a 95% interval for "vs float": the change is a mean over images of -1, 0 or +1
 (int8 right where float was wrong, or the reverse), non-zero only where the two disagree, so
 its standard error is at most sqrt((1 - agreement) / images).
