@@ -42,7 +42,7 @@ def main() -> None:
     from mobiledeploy import calibration, datasets
     from mobiledeploy.folding import fold_batchnorm
     from mobiledeploy.loading import load_model
-    from mobiledeploy.evaluate import collect
+    from mobiledeploy.evaluate import agreement, collect, sqnr_db
     from mobiledeploy.logit_floor import floor_logits, floored
     from mobiledeploy.refine import refine_for_int8
     from mobiledeploy.runners import KerasRunner, open_runner
@@ -73,9 +73,7 @@ def main() -> None:
     ]
     print(f"{'simulation':<52}{'SQNR dB':>8}{'agree':>8}   ({len(images)} images)")
     for label, output in rows:
-        sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
-        agree = np.mean(output.argmax(axis=1) == reference.argmax(axis=1))
-        print(f"{label:<52}{sqnr:>8.1f}{agree:>8.1%}", flush=True)
+        print(f"{label:<52}{sqnr_db(reference, output):>8.1f}{agreement(reference, output):>8.1%}", flush=True)
     if args.each_layer:
         _each_layer(with_floor, floored(folded, floor), _ranges(with_floor, calib), images, reference)
     if args.each_tensor:
@@ -84,12 +82,13 @@ def main() -> None:
 
 def _each_tensor(model, calib: np.ndarray, images: np.ndarray, reference: np.ndarray, count: int) -> None:
     """The tensors whose int8 rounding alone costs the most output SQNR, worst first."""
+    from mobiledeploy.evaluate import agreement, sqnr_db
+
     ranges = _ranges(model, calib)
     rows = []
     for name, bounds in ranges.items():
         output = _simulate(model, images, {name: bounds})
-        sqnr = 10 * np.log10(np.sum(reference ** 2) / max(float(np.sum((output - reference) ** 2)), 1e-30))
-        rows.append((sqnr, float(np.mean(output.argmax(axis=1) == reference.argmax(axis=1))), name, bounds))
+        rows.append((sqnr_db(reference, output), agreement(reference, output), name, bounds))
     print(f"\nonly this tensor int8 (float weights, logit floor){'':<4}{'SQNR dB':>8}{'agree':>8}   range")
     for sqnr, agree, name, (low, high) in sorted(rows)[:count]:
         print(f"{name:<52}{sqnr:>8.1f}{agree:>8.1%}   {low:.3g}..{high:.3g}")
@@ -97,22 +96,20 @@ def _each_tensor(model, calib: np.ndarray, images: np.ndarray, reference: np.nda
 
 def _each_layer(refined, float_model, ranges: dict, images: np.ndarray, reference: np.ndarray) -> None:
     """The default's simulation with one weighted layer at a time given its float weights back."""
+    from mobiledeploy.evaluate import agreement, sqnr_db
     from mobiledeploy.graph import WEIGHTED
 
-    def score(output):
-        sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
-        return sqnr, float(np.mean(output.argmax(axis=1) == reference.argmax(axis=1)))
-
-    base, _ = score(_simulate(refined, images, ranges))
+    base = sqnr_db(reference, _simulate(refined, images, ranges))
     print(f"\n{'one layer back to float weights (rest: default)':<52}{'SQNR dB':>8}{'agree':>8}{'gain':>8}")
     for layer in refined.layers:
         if type(layer).__name__ not in WEIGHTED:
             continue
         kept = layer.get_weights()
         layer.set_weights(float_model.get_layer(layer.name).get_weights())
-        sqnr, agree = score(_simulate(refined, images, ranges))
+        output = _simulate(refined, images, ranges)
         layer.set_weights(kept)
-        print(f"{layer.name:<52}{sqnr:>8.1f}{agree:>8.1%}{sqnr - base:>+8.2f}", flush=True)
+        sqnr = sqnr_db(reference, output)
+        print(f"{layer.name:<52}{sqnr:>8.1f}{agreement(reference, output):>8.1%}{sqnr - base:>+8.2f}", flush=True)
 
 
 def _ranges(model, calib: np.ndarray) -> dict[str, tuple[float, float]]:
