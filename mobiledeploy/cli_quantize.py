@@ -27,8 +27,10 @@ from . import terminal
 @click.option("--preprocess", default="auto", show_default=True,
               type=click.Choice(["auto", "mobilenet", "unit", "raw"]),
               help="Pixel scaling. mobilenet: x/127.5-1 (keras.applications MobileNets); unit: x/255; "
-                   "raw: unchanged (model has its own Rescaling, or arrays are already scaled). auto: raw "
-                   "when the model starts with a Rescaling/Normalization layer, else mobilenet.")
+                   "raw: unchanged (model has its own Rescaling, or arrays are already scaled). auto: the one "
+                   "the model was trained with, read off the statistics of the BatchNorm after its first conv; "
+                   "without them, raw when the model starts with a Rescaling/Normalization layer, else "
+                   "mobilenet. Name one only to override what auto reads.")
 @click.option("--crop-fraction", default=0.875, show_default=True, type=click.FloatRange(0.1, 1.0),
               help="Center-crop fraction: resize the shorter side to size/fraction, then crop. 0.875 is "
                    "the ImageNet evaluation standard (256 -> 224); 1.0 keeps the whole image.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from . import calibration, evaluate, manifest, staging
@@ -58,6 +59,10 @@ def quantize(
         calib, preprocessing, options.num_calib, options.num_holdout, options.seed,
         progress=lambda done, total: report("read calibration images", done, total),
     )
+    scaling = _input_scaling(loaded.model, cset, options, report)
+    if scaling.chosen != preprocessing.scaling:
+        preprocessing = replace(preprocessing, scaling=scaling.chosen)
+        cset = replace(cset, preprocessing=preprocessing)
 
     mixed.check_layers(loaded.model, options.keep_float)  # fail before any work
     if options.max_drop is not None and not cset.holdout:
@@ -107,6 +112,7 @@ def quantize(
                 "output_shape": [None, *loaded.model.outputs[0].shape[1:]],
             },
             "preprocessing": preprocessing.to_dict(),
+            "input_scaling": scaling.to_dict(),
             "calibration": cset.summary(),
             "settings": {**options.to_dict(), "export": settings.to_dict()},
             "folding": fold.to_dict(),
@@ -119,7 +125,7 @@ def quantize(
             "versions": manifest.library_versions(),
         })
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
-                          equalization, mixed_report, floor)
+                          equalization, mixed_report, floor, scaling)
 
 
 def _equalization_entry(work: Path, equalization) -> dict | None:
@@ -211,6 +217,20 @@ def _check_options(options: QuantizeOptions) -> None:
         raise MobiledeployError(
             f"rounding_samples {options.rounding_samples} and rounding_positions_per_weight "
             f"{options.rounding_positions_per_weight}: expected at least 1 image and a ratio of 0 or more")
+
+
+def _input_scaling(model, cset, options: QuantizeOptions, report: Progress):
+    """The pixel scaling the model's first BatchNorm statistics point to (input_scaling.py),
+    read on the first calibration samples before any scaling."""
+    import numpy as np
+
+    from .input_scaling import SAMPLES, read_scaling
+
+    report("check the input scaling", 0, 1)
+    unscaled = replace(cset, preprocessing=replace(cset.preprocessing, scaling="raw"))
+    pixels = np.concatenate(list(calibration.first_samples(calibration.iter_batches(unscaled, "calib", 16), SAMPLES)))
+    fallback = calibration.preprocessing_for(model, "auto", cset.preprocessing.crop_fraction).scaling
+    return read_scaling(model, pixels, options.preprocess, fallback)
 
 
 def _equalize(folded, samples, options: QuantizeOptions, report: Progress):

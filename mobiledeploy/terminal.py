@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from .types import SCALINGS
+
 
 def print_eval(report) -> None:
     from rich.table import Table
@@ -54,6 +56,13 @@ def print_quantize(result) -> None:
     )
     if fold.unfolded:
         console.print(f"[yellow]not folded:[/] {', '.join(fold.unfolded)}")
+    scaling = result.input_scaling
+    if scaling is not None:
+        how = (f"as asked (--preprocess {scaling.requested})" if scaling.requested != "auto" else
+               f"read off {scaling.batchnorm}'s training statistics" if scaling.decisive else "auto's default")
+        console.print(f"input scaling: {scaling.chosen}, {SCALINGS[scaling.chosen]}; {how}")
+        if scaling.warning:
+            console.print(f"[yellow]warning:[/] {scaling.warning}")
     if result.equalization is not None:
         e = result.equalization
         console.print(f"equalized {e.pairs} conv -> ReLU -> conv pairs in {e.seconds:.1f} s; largest channel "

@@ -40,6 +40,42 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class ScalingReport:
+    """Which pixel scaling calibration used, and what the model's first BatchNorm said of it
+    (``input_scaling.read_scaling``)."""
+
+    requested: str  # "auto", or the scaling the user named
+    chosen: str
+    batchnorm: str | None  # the BatchNorm whose statistics were read; None: no BatchNorm after the first conv
+    mismatch: tuple[tuple[str, float], ...] = ()  # (scaling, mismatch with the statistics), each candidate
+    decisive: bool = False  # one scaling fits the statistics, clearly better than the others
+
+    @property
+    def best(self) -> str | None:
+        return min(self.mismatch, key=lambda s: s[1])[0] if self.mismatch else None
+
+    @property
+    def warning(self) -> str | None:
+        """One line for the user when the statistics contradict an explicit --preprocess, or fit
+        no scaling at all; else None."""
+        scores = dict(self.mismatch)
+        if self.decisive and self.requested not in ("auto", self.best):
+            return (f"--preprocess {self.requested}, but {self.batchnorm}'s training statistics match "
+                    f"{self.best} ({SCALINGS[self.best]}) {scores[self.requested] / max(scores[self.best], 1e-12):.0f}x "
+                    f"better; check how the model was trained (--preprocess auto follows the statistics)")
+        if self.batchnorm and self.requested == "auto" and not self.decisive:
+            return (f"no pixel scaling clearly reproduces {self.batchnorm}'s training statistics (mismatch "
+                    + ", ".join(f"{k} {v:.3g}" for k, v in self.mismatch) + f"); used {self.chosen}. If the model "
+                    "expects another normalization, scale the images yourself, save them as .npy and pass --preprocess raw")
+        return None
+
+    def to_dict(self) -> dict:
+        return {"requested": self.requested, "chosen": self.chosen, "batchnorm": self.batchnorm,
+                "mismatch": {k: round(v, 4) for k, v in self.mismatch}, "decisive": self.decisive,
+                "warning": self.warning}
+
+
+@dataclass(frozen=True)
 class CalibrationSet:
     """A seeded selection of calibration and held-out samples; batches are streamed on demand.
 
@@ -191,10 +227,12 @@ class QuantizeResult:
     equalization: EqualizeReport | None = None
     mixed_precision: MixedPrecisionReport | None = None
     logit_floor: LogitFloorReport | None = None
+    input_scaling: ScalingReport | None = None
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
+            "input_scaling": self.input_scaling.to_dict() if self.input_scaling else None,
             "logit_floor": self.logit_floor.to_dict() if self.logit_floor else None,
             "mixed_precision": self.mixed_precision.to_dict() if self.mixed_precision else None,
             "equalization": self.equalization.to_dict() if self.equalization else None,
