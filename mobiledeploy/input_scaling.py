@@ -11,7 +11,8 @@ its variances by the square of the scale ratio).
 
 The mismatch of a scaling is the median over channels of the squared standardized mean error
 plus the squared log ratio of the variances. Measured on the first 32 calibration images
-(200 of the shared ImageNet images; the reference model on its own calibration_data/):
+(`python benchmarks/other_models.py --scaling`: the shared ImageNet images' fixed split; the
+reference model on its own calibration_data/):
 
 | model (saved by, trained on) | mobilenet | unit | raw |
 |---|---|---|---|
