@@ -28,12 +28,10 @@ caller's rule stands (``calibration.preprocessing_for``).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from .graph import layer_graph
-from .types import SCALINGS, ScalingReport
+from .types import SCALINGS, Preprocessing, ScalingReport
 
 FIT = 0.5  # the right scaling measured 0.003 to 0.029, a wrong one 1.78 and more
 MARGIN = 4.0  # and this many times better than the next (measured 116x and more)
@@ -75,9 +73,7 @@ def read_scaling(model, pixels: np.ndarray, requested: str, fallback: str) -> Sc
 
 def _named(scaling: str):
     """A stand-in Preprocessing for ``calibration.scale``, which reads only the scaling."""
-    from .types import Preprocessing
-
-    return replace(Preprocessing(1, 1, 1, "raw"), scaling=scaling)
+    return Preprocessing(1, 1, 1, scaling)
 
 
 def _first_conv_bn(model) -> tuple[str, str] | None:
