@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import layer_graph
+from .graph import WEIGHTED, layer_graph
 from .types import SCALINGS, Preprocessing, ScalingReport
 
 FIT = 0.5  # the right scaling measured 0.003 to 0.029, a wrong one 1.78 and more
@@ -81,7 +81,7 @@ def _first_conv_bn(model) -> tuple[str, str] | None:
     model's first weighted layer is a convolution followed by a BatchNorm; else None."""
     graph = layer_graph(model)
     for name, node in graph.items():
-        if node["kind"] in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"):
+        if node["kind"] in WEIGHTED:
             consumers = node["consumers"]
             follower = graph.get(consumers[0], {}).get("kind") if len(consumers) == 1 else None
             if node["kind"] == "Dense" or follower != "BatchNormalization" \

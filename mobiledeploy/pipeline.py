@@ -229,8 +229,7 @@ def _input_scaling(model, cset, options: QuantizeOptions, report: Progress):
     report("check the input scaling", 0, 1)
     unscaled = replace(cset, preprocessing=replace(cset.preprocessing, scaling="raw"))
     pixels = np.concatenate(list(calibration.first_samples(calibration.iter_batches(unscaled, "calib", 16), SAMPLES)))
-    fallback = calibration.preprocessing_for(model, "auto", cset.preprocessing.crop_fraction).scaling
-    return read_scaling(model, pixels, options.preprocess, fallback)
+    return read_scaling(model, pixels, options.preprocess, fallback=cset.preprocessing.scaling)  # auto's old rule
 
 
 def _equalize(folded, samples, options: QuantizeOptions, report: Progress):
