@@ -1,4 +1,7 @@
-"""Drift metrics between a float model's outputs and a quantized artifact's outputs."""
+"""Drift metrics between a float model's outputs and a quantized artifact's outputs.
+
+Class decisions (agreement, top-1, per-class accuracy) read the outputs through the model's
+``Head`` (heads.py): the argmax of several outputs, or one output against its threshold."""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .types import Drift
+from .types import Drift, Head
+
+ARGMAX = Head("classes")
 
 
 def collect(runners: dict, batches: Iterable[np.ndarray],
@@ -29,11 +34,11 @@ def collect(runners: dict, batches: Iterable[np.ndarray],
             for name, chunks in outputs.items()}
 
 
-def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Fraction of samples where both outputs pick the same top-1 class."""
+def agreement(reference: np.ndarray, candidate: np.ndarray, head: Head = ARGMAX) -> float:
+    """Fraction of samples where both outputs pick the same class."""
     if len(reference) == 0:
         return float("nan")
-    return float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
+    return float(np.mean(head.decide(reference) == head.decide(candidate)))
 
 
 def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -47,35 +52,40 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def drift(name: str, reference: np.ndarray, candidate: np.ndarray) -> Drift:
+def drift(name: str, reference: np.ndarray, candidate: np.ndarray, head: Head = ARGMAX) -> Drift:
     if reference.shape != candidate.shape:
         raise ValueError(f"{name}: output shape {candidate.shape} differs from float {reference.shape}")
     max_abs = float(np.max(np.abs(reference - candidate))) if reference.size else float("nan")
-    return Drift(name, len(reference), agreement(reference, candidate), sqnr_db(reference, candidate), max_abs)
+    return Drift(name, len(reference), agreement(reference, candidate, head), sqnr_db(reference, candidate), max_abs)
 
 
-def topk_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+def topk_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int = 1, head: Head = ARGMAX) -> float:
     """Share of samples whose label is among the k highest outputs. Ties go to the lower class
     index, as argmax (and so ``agreement``, and an app's argmax) breaks them: an int8 softmax
-    steps by 1/256, so its top classes often tie."""
+    steps by 1/256, so its top classes often tie. A single-output head scores its decision."""
+    if head.threshold is not None:
+        return float(np.mean(head.decide(outputs) == labels)) if k == 1 else 1.0
     k = min(k, outputs.shape[1])
     top = np.argsort(-outputs, axis=1, kind="stable")[:, :k]
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
-def mean_kl(reference: np.ndarray, candidate: np.ndarray) -> float:
+def mean_kl(reference: np.ndarray, candidate: np.ndarray, head: Head = ARGMAX) -> float:
     """Mean KL(float || quantized) between softmax distributions (softmax applied if needed).
 
     Probabilities are floored at 1e-6: an int8 softmax output rounds small probabilities to
     exactly 0, and an unfloored log(0) would let those rounding zeros dominate the mean.
     """
-    p, q = _as_probabilities(reference), _as_probabilities(candidate)
+    p, q = _as_probabilities(reference, head), _as_probabilities(candidate, head)
     eps = 1e-6
     return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
 
 
-def _as_probabilities(outputs: np.ndarray) -> np.ndarray:
+def _as_probabilities(outputs: np.ndarray, head: Head) -> np.ndarray:
     outputs = outputs.astype(np.float64)
+    if head.threshold is not None:  # one output: the probability of class 1
+        one = np.clip(outputs[:, :1], 0, 1) if head.kind == "sigmoid" else 1 / (1 + np.exp(-outputs[:, :1]))
+        return np.concatenate([1 - one, one], axis=1)
     sums = outputs.sum(axis=1)
     if outputs.min() >= 0 and np.allclose(sums, 1.0, atol=2e-2):
         return np.clip(outputs, 0, None) / sums[:, None]  # already a (quantized) softmax
@@ -83,21 +93,24 @@ def _as_probabilities(outputs: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def per_class_accuracy(outputs: np.ndarray, labels: np.ndarray, classes: int) -> list[float | None]:
-    predicted = outputs.argmax(axis=1)
+def per_class_accuracy(outputs: np.ndarray, labels: np.ndarray, classes: int,
+                       head: Head = ARGMAX) -> list[float | None]:
+    predicted = head.decide(outputs)
     return [float(np.mean(predicted[labels == c] == c)) if np.any(labels == c) else None for c in range(classes)]
 
 
-def artifact_metrics(name: str, reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict:
+def artifact_metrics(name: str, reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None,
+                     head: Head = ARGMAX) -> dict:
     """Everything ``eval`` reports for one artifact against the float reference outputs."""
-    result = {**drift(name, reference, outputs).to_dict(), "mean_kl": mean_kl(reference, outputs)}
+    result = {**drift(name, reference, outputs, head).to_dict(), "mean_kl": mean_kl(reference, outputs, head)}
     if labels is not None:
-        classes = outputs.shape[1]
-        mine = per_class_accuracy(outputs, labels, classes)
-        ref = per_class_accuracy(reference, labels, classes)
+        classes = head.classes(outputs)
+        mine = per_class_accuracy(outputs, labels, classes, head)
+        ref = per_class_accuracy(reference, labels, classes, head)
         result.update({
-            "top1": topk_accuracy(outputs, labels, 1),
-            "top5": topk_accuracy(outputs, labels, 5),
+            "top1": topk_accuracy(outputs, labels, 1, head),
+            # with 5 classes or fewer every label is in the top 5: nothing to report or gate
+            **({"top5": topk_accuracy(outputs, labels, 5, head)} if classes > 5 else {}),
             "per_class_change": {
                 str(c): round(m - r, 6) for c, (m, r) in enumerate(zip(mine, ref))
                 if m is not None and r is not None and m != r
@@ -106,7 +119,7 @@ def artifact_metrics(name: str, reference: np.ndarray, outputs: np.ndarray, labe
     return result
 
 
-def bit_exactness(host: np.ndarray, device: np.ndarray) -> dict:
+def bit_exactness(host: np.ndarray, device: np.ndarray, head: Head = ARGMAX) -> dict:
     """How closely another device reproduced this CPU's outputs of the same artifact.
 
     int8 kernels are integer arithmetic, so identical bytes are expected; float kernels may
@@ -118,5 +131,5 @@ def bit_exactness(host: np.ndarray, device: np.ndarray) -> dict:
     return {
         "x86_identical": float(same.mean()) if len(same) else 1.0,
         "x86_max_abs_diff": float(np.max(np.abs(host - device))) if host.size else 0.0,
-        "x86_top1_agreement": agreement(host, device),
+        "x86_top1_agreement": agreement(host, device, head),
     }

@@ -29,6 +29,14 @@ def layer_graph(model) -> dict[str, dict]:
     return graph
 
 
+def activation_name(layer) -> str:
+    """The name of a layer's own activation ('relu', 'softmax', ...), '' when it has none."""
+    activation = getattr(layer, "activation", None)
+    if isinstance(activation, str):
+        return activation
+    return getattr(activation, "__name__", "") if activation is not None else ""
+
+
 def run_layer(layer, inputs: list, chunk: int):
     """Run one layer over a set of images in chunks (eager, inference mode)."""
     import numpy as np

@@ -28,7 +28,7 @@ import copy
 import numpy as np
 
 from .folding import history_refs, plain_config, rewire
-from .graph import layer_graph
+from .graph import activation_name, layer_graph
 from .refine import fake_quantize
 from .types import LogitFloorReport
 
@@ -46,9 +46,9 @@ def softmax_logits(model) -> tuple[str, bool] | None:
     graph = layer_graph(model)
     for name, node in graph.items():
         layer = model.get_layer(name)
-        if _activation(layer) == "softmax" and node["kind"] in PRODUCERS:
+        if activation_name(layer) == "softmax" and node["kind"] in PRODUCERS:
             return (name, True) if _plain_producer(layer, fused=True) else None
-        if node["kind"] == "Softmax" or (node["kind"] == "Activation" and _activation(layer) == "softmax"):
+        if node["kind"] == "Softmax" or (node["kind"] == "Activation" and activation_name(layer) == "softmax"):
             if node["kind"] == "Softmax" and getattr(layer, "axis", -1) not in (-1, len(layer.output.shape) - 1):
                 return None
             parent = node["inputs"][0] if len(node["inputs"]) == 1 else None
@@ -119,20 +119,13 @@ def floor_logits(model, calib: np.ndarray, chunk: int = 32) -> LogitFloorReport 
 
 
 def _plain_producer(layer, fused: bool) -> bool:
-    return (fused or _activation(layer) == "linear") and bool(getattr(layer, "use_bias", False))
+    return (fused or activation_name(layer) == "linear") and bool(getattr(layer, "use_bias", False))
 
 
 def _per_image(producer, softmax) -> bool:
     """One distribution per image: the softmax's last axis holds all of the logits."""
     size = int(np.prod(producer.output.shape[1:]))
     return softmax.output.shape[-1] == size
-
-
-def _activation(layer) -> str:
-    activation = getattr(layer, "activation", None)
-    if isinstance(activation, str):
-        return activation
-    return getattr(activation, "__name__", "") if activation is not None else ""
 
 
 def _with_head(model, layer_name: str, fused: bool, activation: str, shift: float):

@@ -43,6 +43,7 @@ def quantize(
     import_tensorflow()
     from . import mixed
     from .folding import fold_batchnorm, verify_fold
+    from .heads import head_of
     from .loading import load_model
 
     options = options or QuantizeOptions()
@@ -87,6 +88,7 @@ def quantize(
             "or extreme values — check the file"
         )
 
+    head = head_of(folded)  # how agreement reads the outputs (a single output is a binary decision)
     equalized, equalization = _equalize(folded, samples, options, report)
     floor = _logit_floor(equalized, samples, options, report)
     which = "holdout" if cset.holdout else "calib"
@@ -95,7 +97,7 @@ def quantize(
         if equalization:
             save_keras(equalized, work / EQUALIZED_FILE)
         artifacts, drift, refinement, settings, keep = _build_within_budget(
-            work, folded, equalized, floor, batches, samples, which, options, report)
+            work, folded, head, equalized, floor, batches, samples, which, options, report)
         mixed_report = mixed.describe(folded, keep, options.max_drop, drift) \
             if keep or options.max_drop is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
@@ -113,6 +115,7 @@ def quantize(
             },
             "preprocessing": preprocessing.to_dict(),
             "input_scaling": scaling.to_dict(),
+            "head": head.to_dict(),
             "calibration": cset.summary(),
             "settings": {**options.to_dict(), "export": settings.to_dict()},
             "folding": fold.to_dict(),
@@ -125,7 +128,7 @@ def quantize(
             "versions": manifest.library_versions(),
         })
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
-                          equalization, mixed_report, floor, scaling)
+                          equalization, mixed_report, floor, scaling, head)
 
 
 def _equalization_entry(work: Path, equalization) -> dict | None:
@@ -138,7 +141,7 @@ def _equalization_entry(work: Path, equalization) -> dict | None:
     return entry
 
 
-def _build_within_budget(work: Path, folded, equalized, floor, batches, samples, which: str,
+def _build_within_budget(work: Path, folded, head, equalized, floor, batches, samples, which: str,
                          options: QuantizeOptions, report: Progress):
     """Refine (and floor the logits), export and measure; with ``--max-drop``, keep one more
     layer in float and do it again while an int8 file is over budget (``mixed``). The last
@@ -152,7 +155,7 @@ def _build_within_budget(work: Path, folded, equalized, floor, batches, samples,
         refined = floored(refined, floor)
         settings = ExportSettings(io=options.io, per_channel=options.per_channel,
                                   float_layers=tuple(sorted(mixed.float_layers(folded, keep))))
-        artifacts, drift = _export_and_measure(work, folded, refined, batches, which, settings, report)
+        artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report)
         if options.max_drop is None or mixed.worst_loss(drift) <= options.max_drop \
                 or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
             return artifacts, drift, refinement, settings, keep
@@ -164,9 +167,10 @@ def _build_within_budget(work: Path, folded, equalized, floor, batches, samples,
         keep.append(candidate)
 
 
-def _export_and_measure(work: Path, folded, int8_model, batches, which: str, settings: ExportSettings,
+def _export_and_measure(work: Path, folded, head, int8_model, batches, which: str, settings: ExportSettings,
                         report: Progress):
-    """Write the four TFLite/ONNX files to ``work``; the int8 files' drift against ``folded``."""
+    """Write the four TFLite/ONNX files to ``work``; the int8 files' drift against ``folded``,
+    their outputs read as ``head`` says."""
     from .export import onnx as onnx_export
     from .export import tflite as tflite_export
     from .runners import KerasRunner, open_runner
@@ -181,7 +185,7 @@ def _export_and_measure(work: Path, folded, int8_model, batches, which: str, set
     runners.update({a.file: open_runner(work / a.file) for a in artifacts if a.precision == "int8"})
     outputs = evaluate.collect(runners, batches(which))
     reference = outputs.pop(FOLDED_FILE)
-    return artifacts, tuple(evaluate.drift(name, reference, out) for name, out in outputs.items())
+    return artifacts, tuple(evaluate.drift(name, reference, out, head) for name, out in outputs.items())
 
 
 def save_keras(model, path: Path) -> None:
@@ -286,6 +290,7 @@ def evaluate_build(
     import numpy as np
 
     from . import datasets, emulation
+    from .heads import head_of
     from .quiet import import_tensorflow
     from .runners import open_runner
     from .worker import outputs_of
@@ -305,6 +310,7 @@ def evaluate_build(
     total = len(dataset.items)
     arm = emulation.target_for(device, report)
     runners = {entry["file"]: open_runner(build_dir / entry["file"]) for entry in files}
+    head = head_of(runners[reference_name].model)
     step = f"evaluate {len(runners)} artifacts"
     with tempfile.TemporaryDirectory(prefix="mobiledeploy-eval-") as tmp:
         saved: list[str] = []
@@ -318,24 +324,25 @@ def evaluate_build(
                 report(f"run on {arm.device} (emulated)", done, len(files) - 1)
                 outputs[entry["file"]] = outputs_of(build_dir / entry["file"], entry["format"], saved, Path(tmp),
                                                     arm.process())
-    if labels is not None and labels.max(initial=0) >= outputs[reference_name].shape[1]:
+    classes = head.classes(outputs[reference_name])
+    if labels is not None and labels.max(initial=0) >= classes:
         raise MobiledeployError(
-            f"{data}: class index {int(labels.max())} is beyond the model's "
-            f"{outputs[reference_name].shape[1]} outputs; pass --labels with the model's class order"
+            f"{data}: class index {int(labels.max())} is beyond the model's {classes} classes; "
+            "pass --labels with the model's class order"
         )
     reference = outputs[reference_name]
     rows = []
     for e in files:
         row = {"format": e["format"], "precision": e["precision"],
-               **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels)}
+               **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels, head)}
         if arm is not None:
             row["device"] = "cpu" if e["format"] == "keras" else arm.device
             if e["format"] != "keras":
-                row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]]))
+                row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]], head))
         rows.append(row)
     return EvalReport(str(build_dir), str(data), dataset.digest, content["model"].get("sha256"),
                       total, dataset.labelled, reference_name, tuple(rows), content["preprocessing"],
-                      arm.device if arm is not None else "cpu")
+                      arm.device if arm is not None else "cpu", head.kind)
 
 
 def _saving(batches, folder: Path, saved: list[str]):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .types import SCALINGS
+from .types import HEADS, SCALINGS
 
 
 def print_eval(report) -> None:
@@ -34,14 +34,17 @@ def print_eval(report) -> None:
             cells += [row["device"], f"{row['x86_identical']:.2%}" if exact else "-",
                       f"{row['x86_max_abs_diff']:.2g}" if exact else "-"]
         if labelled:
-            cells += [f"{row['top1']:.2%}", f"{row['top5']:.2%}"]
+            cells += [f"{row['top1']:.2%}", f"{row['top5']:.2%}" if "top5" in row else "-"]
         cells += [f"{row['agreement']:.2%}", sqnr, f"{row['mean_kl']:.4f}"]
         if labelled:
             changes = row["per_class_change"]
             worst = min(changes.items(), key=lambda kv: kv[1], default=None)
             cells.append(f"{len(changes)}" + (f" (worst {worst[0]}: {worst[1]:+.1%})" if worst and worst[1] < 0 else ""))
         table.add_row(*cells)
-    make_console(170 if arm else 110).print(table)
+    console = make_console(170 if arm else 110)
+    console.print(table)
+    if report.head != "classes":
+        console.print(f"binary head: {HEADS[report.head]}; top-1 and agreement compare those classes")
 
 
 def print_quantize(result) -> None:
@@ -107,12 +110,15 @@ def print_quantize(result) -> None:
                           "ONNX Runtime >= 1.21 otherwise quantizes its float layers")
     held = "held-out" if cal.holdout else "calibration (no images held out)"
     drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
-    for column in ("artifact", "top-1 agreement", "SQNR (dB)", "max |diff|"):
+    binary = result.head.threshold is not None
+    for column in ("artifact", "class agreement" if binary else "top-1 agreement", "SQNR (dB)", "max |diff|"):
         drift.add_column(column, justify="left" if column == "artifact" else "right")
     for row in result.drift:
         sqnr = "inf" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f}"
         drift.add_row(row.artifact, f"{row.agreement:.1%}", sqnr, f"{row.max_abs_diff:.4f}")
     console.print(drift)
+    if binary:
+        console.print(f"binary head: {HEADS[result.head.kind]}")
     console.print(f"done in {result.seconds:.1f} s")
 
 

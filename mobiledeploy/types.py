@@ -158,13 +158,45 @@ class Artifact:
         return asdict(self)
 
 
+HEADS: dict[str, str] = {
+    "classes": "one output per class; the class is the argmax",
+    "sigmoid": "one sigmoid probability; class 1 above 0.5",
+    "logit": "one logit; class 1 above 0",
+}
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a classifier's output means. Several outputs per image: the argmax is the class. A
+    single output (a binary Dense(1) head) scores class 1: argmax over one column would always
+    say class 0, so agreement could never fail and a label 1 would be out of range."""
+
+    kind: Literal["classes", "sigmoid", "logit"] = "classes"
+
+    @property
+    def threshold(self) -> float | None:
+        return {"sigmoid": 0.5, "logit": 0.0}.get(self.kind)
+
+    def decide(self, outputs):
+        """The class each row of ``outputs`` (N, outputs) stands for."""
+        if self.threshold is None:
+            return outputs.argmax(axis=1)
+        return (outputs[:, 0] > self.threshold).astype(int)
+
+    def classes(self, outputs) -> int:
+        return outputs.shape[1] if self.threshold is None else 2
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "meaning": HEADS[self.kind]}
+
+
 @dataclass(frozen=True)
 class Drift:
     """Label-free drift of one artifact's outputs against the float model's outputs."""
 
     artifact: str
     samples: int
-    agreement: float  # fraction of samples whose top-1 class matches the float model
+    agreement: float  # fraction of samples whose class (Head.decide) matches the float model's
     sqnr_db: float  # 10 log10(signal power / error power) of the output tensor
     max_abs_diff: float
 
@@ -228,10 +260,12 @@ class QuantizeResult:
     mixed_precision: MixedPrecisionReport | None = None
     logit_floor: LogitFloorReport | None = None
     input_scaling: ScalingReport | None = None
+    head: Head = Head()  # how the drift rows' agreement reads the outputs
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
+            "head": self.head.to_dict(),
             "input_scaling": self.input_scaling.to_dict() if self.input_scaling else None,
             "logit_floor": self.logit_floor.to_dict() if self.logit_floor else None,
             "mixed_precision": self.mixed_precision.to_dict() if self.mixed_precision else None,
@@ -259,6 +293,7 @@ class EvalReport:
     rows: tuple[dict, ...]
     preprocessing: dict
     device: str = "cpu"  # where the tflite/onnx artifacts ran; the Keras reference runs on this CPU
+    head: str = "classes"  # Head.kind: how outputs became classes for agreement and top-1
 
     def row(self, artifact: str) -> dict:
         return next(r for r in self.rows if r["artifact"] == artifact)

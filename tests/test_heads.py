@@ -1,0 +1,97 @@
+"""Binary classifiers with a single output (Dense(1): a logit or a sigmoid probability) are read
+as decisions against their threshold, not by argmax, which over one column is always class 0."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import build_tiny_mobilenet, write_images
+
+from mobiledeploy.evaluate import agreement, artifact_metrics, mean_kl, topk_accuracy
+from mobiledeploy.heads import head_of
+from mobiledeploy.types import Head
+
+
+def _binary(activation: str | None, extra=None):
+    import keras
+
+    base = build_tiny_mobilenet(seed=3)
+    x = keras.layers.Dense(1, activation=activation, name="score")(base.get_layer("drop").output)
+    for layer in extra or []:
+        x = layer(x)
+    return keras.Model(base.inputs, x, name="tiny_binary")
+
+
+def test_head_of_reads_the_last_activation():
+    import keras
+
+    assert head_of(build_tiny_mobilenet()).kind == "classes"
+    assert head_of(_binary(None)).kind == "logit"
+    assert head_of(_binary("sigmoid")).kind == "sigmoid"
+    assert head_of(_binary(None, [keras.layers.Activation("sigmoid")])).kind == "sigmoid"
+    assert head_of(_binary("sigmoid", [keras.layers.Flatten(), keras.layers.Dropout(0.2)])).kind == "sigmoid"
+    assert head_of(_binary("sigmoid", [keras.layers.Dense(1)])).kind == "logit"  # a linear layer after it
+
+
+def test_single_output_is_compared_as_decisions():
+    reference = np.array([[2.0], [-1.0], [0.5], [-0.2]], np.float32)
+    candidate = np.array([[1.5], [0.3], [0.4], [0.1]], np.float32)
+    logit = Head("logit")
+    assert agreement(reference, candidate, logit) == 0.5  # argmax over one column says 1.0
+    labels = np.array([1, 0, 0, 0])
+    assert topk_accuracy(reference, labels, 1, logit) == 0.75
+    assert topk_accuracy(candidate, labels, 1, logit) == 0.25
+    probabilities = 1 / (1 + np.exp(-reference))
+    assert agreement(probabilities, np.full_like(probabilities, 0.51), Head("sigmoid")) == 0.5
+    p, q = 1 / (1 + np.exp(-reference[:, 0])), 1 / (1 + np.exp(-candidate[:, 0]))  # Bernoulli KL
+    bernoulli = np.mean(p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q)))
+    assert mean_kl(reference, candidate, logit) == pytest.approx(bernoulli, rel=1e-3)  # softmax of one: 0
+    metrics = artifact_metrics("q", reference, candidate, labels, logit)
+    assert metrics["top1"] == 0.25 and "top5" not in metrics  # two classes: top-5 holds every label
+    assert metrics["per_class_change"] == {"0": round(-2 / 3, 6)}  # class 1 stays right
+
+
+@pytest.fixture(scope="module")
+def binary_build(tmp_path_factory):
+    """A tiny binary logit model whose bias puts the threshold at the median score of its
+    evaluation images, quantized; and those images in two class folders."""
+    import mobiledeploy
+    from mobiledeploy import calibration, datasets
+
+    root = tmp_path_factory.mktemp("binary")
+    write_images(root / "calib", 40, size=24, seed=21)
+    write_images(root / "eval" / "a_negative", 20, size=24, seed=22)
+    write_images(root / "eval" / "b_positive", 20, size=24, seed=23)
+    model = _binary(None)
+    preprocessing = calibration.preprocessing_for(model)
+    images = np.concatenate(list(datasets.iter_batches(datasets.open_data(root / "eval"), preprocessing, 40)))
+    kernel, bias = model.get_layer("score").get_weights()
+    scores = np.asarray(model(images, training=False))[:, 0]
+    model.get_layer("score").set_weights([kernel, bias - np.median(scores)])
+    model.save(root / "binary.keras")
+    mobiledeploy.quantize(root / "binary.keras", root / "calib", root / "build", num_calib=40, num_holdout=0)
+    return root
+
+
+def test_eval_scores_a_binary_model_by_its_threshold(binary_build):
+    import keras
+
+    from mobiledeploy import calibration, datasets
+    from mobiledeploy.pipeline import evaluate_build
+
+    manifest = json.loads((binary_build / "build" / "manifest.json").read_text())
+    assert manifest["head"]["kind"] == "logit"
+    report = evaluate_build(binary_build / "build", binary_build / "eval")  # labels 0 and 1: was refused
+    assert report.head == "logit"
+    model = keras.saving.load_model(binary_build / "binary.keras")
+    data = datasets.open_data(binary_build / "eval")
+    images = np.concatenate(list(datasets.iter_batches(data, calibration.preprocessing_for(model), 40)))
+    decided = np.asarray(model(images, training=False))[:, 0] > 0
+    assert 0.3 < decided.mean() < 0.7  # the threshold splits the images: agreement can fail
+    expected = float(np.mean(decided == np.asarray(data.labels)))
+    for row in report.rows:
+        assert row["top1"] == pytest.approx(expected, abs=0.051)  # at most two images flip in int8
+        assert "top5" not in row
+    assert report.row("model_folded.keras")["top1"] == pytest.approx(expected)
