@@ -2,6 +2,13 @@
 
 Only the config (JSON) changes, never the weights, and only where the meaning is the same:
 - tf-keras' {"class_name": "__tuple__", "items": [...]} become plain lists;
+- mixed-precision dtype policies ({"class_name": "Policy", "config": {"name": "mixed_float16"}})
+  become "float32": the variables of a mixed-precision model are float32 already, only its
+  compute ran in float16, and float32 compute is the exact version of the same function;
+- BatchNormalization's ``axis`` saved as a one-item list becomes that int (Keras 3 wants an int);
+- a nested model's single input and output, saved as one-item lists, become the item: Keras 3
+  would otherwise pass a one-item list to the next layer (a Dense after a nested base in a
+  Sequential model then fails to build);
 - DepthwiseConv2D loses its ``groups`` key (always 1 in Keras 2; Keras 3 has no such key),
   data augmentation layers their ``rng_type``;
 - a nested model's first call is node 1 in Keras 2 (its construction was node 0), node 0 in
@@ -51,7 +58,7 @@ def scalar_op(layer: dict) -> tuple[float, float] | None:
 
 
 def to_keras3(config: dict) -> dict:
-    config = _untuple(config)
+    config = _plain(config)
     _translate(config["config"]["layers"], config["config"])
     return config
 
@@ -68,6 +75,10 @@ def _translate(layers: list, model: dict) -> None:
         kind = layer.get("class_name")
         if kind in MODEL_CLASSES:
             _translate(cfg.get("layers") or [], cfg)
+            for key in ("input_layers", "output_layers"):
+                ends = cfg.get(key)
+                if isinstance(ends, list) and len(ends) == 1 and isinstance(ends[0], list):
+                    cfg[key] = ends[0]
         elif kind == "DepthwiseConv2D":
             if cfg.get("groups", 1) != 1:
                 raise ModelLoadError(
@@ -75,6 +86,8 @@ def _translate(layers: list, model: dict) -> None:
                     "has no Keras 3 equivalent"
                 )
             cfg.pop("groups", None)
+        elif kind == "BatchNormalization" and isinstance(cfg.get("axis"), list) and len(cfg["axis"]) == 1:
+            cfg["axis"] = cfg["axis"][0]
         elif kind in INFERENCE_IDENTITY:  # data augmentation, dropped after loading
             cfg.pop("rng_type", None)
         elif (rescaling := scalar_op(layer)) is not None:
@@ -93,12 +106,16 @@ def _entries(node: list) -> list:
     return [node] if node and isinstance(node[0], str) else [e for e in node if isinstance(e, list)]
 
 
-def _untuple(value: Any) -> Any:
-    """A copy where tf-keras' {"class_name": "__tuple__", "items": [...]} become plain lists."""
+def _plain(value: Any) -> Any:
+    """A copy where tf-keras' {"class_name": "__tuple__", "items": [...]} become plain lists and
+    its dtype policies their float32 (or plain dtype) name."""
     if isinstance(value, dict):
         if value.get("class_name") == "__tuple__" and "items" in value:
-            return [_untuple(v) for v in value["items"]]
-        return {k: _untuple(v) for k, v in value.items()}
+            return [_plain(v) for v in value["items"]]
+        if value.get("class_name") == "Policy" and isinstance(value.get("config"), dict):
+            name = str(value["config"].get("name", "float32"))
+            return "float32" if name.startswith("mixed_") else name
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_untuple(v) for v in value]
+        return [_plain(v) for v in value]
     return value

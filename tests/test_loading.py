@@ -285,3 +285,49 @@ def test_tf_keras_dot_keras_file_gets_a_clear_error(tmp_path):
     tf_keras.Model(inputs, tf_keras.layers.Conv2D(2, 3)(inputs)).save(tmp_path / "k2.keras")
     with pytest.raises(ModelLoadError, match=r"saved by Keras 2\.\d+.*model\.save\('model\.h5'\)"):
         load_model(tmp_path / "k2.keras")
+
+
+def test_keras2_mixed_precision_model_loads_in_float32(tmp_path):
+    """A model trained with tf-keras' mixed_float16 policy saves float32 variables and a Policy
+    object per layer, which Keras 3 cannot read; it loads as the float32 model, matching a
+    float32 twin with the same weights."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build():
+        inputs = tf_keras.Input((32, 32, 3))
+        base = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), include_top=False,
+                                                 weights=None, pooling="avg")
+        logits = tf_keras.layers.Dense(3)(base(inputs))
+        return tf_keras.Model(inputs, tf_keras.layers.Activation("softmax", dtype="float32")(logits))
+
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = build()
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(4)
+    mixed.set_weights([rng.uniform(0.5, 1.5, w.shape) if w.ndim == 1 else w for w in mixed.get_weights()])
+    mixed.save(tmp_path / "mixed.h5")
+    twin = build()
+    twin.set_weights(mixed.get_weights())
+    x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    loaded = load_model(tmp_path / "mixed.h5").model
+    assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
+    np.testing.assert_allclose(np.asarray(loaded(x)), twin(x).numpy(), atol=1e-5)
+
+
+def test_keras2_sequential_around_a_nested_base(tmp_path):
+    """Sequential([Rescaling, MobileNetV2 base, Dense(1, sigmoid)]) saved by tf-keras: the base's
+    single output is saved as a one-item list, which Keras 3 passed on as a list to the Dense."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from mobiledeploy.heads import head_of
+
+    base = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), include_top=False,
+                                             weights=None, pooling="avg")
+    model = tf_keras.Sequential([tf_keras.Input((32, 32, 3)), tf_keras.layers.Rescaling(1 / 127.5, offset=-1),
+                                 base, tf_keras.layers.Dense(1, activation="sigmoid")])
+    model.save(tmp_path / "seq.h5")
+    x = np.random.default_rng(6).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    loaded = load_model(tmp_path / "seq.h5").model
+    np.testing.assert_allclose(np.asarray(loaded(x)), model(x).numpy(), atol=1e-5)
+    assert head_of(loaded).kind == "sigmoid"
