@@ -34,6 +34,10 @@ from . import terminal
 @click.option("--crop-fraction", default=0.875, show_default=True, type=click.FloatRange(0.1, 1.0),
               help="Center-crop fraction: resize the shorter side to size/fraction, then crop. 0.875 is "
                    "the ImageNet evaluation standard (256 -> 224); 1.0 keeps the whole image.")
+@click.option("--input-size", "input_size", callback=lambda ctx, param, value: _size(value), metavar="H[xW]",
+              help="Height and width to deploy at, for a model saved without a fixed input size "
+                   "(input_shape=(None, None, 3)). int8 files have one fixed size; pick the one the model "
+                   "was trained at (224, 192, 160 or 128 for keras.applications MobileNets).")
 @click.option("--io", "io", default="int8", show_default=True, type=click.Choice(["int8", "float"]),
               help="Input/output type of the int8 TFLite file. int8 for microcontrollers and NPUs that "
                    "want integer I/O; float to feed float images and let the model quantize them.")
@@ -84,7 +88,7 @@ from . import terminal
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines).")
 def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout: int, seed: int,
-             preprocess: str, crop_fraction: float, io: str, per_tensor: bool, refine: str, equalize: str,
+             preprocess: str, crop_fraction: float, input_size: tuple[int, int] | None, io: str, per_tensor: bool, refine: str, equalize: str,
              activation_ranges: str, logit_floor: str, rounding_samples: int,
              rounding_positions_per_weight: float, keep_float: tuple[str, ...],
              max_drop: float | None, trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
@@ -99,7 +103,7 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
 
     options = QuantizeOptions(
         num_calib=num_calib, num_holdout=num_holdout, seed=seed, preprocess=preprocess,
-        crop_fraction=crop_fraction, io=io, per_channel=not per_tensor, refine=refine, equalize=equalize,
+        crop_fraction=crop_fraction, input_size=input_size, io=io, per_channel=not per_tensor, refine=refine, equalize=equalize,
         activation_ranges=activation_ranges, logit_floor=logit_floor, rounding_samples=rounding_samples,
         rounding_positions_per_weight=rounding_positions_per_weight,
         keep_float=keep_float, max_drop=max_drop,
@@ -120,3 +124,14 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
             f"--max-drop {max_drop:g} not met: with {len(result.mixed_precision.float_layers)} layers in float the "
             f"int8 files still disagree with float on {result.mixed_precision.agreement_loss:.1f}% of the held-out "
             "images; the files were written (raise the budget, or check the calibration images)")
+
+
+def _size(value: str | None) -> tuple[int, int] | None:
+    """'224' -> (224, 224); '192x160' -> (192, 160)."""
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        height, width = (int(parts[0]), int(parts[-1]))
+        return height, width
+    raise click.BadParameter(f"'{value}': expected a size in pixels, 224, or height x width, 192x160")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,13 +50,18 @@ class LoadedModel:
     trusted: bool
 
 
-def load_model(path: str | Path, *, trust: bool = False) -> LoadedModel:
+def load_model(path: str | Path, *, trust: bool = False, input_size: tuple[int, int] | None = None) -> LoadedModel:
     """Load ``path`` as a Keras 3 model without running code from it.
 
     Pass ``trust=True`` only for files you made or vetted: it lets Lambda layers and custom
-    objects through (Keras unsafe mode).
+    objects through (Keras unsafe mode). ``input_size`` (height, width) fixes the input of a
+    model saved without one (``input_shape=(None, None, 3)``, fully convolutional).
     """
-    path = Path(path)
+    loaded = _load(Path(path), trust)
+    return replace(loaded, model=_sized(loaded.model, input_size))
+
+
+def _load(path: Path, trust: bool) -> LoadedModel:
     if not path.exists():
         raise ModelLoadError(
             f"model not found: {path}; expected a .h5 or .keras file or a SavedModel directory"
@@ -303,12 +308,45 @@ def _as_functional(model):
     # Keras 2 configs nest the single input in a list; Keras 3 then warns on every call.
     model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)
     shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or None in shape[1:] or shape[3] not in (1, 3):
+    if len(shape) != 4 or shape[3] not in (1, 3):
         raise ModelLoadError(
-            f"model input shape is {shape}; expected (batch, height, width, 1 or 3) with a "
-            "fixed height and width (set input_shape when building the model)"
+            f"model input shape is {shape}; expected an image input (batch, height, width, 1 or 3)"
         )
     return model
+
+
+def _sized(model, input_size: tuple[int, int] | None):
+    """The model with a fixed input height and width: its own, or ``input_size`` where it has
+    none (the same layers and weights, rebuilt on a fixed-size input)."""
+    import keras
+
+    shape = tuple(model.inputs[0].shape)
+    if input_size is None:
+        if None in shape[1:3]:
+            raise ModelLoadError(
+                f"model input shape is {shape}: its height and width are not fixed; choose the size "
+                "to deploy at with --input-size (e.g. 224, or 192x160 for height x width)"
+            )
+        return model
+    if None not in shape[1:3]:
+        if tuple(shape[1:3]) != tuple(input_size):
+            raise ModelLoadError(
+                f"--input-size {input_size[0]}x{input_size[1]} does not match the model's fixed input "
+                f"{shape[1]}x{shape[2]}; drop --input-size"
+            )
+        return model
+    config = model.get_config()
+    first = next(layer for layer in config["layers"] if layer["class_name"] == "InputLayer")
+    first["config"]["batch_shape"] = [None, *input_size, shape[3]]
+    try:
+        sized = keras.Model.from_config(config)
+        sized.set_weights(model.get_weights())
+    except Exception as exc:  # a layer that needs another size (a Reshape, a too small input)
+        raise ModelLoadError(
+            f"the model does not run at --input-size {input_size[0]}x{input_size[1]} ({_first_line(exc)}); "
+            "pick the size it was trained at"
+        ) from None
+    return sized
 
 
 def _assign_weights(model, weights: dict[str, list], path: Path) -> None:

@@ -54,7 +54,7 @@ def quantize(
     started = time.perf_counter()
 
     report("load model", 0, 1)
-    loaded = load_model(model_path, trust=options.trust_model_code)
+    loaded = load_model(model_path, trust=options.trust_model_code, input_size=options.input_size)
     preprocessing = calibration.preprocessing_for(loaded.model, options.preprocess, options.crop_fraction)
     cset = calibration.scan(
         calib, preprocessing, options.num_calib, options.num_holdout, options.seed,

@@ -226,6 +226,7 @@ class QuantizeOptions:
     seed: int = 0
     preprocess: str = "auto"  # auto | mobilenet | unit | raw
     crop_fraction: float = 0.875
+    input_size: tuple[int, int] | None = None  # (height, width) for a model saved without a fixed size
     io: IoType = "int8"
     per_channel: bool = True
     refine: str = "adaround"  # adaround (+ bias correction) | bias | none

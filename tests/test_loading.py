@@ -331,3 +331,29 @@ def test_keras2_sequential_around_a_nested_base(tmp_path):
     loaded = load_model(tmp_path / "seq.h5").model
     np.testing.assert_allclose(np.asarray(loaded(x)), model(x).numpy(), atol=1e-5)
     assert head_of(loaded).kind == "sigmoid"
+
+
+def test_model_without_a_fixed_input_size_needs_one(tmp_path):
+    """keras.applications bases built with input_shape=(None, None, 3) run at any size; an int8
+    file has one. load_model asks for it, and rebuilds the same weights at the size given."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    base = tf_keras.applications.MobileNet(alpha=0.25, input_shape=(None, None, 3), include_top=False,
+                                           weights=None, pooling="avg")
+    model = tf_keras.Model(base.input, tf_keras.layers.Dense(3, activation="softmax")(base.output))
+    model.save(tmp_path / "any_size.h5")
+    with pytest.raises(ModelLoadError, match=r"\(None, None, None, 3\).*--input-size"):
+        load_model(tmp_path / "any_size.h5")
+    loaded = load_model(tmp_path / "any_size.h5", input_size=(40, 48)).model
+    assert tuple(loaded.inputs[0].shape) == (None, 40, 48, 3)
+    x = np.random.default_rng(8).uniform(-1, 1, (2, 40, 48, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(x)), model(x).numpy(), atol=1e-5)
+    with pytest.raises(ModelLoadError, match="does not match the model's fixed input 32x32"):
+        load_model(_fixed_tiny(tf_keras, tmp_path), input_size=(40, 48))
+
+
+def _fixed_tiny(tf_keras, folder):
+    inputs = tf_keras.Input((32, 32, 3))
+    path = folder / "fixed32.h5"
+    tf_keras.Model(inputs, tf_keras.layers.Conv2D(2, 3)(inputs)).save(path)
+    return path

@@ -148,3 +148,24 @@ def test_usage_errors_exit_2_and_help_is_instant():
 def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "mobiledeploy", "quantize", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--num-calib" in proc.stdout and "--per-tensor" in proc.stdout
+
+
+def test_input_size_fixes_a_model_saved_without_one(tmp_path, calib_folder):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu6")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu6")(x)
+    outputs = keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs).save(tmp_path / "any.keras")
+    args = ["quantize", str(tmp_path / "any.keras"), "--calib", str(calib_folder), "-o", str(tmp_path / "b"),
+            "--num-calib", "20", "--num-holdout", "5"]
+    missing = CliRunner().invoke(main, args)
+    assert missing.exit_code == 1 and "--input-size" in missing.output and not (tmp_path / "b").exists()
+    assert CliRunner().invoke(main, [*args, "--input-size", "20x0"]).exit_code == 2
+    result = CliRunner().invoke(main, [*args, "--input-size", "28x20"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["model"]["input_shape"] == [None, 28, 20, 3] and manifest["settings"]["input_size"] == [28, 20]
+    assert open_runner(tmp_path / "b" / "model_int8.tflite").input_shape == (28, 20, 3)
