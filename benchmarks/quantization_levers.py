@@ -63,7 +63,7 @@ def main() -> None:
 
 def _run(name, label, fields, model, calib, evaluation, labels, out) -> None:
     import mobiledeploy
-    from mobiledeploy.pipeline import evaluate_build
+    from mobiledeploy.build_eval import evaluate_build
 
     started = time.perf_counter()
     fields = {"num_holdout": 0, **fields}

@@ -39,11 +39,13 @@ def quantize(model_path, calib, output_dir="build", options: QuantizeOptions | N
     return run(model_path, calib, output_dir, options, progress)
 
 
-def evaluate_build(build_dir, data, labels=None, batch_size: int = 64, device: str = "cpu", progress=None):
-    """Same as ``mobiledeploy eval``: an ``EvalReport`` of every artifact against float."""
-    from . import pipeline
+def evaluate_build(build_dir, data, labels=None, batch_size: int = 64, device: str = "cpu", progress=None,
+                   compare=()):
+    """Same as ``mobiledeploy eval``: an ``EvalReport`` of every artifact (and of the files in
+    ``compare``) against float."""
+    from . import build_eval
 
-    return pipeline.evaluate_build(build_dir, data, labels, batch_size, progress, device)
+    return build_eval.evaluate_build(build_dir, data, labels, batch_size, progress, device, tuple(compare))
 
 
 def bench_build(target, data=None, include_keras: bool = False, device: str = "cpu", progress=None, **settings):

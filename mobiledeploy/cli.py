@@ -92,18 +92,23 @@ LABELS_HELP = ("Class names, one per line, in model output order. Needed when th
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Images per runtime call; larger is faster, smaller uses less memory.")
 @click.option("--device", default="cpu", show_default=True, callback=_device, help=DEVICE_HELP)
+@click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Also run this .tflite/.onnx file (repeatable), e.g. the int8 file published with the "
+                   "model or another tool's, on the same images with the build's preprocessing, scored "
+                   "against the same float model. A TF-slim file's extra 'background' output 0 is dropped.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, device: str, as_json: bool) -> None:
+def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, device: str,
+                 compare: tuple[Path, ...], as_json: bool) -> None:
     """Accuracy and drift of every artifact in BUILD against the float model.
 
     Reads the file list and the preprocessing from BUILD/manifest.json and refuses files whose
     sha256 no longer matches it. With --device arm, accuracy and agreement come from the ARM
     outputs, and each row says how many were bit-identical to this machine's outputs.
     """
-    from .pipeline import evaluate_build
+    from .build_eval import evaluate_build
 
     with terminal.Progress(enabled=not as_json) as progress:
-        report = evaluate_build(build, data, labels, batch_size, progress.update, device)
+        report = evaluate_build(build, data, labels, batch_size, progress.update, device, compare)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -143,7 +148,7 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
     tolerances. A baseline made on other data is refused.
     """
     from . import gate
-    from .pipeline import evaluate_build
+    from .build_eval import evaluate_build
     from .staging import write_text_atomic
 
     if update_baseline and baseline is None:

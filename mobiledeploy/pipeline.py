@@ -1,21 +1,20 @@
-"""Chains the stages that make and evaluate a build.
+"""Chains the stages that make a build.
 
-quantize: load -> fold -> calibrate -> refine -> export -> measure -> manifest; evaluate_build
-(eval / check) runs every artifact of a build on labelled data. ``measure`` chains bench,
-inspect and analyze over a build.
+quantize: load -> fold -> calibrate -> refine -> export -> measure -> manifest. ``build_eval``
+runs a build's artifacts on labelled data (eval / check); ``measure`` chains bench, inspect and
+analyze over a build.
 """
 
 from __future__ import annotations
 
 import functools
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from . import calibration, evaluate, manifest, staging
 from .errors import FoldingError, MobiledeployError
-from .types import Artifact, EvalReport, ExportSettings, Preprocessing, Progress, QuantizeOptions, QuantizeResult
+from .types import Artifact, ExportSettings, Progress, QuantizeOptions, QuantizeResult
 
 FOLDED_FILE = "model_folded.keras"
 # the equalized float model: the same function as the folded one, with rescaled channels; the
@@ -270,90 +269,6 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
         clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
         keep_float=keep_float,
     )
-
-
-def evaluate_build(
-    build_dir: str | Path,
-    data: str | Path,
-    labels_file: str | Path | None = None,
-    batch_size: int = 64,
-    progress: Progress | None = None,
-    device: str = "cpu",
-) -> EvalReport:
-    """Run every artifact listed in ``build_dir/manifest.json`` on ``data``; compare with float.
-
-    The preprocessing comes from the manifest, and each file's sha256 is checked against it
-    first, so a changed or truncated artifact is refused by name. With ``device="arm[:cpu]"``
-    the .tflite/.onnx files also run under ARM emulation: their metrics come from the ARM
-    outputs, and each row says how many outputs were bit-identical to this CPU's.
-    """
-    import numpy as np
-
-    from . import datasets, emulation
-    from .heads import head_of
-    from .quiet import import_tensorflow
-    from .runners import open_runner
-    from .worker import outputs_of
-
-    report = progress or (lambda step, done, total: None)
-    build_dir = Path(build_dir)
-    content = manifest.read(build_dir)
-    files = manifest.verified_files(build_dir, content)
-    preprocessing = Preprocessing.from_dict(content["preprocessing"])
-    dataset = datasets.open_data(data, labels_file)
-    import_tensorflow()
-    labels = np.asarray(dataset.labels) if dataset.labelled else None
-    reference_name = next((f["file"] for f in files if f["format"] == "keras"), None)
-    if reference_name is None:
-        raise MobiledeployError(f"{build_dir}/manifest.json lists no Keras float model to compare with; "
-                                "re-run mobiledeploy quantize")
-    total = len(dataset.items)
-    arm = emulation.target_for(device, report)
-    runners = {entry["file"]: open_runner(build_dir / entry["file"]) for entry in files}
-    head = head_of(runners[reference_name].model)
-    step = f"evaluate {len(runners)} artifacts"
-    with tempfile.TemporaryDirectory(prefix="mobiledeploy-eval-") as tmp:
-        saved: list[str] = []
-        batches = datasets.iter_batches(dataset, preprocessing, batch_size)
-        if arm is not None:  # the emulated runs read the very same preprocessed batches
-            batches = _saving(batches, Path(tmp), saved)
-        outputs = evaluate.collect(runners, batches, lambda done: report(step, done, total))
-        x86 = dict(outputs)
-        if arm is not None:
-            for done, entry in enumerate(e for e in files if e["format"] != "keras"):
-                report(f"run on {arm.device} (emulated)", done, len(files) - 1)
-                outputs[entry["file"]] = outputs_of(build_dir / entry["file"], entry["format"], saved, Path(tmp),
-                                                    arm.process())
-    classes = head.classes(outputs[reference_name])
-    if labels is not None and labels.max(initial=0) >= classes:
-        raise MobiledeployError(
-            f"{data}: class index {int(labels.max())} is beyond the model's {classes} classes; "
-            "pass --labels with the model's class order"
-        )
-    reference = outputs[reference_name]
-    rows = []
-    for e in files:
-        row = {"format": e["format"], "precision": e["precision"],
-               **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels, head)}
-        if arm is not None:
-            row["device"] = "cpu" if e["format"] == "keras" else arm.device
-            if e["format"] != "keras":
-                row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]], head))
-        rows.append(row)
-    return EvalReport(str(build_dir), str(data), dataset.digest, content["model"].get("sha256"),
-                      total, dataset.labelled, reference_name, tuple(rows), content["preprocessing"],
-                      arm.device if arm is not None else "cpu", head.kind)
-
-
-def _saving(batches, folder: Path, saved: list[str]):
-    """Pass batches through, keeping each as a .npy file for the emulated worker."""
-    import numpy as np
-
-    for i, batch in enumerate(batches):
-        path = folder / f"batch_{i:05d}.npy"
-        np.save(path, batch, allow_pickle=False)
-        saved.append(str(path))
-        yield batch
 
 
 def _keras_artifact() -> Artifact:

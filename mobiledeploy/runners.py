@@ -139,6 +139,23 @@ def open_runner(path: str | Path, num_threads: int | None = None, profile_prefix
     raise MobiledeployError(f"{path}: no runner for '{suffix}' files; expected .tflite, .onnx or .keras")
 
 
+QUANTIZED_ONNX_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                                "MatMulInteger", "DynamicQuantizeLinear"})
+
+
+def is_quantized(path: str | Path) -> bool:
+    """Whether a .tflite/.onnx file holds int8/uint8 tensors (QDQ or integer operators)."""
+    if Path(path).suffix.lower() == ".onnx":
+        import onnx
+
+        return any(node.op_type in QUANTIZED_ONNX_OPS for node in onnx.load(str(path), load_external_data=False).graph.node)
+    from ai_edge_litert.interpreter import Interpreter
+
+    with captured_output():
+        tensors = Interpreter(str(path)).get_tensor_details()
+    return any(t["dtype"] in (np.int8, np.uint8) for t in tensors)
+
+
 def quantize(batch: np.ndarray, details: dict) -> np.ndarray:
     """Float -> the tensor's dtype using its (scale, zero point); float tensors pass through."""
     dtype = details["dtype"]

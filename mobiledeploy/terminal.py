@@ -28,7 +28,7 @@ def print_eval(report) -> None:
         table.add_column(column, justify="left" if column == "artifact" else "right")
     for row in report.rows:
         sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
-        cells = [row["artifact"]]
+        cells = [Path(row["artifact"]).name + " *" if row.get("compared") else row["artifact"]]
         if arm:
             exact = "x86_identical" in row
             cells += [row["device"], f"{row['x86_identical']:.2%}" if exact else "-",
@@ -43,6 +43,11 @@ def print_eval(report) -> None:
         table.add_row(*cells)
     console = make_console(170 if arm else 110)
     console.print(table)
+    compared = [row for row in report.rows if row.get("compared")]
+    if compared:
+        dropped = any(row.get("background_dropped") for row in compared)
+        console.print(f"* compared, not part of the build ({', '.join(row['artifact'] for row in compared)}); "
+                      f"scored against {report.reference}" + ("; background output 0 dropped" if dropped else ""))
     if report.head != "classes":
         console.print(f"binary head: {HEADS[report.head]}; top-1 and agreement compare those classes")
 

@@ -171,3 +171,36 @@ def test_top1_breaks_ties_like_argmax_and_agreement():
     assert topk_accuracy(outputs, higher_tied, 5) >= topk_accuracy(outputs, higher_tied, 1)
     accuracy = [a for a in per_class_accuracy(outputs, labels, 1000) if a is not None]
     assert all(a == 1.0 for a in accuracy)
+
+
+def test_compare_scores_other_files_on_the_same_run(good_build, blank_build, small_eval, tmp_path):
+    """--compare runs files from outside the build (here another build's int8 file, and a
+    TF-slim-style float file with an extra background output 0) against the same float model."""
+    import keras
+    import tensorflow as tf
+
+    folded = keras.saving.load_model(good_build / "model_folded.keras", compile=False)
+    inputs = keras.Input(folded.inputs[0].shape[1:])
+    background = keras.layers.Dense(1, kernel_initializer="zeros")(keras.layers.Flatten()(inputs))
+    slim = keras.Model(inputs, keras.layers.Concatenate()([background, folded(inputs)]))
+    (tmp_path / "slim.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(slim).convert())
+    small = keras.Input((16, 16, 3))
+    (tmp_path / "small.tflite").write_bytes(
+        tf.lite.TFLiteConverter.from_keras_model(keras.Model(small, keras.layers.Flatten()(small))).convert())
+
+    other = blank_build / "model_int8.tflite"
+    result = cli("eval", good_build, "--data", small_eval, "--compare", other, "--compare", tmp_path / "slim.tflite",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["artifact"]: r for r in json.loads(result.output)["rows"]}
+    own = {r["artifact"]: r for r in json.loads(cli("eval", blank_build, "--data", small_eval, "--json").output)["rows"]}
+    compared = rows[str(other)]
+    assert compared["compared"] and compared["precision"] == "int8" and "background_dropped" not in compared
+    for metric in ("top1", "agreement", "sqnr_db"):
+        assert compared[metric] == own["model_int8.tflite"][metric]  # same model, same float reference
+    assert compared["agreement"] < rows["model_int8.tflite"]["agreement"]  # the blank calibration shows
+    slim_row = rows[str(tmp_path / "slim.tflite")]
+    assert slim_row["background_dropped"] and slim_row["precision"] == "float32"
+    assert slim_row["agreement"] == 1.0 and slim_row["sqnr_db"] > 80
+    refused = cli("eval", good_build, "--data", small_eval, "--compare", tmp_path / "small.tflite")
+    assert refused.exit_code == 1 and "differs from the build's" in refused.output

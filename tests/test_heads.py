@@ -79,7 +79,7 @@ def test_eval_scores_a_binary_model_by_its_threshold(binary_build):
     import keras
 
     from mobiledeploy import calibration, datasets
-    from mobiledeploy.pipeline import evaluate_build
+    from mobiledeploy.build_eval import evaluate_build
 
     manifest = json.loads((binary_build / "build" / "manifest.json").read_text())
     assert manifest["head"]["kind"] == "logit"
