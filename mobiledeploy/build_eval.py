@@ -115,7 +115,8 @@ def _path(build_dir: Path, entry: dict) -> Path:
 
 def _same_classes(entry: dict, outputs, classes: int):
     """A compared file's outputs in the build's classes. TF-slim models (the int8 MobileNets
-    TensorFlow published) have one more output, class 0 for 'background': it is dropped."""
+    TensorFlow published) have one more output, class 0 for 'background': it is dropped, and
+    ``entry`` (which becomes the file's row) says so."""
     if outputs.shape[1] == classes + 1 and classes > 1:
         entry["background_dropped"] = True
         return outputs[:, 1:]

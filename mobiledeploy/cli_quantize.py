@@ -88,9 +88,9 @@ from . import terminal
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines).")
 def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout: int, seed: int,
-             preprocess: str, crop_fraction: float, input_size: tuple[int, int] | None, io: str, per_tensor: bool, refine: str, equalize: str,
-             activation_ranges: str, logit_floor: str, rounding_samples: int,
-             rounding_positions_per_weight: float, keep_float: tuple[str, ...],
+             preprocess: str, crop_fraction: float, input_size: tuple[int, int] | None, io: str,
+             per_tensor: bool, refine: str, equalize: str, activation_ranges: str, logit_floor: str,
+             rounding_samples: int, rounding_positions_per_weight: float, keep_float: tuple[str, ...],
              max_drop: float | None, trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
     """Fold BatchNorm, calibrate int8, and export TFLite and ONNX files.
 
@@ -103,8 +103,8 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
 
     options = QuantizeOptions(
         num_calib=num_calib, num_holdout=num_holdout, seed=seed, preprocess=preprocess,
-        crop_fraction=crop_fraction, input_size=input_size, io=io, per_channel=not per_tensor, refine=refine, equalize=equalize,
-        activation_ranges=activation_ranges, logit_floor=logit_floor, rounding_samples=rounding_samples,
+        crop_fraction=crop_fraction, input_size=input_size, io=io, per_channel=not per_tensor, refine=refine,
+        equalize=equalize, activation_ranges=activation_ranges, logit_floor=logit_floor, rounding_samples=rounding_samples,
         rounding_positions_per_weight=rounding_positions_per_weight,
         keep_float=keep_float, max_drop=max_drop,
         trust_model_code=trust_model_code, overwrite=overwrite,
@@ -132,6 +132,5 @@ def _size(value: str | None) -> tuple[int, int] | None:
         return None
     parts = value.lower().split("x")
     if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        height, width = (int(parts[0]), int(parts[-1]))
-        return height, width
+        return int(parts[0]), int(parts[-1])
     raise click.BadParameter(f"'{value}': expected a size in pixels, 224, or height x width, 192x160")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}  # layers with a kernel
+SHAPE_ONLY = {"Reshape", "Flatten", "Dropout"}  # change only the shape (or nothing, at inference)
 
 
 def layer_graph(model) -> dict[str, dict]:

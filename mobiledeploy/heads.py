@@ -8,11 +8,8 @@ with ``from_logits=True``. Its class is 1 above 0.5 or above 0, and only the mod
 
 from __future__ import annotations
 
-from .graph import activation_name, layer_graph
+from .graph import SHAPE_ONLY, activation_name, layer_graph
 from .types import Head
-
-PASS_THROUGH = {"Reshape", "Flatten", "Dropout"}  # shape only (or identity at inference)
-
 
 def head_of(model) -> Head:
     """The model's head: ``classes`` for several outputs per image; for one, ``sigmoid`` when the
@@ -22,6 +19,6 @@ def head_of(model) -> Head:
         return Head("classes")
     graph = layer_graph(model)
     name = model.outputs[0]._keras_history.operation.name
-    while graph[name]["kind"] in PASS_THROUGH and len(graph[name]["inputs"]) == 1:
+    while graph[name]["kind"] in SHAPE_ONLY and len(graph[name]["inputs"]) == 1:
         name = graph[name]["inputs"][0]
     return Head("sigmoid" if activation_name(model.get_layer(name)) == "sigmoid" else "logit")

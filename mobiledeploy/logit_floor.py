@@ -28,12 +28,11 @@ import copy
 import numpy as np
 
 from .folding import history_refs, plain_config, rewire
-from .graph import activation_name, layer_graph
+from .graph import SHAPE_ONLY, activation_name, layer_graph
 from .refine import fake_quantize
 from .types import LogitFloorReport
 
 PRODUCERS = {"Conv2D", "Dense"}
-PASS_THROUGH = {"Reshape", "Flatten", "Dropout"}  # shape only (or identity at inference)
 CANDIDATES = 96
 KEEP_NATS = 5.0  # logits this close to an image's top (probability ratio e^-5) are never floored
 MIN_GAIN = 0.8  # a floor must cut the softmax's int8 error by at least 20%
@@ -52,7 +51,7 @@ def softmax_logits(model) -> tuple[str, bool] | None:
             if node["kind"] == "Softmax" and getattr(layer, "axis", -1) not in (-1, len(layer.output.shape) - 1):
                 return None
             parent = node["inputs"][0] if len(node["inputs"]) == 1 else None
-            while parent and graph[parent]["kind"] in PASS_THROUGH and len(graph[parent]["consumers"]) == 1:
+            while parent and graph[parent]["kind"] in SHAPE_ONLY and len(graph[parent]["consumers"]) == 1:
                 parent = graph[parent]["inputs"][0] if len(graph[parent]["inputs"]) == 1 else None
             if parent and graph[parent]["kind"] in PRODUCERS and len(graph[parent]["consumers"]) == 1 \
                     and _plain_producer(model.get_layer(parent), fused=False) \
