@@ -56,11 +56,11 @@ def bench_build(target, data=None, include_keras: bool = False, device: str = "c
     return measure.bench_build(target, BenchSettings(**settings), data, include_keras, progress, device)
 
 
-def inspect_model(model, alpha: float = 1.0, rho: float = 1.0, trust_model_code: bool = False):
+def inspect_model(model, alpha: float = 1.0, rho: float = 1.0, trust_model_code: bool = False, input_size=None):
     """Same as ``mobiledeploy inspect``: a ``CostReport`` of params and multiply-adds per layer."""
     from . import measure
 
-    return measure.inspect_model(model, alpha, rho, trust_model_code)
+    return measure.inspect_model(model, alpha, rho, trust_model_code, input_size)
 
 
 def analyze_build(build_dir, data, max_images: int = 200, progress=None):

@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .errors import MobiledeployError
 from . import terminal
+from .cli_quantize import parse_size
 from .staging import Terminated, terminate
 
 EXIT_ERROR = 1
@@ -252,10 +253,12 @@ def bench(target: Path, device: str, num_threads: int, warmup_runs: int | None, 
               help="What-if resolution multiplier, relative to this model: 128/224 = 0.571 (cost falls as rho^2).")
 @click.option("--resolution", type=click.IntRange(min=1),
               help="What-if input size in pixels; sets --rho to RESOLUTION / the model's input height.")
+@click.option("--input-size", "input_size", callback=lambda ctx, param, value: parse_size(value), metavar="H[xW]",
+              help="For a model saved without a fixed input size: the size to count it at (as quantize).")
 @click.option("--trust-model-code", is_flag=True, help="Allow Lambda layers and custom objects (runs file code).")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-layer table as JSON on stdout.")
-def inspect(model: Path, alpha: float, rho: float, resolution: int | None, trust_model_code: bool,
-            as_json: bool) -> None:
+def inspect(model: Path, alpha: float, rho: float, resolution: int | None, input_size: tuple[int, int] | None,
+            trust_model_code: bool, as_json: bool) -> None:
     """Per-layer params and multiply-adds of MODEL (a model file or a build folder).
 
     Uses the MobileNets paper's counts: a standard conv costs Dk·Dk·M·N·Df·Df, a depthwise
@@ -267,9 +270,9 @@ def inspect(model: Path, alpha: float, rho: float, resolution: int | None, trust
     if trust_model_code:
         click.echo("warning: --trust-model-code: code stored in the model file may run", err=True)
     if resolution is not None:
-        base = inspect_model(model, trust_model_code=trust_model_code)
+        base = inspect_model(model, trust_model_code=trust_model_code, input_size=input_size)
         rho = rho * resolution / base.input_shape[0]
-    report = inspect_model(model, alpha, rho, trust_model_code)
+    report = inspect_model(model, alpha, rho, trust_model_code, input_size)
     if as_json:
         from .costs import separable_blocks
 

@@ -34,7 +34,7 @@ from . import terminal
 @click.option("--crop-fraction", default=0.875, show_default=True, type=click.FloatRange(0.1, 1.0),
               help="Center-crop fraction: resize the shorter side to size/fraction, then crop. 0.875 is "
                    "the ImageNet evaluation standard (256 -> 224); 1.0 keeps the whole image.")
-@click.option("--input-size", "input_size", callback=lambda ctx, param, value: _size(value), metavar="H[xW]",
+@click.option("--input-size", "input_size", callback=lambda ctx, param, value: parse_size(value), metavar="H[xW]",
               help="Height and width to deploy at, for a model saved without a fixed input size "
                    "(input_shape=(None, None, 3)). int8 files have one fixed size; pick the one the model "
                    "was trained at (224, 192, 160 or 128 for keras.applications MobileNets).")
@@ -126,7 +126,7 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
             "images; the files were written (raise the budget, or check the calibration images)")
 
 
-def _size(value: str | None) -> tuple[int, int] | None:
+def parse_size(value: str | None) -> tuple[int, int] | None:
     """'224' -> (224, 224); '192x160' -> (192, 160)."""
     if value is None:
         return None

@@ -16,12 +16,13 @@ from .types import Preprocessing, Progress
 
 
 def inspect_model(target: str | Path, alpha: float = 1.0, rho: float = 1.0,
-                  trust_model_code: bool = False) -> CostReport:
+                  trust_model_code: bool = False, input_size: tuple[int, int] | None = None) -> CostReport:
     """Per-layer params and multiply-adds of a model file or a build folder's folded model,
-    optionally for another width multiplier ``alpha`` and resolution multiplier ``rho``."""
+    optionally for another width multiplier ``alpha`` and resolution multiplier ``rho``.
+    ``input_size`` sizes a model saved without a fixed input, as quantize's does."""
     from . import costs
 
-    model = _keras_model(Path(target), trust_model_code)
+    model = _keras_model(Path(target), trust_model_code, input_size)
     report = costs.model_costs(model)
     return costs.what_if(report, alpha, rho) if (alpha, rho) != (1.0, 1.0) else report
 
@@ -127,7 +128,7 @@ def _bench_inputs(build_dir: Path | None, data: str | Path, batch: int):
     return np.resize(first, (batch, *first.shape[1:]))  # repeats images when there are fewer than batch
 
 
-def _keras_model(target: Path, trust_model_code: bool):
+def _keras_model(target: Path, trust_model_code: bool, input_size: tuple[int, int] | None = None):
     """The folded model of a build folder (integrity-checked) or a model file, loaded safely."""
     from .quiet import import_tensorflow
 
@@ -140,7 +141,7 @@ def _keras_model(target: Path, trust_model_code: bool):
     import_tensorflow()
     from .loading import load_model
 
-    return load_model(target, trust=trust_model_code).model
+    return load_model(target, trust=trust_model_code, input_size=input_size).model
 
 
 def _load_saved(path: Path):

@@ -79,3 +79,25 @@ def test_python_api_mirrors_the_cli(tiny_model_file):
     report = mobiledeploy.inspect_model(tiny_model_file, alpha=0.5)
     data = json.loads(CliRunner().invoke(main, ["inspect", str(tiny_model_file), "--alpha", "0.5", "--json"]).output)
     assert (report.macs, report.params) == (data["macs"], data["params"])
+
+
+def test_input_size_counts_a_model_saved_without_one(tmp_path):
+    """A base saved with input_shape=(None, None, 3) is counted at the --input-size given, as
+    the same network built at that size."""
+    import json
+
+    import keras
+    from click.testing import CliRunner
+
+    from mobiledeploy.cli import main
+
+    keras.applications.MobileNet(alpha=0.25, input_shape=(None, None, 3), include_top=False, weights=None,
+                                 pooling="avg").save(tmp_path / "any.keras")
+    fixed = model_costs(keras.applications.MobileNet(alpha=0.25, input_shape=(160, 128, 3), include_top=False,
+                                                     weights=None, pooling="avg"))
+    refused = CliRunner().invoke(main, ["inspect", str(tmp_path / "any.keras")])
+    assert refused.exit_code == 1 and "--input-size" in refused.output
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "any.keras"), "--input-size", "160x128", "--json"])
+    assert result.exit_code == 0, result.output
+    counted = json.loads(result.output)
+    assert (counted["macs"], counted["params"]) == (fixed.macs, fixed.params)
