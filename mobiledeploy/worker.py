@@ -51,8 +51,10 @@ def run_worker(spec: dict, workdir: Path, process: Process, label: str) -> dict:
 def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: Process) -> np.ndarray:
     """One artifact's outputs for the batches saved as .npy files, computed by a worker
     process (the emulated ARM one in practice), flattened to (N, features)."""
-    work = workdir / f"{path.name}.{process.device.replace(':', '-')}"
-    work.mkdir()
+    import tempfile
+
+    # unique: a file compared with a build's own may share its name (model_int8.tflite)
+    work = Path(tempfile.mkdtemp(prefix=f"{path.name}.{process.device.replace(':', '-')}.", dir=workdir))
     outputs = [str(work / f"out_{i:05d}.npy") for i in range(len(inputs))]
     spec = {"mode": "run", "path": str(path.resolve()), "format": fmt, "inputs": inputs, "outputs": outputs}
     run_worker(spec, work, process, str(path))

@@ -66,6 +66,21 @@ def test_eval_on_arm_matches_x86(arm_ready, reference_build, eval_subset, x86_ro
         assert rows[name]["x86_max_abs_diff"] < 1e-4
 
 
+def test_compared_file_runs_on_arm_too(arm_ready, reference_build, eval_subset, tmp_path):
+    """A --compare file named like the build's own (model_int8.tflite) gets its own emulated run."""
+    other = tmp_path / "other" / "model_int8.tflite"
+    other.parent.mkdir()
+    shutil.copy(reference_build / "model_int8.tflite", other)
+    result = cli("eval", reference_build, "--data", eval_subset, "--device", "arm:cortex-a76", "--compare", other,
+                 "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["artifact"]: r for r in json.loads(result.output)["rows"]}
+    compared, own = rows[str(other)], rows["model_int8.tflite"]
+    assert compared["compared"] and compared["device"] == "arm:cortex-a76"
+    for metric in ("top1", "agreement", "sqnr_db", "x86_identical"):
+        assert compared[metric] == own[metric]
+
+
 def test_eval_table_and_gate_on_arm(arm_ready, reference_build, eval_subset, tmp_path):
     result = cli("check", reference_build, "--data", eval_subset, "--device", "arm:cortex-a76",
                  "--max-drop", 2.0, "--junit-xml", tmp_path / "arm.xml")
