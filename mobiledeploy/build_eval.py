@@ -54,12 +54,11 @@ def evaluate_build(
     arm = emulation.target_for(device, report)
     runners = {entry["file"]: open_runner(_path(build_dir, entry)) for entry in files}
     head = head_of(runners[reference_name].model)
-    for entry in files:
-        shape = runners[entry["file"]].input_shape
-        if entry.get("compared") and shape != runners[reference_name].input_shape:
-            raise MobiledeployError(
-                f"{entry['file']}: input {shape} differs from the build's {runners[reference_name].input_shape}; "
-                "compare files made for the same input size")
+    expected = runners[reference_name].input_shape
+    for entry in (e for e in files if e.get("compared")):
+        if runners[entry["file"]].input_shape != expected:
+            raise MobiledeployError(f"{entry['file']}: input {runners[entry['file']].input_shape} differs from the "
+                                    f"build's {expected}; compare files made for the same input size")
     step = f"evaluate {len(runners)} artifacts"
     with tempfile.TemporaryDirectory(prefix="mobiledeploy-eval-") as tmp:
         saved: list[str] = []

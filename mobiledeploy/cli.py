@@ -253,7 +253,7 @@ def bench(target: Path, device: str, num_threads: int, warmup_runs: int | None, 
               help="What-if resolution multiplier, relative to this model: 128/224 = 0.571 (cost falls as rho^2).")
 @click.option("--resolution", type=click.IntRange(min=1),
               help="What-if input size in pixels; sets --rho to RESOLUTION / the model's input height.")
-@click.option("--input-size", "input_size", callback=lambda ctx, param, value: parse_size(value), metavar="H[xW]",
+@click.option("--input-size", "input_size", callback=parse_size, metavar="H[xW]",
               help="For a model saved without a fixed input size: the size to count it at (as quantize).")
 @click.option("--trust-model-code", is_flag=True, help="Allow Lambda layers and custom objects (runs file code).")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-layer table as JSON on stdout.")

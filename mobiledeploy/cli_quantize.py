@@ -10,6 +10,16 @@ import click
 from . import terminal
 
 
+def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
+    """The --input-size callback: '224' -> (224, 224); '192x160' -> (192, 160)."""
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[-1])
+    raise click.BadParameter(f"'{value}': expected a size in pixels, 224, or height x width, 192x160")
+
+
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--calib", "calib", required=True, type=click.Path(path_type=Path),
@@ -34,7 +44,7 @@ from . import terminal
 @click.option("--crop-fraction", default=0.875, show_default=True, type=click.FloatRange(0.1, 1.0),
               help="Center-crop fraction: resize the shorter side to size/fraction, then crop. 0.875 is "
                    "the ImageNet evaluation standard (256 -> 224); 1.0 keeps the whole image.")
-@click.option("--input-size", "input_size", callback=lambda ctx, param, value: parse_size(value), metavar="H[xW]",
+@click.option("--input-size", "input_size", callback=parse_size, metavar="H[xW]",
               help="Height and width to deploy at, for a model saved without a fixed input size "
                    "(input_shape=(None, None, 3)). int8 files have one fixed size; pick the one the model "
                    "was trained at (224, 192, 160 or 128 for keras.applications MobileNets).")
@@ -124,13 +134,3 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
             f"--max-drop {max_drop:g} not met: with {len(result.mixed_precision.float_layers)} layers in float the "
             f"int8 files still disagree with float on {result.mixed_precision.agreement_loss:.1f}% of the held-out "
             "images; the files were written (raise the budget, or check the calibration images)")
-
-
-def parse_size(value: str | None) -> tuple[int, int] | None:
-    """'224' -> (224, 224); '192x160' -> (192, 160)."""
-    if value is None:
-        return None
-    parts = value.lower().split("x")
-    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        return int(parts[0]), int(parts[-1])
-    raise click.BadParameter(f"'{value}': expected a size in pixels, 224, or height x width, 192x160")

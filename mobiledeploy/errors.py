@@ -35,3 +35,9 @@ class ExportError(MobiledeployError):
 
 class OutputError(MobiledeployError):
     """The output folder cannot be written as asked (exists without --overwrite, unwritable)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library exception's message (at most 200 characters), to quote in ours."""
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

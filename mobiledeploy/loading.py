@@ -18,9 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, first_line
 from .flatten import INFERENCE_IDENTITY, flatten
 from .keras2_config import MODEL_CLASSES, scalar_op, to_keras3
+from .sizing import fixed_size
 
 # Layer classes the pipeline (folding, converters, cost model) knows how to handle.
 SUPPORTED_LAYERS = frozenset(
@@ -58,7 +59,7 @@ def load_model(path: str | Path, *, trust: bool = False, input_size: tuple[int, 
     model saved without one (``input_shape=(None, None, 3)``, fully convolutional).
     """
     loaded = _load(Path(path), trust)
-    return replace(loaded, model=_sized(loaded.model, input_size))
+    return replace(loaded, model=fixed_size(loaded.model, input_size))
 
 
 def _load(path: Path, trust: bool) -> LoadedModel:
@@ -89,7 +90,7 @@ def _load_h5(path: Path, trust: bool) -> LoadedModel:
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise ModelLoadError(
-            f"{path}: not a readable HDF5 file ({_first_line(exc)}); "
+            f"{path}: not a readable HDF5 file ({first_line(exc)}); "
             "re-save the model with model.save('model.h5') or model.save('model.keras')"
         ) from None
     with handle:
@@ -119,7 +120,7 @@ def _h5_weights(group, path: Path) -> Iterator[tuple[str, list]]:
             yield layer_name, [(n, np.asarray(layer_group[n])) for n in names]
         except (KeyError, OSError) as exc:
             raise ModelLoadError(
-                f"{path}: weights of layer '{layer_name}' are unreadable ({_first_line(exc)}); "
+                f"{path}: weights of layer '{layer_name}' are unreadable ({first_line(exc)}); "
                 "the file is truncated or corrupt: re-save or re-download it"
             ) from None
 
@@ -133,7 +134,7 @@ def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
             metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in archive.namelist() else {}
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         raise ModelLoadError(
-            f"{path}: not a valid .keras archive ({_first_line(exc)}); "
+            f"{path}: not a valid .keras archive ({first_line(exc)}); "
             "re-save the model with model.save('model.keras')"
         ) from None
     _check_config(config, path, trust)
@@ -147,7 +148,7 @@ def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
         model = keras.saving.load_model(path, compile=False, safe_mode=not trust)
     except Exception as exc:  # Keras raises many types for broken archives
         raise ModelLoadError(
-            f"{path}: Keras could not rebuild the model ({_first_line(exc)}); "
+            f"{path}: Keras could not rebuild the model ({first_line(exc)}); "
             "re-save it with the Keras version that trained it"
         ) from None
     return LoadedModel(flatten(_as_functional(model)), str(path), "keras",
@@ -176,7 +177,7 @@ def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
         config = {"class_name": meta["class_name"], "config": meta["config"]}
     except Exception as exc:
         raise ModelLoadError(
-            f"{metadata_file}: unreadable Keras metadata ({_first_line(exc)}); "
+            f"{metadata_file}: unreadable Keras metadata ({first_line(exc)}); "
             "re-save the model with model.save('model.keras')"
         ) from None
     model = _build(config, path, trust)
@@ -186,7 +187,7 @@ def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
         restored = tf.saved_model.load(str(path))
     except Exception as exc:
         raise ModelLoadError(
-            f"{path}: TensorFlow could not read the SavedModel variables ({_first_line(exc)})"
+            f"{path}: TensorFlow could not read the SavedModel variables ({first_line(exc)})"
         ) from None
     weights: dict[str, list] = {}
     for variable in restored.variables:
@@ -212,7 +213,7 @@ def _build(config: dict, path: Path, trust: bool):
             model = builder.from_config(config["config"])
     except Exception as exc:
         raise ModelLoadError(
-            f"{path}: Keras could not rebuild the architecture ({_first_line(exc)}); "
+            f"{path}: Keras could not rebuild the architecture ({first_line(exc)}); "
             "re-save it as .keras with the Keras version that trained it"
         ) from None
     return _as_functional(model)
@@ -315,40 +316,6 @@ def _as_functional(model):
     return model
 
 
-def _sized(model, input_size: tuple[int, int] | None):
-    """The model with a fixed input height and width: its own, or ``input_size`` where it has
-    none (the same layers and weights, rebuilt on a fixed-size input)."""
-    import keras
-
-    shape = tuple(model.inputs[0].shape)
-    if input_size is None:
-        if None in shape[1:3]:
-            raise ModelLoadError(
-                f"model input shape is {shape}: its height and width are not fixed; choose the size "
-                "to deploy at with --input-size (e.g. 224, or 192x160 for height x width)"
-            )
-        return model
-    if None not in shape[1:3]:
-        if tuple(shape[1:3]) != tuple(input_size):
-            raise ModelLoadError(
-                f"--input-size {input_size[0]}x{input_size[1]} does not match the model's fixed input "
-                f"{shape[1]}x{shape[2]}; drop --input-size"
-            )
-        return model
-    config = model.get_config()
-    first = next(layer for layer in config["layers"] if layer["class_name"] == "InputLayer")
-    first["config"]["batch_shape"] = [None, *input_size, shape[3]]
-    try:
-        sized = keras.Model.from_config(config)
-        sized.set_weights(model.get_weights())
-    except Exception as exc:  # a layer that needs another size (a Reshape, a too small input)
-        raise ModelLoadError(
-            f"the model does not run at --input-size {input_size[0]}x{input_size[1]} ({_first_line(exc)}); "
-            "pick the size it was trained at"
-        ) from None
-    return sized
-
-
 def _assign_weights(model, weights: dict[str, list], path: Path) -> None:
     """Give every layer its saved weights, matched by layer name then by weight name. A nested
     model's weights are saved under its own name as '<inner layer>/<weight>' (HDF5), or under
@@ -406,8 +373,3 @@ def _parse_json(raw, path: Path) -> dict:
 
 def _as_str(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

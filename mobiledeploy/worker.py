@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +52,6 @@ def run_worker(spec: dict, workdir: Path, process: Process, label: str) -> dict:
 def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: Process) -> np.ndarray:
     """One artifact's outputs for the batches saved as .npy files, computed by a worker
     process (the emulated ARM one in practice), flattened to (N, features)."""
-    import tempfile
-
     # unique: a file compared with a build's own may share its name (model_int8.tflite)
     work = Path(tempfile.mkdtemp(prefix=f"{path.name}.{process.device.replace(':', '-')}.", dir=workdir))
     outputs = [str(work / f"out_{i:05d}.npy") for i in range(len(inputs))]
