@@ -1,7 +1,8 @@
 """Drift metrics between a float model's outputs and a quantized artifact's outputs.
 
 Class decisions (agreement, top-1, per-class accuracy) read the outputs through the model's
-``Head`` (heads.py): the argmax of several outputs, or one output against its threshold."""
+``Head`` (heads.py): the argmax of several outputs, one output against its threshold, or, for
+a multi-label head, every label against its threshold."""
 
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ def collect(runners: dict, batches: Iterable[np.ndarray],
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray, head: Head = ARGMAX) -> float:
-    """Fraction of samples where both outputs pick the same class."""
+    """Fraction of samples where both outputs pick the same class (multi-label: the same labels)."""
     if len(reference) == 0:
         return float("nan")
-    return float(np.mean(head.decide(reference) == head.decide(candidate)))
+    return float(np.mean(head.agrees(reference, candidate)))
 
 
 def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -63,7 +64,7 @@ def topk_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int = 1, head: Hea
     """Share of samples whose label is among the k highest outputs. Ties go to the lower class
     index, as argmax (and so ``agreement``, and an app's argmax) breaks them: an int8 softmax
     steps by 1/256, so its top classes often tie. A single-output head scores its decision."""
-    if head.threshold is not None:
+    if head.binary:
         return float(np.mean(head.decide(outputs) == labels)) if k == 1 else 1.0
     k = min(k, outputs.shape[1])
     top = np.argsort(-outputs, axis=1, kind="stable")[:, :k]
@@ -71,19 +72,24 @@ def topk_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int = 1, head: Hea
 
 
 def mean_kl(reference: np.ndarray, candidate: np.ndarray, head: Head = ARGMAX) -> float:
-    """Mean KL(float || quantized) between softmax distributions (softmax applied if needed).
+    """Mean KL(float || quantized) between softmax distributions (softmax applied if needed);
+    for a multi-label head, the sum over labels of each label's Bernoulli KL.
 
     Probabilities are floored at 1e-6: an int8 softmax output rounds small probabilities to
     exactly 0, and an unfloored log(0) would let those rounding zeros dominate the mean.
     """
-    p, q = _as_probabilities(reference, head), _as_probabilities(candidate, head)
     eps = 1e-6
+    if head.kind == "labels":  # independent labels: their KLs add up
+        p, q = (np.clip(o.astype(np.float64), 0, 1) for o in (reference, candidate))
+        kl = p * (np.log(p + eps) - np.log(q + eps)) + (1 - p) * (np.log(1 - p + eps) - np.log(1 - q + eps))
+        return float(np.mean(np.sum(kl, axis=1)))
+    p, q = _as_probabilities(reference, head), _as_probabilities(candidate, head)
     return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
 
 
 def _as_probabilities(outputs: np.ndarray, head: Head) -> np.ndarray:
     outputs = outputs.astype(np.float64)
-    if head.threshold is not None:  # one output: the probability of class 1
+    if head.binary:  # one output: the probability of class 1
         one = np.clip(outputs[:, :1], 0, 1) if head.kind == "sigmoid" else 1 / (1 + np.exp(-outputs[:, :1]))
         return np.concatenate([1 - one, one], axis=1)
     sums = outputs.sum(axis=1)

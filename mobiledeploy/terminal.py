@@ -48,8 +48,10 @@ def print_eval(report) -> None:
         dropped = any(row.get("background_dropped") for row in compared)
         console.print(f"* compared, not part of the build ({', '.join(row['artifact'] for row in compared)}); "
                       f"scored against {report.reference}" + ("; background output 0 dropped" if dropped else ""))
-    if report.head != "classes":
+    if report.head in ("sigmoid", "logit"):
         console.print(f"binary head: {HEADS[report.head]}; top-1 and agreement compare those classes")
+    elif report.head == "labels":
+        console.print(f"multi-label head: {HEADS[report.head]}")
 
 
 def print_quantize(result) -> None:
@@ -115,15 +117,15 @@ def print_quantize(result) -> None:
                           "ONNX Runtime >= 1.21 otherwise quantizes its float layers")
     held = "held-out" if cal.holdout else "calibration (no images held out)"
     drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
-    binary = result.head.threshold is not None
-    for column in ("artifact", "class agreement" if binary else "top-1 agreement", "SQNR (dB)", "max |diff|"):
+    agreement = {"classes": "top-1 agreement", "labels": "label agreement"}.get(result.head.kind, "class agreement")
+    for column in ("artifact", agreement, "SQNR (dB)", "max |diff|"):
         drift.add_column(column, justify="left" if column == "artifact" else "right")
     for row in result.drift:
         sqnr = "inf" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f}"
         drift.add_row(row.artifact, f"{row.agreement:.1%}", sqnr, f"{row.max_abs_diff:.4f}")
     console.print(drift)
-    if binary:
-        console.print(f"binary head: {HEADS[result.head.kind]}")
+    if result.head.kind != "classes":
+        console.print(f"{'multi-label' if result.head.kind == 'labels' else 'binary'} head: {HEADS[result.head.kind]}")
     console.print(f"done in {result.seconds:.1f} s")
 
 

@@ -162,6 +162,8 @@ HEADS: dict[str, str] = {
     "classes": "one output per class; the class is the argmax",
     "sigmoid": "one sigmoid probability; class 1 above 0.5",
     "logit": "one logit; class 1 above 0",
+    "labels": "one sigmoid per label (multi-label); a label is on above 0.5; agreement asks every label's "
+              "decision to match, top-1 ranks the labels",
 }
 
 
@@ -169,22 +171,34 @@ HEADS: dict[str, str] = {
 class Head:
     """What a classifier's output means. Several outputs per image: the argmax is the class. A
     single output (a binary Dense(1) head) scores class 1: argmax over one column would always
-    say class 0, so agreement could never fail and a label 1 would be out of range."""
+    say class 0, so agreement could never fail and a label 1 would be out of range. Several
+    sigmoid outputs (multi-label) are one decision per label: two outputs agree only when every
+    label's decision does, since the argmax can stay while a second label turns off."""
 
-    kind: Literal["classes", "sigmoid", "logit"] = "classes"
+    kind: Literal["classes", "sigmoid", "logit", "labels"] = "classes"
+
+    @property
+    def binary(self) -> bool:
+        return self.kind in ("sigmoid", "logit")
 
     @property
     def threshold(self) -> float | None:
-        return {"sigmoid": 0.5, "logit": 0.0}.get(self.kind)
+        return {"sigmoid": 0.5, "logit": 0.0, "labels": 0.5}.get(self.kind)
 
     def decide(self, outputs):
-        """The class each row of ``outputs`` (N, outputs) stands for."""
-        if self.threshold is None:
+        """The class each row of ``outputs`` (N, outputs) stands for (multi-label: the top label)."""
+        if not self.binary:
             return outputs.argmax(axis=1)
         return (outputs[:, 0] > self.threshold).astype(int)
 
+    def agrees(self, reference, candidate):
+        """Per row, whether ``candidate`` makes the same decisions as ``reference``."""
+        if self.kind == "labels":
+            return ((reference > self.threshold) == (candidate > self.threshold)).all(axis=1)
+        return self.decide(reference) == self.decide(candidate)
+
     def classes(self, outputs) -> int:
-        return outputs.shape[1] if self.threshold is None else 2
+        return 2 if self.binary else outputs.shape[1]
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "meaning": HEADS[self.kind]}

@@ -1,5 +1,6 @@
 """Binary classifiers with a single output (Dense(1): a logit or a sigmoid probability) are read
-as decisions against their threshold, not by argmax, which over one column is always class 0."""
+as decisions against their threshold, not by argmax, which over one column is always class 0;
+multi-label classifiers (several sigmoids) as one decision per label."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from mobiledeploy.heads import head_of
 from mobiledeploy.types import Head
 
 
-def _binary(activation: str | None, extra=None):
+def _binary(activation: str | None, extra=None, units: int = 1):
     import keras
 
     base = build_tiny_mobilenet(seed=3)
-    x = keras.layers.Dense(1, activation=activation, name="score")(base.get_layer("drop").output)
+    x = keras.layers.Dense(units, activation=activation, name="score")(base.get_layer("drop").output)
     for layer in extra or []:
         x = layer(x)
     return keras.Model(base.inputs, x, name="tiny_binary")
@@ -33,6 +34,10 @@ def test_head_of_reads_the_last_activation():
     assert head_of(_binary(None, [keras.layers.Activation("sigmoid")])).kind == "sigmoid"
     assert head_of(_binary("sigmoid", [keras.layers.Flatten(), keras.layers.Dropout(0.2)])).kind == "sigmoid"
     assert head_of(_binary("sigmoid", [keras.layers.Dense(1)])).kind == "logit"  # a linear layer after it
+    assert head_of(_binary("sigmoid", units=3)).kind == "labels"
+    assert head_of(_binary(None, [keras.layers.Activation("sigmoid")], units=3)).kind == "labels"
+    assert head_of(_binary(None, units=3)).kind == "classes"  # logits: read as classes
+    assert head_of(_binary("softmax", units=3)).kind == "classes"
 
 
 def test_single_output_is_compared_as_decisions():
@@ -51,6 +56,20 @@ def test_single_output_is_compared_as_decisions():
     metrics = artifact_metrics("q", reference, candidate, labels, logit)
     assert metrics["top1"] == 0.25 and "top5" not in metrics  # two classes: top-5 holds every label
     assert metrics["per_class_change"] == {"0": round(-2 / 3, 6)}  # class 1 stays right
+
+
+def test_multi_label_outputs_agree_only_when_every_label_does():
+    reference = np.array([[0.9, 0.6, 0.1], [0.2, 0.7, 0.8], [0.1, 0.2, 0.3], [0.6, 0.4, 0.7]], np.float32)
+    candidate = np.array([[0.9, 0.4, 0.1], [0.2, 0.7, 0.8], [0.1, 0.2, 0.6], [0.6, 0.4, 0.7]], np.float32)
+    labels_head = Head("labels")
+    assert agreement(reference, candidate, labels_head) == 0.5  # rows 0 and 2 turn a second label off/on
+    assert agreement(reference, candidate) == 1.0  # the argmax never moves
+    p, q = reference.astype(np.float64), candidate.astype(np.float64)
+    bernoulli = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+    assert mean_kl(reference, candidate, labels_head) == pytest.approx(np.mean(bernoulli.sum(axis=1)), rel=1e-3)
+    labels = np.array([0, 2, 2, 0])
+    assert topk_accuracy(candidate, labels, 1, labels_head) == 0.75  # the top label is the class
+    assert artifact_metrics("q", reference, candidate, labels, labels_head)["agreement"] == 0.5
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +114,39 @@ def test_eval_scores_a_binary_model_by_its_threshold(binary_build):
         assert row["top1"] == pytest.approx(expected, abs=0.051)  # at most two images flip in int8
         assert "top5" not in row
     assert report.row("model_folded.keras")["top1"] == pytest.approx(expected)
+
+
+def test_a_multi_label_build_is_scored_label_by_label(tmp_path):
+    """A tiny 3-label sigmoid model whose biases put each label's threshold at its median score:
+    the manifest and eval call it multi-label, and eval's agreement is the share of images whose
+    int8 file turns on exactly the labels the float model does."""
+    import keras
+
+    import mobiledeploy
+    from mobiledeploy import calibration, datasets
+    from mobiledeploy.build_eval import evaluate_build
+    from mobiledeploy.runners import open_runner
+
+    write_images(tmp_path / "calib", 40, size=24, seed=31)
+    write_images(tmp_path / "eval", 40, size=24, seed=32)
+    model = _binary("sigmoid", units=3)
+    images = np.concatenate(list(datasets.iter_batches(
+        datasets.open_data(tmp_path / "eval"), calibration.preprocessing_for(model), 40)))
+    kernel, bias = model.get_layer("score").get_weights()
+    logits = np.asarray(keras.Model(model.inputs, model.get_layer("drop").output)(images)) @ kernel
+    model.get_layer("score").set_weights([kernel, -np.median(logits, axis=0)])
+    model.save(tmp_path / "labels.keras")
+    mobiledeploy.quantize(tmp_path / "labels.keras", tmp_path / "calib", tmp_path / "build", num_calib=40,
+                          num_holdout=0)
+    manifest = json.loads((tmp_path / "build" / "manifest.json").read_text())
+    assert manifest["head"]["kind"] == "labels"
+    report = evaluate_build(tmp_path / "build", tmp_path / "eval")
+    assert report.head == "labels"
+    reference = open_runner(tmp_path / "build" / "model_folded.keras").run(images)
+    on = reference > 0.5
+    assert np.sum(on.sum(axis=1) >= 2) >= 5  # several images carry two labels or more: the set matters
+    for name in ("model_int8.tflite", "model_int8.onnx"):
+        outputs = open_runner(tmp_path / "build" / name).run(images)
+        same = np.mean(np.all((outputs > 0.5) == on, axis=1))
+        assert report.row(name)["agreement"] == pytest.approx(same)
+        assert same != pytest.approx(np.mean(outputs.argmax(1) == reference.argmax(1)))  # argmax would differ
