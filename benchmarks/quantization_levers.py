@@ -35,6 +35,7 @@ LEVERS = [  # (label, QuantizeOptions fields)
     ("default + --equalize on", {"equalize": "on"}),
     ("adaround + bias (--logit-floor off)", {"logit_floor": "off"}),
     ("default, adaround on every layer", {"rounding_positions_per_weight": 0}),
+    ("default + --activation-ranges auto", {"activation_ranges": "auto"}),
 ]
 
 

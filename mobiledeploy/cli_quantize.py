@@ -65,10 +65,12 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Cross-layer equalization: rescale each conv -> ReLU -> conv pair so their channels span "
                    "equal ranges (the function is unchanged). It is what makes --per-tensor usable on "
                    "MobileNets; auto runs it only with --per-tensor, where it matters.")
-@click.option("--activation-ranges", default="minmax", show_default=True, type=click.Choice(["minmax", "mse"]),
+@click.option("--activation-ranges", default="minmax", show_default=True,
+              type=click.Choice(["auto", "minmax", "mse"]),
               help="minmax: each activation's int8 range is its calibration min..max (the converters' own). "
-                   "mse: also clip each ReLU6 where that lowers the rounding + clipping error; helps models "
-                   "whose activations rarely reach 6.")
+                   "auto: narrow the range of each tensor no ReLU bounds (MobileNetV2's linear bottlenecks and "
+                   "residual adds, whose long tails waste int8 levels) where that lowers its rounding + clipping "
+                   "error on the calibration images. mse: that, and also clip each ReLU6 the same way.")
 @click.option("--logit-floor", default="auto", show_default=True, type=click.Choice(["auto", "off"]),
               help="auto: when the model ends in Conv2D/Dense -> softmax, raise the logits that are far below "
                    "the top to a floor chosen on the calibration images, so the int8 logits get a finer step "

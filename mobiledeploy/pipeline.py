@@ -90,13 +90,14 @@ def quantize(
     head = head_of(folded)  # how agreement reads the outputs (a single output is a binary decision)
     equalized, equalization = _equalize(folded, samples, options, report)
     floor = _logit_floor(equalized, samples, options, report)
+    ranges = _tensor_ranges(equalized, floor, samples, options, report)
     which = "holdout" if cset.holdout else "calib"
     with staging.staged_directory(output_dir, options.overwrite) as work:
         save_keras(folded, work / FOLDED_FILE)
         if equalization:
             save_keras(equalized, work / EQUALIZED_FILE)
         artifacts, drift, refinement, settings, keep = _build_within_budget(
-            work, folded, head, equalized, floor, batches, samples, which, options, report)
+            work, folded, head, equalized, floor, ranges, batches, samples, which, options, report)
         mixed_report = mixed.describe(folded, keep, options.max_drop, drift) \
             if keep or options.max_drop is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
@@ -121,6 +122,8 @@ def quantize(
             "equalization": _equalization_entry(work, equalization),
             "refinement": {k: v for k, v in refinement.to_dict().items() if k != "seconds"} if refinement else None,
             "logit_floor": floor.to_dict() if floor else None,
+            "activation_ranges": {name: {"range": [low, high], "calibrated": [cal_low, cal_high]}
+                                  for name, (low, high, cal_low, cal_high) in ranges.items()} or None,
             "mixed_precision": mixed_report.to_dict() if mixed_report else None,
             "files": [a.to_dict() for a in artifacts],
             "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
@@ -140,7 +143,7 @@ def _equalization_entry(work: Path, equalization) -> dict | None:
     return entry
 
 
-def _build_within_budget(work: Path, folded, head, equalized, floor, batches, samples, which: str,
+def _build_within_budget(work: Path, folded, head, equalized, floor, ranges: dict, batches, samples, which: str,
                          options: QuantizeOptions, report: Progress):
     """Refine (and floor the logits), export and measure; with ``--max-drop``, keep one more
     layer in float and do it again while an int8 file is over budget (``mixed``). The last
@@ -150,10 +153,12 @@ def _build_within_budget(work: Path, folded, head, equalized, floor, batches, sa
 
     keep = list(dict.fromkeys(options.keep_float))
     while True:
-        refined, refinement = _refine(equalized, samples, options, report, frozenset(keep))
+        float_layers = mixed.float_layers(folded, keep)
+        int8_ranges = {name: r[:2] for name, r in ranges.items() if name not in float_layers}
+        refined, refinement = _refine(equalized, samples, options, report, frozenset(keep), int8_ranges)
         refined = floored(refined, floor)
-        settings = ExportSettings(io=options.io, per_channel=options.per_channel,
-                                  float_layers=tuple(sorted(mixed.float_layers(folded, keep))))
+        settings = ExportSettings(io=options.io, per_channel=options.per_channel, float_layers=tuple(sorted(float_layers)),
+                                  tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
         artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report)
         if options.max_drop is None or mixed.worst_loss(drift) <= options.max_drop \
                 or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
@@ -211,7 +216,8 @@ def save_keras(model, path: Path) -> None:
 
 def _check_options(options: QuantizeOptions) -> None:
     """Refuse settings no stage can run, before any work (the CLI's choices catch them first)."""
-    choices = {"refine": ("adaround", "bias", "none"), "equalize": ("auto", "on", "off"), "logit_floor": ("auto", "off")}
+    choices = {"refine": ("adaround", "bias", "none"), "equalize": ("auto", "on", "off"), "logit_floor": ("auto", "off"),
+               "activation_ranges": ("auto", "minmax", "mse")}
     for field, allowed in choices.items():
         value = getattr(options, field)
         if value not in allowed:
@@ -255,7 +261,19 @@ def _logit_floor(model, samples, options: QuantizeOptions, report: Progress):
     return floor_logits(model, samples())
 
 
-def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_float: frozenset[str]):
+def _tensor_ranges(model, floor, samples, options: QuantizeOptions, report: Progress) -> dict:
+    """With --activation-ranges auto or mse, the narrower int8 ranges of the tensors no ReLU bounds."""
+    if options.activation_ranges == "minmax":
+        return {}
+    from .logit_floor import floored
+    from .ranges import mse_ranges
+
+    report("choose int8 ranges", 0, 1)
+    return mse_ranges(floored(model, floor), samples())
+
+
+def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_float: frozenset[str],
+            ranges: dict[str, tuple[float, float]]):
     """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
     if options.refine == "none":
         return folded, None
@@ -267,7 +285,7 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
         adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
         positions_per_weight=options.rounding_positions_per_weight,
         clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
-        keep_float=keep_float,
+        keep_float=keep_float, ranges=ranges,
     )
 
 

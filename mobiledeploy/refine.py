@@ -68,7 +68,8 @@ def fake_quantize(x: np.ndarray, low: float, high: float) -> np.ndarray:
 def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], None] | None = None,
                  chunk: int = 32, adaptive_rounding: bool = True,
                  rounding_samples: int = 64, positions_per_weight: float = 64, clip_activations: bool = False,
-                 per_channel: bool = True, keep_float: frozenset[str] = frozenset()) -> tuple[Any, RefineReport]:
+                 per_channel: bool = True, keep_float: frozenset[str] = frozenset(),
+                 ranges: dict[str, tuple[float, float]] | None = None) -> tuple[Any, RefineReport]:
     """A copy of the folded ``model`` with int8-grid weights and empirically corrected biases.
 
     With ``adaptive_rounding`` each weight is rounded up or down (not to nearest) so that the
@@ -88,7 +89,9 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     calibrate that tensor to [0, clip] and spend the 256 levels where the values are.
 
     Weighted layers in ``keep_float`` (mixed precision) keep their float weights; the layers
-    after them are corrected for the error that still reaches them."""
+    after them are corrected for the error that still reaches them. ``ranges`` gives the int8
+    range of a layer's output where the exporters are told to use it instead of the
+    calibration min/max (ranges.py)."""
     import keras
 
     started = time.perf_counter()
@@ -141,7 +144,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                     twin.max_value = clips[name] = mse_clip(x_float, float(twin.max_value))
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             if name in rounded:
-                x_quant = fake_quantize(x_quant, x_float.min(), min(x_float.max(), clips.get(name, np.inf)))
+                low, high = (ranges or {}).get(name, (x_float.min(), min(x_float.max(), clips.get(name, np.inf))))
+                x_quant = fake_quantize(x_quant, low, high)
         float_out[name], quant_out[name] = x_float, x_quant
         for parent in node["inputs"]:  # free what no later layer needs
             remaining[parent] -= 1

@@ -226,6 +226,8 @@ class ExportSettings:
     per_channel: bool = True  # per-tensor collapses MobileNets; only for accelerators that need it
     opset: int = 17
     float_layers: tuple[str, ...] = ()  # Keras layers whose operators stay float (mixed precision)
+    # (layer, low, high): int8 ranges that replace the calibration min/max of these layers' outputs
+    tensor_ranges: tuple[tuple[str, float, float], ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,7 +247,7 @@ class QuantizeOptions:
     per_channel: bool = True
     refine: str = "adaround"  # adaround (+ bias correction) | bias | none
     equalize: str = "auto"  # auto (with per-tensor weights) | on | off: cross-layer equalization
-    activation_ranges: str = "minmax"  # minmax | mse (clip bounded ReLUs where it lowers the error)
+    activation_ranges: str = "minmax"  # minmax | mse (narrower ranges where they lower the int8 error)
     logit_floor: str = "auto"  # auto (where a softmax follows a linear layer and it lowers the error) | off
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding (at least)
     rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: check on held-out images

@@ -51,6 +51,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
                     per_channel=settings.per_channel,
                     calibrate_method=CalibrationMethod.MinMax,
                     nodes_to_exclude=nodes_of(prepared, settings.float_layers),
+                    extra_options=_range_overrides(prepared, settings.tensor_ranges),
                 )
         except Exception as exc:
             raise ExportError(f"ONNX Runtime quantization failed: {str(exc).strip().splitlines()[0][:200]}") from None
@@ -169,6 +170,26 @@ def nodes_of(path: Path, layers) -> list[str]:
         node.name for node in onnx.load(str(path)).graph.node
         if layer_of(node.name, layers) or (node.op_type == "Conv" and any(layer_of(i, layers) for i in node.input[1:]))
     ]
+
+
+def _range_overrides(path: Path, ranges: tuple[tuple[str, float, float], ...]) -> dict:
+    """ONNX Runtime's per-tensor overrides that give each layer's output tensor (the last one a
+    node of that layer produces) its range in ``ranges`` instead of the calibration min/max."""
+    import onnx
+
+    if not ranges:
+        return {}
+    wanted = {name: (low, high) for name, low, high in ranges}
+    handed_on: dict[str, str] = {}
+    for node in onnx.load(str(path)).graph.node:  # topological order
+        layer = layer_of(node.name, set(wanted))
+        if layer and node.output:
+            handed_on[layer] = node.output[0]
+    missing = sorted(set(wanted) - set(handed_on))
+    if missing:
+        raise ExportError(f"ONNX export: no tensor found for {', '.join(missing[:5])} to set its int8 range")
+    return {"TensorQuantOverrides": {tensor: [{"rmin": np.float32(wanted[layer][0]), "rmax": np.float32(wanted[layer][1])}]
+                                     for layer, tensor in handed_on.items()}}
 
 
 def float_compute_nodes(path: Path) -> list[str]:

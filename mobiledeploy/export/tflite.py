@@ -42,7 +42,9 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     int8_path = directory / INT8_FILE
     keep = frozenset(settings.float_layers)
     float_head = _softmax_output(model) in keep
-    int8_path.write_bytes(_convert_mixed(converter, keep, settings, float_head) if keep else _convert(converter))
+    calibrated = keep or settings.tensor_ranges
+    int8_path.write_bytes(_convert_calibrated(converter, keep, settings, float_head) if calibrated
+                          else _convert(converter))
 
     ops = _ops(int8_path)
     floats = _float_ops(ops)
@@ -72,15 +74,18 @@ def _convert(converter) -> bytes:
         raise ExportError(f"TFLite converter failed: {str(exc).strip().splitlines()[0][:200]}") from None
 
 
-def _convert_mixed(converter, keep: frozenset[str], settings: ExportSettings, float_head: bool) -> bytes:
-    """Integer conversion with the operators of the layers in ``keep`` left in float: calibrate,
-    then quantize with those nodes denylisted. This is the route of the public
+def _convert_calibrated(converter, keep: frozenset[str], settings: ExportSettings, float_head: bool) -> bytes:
+    """Integer conversion in two steps: calibrate, then quantize, with the operators of the
+    layers in ``keep`` left in float (denylisted) and the calibration statistics of the tensors
+    in ``settings.tensor_ranges`` replaced. This is the route of the public
     tf.lite.experimental.QuantizationDebugger; the converter has no per-layer switch."""
     import tensorflow as tf
     from tensorflow.lite.python import convert
 
     converter._experimental_calibrate_only = True
     calibrated = _convert(converter)
+    if settings.tensor_ranges:
+        calibrated = _with_ranges(calibrated, {name: (low, high) for name, low, high in settings.tensor_ranges})
     nodes = [name for name in _produced_names(_interpreter(content=calibrated)) if layer_of(name, keep)]
     # the output tensor is named after the signature, not the layer: a float softmax head is
     # denylisted by its operator type (a classifier has one)
@@ -93,6 +98,28 @@ def _convert_mixed(converter, keep: frozenset[str], settings: ExportSettings, fl
                 input_data_type=io_type, output_data_type=io_type, denylisted_nodes=nodes, denylisted_ops=ops)
     except Exception as exc:  # the quantizer raises plain exceptions
         raise ExportError(f"TFLite mixed-precision quantization failed: {str(exc).strip()[:200]}") from None
+
+
+def _with_ranges(calibrated: bytes, ranges: dict[str, tuple[float, float]]) -> bytes:
+    """The calibrated model with the min/max statistics of each layer's output tensor (the
+    last one an operator of that layer produces) set to its range in ``ranges``."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    graph = model.subgraphs[0]
+    handed_on: dict[str, int] = {}
+    for op in graph.operators:  # in execution order: the last output of a layer is what it hands on
+        for index in op.outputs:
+            layer = layer_of(graph.tensors[index].name.decode(), set(ranges))
+            if layer:
+                handed_on[layer] = index
+    missing = sorted(set(ranges) - set(handed_on))
+    if missing:
+        raise ExportError(f"TFLite converter: no tensor found for {', '.join(missing[:5])} to set its int8 range")
+    for layer, index in handed_on.items():
+        statistics = graph.tensors[index].quantization
+        statistics.min, statistics.max = [float(ranges[layer][0])], [float(ranges[layer][1])]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _softmax_output(model) -> str | None:
