@@ -130,7 +130,8 @@ def quantize(
             "versions": manifest.library_versions(),
         })
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
-                          equalization, mixed_report, floor, scaling, head)
+                          equalization, mixed_report, floor, scaling, head,
+                          tuple((name, *r) for name, r in sorted(ranges.items())))
 
 
 def _equalization_entry(work: Path, equalization) -> dict | None:

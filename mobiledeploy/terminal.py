@@ -88,6 +88,11 @@ def print_quantize(result) -> None:
         f = result.logit_floor
         console.print(f"logit floor: int8 {f.layer} floored at {f.floor:.3g} (was {f.calibrated_range[0]:.3g}), "
                       f"{f.step_ratio:.2f}x finer step; {f.share_below:.0%} of logits raised")
+    if result.activation_ranges:
+        shrink = [(high - low) / (max(cal_high, 0) - min(cal_low, 0))
+                  for _, low, high, cal_low, cal_high in result.activation_ranges]
+        console.print(f"int8 ranges: {len(shrink)} tensor(s) no ReLU bounds narrowed to {min(shrink):.0%} to "
+                      f"{max(shrink):.0%} of their calibration range")
     if result.mixed_precision is not None:
         m = result.mixed_precision
         console.print(f"mixed precision: {len(m.float_layers)} layer(s) in float ({', '.join(m.float_layers) or 'none'}; "

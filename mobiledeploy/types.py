@@ -278,11 +278,14 @@ class QuantizeResult:
     logit_floor: LogitFloorReport | None = None
     input_scaling: ScalingReport | None = None
     head: Head = Head()  # how the drift rows' agreement reads the outputs
+    # (layer, low, high, calibrated low, calibrated high) for each int8 range narrowed (ranges.py)
+    activation_ranges: tuple[tuple[str, float, float, float, float], ...] = ()
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
             "head": self.head.to_dict(),
+            "activation_ranges": [list(r) for r in self.activation_ranges],
             "input_scaling": self.input_scaling.to_dict() if self.input_scaling else None,
             "logit_floor": self.logit_floor.to_dict() if self.logit_floor else None,
             "mixed_precision": self.mixed_precision.to_dict() if self.mixed_precision else None,

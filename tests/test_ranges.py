@@ -90,10 +90,14 @@ def test_both_exporters_use_the_ranges_they_are_given(tiny_model, calib_folder, 
 def test_a_build_records_and_uses_its_narrower_ranges(tiny_model_file, calib_folder, tmp_path):
     import mobiledeploy
 
-    mobiledeploy.quantize(tiny_model_file, calib_folder, tmp_path / "mse", activation_ranges="mse", num_holdout=20)
-    mobiledeploy.quantize(tiny_model_file, calib_folder, tmp_path / "minmax", num_holdout=20)
+    result = mobiledeploy.quantize(tiny_model_file, calib_folder, tmp_path / "mse", activation_ranges="mse",
+                                   num_holdout=20)
+    mobiledeploy.quantize(tiny_model_file, calib_folder, tmp_path / "minmax", activation_ranges="minmax",
+                          num_holdout=20)
     chosen = json.loads((tmp_path / "mse" / "manifest.json").read_text())["activation_ranges"]
     assert chosen, "no tensor of the tiny model got a narrower range: the test would check nothing"
+    assert [r[0] for r in result.activation_ranges] == sorted(chosen)
+    assert all(r[1:3] == tuple(chosen[r[0]]["range"]) for r in result.activation_ranges)
     assert json.loads((tmp_path / "minmax" / "manifest.json").read_text())["activation_ranges"] is None
     for scales, name in ((_tflite_scales, "model_int8.tflite"), (_onnx_scales, "model_int8.onnx")):
         found = scales(tmp_path / "mse" / name)
