@@ -18,7 +18,8 @@ import numpy as np
 from .graph import layer_graph
 from .refine import fake_quantize, rounded_outputs
 
-LINEAR_KINDS = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "Add"}  # rounded here only when no activation follows
+# rounded at their own output only when no activation follows them (the converters fuse it)
+LINEAR_KINDS = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "Add"}
 SHRINK = np.linspace(0.3, 1.0, 36)  # candidate ranges: the calibrated one times these factors
 MIN_GAIN = 0.95  # a narrower range must cut the tensor's int8 error by at least 5%
 SAMPLES_PER_IMAGE = 2000  # values drawn per image and tensor (seeded) for the search

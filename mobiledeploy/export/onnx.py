@@ -188,8 +188,9 @@ def _range_overrides(path: Path, ranges: tuple[tuple[str, float, float], ...]) -
     missing = sorted(set(wanted) - set(handed_on))
     if missing:
         raise ExportError(f"ONNX export: no tensor found for {', '.join(missing[:5])} to set its int8 range")
-    return {"TensorQuantOverrides": {tensor: [{"rmin": np.float32(wanted[layer][0]), "rmax": np.float32(wanted[layer][1])}]
-                                     for layer, tensor in handed_on.items()}}
+    overrides = {tensor: [{"rmin": np.float32(wanted[layer][0]), "rmax": np.float32(wanted[layer][1])}]
+                 for layer, tensor in handed_on.items()}
+    return {"TensorQuantOverrides": overrides}
 
 
 def float_compute_nodes(path: Path) -> list[str]:

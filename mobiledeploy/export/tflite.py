@@ -97,7 +97,7 @@ def _convert_calibrated(converter, keep: frozenset[str], settings: ExportSetting
                 calibrated, disable_per_channel=not settings.per_channel, fully_quantize=settings.io == "int8",
                 input_data_type=io_type, output_data_type=io_type, denylisted_nodes=nodes, denylisted_ops=ops)
     except Exception as exc:  # the quantizer raises plain exceptions
-        raise ExportError(f"TFLite mixed-precision quantization failed: {str(exc).strip()[:200]}") from None
+        raise ExportError(f"TFLite quantization of the calibrated model failed: {str(exc).strip()[:200]}") from None
 
 
 def _with_ranges(calibrated: bytes, ranges: dict[str, tuple[float, float]]) -> bytes:
