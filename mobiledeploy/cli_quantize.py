@@ -65,7 +65,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Cross-layer equalization: rescale each conv -> ReLU -> conv pair so their channels span "
                    "equal ranges (the function is unchanged). It is what makes --per-tensor usable on "
                    "MobileNets; auto runs it only with --per-tensor, where it matters.")
-@click.option("--activation-ranges", default="minmax", show_default=True,
+@click.option("--activation-ranges", default="auto", show_default=True,
               type=click.Choice(["auto", "minmax", "mse"]),
               help="minmax: each activation's int8 range is its calibration min..max (the converters' own). "
                    "auto: narrow the range of each tensor no ReLU bounds (MobileNetV2's linear bottlenecks and "

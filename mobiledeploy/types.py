@@ -247,7 +247,7 @@ class QuantizeOptions:
     per_channel: bool = True
     refine: str = "adaround"  # adaround (+ bias correction) | bias | none
     equalize: str = "auto"  # auto (with per-tensor weights) | on | off: cross-layer equalization
-    activation_ranges: str = "minmax"  # minmax | mse (narrower ranges where they lower the int8 error)
+    activation_ranges: str = "auto"  # auto (narrow the ranges no ReLU bounds where it lowers the error) | minmax | mse
     logit_floor: str = "auto"  # auto (where a softmax follows a linear layer and it lowers the error) | off
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding (at least)
     rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: check on held-out images
