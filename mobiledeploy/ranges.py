@@ -1,4 +1,4 @@
-"""MSE-optimal int8 ranges for the tensors no ReLU bounds (--activation-ranges mse).
+"""MSE-optimal int8 ranges for the tensors no ReLU bounds (--activation-ranges auto, the default).
 
 The converters give every int8 activation tensor the min/max it reached on the calibration
 images. A ReLU6 output fills [0, 6]; but a tensor no ReLU bounds (a MobileNetV2 bottleneck's
