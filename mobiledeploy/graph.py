@@ -61,3 +61,14 @@ def layer_of(tensor_name: str, layer_names: set[str]) -> str | None:
         if stripped in layer_names:
             return stripped
     return None
+
+
+def last_of_each_layer(named, layer_names: set[str]) -> dict:
+    """{layer: the last value of ``named`` ((tensor name, value) pairs in execution order) whose
+    name belongs to that layer}: the tensor a layer hands on, however many ops it became."""
+    found = {}
+    for name, value in named:
+        layer = layer_of(name, layer_names)
+        if layer:
+            found[layer] = value
+    return found

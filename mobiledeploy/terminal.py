@@ -48,10 +48,13 @@ def print_eval(report) -> None:
         dropped = any(row.get("background_dropped") for row in compared)
         console.print(f"* compared, not part of the build ({', '.join(row['artifact'] for row in compared)}); "
                       f"scored against {report.reference}" + ("; background output 0 dropped" if dropped else ""))
-    if report.head in ("sigmoid", "logit"):
-        console.print(f"binary head: {HEADS[report.head]}; top-1 and agreement compare those classes")
-    elif report.head == "labels":
-        console.print(f"multi-label head: {HEADS[report.head]}")
+    if report.head != "classes":
+        console.print(_head_note(report.head))
+
+
+def _head_note(kind: str) -> str:
+    """The line under a drift table that says how a head other than argmax was read."""
+    return f"{'multi-label' if kind == 'labels' else 'binary'} head: {HEADS[kind]}"
 
 
 def print_quantize(result) -> None:
@@ -130,7 +133,7 @@ def print_quantize(result) -> None:
         drift.add_row(row.artifact, f"{row.agreement:.1%}", sqnr, f"{row.max_abs_diff:.4f}")
     console.print(drift)
     if result.head.kind != "classes":
-        console.print(f"{'multi-label' if result.head.kind == 'labels' else 'binary'} head: {HEADS[result.head.kind]}")
+        console.print(_head_note(result.head.kind))
     console.print(f"done in {result.seconds:.1f} s")
 
 

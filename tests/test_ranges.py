@@ -39,17 +39,13 @@ def _tflite_scales(path) -> dict[str, float]:
     """Scale of the int8 tensor each layer hands on (the last one its operators produce)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from mobiledeploy.graph import layer_of
+    from mobiledeploy.graph import last_of_each_layer
 
     interpreter = Interpreter(str(path))
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
-    scales = {}
-    for op in interpreter._get_ops_details():
-        for index in op["outputs"]:
-            layer = layer_of(details[index]["name"], {"sep", "residual", "logits"})
-            if layer:
-                scales[layer] = details[index]["quantization"][0]
-    return scales
+    outputs = ((details[i]["name"], details[i]["quantization"][0])
+               for op in interpreter._get_ops_details() for i in op["outputs"])
+    return last_of_each_layer(outputs, {"sep", "residual", "logits"})
 
 
 def _onnx_scales(path) -> dict[str, float]:

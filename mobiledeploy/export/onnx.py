@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
-from ..graph import layer_of
+from ..graph import last_of_each_layer, layer_of
 from ..quiet import captured_output
 from ..runners import ORT_DISABLED_OPTIMIZERS
 from ..types import Artifact, ExportSettings
@@ -180,11 +180,8 @@ def _range_overrides(path: Path, ranges: tuple[tuple[str, float, float], ...]) -
     if not ranges:
         return {}
     wanted = {name: (low, high) for name, low, high in ranges}
-    handed_on: dict[str, str] = {}
-    for node in onnx.load(str(path)).graph.node:  # topological order
-        layer = layer_of(node.name, set(wanted))
-        if layer and node.output:
-            handed_on[layer] = node.output[0]
+    nodes = onnx.load(str(path)).graph.node  # in topological order
+    handed_on = last_of_each_layer(((node.name, node.output[0]) for node in nodes if node.output), set(wanted))
     missing = sorted(set(wanted) - set(handed_on))
     if missing:
         raise ExportError(f"ONNX export: no tensor found for {', '.join(missing[:5])} to set its int8 range")

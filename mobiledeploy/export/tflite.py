@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
-from ..graph import layer_of
+from ..graph import last_of_each_layer, layer_of
 from ..quiet import captured_output
 from ..types import Artifact, ExportSettings
 
@@ -107,12 +107,8 @@ def _with_ranges(calibrated: bytes, ranges: dict[str, tuple[float, float]]) -> b
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     graph = model.subgraphs[0]
-    handed_on: dict[str, int] = {}
-    for op in graph.operators:  # in execution order: the last output of a layer is what it hands on
-        for index in op.outputs:
-            layer = layer_of(graph.tensors[index].name.decode(), set(ranges))
-            if layer:
-                handed_on[layer] = index
+    handed_on = last_of_each_layer(((graph.tensors[i].name.decode(), i) for op in graph.operators for i in op.outputs),
+                                   set(ranges))
     missing = sorted(set(ranges) - set(handed_on))
     if missing:
         raise ExportError(f"TFLite converter: no tensor found for {', '.join(missing[:5])} to set its int8 range")
