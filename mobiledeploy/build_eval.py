@@ -32,7 +32,7 @@ def evaluate_build(
     import numpy as np
 
     from . import datasets, emulation
-    from .heads import head_of
+    from .heads import head_for
     from .quiet import import_tensorflow
     from .runners import open_runner
     from .worker import outputs_of
@@ -53,7 +53,7 @@ def evaluate_build(
     total = len(dataset.items)
     arm = emulation.target_for(device, report)
     runners = {entry["file"]: open_runner(_path(build_dir, entry)) for entry in files}
-    head = head_of(runners[reference_name].model)
+    head = head_for(runners[reference_name].model, content.get("head", {}).get("kind", "auto"))
     expected = runners[reference_name].input_shape
     for entry in (e for e in files if e.get("compared")):
         if runners[entry["file"]].input_shape != expected:

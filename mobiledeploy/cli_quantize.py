@@ -94,6 +94,13 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
                    "on more than this many percent of the held-out images (a bound on its top-1 loss that "
                    "needs no labels), keep one more layer in float, the one that loses most SQNR. At most "
                    "8 layers; exit 3 if the budget is still not met. Costs one export per layer.")
+@click.option("--head", default="auto", show_default=True,
+              type=click.Choice(["auto", "classes", "labels", "label-logits", "sigmoid", "logit"]),
+              help="How the outputs become classes, for agreement, top-1 and --max-drop. auto reads it off the "
+                   "model: one output is a binary decision (sigmoid: above 0.5, else a logit: above 0); several "
+                   "are classes (argmax), or labels (multi-label: each sigmoid on above 0.5, and agreement asks "
+                   "every label to match) when they end in a sigmoid. Pick label-logits for a multi-label model "
+                   "trained from logits (no sigmoid in it: each label on above 0), which auto reads as classes.")
 @click.option("--trust-model-code", is_flag=True,
               help="Allow Lambda layers and custom objects, which run code stored in the model file. "
                    "Only for files you wrote or vetted.")
@@ -103,7 +110,7 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
              preprocess: str, crop_fraction: float, input_size: tuple[int, int] | None, io: str,
              per_tensor: bool, refine: str, equalize: str, activation_ranges: str, logit_floor: str,
              rounding_samples: int, rounding_positions_per_weight: float, keep_float: tuple[str, ...],
-             max_drop: float | None, trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
+             max_drop: float | None, head: str, trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
     """Fold BatchNorm, calibrate int8, and export TFLite and ONNX files.
 
     Writes model_folded.keras, model_float.tflite, model_int8.tflite, model_float.onnx,
@@ -118,7 +125,7 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
         crop_fraction=crop_fraction, input_size=input_size, io=io, per_channel=not per_tensor, refine=refine,
         equalize=equalize, activation_ranges=activation_ranges, logit_floor=logit_floor, rounding_samples=rounding_samples,
         rounding_positions_per_weight=rounding_positions_per_weight,
-        keep_float=keep_float, max_drop=max_drop,
+        keep_float=keep_float, max_drop=max_drop, head=head,
         trust_model_code=trust_model_code, overwrite=overwrite,
     )
     if trust_model_code:

@@ -79,12 +79,17 @@ def mean_kl(reference: np.ndarray, candidate: np.ndarray, head: Head = ARGMAX) -
     exactly 0, and an unfloored log(0) would let those rounding zeros dominate the mean.
     """
     eps = 1e-6
-    if head.kind == "labels":  # independent labels: their KLs add up
-        p, q = (np.clip(o.astype(np.float64), 0, 1) for o in (reference, candidate))
+    if head.multi_label:  # independent labels: their KLs add up
+        p, q = (_label_probabilities(o, head) for o in (reference, candidate))
         kl = p * (np.log(p + eps) - np.log(q + eps)) + (1 - p) * (np.log(1 - p + eps) - np.log(1 - q + eps))
         return float(np.mean(np.sum(kl, axis=1)))
     p, q = _as_probabilities(reference, head), _as_probabilities(candidate, head)
     return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
+
+
+def _label_probabilities(outputs: np.ndarray, head: Head) -> np.ndarray:
+    outputs = outputs.astype(np.float64)
+    return np.clip(outputs, 0, 1) if head.kind == "labels" else 1 / (1 + np.exp(-outputs))
 
 
 def _as_probabilities(outputs: np.ndarray, head: Head) -> np.ndarray:

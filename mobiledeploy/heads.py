@@ -6,13 +6,32 @@ transfer-learning tutorial): a sigmoid probability, or a raw logit when the mode
 with ``from_logits=True``. Its class is 1 above 0.5 or above 0, and only the model can say which.
 Several sigmoid outputs make a multi-label classifier: one independent decision per label.
 (Several linear outputs read as classes: logits trained for a softmax and for sigmoids look
-alike, and only a sigmoid in the model tells them apart.)
+alike, and only a sigmoid in the model tells them apart; ``--head label-logits`` says which.)
 """
 
 from __future__ import annotations
 
+from .errors import MobiledeployError
 from .graph import SHAPE_ONLY, activation_name, layer_graph
-from .types import Head
+from .types import HEADS, Head
+
+SINGLE_OUTPUT = ("sigmoid", "logit")
+
+
+def head_for(model, requested: str = "auto") -> Head:
+    """The head the user asked for (``--head``), checked against the model's output width, or
+    the one ``head_of`` reads off the model for ``auto``."""
+    if requested == "auto":
+        return head_of(model)
+    if requested not in HEADS:
+        raise MobiledeployError(f"unknown head '{requested}'; expected auto, {', '.join(HEADS)}")
+    width = model.outputs[0].shape[-1]
+    if (requested in SINGLE_OUTPUT) != (width == 1):
+        needs = "a single output" if requested in SINGLE_OUTPUT else "several outputs"
+        raise MobiledeployError(f"--head {requested} needs {needs}; the model has {width} per image. "
+                                f"Pick {'sigmoid or logit' if width == 1 else 'classes, labels or label-logits'}")
+    return Head(requested)
+
 
 def head_of(model) -> Head:
     """The model's head, from the last activation before the output: for several outputs per

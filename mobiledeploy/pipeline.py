@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import calibration, evaluate, manifest, staging
 from .errors import FoldingError, MobiledeployError
-from .types import Artifact, ExportSettings, Progress, QuantizeOptions, QuantizeResult
+from .types import HEADS, Artifact, ExportSettings, Progress, QuantizeOptions, QuantizeResult
 
 FOLDED_FILE = "model_folded.keras"
 # the equalized float model: the same function as the folded one, with rescaled channels; the
@@ -42,7 +42,7 @@ def quantize(
     import_tensorflow()
     from . import mixed
     from .folding import fold_batchnorm, verify_fold
-    from .heads import head_of
+    from .heads import head_for
     from .loading import load_model
 
     options = options or QuantizeOptions()
@@ -87,7 +87,7 @@ def quantize(
             "or extreme values — check the file"
         )
 
-    head = head_of(folded)  # how agreement reads the outputs (a single output is a binary decision)
+    head = head_for(folded, options.head)  # how agreement reads the outputs (a single output is a binary decision)
     equalized, equalization = _equalize(folded, samples, options, report)
     floor = _logit_floor(equalized, samples, options, report)
     ranges = _tensor_ranges(equalized, floor, samples, options, report)
@@ -218,7 +218,7 @@ def save_keras(model, path: Path) -> None:
 def _check_options(options: QuantizeOptions) -> None:
     """Refuse settings no stage can run, before any work (the CLI's choices catch them first)."""
     choices = {"refine": ("adaround", "bias", "none"), "equalize": ("auto", "on", "off"), "logit_floor": ("auto", "off"),
-               "activation_ranges": ("auto", "minmax", "mse")}
+               "activation_ranges": ("auto", "minmax", "mse"), "head": ("auto", *HEADS)}
     for field, allowed in choices.items():
         value = getattr(options, field)
         if value not in allowed:

@@ -164,6 +164,8 @@ HEADS: dict[str, str] = {
     "logit": "one logit; class 1 above 0",
     "labels": "one sigmoid per label (multi-label); a label is on above 0.5; agreement asks every label's "
               "decision to match, top-1 ranks the labels",
+    "label-logits": "one logit per label (multi-label, trained from logits); a label is on above 0; agreement "
+                    "asks every label's decision to match, top-1 ranks the labels",
 }
 
 
@@ -175,15 +177,19 @@ class Head:
     sigmoid outputs (multi-label) are one decision per label: two outputs agree only when every
     label's decision does, since the argmax can stay while a second label turns off."""
 
-    kind: Literal["classes", "sigmoid", "logit", "labels"] = "classes"
+    kind: Literal["classes", "sigmoid", "logit", "labels", "label-logits"] = "classes"
 
     @property
     def binary(self) -> bool:
         return self.kind in ("sigmoid", "logit")
 
     @property
+    def multi_label(self) -> bool:
+        return self.kind in ("labels", "label-logits")
+
+    @property
     def threshold(self) -> float | None:
-        return {"sigmoid": 0.5, "logit": 0.0, "labels": 0.5}.get(self.kind)
+        return {"sigmoid": 0.5, "logit": 0.0, "labels": 0.5, "label-logits": 0.0}.get(self.kind)
 
     def decide(self, outputs):
         """The class each row of ``outputs`` (N, outputs) stands for (multi-label: the top label)."""
@@ -193,7 +199,7 @@ class Head:
 
     def agrees(self, reference, candidate):
         """Per row, whether ``candidate`` makes the same decisions as ``reference``."""
-        if self.kind == "labels":
+        if self.multi_label:
             return ((reference > self.threshold) == (candidate > self.threshold)).all(axis=1)
         return self.decide(reference) == self.decide(candidate)
 
@@ -253,6 +259,7 @@ class QuantizeOptions:
     rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: check on held-out images
     keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)
     max_drop: float | None = None  # keep more layers in float until the int8 files lose at most this
+    head: str = "auto"  # auto (read off the model's last activation) | a Head kind: how outputs become classes
     fold_tolerance: float = 1e-4
     batch_size: int = 16
     trust_model_code: bool = False

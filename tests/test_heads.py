@@ -11,7 +11,8 @@ import pytest
 from conftest import build_tiny_mobilenet, write_images
 
 from mobiledeploy.evaluate import agreement, artifact_metrics, mean_kl, topk_accuracy
-from mobiledeploy.heads import head_of
+from mobiledeploy.errors import MobiledeployError
+from mobiledeploy.heads import head_for, head_of
 from mobiledeploy.types import Head
 
 
@@ -38,6 +39,29 @@ def test_head_of_reads_the_last_activation():
     assert head_of(_binary(None, [keras.layers.Activation("sigmoid")], units=3)).kind == "labels"
     assert head_of(_binary(None, units=3)).kind == "classes"  # logits: read as classes
     assert head_of(_binary("softmax", units=3)).kind == "classes"
+
+
+def test_a_requested_head_must_fit_the_output_width():
+    assert head_for(_binary(None, units=3)).kind == "classes"  # auto: what head_of reads
+    assert head_for(_binary(None, units=3), "label-logits").kind == "label-logits"
+    assert head_for(_binary("sigmoid"), "logit").kind == "logit"
+    with pytest.raises(MobiledeployError, match="--head sigmoid needs a single output; the model has 3"):
+        head_for(_binary(None, units=3), "sigmoid")
+    with pytest.raises(MobiledeployError, match="--head labels needs several outputs; the model has 1"):
+        head_for(_binary(None), "labels")
+    with pytest.raises(MobiledeployError, match="unknown head 'softmax'"):
+        head_for(_binary(None), "softmax")
+
+
+def test_multi_label_logits_are_decided_at_zero():
+    reference = np.array([[2.0, -1.0, 0.5], [-0.5, 1.0, -2.0]], np.float32)
+    candidate = np.array([[1.0, -0.5, -0.1], [-0.4, 0.8, -1.0]], np.float32)
+    head = Head("label-logits")
+    assert agreement(reference, candidate, head) == 0.5  # row 0 turns its third label off
+    assert agreement(reference, candidate, Head("labels")) == 1.0  # at 0.5 no decision changes
+    p, q = 1 / (1 + np.exp(-reference)), 1 / (1 + np.exp(-candidate))
+    bernoulli = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+    assert mean_kl(reference, candidate, head) == pytest.approx(np.mean(bernoulli.sum(axis=1)), rel=1e-3)
 
 
 def test_single_output_is_compared_as_decisions():
@@ -116,10 +140,15 @@ def test_eval_scores_a_binary_model_by_its_threshold(binary_build):
     assert report.row("model_folded.keras")["top1"] == pytest.approx(expected)
 
 
-def test_a_multi_label_build_is_scored_label_by_label(tmp_path):
-    """A tiny 3-label sigmoid model whose biases put each label's threshold at its median score:
-    the manifest and eval call it multi-label, and eval's agreement is the share of images whose
-    int8 file turns on exactly the labels the float model does."""
+@pytest.mark.parametrize("activation, requested, kind, threshold", [
+    ("sigmoid", "auto", "labels", 0.5),
+    (None, "label-logits", "label-logits", 0.0),  # trained from logits: only --head says so
+])
+def test_a_multi_label_build_is_scored_label_by_label(tmp_path, activation, requested, kind, threshold):
+    """A tiny 3-label model whose biases put each label's threshold at its median score: the
+    manifest and eval call it multi-label, and eval's agreement is the share of images whose
+    int8 file turns on exactly the labels the float model does. Sigmoid outputs are read so by
+    themselves; linear ones (logits) when --head label-logits asks, and eval keeps the build's head."""
     import keras
 
     import mobiledeploy
@@ -129,7 +158,7 @@ def test_a_multi_label_build_is_scored_label_by_label(tmp_path):
 
     write_images(tmp_path / "calib", 40, size=24, seed=31)
     write_images(tmp_path / "eval", 40, size=24, seed=32)
-    model = _binary("sigmoid", units=3)
+    model = _binary(activation, units=3)
     images = np.concatenate(list(datasets.iter_batches(
         datasets.open_data(tmp_path / "eval"), calibration.preprocessing_for(model), 40)))
     kernel, bias = model.get_layer("score").get_weights()
@@ -137,16 +166,16 @@ def test_a_multi_label_build_is_scored_label_by_label(tmp_path):
     model.get_layer("score").set_weights([kernel, -np.median(logits, axis=0)])
     model.save(tmp_path / "labels.keras")
     mobiledeploy.quantize(tmp_path / "labels.keras", tmp_path / "calib", tmp_path / "build", num_calib=40,
-                          num_holdout=0)
+                          num_holdout=0, head=requested)
     manifest = json.loads((tmp_path / "build" / "manifest.json").read_text())
-    assert manifest["head"]["kind"] == "labels"
+    assert manifest["head"]["kind"] == kind
     report = evaluate_build(tmp_path / "build", tmp_path / "eval")
-    assert report.head == "labels"
+    assert report.head == kind
     reference = open_runner(tmp_path / "build" / "model_folded.keras").run(images)
-    on = reference > 0.5
+    on = reference > threshold
     assert np.sum(on.sum(axis=1) >= 2) >= 5  # several images carry two labels or more: the set matters
     for name in ("model_int8.tflite", "model_int8.onnx"):
         outputs = open_runner(tmp_path / "build" / name).run(images)
-        same = np.mean(np.all((outputs > 0.5) == on, axis=1))
+        same = np.mean(np.all((outputs > threshold) == on, axis=1))
         assert report.row(name)["agreement"] == pytest.approx(same)
         assert same != pytest.approx(np.mean(outputs.argmax(1) == reference.argmax(1)))  # argmax would differ
