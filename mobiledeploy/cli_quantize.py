@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from . import terminal
+from .types import HEADS
 
 
 def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
@@ -95,7 +96,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
                    "needs no labels), keep one more layer in float, the one that loses most SQNR. At most "
                    "8 layers; exit 3 if the budget is still not met. Costs one export per layer.")
 @click.option("--head", default="auto", show_default=True,
-              type=click.Choice(["auto", "classes", "labels", "label-logits", "sigmoid", "logit"]),
+              type=click.Choice(["auto", *HEADS]),
               help="How the outputs become classes, for agreement, top-1 and --max-drop. auto reads it off the "
                    "model: one output is a binary decision (sigmoid: above 0.5, else a logit: above 0); several "
                    "are classes (argmax), or labels (multi-label: each sigmoid on above 0.5, and agreement asks "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .types import HEADS, SCALINGS
+from .types import HEADS, SCALINGS, Head
 
 
 def print_eval(report) -> None:
@@ -54,7 +54,7 @@ def print_eval(report) -> None:
 
 def _head_note(kind: str) -> str:
     """The line under a drift table that says how a head other than argmax was read."""
-    return f"{'multi-label' if kind in ('labels', 'label-logits') else 'binary'} head: {HEADS[kind]}"
+    return f"{'multi-label' if Head(kind).multi_label else 'binary'} head: {HEADS[kind]}"
 
 
 def print_quantize(result) -> None:
@@ -125,7 +125,8 @@ def print_quantize(result) -> None:
                           "ONNX Runtime >= 1.21 otherwise quantizes its float layers")
     held = "held-out" if cal.holdout else "calibration (no images held out)"
     drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
-    agreement = {"classes": "top-1 agreement", "labels": "label agreement", "label-logits": "label agreement"}.get(result.head.kind, "class agreement")
+    agreement = ("label agreement" if result.head.multi_label
+                 else "top-1 agreement" if result.head.kind == "classes" else "class agreement")
     for column in ("artifact", agreement, "SQNR (dB)", "max |diff|"):
         drift.add_column(column, justify="left" if column == "artifact" else "right")
     for row in result.drift:
