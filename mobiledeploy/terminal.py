@@ -115,7 +115,7 @@ def print_quantize(result) -> None:
             check = f"{'mixed' if floats else 'full int8'}, {floats} float ops, io {artifact.details['io']}"
         elif artifact.format == "onnx" and artifact.precision == "int8":
             kept = artifact.details.get("float_nodes", 0)
-            check = f"QDQ S8S8, {kept} float nodes" if kept else "QDQ S8S8, all Conv/Gemm quantized"
+            check = f"QDQ S8S8, {kept} float nodes" if kept else "QDQ S8S8, all Conv/Gemm int8 in the file"
         files.add_row(artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check)
     console.print(files)
     for artifact in result.artifacts:
@@ -123,6 +123,13 @@ def print_quantize(result) -> None:
             options = ", ".join(f"{k}={v!r}" for k, v in artifact.details["session_options"].items())
             console.print(f"[yellow]note:[/] load {artifact.file} with InferenceSession(..., {options}); "
                           "ONNX Runtime >= 1.21 otherwise quantizes its float layers")
+        unfused = artifact.details.get("runtime_float_ops")
+        if unfused:
+            console.print(f"[yellow]note:[/] {artifact.details['runtime_checked_on']} runs "
+                          f"{', '.join(f'{n} {op}' for op, n in unfused.items())} of {artifact.file} in float: "
+                          "the file is int8 there, but this runtime does not fuse those node units on this CPU "
+                          "(on x86-64: int8 residual Adds and the convolutions that share their inputs; aarch64 "
+                          "fuses them), so it runs slower here than full int8 would")
     held = "held-out" if cal.holdout else "calibration (no images held out)"
     drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
     agreement = ("label agreement" if result.head.multi_label

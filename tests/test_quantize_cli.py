@@ -1,6 +1,7 @@
 """End-to-end: the real CLI, the real converters and runtimes, on a tiny real model."""
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -58,6 +59,28 @@ def test_int8_tflite_is_fully_integer_with_int8_io(build):
     runner = open_runner(out / "model_int8.tflite")
     assert runner.input["dtype"] == np.int8 and runner.output["dtype"] == np.int8
     assert float_ops(out / "model_float.tflite")  # the check does see float ops when present
+
+
+def test_the_manifest_says_what_onnx_runtime_runs_in_float_on_this_machine(build, reference_build):
+    """The tiny model's residual Add is int8 in the file (both inputs dequantized, its output
+    quantized), but ONNX Runtime on x86-64 does not fuse int8 Adds into QLinearAdd and runs it
+    in float; the manifest and the terminal say so. The reference MobileNet v1 has no Add and
+    fuses completely."""
+    import onnx
+
+    out, output = build
+    details = {f["file"]: f["details"] for f in json.loads((out / "manifest.json").read_text())["files"]}
+    onnx_details = details["model_int8.onnx"]
+    assert onnx_details["runtime_checked_on"].startswith("ONNX Runtime ")
+    graph = onnx.load(str(out / "model_int8.onnx")).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    adds = [n for n in graph.node if n.op_type == "Add" and "residual" in n.name]
+    assert adds and all(producers[i] == "DequantizeLinear" for i in adds[0].input)  # int8 in the file
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert onnx_details["runtime_float_ops"].get("Add", 0) >= 1
+        assert "in float" in " ".join(output.split()) and "model_int8.onnx" in output
+    reference = {f["file"]: f["details"] for f in json.loads((reference_build / "manifest.json").read_text())["files"]}
+    assert reference["model_int8.onnx"]["runtime_float_ops"] == {}
 
 
 def test_every_artifact_runs_and_tracks_the_float_model(build, tiny_model):
