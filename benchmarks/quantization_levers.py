@@ -41,6 +41,7 @@ LEVERS = [
     ("adaround + bias (--logit-floor off)", {"logit_floor": "off", "activation_ranges": "minmax"}),
     ("default, adaround on every layer", {"rounding_positions_per_weight": 0}),
     ("default, but --activation-ranges minmax", {"activation_ranges": "minmax"}),
+    ("default, --onnx-activations uint8", {"onnx_activations": "uint8"}),
 ]
 
 

@@ -63,10 +63,11 @@ class OnnxTaps:
         import onnxruntime as ort
 
         model = onnx.load(str(path))
-        initializers = {i.name for i in model.graph.initializer}
+        initializers = {i.name: i for i in model.graph.initializer}
         producers = {o: n for n in model.graph.node for o in n.output}
         self.taps: dict[str, str] = {}
         self.codes: dict[str, str] = {}
+        self.code_types: dict[str, int] = {}  # int8, or uint8 in a file with uint8 activations
         self.channels_first: dict[str, bool] = {}
         for node in model.graph.node:
             if node.op_type != "DequantizeLinear" or node.input[0] in initializers:
@@ -79,10 +80,12 @@ class OnnxTaps:
             if layer and getattr(producers.get(source), "op_type", "") not in RESHAPING:
                 self.taps[layer] = node.output[0]
                 self.codes[layer] = node.input[0]
+                zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
+                self.code_types[node.input[0]] = zero_point.data_type if zero_point is not None else onnx.TensorProto.INT8
                 self.channels_first[layer] = _channels_first(source, producers)
         existing = {o.name for o in model.graph.output}
         wanted = [(n, onnx.TensorProto.FLOAT) for n in self.taps.values()]
-        wanted += [(n, onnx.TensorProto.INT8) for n in self.codes.values()]
+        wanted += [(n, self.code_types[n]) for n in self.codes.values()]
         for name, dtype in wanted:
             if name not in existing:
                 model.graph.output.append(onnx.helper.make_tensor_value_info(name, dtype, None))

@@ -52,6 +52,12 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--io", "io", default="int8", show_default=True, type=click.Choice(["int8", "float"]),
               help="Input/output type of the int8 TFLite file. int8 for microcontrollers and NPUs that "
                    "want integer I/O; float to feed float images and let the model quantize them.")
+@click.option("--onnx-activations", default="int8", show_default=True, type=click.Choice(["int8", "uint8"]),
+              help="Activation type of model_int8.onnx (its weights are int8 either way; the values are the "
+                   "same, one grid shifted by 128). int8 for ARM, where ONNX Runtime fuses every int8 operator. "
+                   "uint8 when the file will run on x86-64 and has residual Adds (MobileNetV2): ONNX Runtime "
+                   "there fuses int8 Adds only with uint8 activations and otherwise runs them and the "
+                   "convolutions beside them in float.")
 @click.option("--per-tensor", is_flag=True,
               help="Per-tensor weight scales instead of per-channel. Only for accelerators that require "
                    "it: folded MobileNet depthwise weights collapse under one scale per tensor unless "
@@ -109,7 +115,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines).")
 def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout: int, seed: int,
              preprocess: str, crop_fraction: float, input_size: tuple[int, int] | None, io: str,
-             per_tensor: bool, refine: str, equalize: str, activation_ranges: str, logit_floor: str,
+             onnx_activations: str, per_tensor: bool, refine: str, equalize: str, activation_ranges: str, logit_floor: str,
              rounding_samples: int, rounding_positions_per_weight: float, keep_float: tuple[str, ...],
              max_drop: float | None, head: str, trust_model_code: bool, overwrite: bool, as_json: bool) -> None:
     """Fold BatchNorm, calibrate int8, and export TFLite and ONNX files.
@@ -123,7 +129,8 @@ def quantize(model: Path, calib: Path, output: Path, num_calib: int, num_holdout
 
     options = QuantizeOptions(
         num_calib=num_calib, num_holdout=num_holdout, seed=seed, preprocess=preprocess,
-        crop_fraction=crop_fraction, input_size=input_size, io=io, per_channel=not per_tensor, refine=refine,
+        crop_fraction=crop_fraction, input_size=input_size, io=io, onnx_activations=onnx_activations,
+        per_channel=not per_tensor, refine=refine,
         equalize=equalize, activation_ranges=activation_ranges, logit_floor=logit_floor, rounding_samples=rounding_samples,
         rounding_positions_per_weight=rounding_positions_per_weight,
         keep_float=keep_float, max_drop=max_drop, head=head,

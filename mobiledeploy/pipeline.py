@@ -158,7 +158,8 @@ def _build_within_budget(work: Path, folded, head, equalized, floor, ranges: dic
         int8_ranges = {name: r[:2] for name, r in ranges.items() if name not in float_layers}
         refined, refinement = _refine(equalized, samples, options, report, frozenset(keep), int8_ranges)
         refined = floored(refined, floor)
-        settings = ExportSettings(io=options.io, per_channel=options.per_channel, float_layers=tuple(sorted(float_layers)),
+        settings = ExportSettings(io=options.io, onnx_activations=options.onnx_activations,
+                                  per_channel=options.per_channel, float_layers=tuple(sorted(float_layers)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
         artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report)
         if options.max_drop is None or mixed.worst_loss(drift) <= options.max_drop \
@@ -218,7 +219,8 @@ def save_keras(model, path: Path) -> None:
 def _check_options(options: QuantizeOptions) -> None:
     """Refuse settings no stage can run, before any work (the CLI's choices catch them first)."""
     choices = {"refine": ("adaround", "bias", "none"), "equalize": ("auto", "on", "off"), "logit_floor": ("auto", "off"),
-               "activation_ranges": ("auto", "minmax", "mse"), "head": ("auto", *HEADS)}
+               "activation_ranges": ("auto", "minmax", "mse"), "head": ("auto", *HEADS),
+               "onnx_activations": ("int8", "uint8")}
     for field, allowed in choices.items():
         value = getattr(options, field)
         if value not in allowed:

@@ -115,7 +115,8 @@ def print_quantize(result) -> None:
             check = f"{'mixed' if floats else 'full int8'}, {floats} float ops, io {artifact.details['io']}"
         elif artifact.format == "onnx" and artifact.precision == "int8":
             kept = artifact.details.get("float_nodes", 0)
-            check = f"QDQ S8S8, {kept} float nodes" if kept else "QDQ S8S8, all Conv/Gemm int8 in the file"
+            kind = "QDQ U8S8" if artifact.details.get("activations") == "uint8" else "QDQ S8S8"
+            check = f"{kind}, {kept} float nodes" if kept else f"{kind}, all Conv/Gemm int8 in the file"
         files.add_row(artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check)
     console.print(files)
     for artifact in result.artifacts:
@@ -129,7 +130,9 @@ def print_quantize(result) -> None:
                           f"{', '.join(f'{n} {op}' for op, n in unfused.items())} of {artifact.file} in float: "
                           "the file is int8 there, but this runtime does not fuse those node units on this CPU "
                           "(on x86-64: int8 residual Adds and the convolutions that share their inputs; aarch64 "
-                          "fuses them), so it runs slower here than full int8 would")
+                          "fuses them), so it runs slower here than full int8 would"
+                          + ("; for x86-64, quantize with --onnx-activations uint8"
+                             if artifact.details.get("activations") == "int8" else ""))
     held = "held-out" if cal.holdout else "calibration (no images held out)"
     drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
     agreement = ("label agreement" if result.head.multi_label

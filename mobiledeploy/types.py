@@ -164,8 +164,7 @@ HEADS: dict[str, str] = {
     "logit": "one logit; class 1 above 0",
     "labels": "one sigmoid per label (multi-label); a label is on above 0.5; agreement asks every label's "
               "decision to match, top-1 ranks the labels",
-    "label-logits": "one logit per label (multi-label, trained from logits); a label is on above 0; agreement "
-                    "asks every label's decision to match, top-1 ranks the labels",
+    "label-logits": "one logit per label (multi-label); a label is on above 0; agreement asks every label to match",
 }
 
 
@@ -229,6 +228,7 @@ class ExportSettings:
     """What the exporters are asked to produce. Unknown keys are errors (a dataclass)."""
 
     io: IoType = "int8"  # int8 I/O for the TFLite int8 file (ONNX QDQ keeps float I/O)
+    onnx_activations: str = "int8"  # the int8 ONNX file's activation type: int8 | uint8 (weights stay int8)
     per_channel: bool = True  # per-tensor collapses MobileNets; only for accelerators that need it
     opset: int = 17
     float_layers: tuple[str, ...] = ()  # Keras layers whose operators stay float (mixed precision)
@@ -250,6 +250,7 @@ class QuantizeOptions:
     crop_fraction: float = 0.875
     input_size: tuple[int, int] | None = None  # (height, width) for a model saved without a fixed size
     io: IoType = "int8"
+    onnx_activations: str = "int8"  # int8 (fuses on ARM) | uint8 (fuses residual Adds on x86-64 too)
     per_channel: bool = True
     refine: str = "adaround"  # adaround (+ bias correction) | bias | none
     equalize: str = "auto"  # auto (with per-tensor weights) | on | off: cross-layer equalization

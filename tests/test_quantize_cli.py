@@ -83,6 +83,39 @@ def test_the_manifest_says_what_onnx_runtime_runs_in_float_on_this_machine(build
     assert reference["model_int8.onnx"]["runtime_float_ops"] == {}
 
 
+def test_uint8_onnx_activations_fuse_the_residual_add_and_keep_the_accuracy(tmp_path, build, tiny_model_file,
+                                                                            calib_folder):
+    """--onnx-activations uint8: the same grid shifted by 128, so the file tracks float as the
+    int8 one does; on x86-64 ONNX Runtime then fuses the residual Add; analyze reads its codes."""
+    import keras
+    import onnx
+
+    from mobiledeploy.analyze import analyze
+
+    out = tmp_path / "u8"
+    result = run_cli("quantize", tiny_model_file, "--calib", calib_folder, "-o", out, "--num-calib", 30,
+                     "--num-holdout", 20, "--onnx-activations", "uint8")
+    assert result.exit_code == 0, result.output
+    details = {f["file"]: f["details"] for f in json.loads((out / "manifest.json").read_text())["files"]}
+    assert details["model_int8.onnx"]["activations"] == "uint8" and "U8S8" in result.output
+    graph = onnx.load(str(out / "model_int8.onnx")).graph
+    constants = {t.name: t.data_type for t in graph.initializer}
+    activation_types = {constants[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"}
+    weight_types = {constants[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants}
+    assert activation_types == {onnx.TensorProto.UINT8} and onnx.TensorProto.INT8 in weight_types
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert details["model_int8.onnx"]["runtime_float_ops"] == {}
+        assert "--onnx-activations uint8" in " ".join(build[1].split())  # the int8 build suggests it
+    x = np.random.default_rng(1).uniform(-1, 1, (16, 24, 24, 3)).astype("float32")
+    reference = open_runner(out / "model_folded.keras").run(x)
+    for folder in (build[0], out):
+        got = open_runner(folder / "model_int8.onnx").run(x)
+        assert np.abs(got - reference).max() < 0.05
+    folded = keras.saving.load_model(out / "model_folded.keras")
+    rows = analyze(folded, {"model_int8.onnx": out / "model_int8.onnx"}, [x])["model_int8.onnx"]
+    assert rows and all(0 < row.levels_used <= 1 for row in rows)  # uint8 codes read as uint8
+
+
 def test_every_artifact_runs_and_tracks_the_float_model(build, tiny_model):
     out, _ = build
     x = np.random.default_rng(0).uniform(-1, 1, (4, 24, 24, 3)).astype("float32")

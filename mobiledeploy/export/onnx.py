@@ -49,7 +49,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
                 quantize_static(
                     str(prepared), str(int8_path), _reader(proto.graph.input[0].name, representative),
                     quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8 if settings.onnx_activations == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
                     per_channel=settings.per_channel,
                     calibrate_method=CalibrationMethod.MinMax,
@@ -69,7 +69,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     return [
         Artifact(FLOAT_FILE, "onnx", "float32", details={"runtime": "ONNX Runtime", "opset": settings.opset}),
         Artifact(INT8_FILE, "onnx", "int8", details={
-            "runtime": "ONNX Runtime", "opset": settings.opset, "format": "QDQ", "activations": "int8",
+            "runtime": "ONNX Runtime", "opset": settings.opset, "format": "QDQ", "activations": settings.onnx_activations,
             "weights": "int8", "per_channel": settings.per_channel, "io": "float32",
             "float_layers": sorted(settings.float_layers), "float_nodes": len(float_nodes),
             # what this machine's ONNX Runtime still runs in float after fusing the QDQ node units
