@@ -54,7 +54,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
                     per_channel=settings.per_channel,
                     calibrate_method=CalibrationMethod.MinMax,
                     nodes_to_exclude=nodes_of(prepared, settings.float_layers),
-                    extra_options={**_range_overrides(prepared, settings.tensor_ranges), **({"DedicatedQDQPair": True} if __import__("os").environ.get("MD_DQDQ") else {})},
+                    extra_options=_range_overrides(prepared, settings.tensor_ranges),
                 )
         except Exception as exc:
             raise ExportError(f"ONNX Runtime quantization failed: {str(exc).strip().splitlines()[0][:200]}") from None
