@@ -3,7 +3,8 @@
     python benchmarks/mobilenet_latency.py [--work /tmp/md-latency] [--min-secs 2] [--threads 1 2]
 
 Builds each model (keras.applications, seeded random weights: latency does not depend on
-the weight values), quantizes it with the pipeline, and also with the plain converters
+the weight values), quantizes it with the pipeline (and again with ``--onnx-activations uint8``,
+model_int8_u8.onnx), and also with the plain converters
 (TFLiteConverter full-int8; tf2onnx + ORT quantize_static per-channel QDQ) on the same
 calibration images. Every file is timed by ``mobiledeploy.bench`` in its own process, side by
 side in this one run, so ratios are comparable even on a noisy shared machine.
@@ -62,12 +63,16 @@ def _bench_model(name: str, work: Path, calib: Path, threads: list[int], min_sec
     started = time.perf_counter()
     mobiledeploy.quantize(work / "model.keras", calib, work / "build", num_calib=100, num_holdout=0, overwrite=True)
     print(f"{name}: {macs / 1e6:.0f}M MACs; pipeline quantize {time.perf_counter() - started:.0f} s")
+    # the same build with uint8 ONNX activations, which ONNX Runtime on x86-64 fuses around residual Adds
+    mobiledeploy.quantize(work / "model.keras", calib, work / "build_u8", num_calib=100, num_holdout=0,
+                          overwrite=True, onnx_activations="uint8")
     from mobiledeploy.quiet import captured_output
 
     with captured_output():  # the converters print every captured variable
         plain = _plain_converters(model, calib, work / "plain")
     files = [(work / "build" / f, f, "ours") for f in
              ("model_float.tflite", "model_int8.tflite", "model_float.onnx", "model_int8.onnx")]
+    files.append((work / "build_u8" / "model_int8.onnx", "model_int8_u8.onnx", "ours"))
     files += [(path, path.name, "plain") for path in plain]
     rows = []
     for n in threads:
