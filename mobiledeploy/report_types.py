@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class LatencyReport:
     profile: tuple[dict, ...] = ()
     profile_note: str = ""
     cpu: str = ""  # as the runtime saw it (on ARM: the HWCAP features that pick kernels)
+    runtime_float_ops: dict = field(default_factory=dict)  # int8 ONNX: op -> count the runtime left in float
 
     @property
     def per_second(self) -> float:

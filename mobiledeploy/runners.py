@@ -119,6 +119,18 @@ class OnnxRunner:
         return lambda: self.session.run(None, feed)
 
 
+def save_optimized_onnx(path: str | Path, target: str | Path) -> None:
+    """Write the graph ONNX Runtime on this machine actually runs ``path`` as: after its graph
+    optimizations, which fuse each QDQ node unit into an integer kernel where they can."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(target)
+    options.log_severity_level = 3  # the graph it writes is specific to this CPU, which is the point
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=ORT_DISABLED_OPTIMIZERS)
+
+
 def open_runner(path: str | Path, num_threads: int | None = None, profile_prefix: str | None = None) -> Runner:
     """The runner for an artifact file, chosen by extension; only that runtime is imported.
     ``profile_prefix`` turns on ONNX Runtime's per-node profiler."""

@@ -216,6 +216,11 @@ def print_bench(report) -> None:
         console.print(f"fastest: {report.fastest.artifact} ({report.fastest.runtime}), "
                       f"median {report.fastest.median_ms:.3f} ms")
     for r in report.rows:
+        if r.runtime_float_ops:
+            console.print(f"[yellow]note:[/] on {r.device}, ONNX Runtime ran "
+                          f"{', '.join(f'{n} {op}' for op, n in r.runtime_float_ops.items())} of {r.artifact} in "
+                          "float kernels (node units it did not fuse into integer ones)")
+    for r in report.rows:
         if r.profile:
             ops = Table(title=f"{r.artifact}: top {len(r.profile)} operators")
             for column in ("node", "op", "ms/run", "share"):

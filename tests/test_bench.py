@@ -91,6 +91,7 @@ def test_bench_times_every_artifact_consistently(bench_json):
         assert int8_row["speedup_vs_float"] == pytest.approx(float_row["median_ms"] / int8_row["median_ms"])
         assert int8_row["size"] < float_row["size"] / 2
     assert bench_json["fastest"] == min(rows.values(), key=lambda r: r["median_ms"])["artifact"]
+    assert all(row["runtime_float_ops"] == {} for row in rows.values())  # v1: no Add, everything fuses
 
 
 def test_table_csv_and_profile(reference_build, tmp_path):

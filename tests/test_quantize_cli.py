@@ -91,6 +91,8 @@ def test_uint8_onnx_activations_fuse_the_residual_add_and_keep_the_accuracy(tmp_
     import onnx
 
     from mobiledeploy.analyze import analyze
+    from mobiledeploy.bench import measure
+    from mobiledeploy.report_types import BenchSettings
 
     out = tmp_path / "u8"
     result = run_cli("quantize", tiny_model_file, "--calib", calib_folder, "-o", out, "--num-calib", 30,
@@ -106,6 +108,9 @@ def test_uint8_onnx_activations_fuse_the_residual_add_and_keep_the_accuracy(tmp_
     if platform.machine() in ("x86_64", "AMD64"):
         assert details["model_int8.onnx"]["runtime_float_ops"] == {}
         assert "--onnx-activations uint8" in " ".join(build[1].split())  # the int8 build suggests it
+        settings = BenchSettings(warmup_runs=1, num_runs=3, min_secs=0)  # bench sees it in its own process
+        assert "Add" in measure(build[0] / "model_int8.onnx", "onnx", "int8", settings).runtime_float_ops
+        assert measure(out / "model_int8.onnx", "onnx", "int8", settings).runtime_float_ops == {}
     x = np.random.default_rng(1).uniform(-1, 1, (16, 24, 24, 3)).astype("float32")
     reference = open_runner(out / "model_folded.keras").run(x)
     for folder in (build[0], out):

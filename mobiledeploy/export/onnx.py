@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import ExportError
 from ..graph import last_of_each_layer, layer_of
 from ..quiet import captured_output
-from ..runners import ORT_DISABLED_OPTIMIZERS
+from ..runners import ORT_DISABLED_OPTIMIZERS, save_optimized_onnx
 from ..types import Artifact, ExportSettings
 
 FLOAT_FILE = "model_float.onnx"
@@ -204,18 +204,19 @@ def runtime_float_ops(path: Path, kept: set[str] = frozenset()) -> dict[str, int
     with ONNX Runtime 1.31 on x86-64, int8 (S8) residual Adds are not fused into QLinearAdd, and
     the convolutions that share a tensor with them stay float too (15 of 52 convolutions and all
     10 Adds of a MobileNetV2); on aarch64 the same file fuses completely."""
-    import onnx
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as scratch:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
-        options.log_severity_level = 3  # the serialized graph is machine-specific, which is the point
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=ORT_DISABLED_OPTIMIZERS)
-        graph = onnx.load(options.optimized_model_filepath).graph
+        optimized = Path(scratch) / "optimized.onnx"
+        save_optimized_onnx(path, optimized)
+        return float_ops_in(optimized, kept)
+
+
+def float_ops_in(optimized: Path, kept: set[str] = frozenset()) -> dict[str, int]:
+    """Operator type -> count of the float compute operators (outside ``kept``) in a graph
+    ONNX Runtime has optimized (``save_optimized_onnx``)."""
+    import onnx
+
     counts: dict[str, int] = {}
-    for node in graph.node:
+    for node in onnx.load(str(optimized)).graph.node:
         if node.op_type in RUNTIME_FLOAT_OPS and node.name not in kept:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
