@@ -72,7 +72,11 @@ def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, input
             np.save(Path(tmp) / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
             spec["inputs"] = str(Path(tmp) / "inputs.npy")
         result = run_worker(spec, Path(tmp), process, str(path))
-        unfused = _float_ops_in(Path(tmp) / OPTIMIZED) if spec["optimized_graph"] else {}
+        unfused = {}
+        if spec["optimized_graph"]:
+            from .export.onnx import float_ops_in
+
+            unfused = float_ops_in(Path(tmp) / OPTIMIZED)
     return LatencyReport(
         artifact=Path(path).name, format=fmt, precision=precision, runtime=RUNTIMES[fmt], device=process.device,
         threads=settings.num_threads, batch=settings.batch, size=Path(path).stat().st_size,
@@ -80,12 +84,6 @@ def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, input
         profile=tuple(result.get("profile", ())), profile_note=result.get("profile_note", ""),
         cpu=result.get("cpu", ""), runtime_float_ops=unfused,
     )
-
-
-def _float_ops_in(optimized: Path) -> dict[str, int]:
-    from .export.onnx import float_ops_in
-
-    return float_ops_in(optimized)
 
 
 def random_inputs(shape: Sequence[int], batch: int, seed: int) -> np.ndarray:

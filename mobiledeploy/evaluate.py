@@ -80,22 +80,24 @@ def mean_kl(reference: np.ndarray, candidate: np.ndarray, head: Head = ARGMAX) -
     """
     eps = 1e-6
     if head.multi_label:  # independent labels: their KLs add up
-        p, q = (_label_probabilities(o, head) for o in (reference, candidate))
+        p, q = (_decision_probabilities(o, head) for o in (reference, candidate))
         kl = p * (np.log(p + eps) - np.log(q + eps)) + (1 - p) * (np.log(1 - p + eps) - np.log(1 - q + eps))
         return float(np.mean(np.sum(kl, axis=1)))
     p, q = _as_probabilities(reference, head), _as_probabilities(candidate, head)
     return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
 
 
-def _label_probabilities(outputs: np.ndarray, head: Head) -> np.ndarray:
+def _decision_probabilities(outputs: np.ndarray, head: Head) -> np.ndarray:
+    """The probability of each yes/no decision of a binary or multi-label head: a sigmoid output
+    as it is, a logit (decided above 0) through the sigmoid."""
     outputs = outputs.astype(np.float64)
-    return np.clip(outputs, 0, 1) if head.kind == "labels" else 1 / (1 + np.exp(-outputs))
+    return 1 / (1 + np.exp(-outputs)) if head.threshold == 0 else np.clip(outputs, 0, 1)
 
 
 def _as_probabilities(outputs: np.ndarray, head: Head) -> np.ndarray:
     outputs = outputs.astype(np.float64)
     if head.binary:  # one output: the probability of class 1
-        one = np.clip(outputs[:, :1], 0, 1) if head.kind == "sigmoid" else 1 / (1 + np.exp(-outputs[:, :1]))
+        one = _decision_probabilities(outputs[:, :1], head)
         return np.concatenate([1 - one, one], axis=1)
     sums = outputs.sum(axis=1)
     if outputs.min() >= 0 and np.allclose(sums, 1.0, atol=2e-2):

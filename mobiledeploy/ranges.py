@@ -66,8 +66,7 @@ def narrowest_error(values: np.ndarray, low: float, high: float) -> tuple[float,
     """The (low, high) among the shrunk candidates with the least int8 rounding + clipping error
     of ``values``; None unless it beats [low, high] by ``MIN_GAIN``."""
     low, high = min(low, 0.0), max(high, 0.0)
-    errors = [float(np.mean((values - fake_quantize(np.clip(values, low * f, high * f), low * f, high * f)) ** 2))
-              for f in SHRINK]
+    errors = [float(np.mean((values - fake_quantize(values, low * f, high * f)) ** 2)) for f in SHRINK]  # it clips
     best = int(np.argmin(errors))
     if errors[best] >= MIN_GAIN * errors[-1]:  # SHRINK[-1] == 1: the calibrated range
         return None

@@ -57,6 +57,11 @@ def _head_note(kind: str) -> str:
     return f"{'multi-label' if Head(kind).multi_label else 'binary'} head: {HEADS[kind]}"
 
 
+def _op_counts(counts: dict[str, int]) -> str:
+    """{"Add": 10, "Conv": 15} as "10 Add, 15 Conv"."""
+    return ", ".join(f"{n} {op}" for op, n in counts.items())
+
+
 def print_quantize(result) -> None:
     from rich.table import Table
 
@@ -127,7 +132,7 @@ def print_quantize(result) -> None:
         unfused = artifact.details.get("runtime_float_ops")
         if unfused:
             console.print(f"[yellow]note:[/] {artifact.details['runtime_checked_on']} runs "
-                          f"{', '.join(f'{n} {op}' for op, n in unfused.items())} of {artifact.file} in float: "
+                          f"{_op_counts(unfused)} of {artifact.file} in float: "
                           "the file is int8 there, but this runtime does not fuse those node units on this CPU "
                           "(on x86-64: int8 residual Adds and the convolutions that share their inputs; aarch64 "
                           "fuses them), so it runs slower here than full int8 would"
@@ -218,7 +223,7 @@ def print_bench(report) -> None:
     for r in report.rows:
         if r.runtime_float_ops:
             console.print(f"[yellow]note:[/] on {r.device}, ONNX Runtime ran "
-                          f"{', '.join(f'{n} {op}' for op, n in r.runtime_float_ops.items())} of {r.artifact} in "
+                          f"{_op_counts(r.runtime_float_ops)} of {r.artifact} in "
                           "float kernels (node units it did not fuse into integer ones)")
     for r in report.rows:
         if r.profile:
