@@ -2,7 +2,8 @@
 
 The float model is the one the int8 files were made from: the folded model, or the equalized
 one after cross-layer equalization, whose channels are rescaled (the folded model's tensors
-would differ from the int8 files' by those scales, not by quantization).
+would differ from the int8 files' by those scales, not by quantization), or the dithered one,
+whose first layers have more channels (dither.py).
 
 For every activation tensor the int8 file materializes, the same tensor of the float model is
 computed on the same images and compared: SQNR (accumulated up to that layer), the SQNR lost

@@ -299,7 +299,8 @@ def analyze(build: Path, data: Path, max_images: int, top: int, html_path: Path 
 
     For every activation tensor of model_int8.tflite (all tensors preserved) and
     model_int8.onnx (QDQ outputs): the SQNR against the same tensor of the folded float model
-    (of the equalized one when quantize equalized the channels, as --per-tensor does), the SQNR
+    (of the equalized one when quantize equalized the channels, as --per-tensor does, or of the
+    dithered one when it copied the first layer's channels), the SQNR
     lost at that layer, the share of int8 levels used, and the spread of the producing layer's
     per-channel weight ranges. Lists the layers that lose most first.
     """

@@ -157,9 +157,9 @@ def _load_saved(path: Path):
 def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200, batch_size: int = 32,
                   progress: Progress | None = None) -> AnalyzeReport:
     """Per-layer drift of every int8 artifact in ``build_dir`` against the float model they were
-    made from: the folded model, or, when equalization rescaled its channels, the equalized one
-    (the same function, but only its intermediate tensors match the int8 files' channel by
-    channel)."""
+    made from: the folded model, or, when equalization rescaled its channels or dithering copied
+    some (dither.py), the model they wrote (the same function, but only its intermediate tensors
+    match the int8 files' channel by channel)."""
     from . import analyze, datasets
 
     report = progress or (lambda step, done, total: None)
@@ -168,8 +168,9 @@ def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200
     files = manifest.verified_files(build_dir, content)
     preprocessing = Preprocessing.from_dict(content["preprocessing"])
     dataset = datasets.open_data(data)
-    equalized = (content.get("equalization") or {}).get("reference")
-    model = _load_saved(manifest.verified(build_dir, equalized)) if equalized else _keras_model(build_dir, False)
+    # the last stage that rewrote the float model's channels wrote the model the int8 files mirror
+    rewritten = (content.get("dither") or {}).get("reference") or (content.get("equalization") or {}).get("reference")
+    model = _load_saved(manifest.verified(build_dir, rewritten)) if rewritten else _keras_model(build_dir, False)
     floor = content.get("logit_floor")
     if floor:  # the int8 files' logits are floored: compare them with the same floored tensor
         from .logit_floor import apply_floor

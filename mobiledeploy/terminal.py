@@ -85,6 +85,12 @@ def print_quantize(result) -> None:
         e = result.equalization
         console.print(f"equalized {e.pairs} conv -> ReLU -> conv pairs in {e.seconds:.1f} s; largest channel "
                       f"scale {e.max_scale:.3g}x; {e.dead_channels} never-active channels zeroed")
+    if result.dither is not None:
+        d = result.dither
+        console.print(f"dithered {len(d.channels)} of {d.layer}'s {d.of} channels (copies half an int8 step up, "
+                      f"averaged by {d.pointwise})" + (f", {len(d.duplicates)} exact copies to fill a block of "
+                      f"{d.of + len(d.channels) + len(d.duplicates)}" if d.duplicates else "")
+                      + f"; +{d.added_macs / 1e6:.2f}M multiply-adds per image; float outputs within {d.max_change:.1e}")
     if result.refinement is not None:
         r = result.refinement
         console.print(f"refined for int8 ({r.method}): {r.layers} layers on {r.samples} images in {r.seconds:.1f} s; "

@@ -256,6 +256,7 @@ class QuantizeOptions:
     equalize: str = "auto"  # auto (with per-tensor weights) | on | off: cross-layer equalization
     activation_ranges: str = "auto"  # auto (narrow the ranges no ReLU bounds where it lowers the error) | minmax | mse
     logit_floor: str = "auto"  # auto (where a softmax follows a linear layer and it lowers the error) | off
+    dither: str = "auto"  # auto (dithered copies of the first conv's linear channels where they cost no time) | on | off
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding (at least)
     rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: check on held-out images
     keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)
@@ -288,10 +289,12 @@ class QuantizeResult:
     head: Head = Head()  # how the drift rows' agreement reads the outputs
     # (layer, low, high, calibrated low, calibrated high) for each int8 range narrowed (ranges.py)
     activation_ranges: tuple[tuple[str, float, float, float, float], ...] = ()
+    dither: DitherReport | None = None
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
+            "dither": self.dither.to_dict() if self.dither else None,
             "head": self.head.to_dict(),
             "activation_ranges": [list(r) for r in self.activation_ranges],
             "input_scaling": self.input_scaling.to_dict() if self.input_scaling else None,
@@ -364,6 +367,28 @@ class EqualizeReport:
     def to_dict(self) -> dict:
         return {"pairs": self.pairs, "dead_channels": self.dead_channels,
                 "max_scale": round(self.max_scale, 3), "seconds": round(self.seconds, 2)}
+
+
+@dataclass(frozen=True)
+class DitherReport:
+    """The dithered copies of the first convolution's linear channels (dither.py; in the manifest)."""
+
+    layer: str  # the first convolution
+    depthwise: str  # the depthwise layer that filters each copy like its channel
+    pointwise: str  # the 1x1 conv that reads each channel and its copy with half the weight
+    channels: tuple[int, ...]  # the channels copied with the shift (linear on the calibration images)
+    duplicates: tuple[int, ...]  # channels copied without it, to fill a block of channels (exact copies)
+    of: int  # the first convolution's channels before
+    step: float  # the int8 step of its ReLU output; each copy is shifted by half of it
+    max_change: float  # largest change of the float model's outputs, relative to max |output|
+    added_macs: int  # multiply-adds per image the copies add
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "depthwise": self.depthwise, "pointwise": self.pointwise,
+                "channels": list(self.channels), "duplicates": list(self.duplicates), "of": self.of, "step": round(self.step, 6),
+                "max_change": float(f"{self.max_change:.3g}"), "added_macs": self.added_macs,
+                "seconds": round(self.seconds, 2)}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,146 @@
+"""Dithered copies of the first conv's linear channels: the chain is found, only linear channels
+are copied, the float function is kept, the first tensor's int8 rounding reaches the next
+layers with less error, and a build records the copies and stays analyzable."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mobiledeploy.dither import MAX_CHANGE, dither_first_layer, find_chain
+from mobiledeploy.refine import fake_quantize
+
+
+def _model(depth_multiplier: int = 1, channels: int = 6):
+    """conv -> ReLU6 -> depthwise -> ReLU6 -> 1x1 conv -> pool -> softmax. Channels 0 and 1 of
+    the first conv stay inside (0, 6) and dominate what reaches the 1x1 conv; channel 2
+    saturates, channel 3 never turns on, channels 4 and up cross zero."""
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(channels, 3, padding="same", name="a")(inputs)
+    x = keras.layers.ReLU(6.0, name="a_relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=depth_multiplier, name="b")(x)
+    x = keras.layers.ReLU(6.0, name="b_relu")(x)
+    x = keras.layers.Conv2D(4, 1, name="c")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(5, activation="softmax", name="probs")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(0, 1.0, (3, 3, 3, channels)).astype(np.float32)
+    bias = np.zeros(channels, np.float32)
+    kernel[..., :2] *= 0.15  # |z - 3| stays well under 3 for inputs in [-1, 1]
+    bias[:2] = 3.0
+    kernel[..., 2] *= 10.0  # clips at 6 and at 0
+    bias[3] = -100.0  # never on
+    model.get_layer("a").set_weights([kernel, bias])
+    depthwise = rng.normal(0, 1, (3, 3, channels, depth_multiplier)).astype(np.float32)
+    model.get_layer("b").set_weights([depthwise, np.full(channels * depth_multiplier, 3.0, np.float32)])
+    pointwise = rng.normal(0, 0.1, (1, 1, channels * depth_multiplier, 4)).astype(np.float32)
+    pointwise[:, :, :2] *= 10  # the linear channels are the ones whose noise matters downstream
+    model.get_layer("c").set_weights([pointwise, np.zeros(4, np.float32)])
+    model.get_layer("probs").set_weights([rng.normal(0, 1, (4, 5)).astype(np.float32), np.zeros(5, np.float32)])
+    return model
+
+
+def _images(count: int = 32, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (count, 16, 16, 3)).astype(np.float32)
+
+
+def test_chain_is_the_first_conv_its_depthwise_and_pointwise():
+    assert find_chain(_model()) == ("a", "a_relu", "b", "c")
+    assert find_chain(_model(depth_multiplier=2)) is None  # a copy would need its own multiplier's worth
+
+
+def test_only_linear_channels_are_copied_and_the_function_is_kept():
+    model, calib = _model(), _images()
+    dithered, report = dither_first_layer(model, calib)
+    assert report.channels == (0, 1) and report.of == 6
+    assert dithered.get_layer("a").get_weights()[0].shape == (3, 3, 3, 8)
+    assert dithered.get_layer("c").get_weights()[0].shape == (1, 1, 8, 4)
+    fresh = _images(16, seed=7)  # images the copies were not chosen on
+    before, after = np.asarray(model(fresh)), np.asarray(dithered(fresh))
+    assert np.max(np.abs(after - before)) <= MAX_CHANGE * np.max(np.abs(before))
+    assert report.max_change <= MAX_CHANGE and report.added_macs == 2 * (27 + 9 + 4) * 16 * 16
+    assert report.duplicates == ()  # 6 + 2 channels: already a whole block
+
+
+def test_exact_copies_fill_the_block_of_channels():
+    model = _model(channels=10)
+    dithered, report = dither_first_layer(model, _images())
+    assert report.channels == (0, 1) and report.duplicates == (2, 3, 4, 5)  # 10 + 2 + 4 = 16
+    assert dithered.get_layer("a").get_weights()[0].shape[-1] == 16
+    fresh = _images(16, seed=7)
+    before, after = np.asarray(model(fresh)), np.asarray(dithered(fresh))
+    assert np.max(np.abs(after - before)) <= MAX_CHANGE * np.max(np.abs(before))
+
+
+def _first_tensor_error(model, images: np.ndarray) -> float:
+    """Power of the error that int8 rounding of the first conv's ReLU output alone causes at the
+    1x1 conv's output (everything else float)."""
+    import keras
+
+    head = keras.Model(model.inputs[0], model.get_layer("a_relu").output)
+    tail_input = keras.Input(head.output.shape[1:])
+    x = tail_input
+    for name in ("b", "b_relu", "c"):
+        x = model.get_layer(name)(x)
+    tail = keras.Model(tail_input, x)
+    act = np.asarray(head(images))
+    exact, rounded = np.asarray(tail(act)), np.asarray(tail(fake_quantize(act, 0.0, float(act.max()))))
+    return float(np.mean((rounded - exact) ** 2))
+
+
+def test_copies_cut_the_first_tensors_rounding_error():
+    model, calib = _model(), _images()
+    dithered, _ = dither_first_layer(model, calib)
+    fresh = _images(32, seed=3)
+    plain, shifted = _first_tensor_error(model, fresh), _first_tensor_error(dithered, fresh)
+    # two copies half a step apart: their mean's noise power is a quarter of one copy's
+    assert shifted < 0.5 * plain
+
+
+def test_wide_first_layers_are_copied_only_when_asked():
+    model, calib = _model(channels=16), _images()
+    same, report = dither_first_layer(model, calib)  # 16 + 2 copies, padded to 24: not free any more
+    assert report is None and same is model
+    dithered, report = dither_first_layer(model, calib, max_channels=None)  # --dither on
+    assert report.channels == (0, 1) and dithered.get_layer("a").get_weights()[0].shape[-1] == 24
+
+
+def test_nothing_is_copied_without_linear_channels():
+    model = _model()
+    kernel, bias = model.get_layer("a").get_weights()
+    model.get_layer("a").set_weights([kernel * 10, bias])  # every channel now reaches 0 or 6
+    same, report = dither_first_layer(model, _images())
+    assert report is None and same is model
+
+
+@pytest.fixture(scope="module")
+def dither_model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dither") / "dither.keras"
+    _model().save(path)
+    return path
+
+
+def test_build_records_the_copies_and_analyze_reads_them(dither_model_file, calib_folder, tmp_path):
+    import mobiledeploy
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = tmp_path / "build"
+    result = mobiledeploy.quantize(dither_model_file, calib_folder, out, num_calib=40, num_holdout=10,
+                                   preprocess="mobilenet")
+    entry = json.loads((out / "manifest.json").read_text())["dither"]
+    assert result.dither is not None and entry["channels"] == list(result.dither.channels)
+    assert entry["reference"]["file"] == "model_dithered.keras" and (out / "model_dithered.keras").is_file()
+    shapes = [tuple(t["shape"]) for t in Interpreter(str(out / "model_int8.tflite")).get_tensor_details()]
+    assert (1, 16, 16, 6 + len(entry["channels"])) in shapes  # the int8 file has the copies
+    layers = mobiledeploy.analyze_build(out, calib_folder, max_images=8)
+    for rows in layers.layers.values():  # each int8 file's copies compared with the dithered model's tensor
+        assert any(row.layer == "a_relu" and row.sqnr_db > 20 for row in rows)
+
+    plain = tmp_path / "plain"
+    mobiledeploy.quantize(dither_model_file, calib_folder, plain, num_calib=40, num_holdout=10,
+                          preprocess="mobilenet", dither="off")
+    assert json.loads((plain / "manifest.json").read_text())["dither"] is None
+    assert not (plain / "model_dithered.keras").exists()
