@@ -144,3 +144,13 @@ def test_build_records_the_copies_and_analyze_reads_them(dither_model_file, cali
                           preprocess="mobilenet", dither="off")
     assert json.loads((plain / "manifest.json").read_text())["dither"] is None
     assert not (plain / "model_dithered.keras").exists()
+
+
+def test_auto_leaves_per_tensor_builds_alone_and_on_copies(dither_model_file, calib_folder, tmp_path):
+    import mobiledeploy
+
+    auto = mobiledeploy.quantize(dither_model_file, calib_folder, tmp_path / "auto", num_calib=40, num_holdout=10,
+                                 preprocess="mobilenet", per_channel=False)
+    forced = mobiledeploy.quantize(dither_model_file, calib_folder, tmp_path / "on", num_calib=40, num_holdout=10,
+                                   preprocess="mobilenet", per_channel=False, dither="on")
+    assert auto.dither is None and forced.dither is not None and forced.dither.channels == (0, 1)
