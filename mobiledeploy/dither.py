@@ -31,12 +31,12 @@ import time
 
 import numpy as np
 
-from .graph import activation_name, layer_graph
-from .types import DitherReport
+from .folding import output_change, plain_config
+from .graph import RELU_PASS_THROUGH, activation_name, follow, layer_graph, only_consumer, relu_cap
+from .stage_reports import DitherReport
 
 OFFSET = 0.5  # the copy's shift, in int8 steps of the activation: the grid half a step over
 LINEAR_SHARE = 0.999  # a channel is copied when this share of its calibration values is linear
-PASS_THROUGH = {"ZeroPadding2D", "Dropout"}
 MAX_CHANGE = 1e-3  # the copies must leave the float model's outputs within this (relative to max |output|)
 CHANNEL_BLOCK = 8  # the first conv's channel count after the copies is a multiple of this
 # --dither auto copies only while the first conv keeps at most this many channels: measured on
@@ -54,16 +54,16 @@ def find_chain(model) -> tuple[str, str, str, str] | None:
     first = next((name for name, node in graph.items() if node["kind"] in ("Conv2D", "DepthwiseConv2D", "Dense")), None)
     if first is None or graph[first]["kind"] != "Conv2D" or not _plain(model.get_layer(first), "linear"):
         return None
-    relu = _only_consumer(graph, first)
-    if relu is None or not _plain_relu(model.get_layer(relu)):
+    relu = only_consumer(graph, first)
+    if relu is None or relu_cap(model.get_layer(relu)) is False:
         return None
-    depthwise = _skip(graph, _only_consumer(graph, relu), PASS_THROUGH)
+    depthwise = follow(graph, only_consumer(graph, relu), RELU_PASS_THROUGH)
     if depthwise is None or graph[depthwise]["kind"] != "DepthwiseConv2D":
         return None
     layer = model.get_layer(depthwise)
     if layer.depth_multiplier != 1 or not _plain(layer, "linear"):
         return None
-    pointwise = _skip(graph, _only_consumer(graph, depthwise), PASS_THROUGH | {"ReLU", "Activation"})
+    pointwise = follow(graph, only_consumer(graph, depthwise), RELU_PASS_THROUGH | {"ReLU", "Activation"})
     if pointwise is None or graph[pointwise]["kind"] != "Conv2D":
         return None
     point = model.get_layer(pointwise)
@@ -85,7 +85,7 @@ def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO
         return model, None
     first, relu, depthwise, pointwise = chain
     probe = keras.Model(model.inputs[0], model.get_layer(first).output)
-    linear, step = _linear_channels(probe, calib, model.get_layer(relu).max_value, chunk)
+    linear, step = _linear_channels(probe, calib, relu_cap(model.get_layer(relu)), chunk)
     if not linear.any():
         return model, None
     offset = OFFSET * step
@@ -96,7 +96,9 @@ def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO
     if max_channels is not None and len(linear) + len(channels) > max_channels:
         return model, None
     result = _with_copies(model, chain, channels, np.where(linear[channels], offset, 0.0))
-    change = _max_change(model, result, calib[:64], chunk)
+    images = calib[:64]
+    diff, peak, _ = output_change(model, result, (images[i:i + chunk] for i in range(0, len(images), chunk)))
+    change = diff / peak if peak > 0 else 0.0
     if change > MAX_CHANGE:
         return model, None
     return result, DitherReport(layer=first, depthwise=depthwise, pointwise=pointwise,
@@ -132,8 +134,6 @@ def _with_copies(model, chain, channels: np.ndarray, offsets: np.ndarray):
     halves each channel and its copy."""
     import keras
 
-    from .folding import plain_config
-
     first, _, depthwise, pointwise = chain
     config = plain_config(model.get_config())
     for entry in config["layers"]:
@@ -162,17 +162,6 @@ def _with_copies(model, chain, channels: np.ndarray, offsets: np.ndarray):
     return result
 
 
-def _max_change(model, result, images: np.ndarray, chunk: int) -> float:
-    """max |result - model| over ``images``, relative to max |model|."""
-    diff, peak = 0.0, 0.0
-    for start in range(0, len(images), chunk):
-        batch = images[start:start + chunk]
-        a = np.asarray(model(batch, training=False), np.float64)
-        b = np.asarray(result(batch, training=False), np.float64)
-        diff, peak = max(diff, float(np.max(np.abs(a - b)))), max(peak, float(np.max(np.abs(a))))
-    return diff / peak if peak > 0 else 0.0
-
-
 def _added_macs(model, chain, copies: int) -> int:
     """Multiply-adds the copies add per image: their share of the three layers."""
     first, _, depthwise, pointwise = chain
@@ -187,21 +176,3 @@ def _added_macs(model, chain, copies: int) -> int:
 
 def _plain(layer, activation: str) -> bool:
     return activation_name(layer) == activation and bool(getattr(layer, "use_bias", False))
-
-
-def _plain_relu(layer) -> bool:
-    """A ReLU layer (max_value 6 or none) with no slope or threshold."""
-    return type(layer).__name__ == "ReLU" and not getattr(layer, "negative_slope", 0) \
-        and not getattr(layer, "threshold", 0)
-
-
-def _only_consumer(graph: dict, name: str) -> str | None:
-    consumers = graph[name]["consumers"]
-    return consumers[0] if len(consumers) == 1 and consumers[0] in graph else None
-
-
-def _skip(graph: dict, name: str | None, kinds: set[str]) -> str | None:
-    """The first layer from ``name`` on that is not one of ``kinds``, following single consumers."""
-    while name is not None and graph[name]["kind"] in kinds:
-        name = _only_consumer(graph, name)
-    return name

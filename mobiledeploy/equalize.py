@@ -24,11 +24,10 @@ import time
 
 import numpy as np
 
-from .graph import layer_graph
-from .types import EqualizeReport
+from .graph import RELU_PASS_THROUGH, follow, layer_graph, only_consumer, relu_cap
+from .stage_reports import EqualizeReport
 
 SCALED = {"Conv2D", "DepthwiseConv2D"}
-PASS_THROUGH = {"ZeroPadding2D", "Dropout"}  # zero padding and identity keep relu(t·x) = t·relu(x)
 CAP_MARGIN = 0.98  # scaled channels stay below 98% of the ReLU cap on the calibration images
 
 
@@ -69,30 +68,14 @@ def find_pairs(model) -> list[tuple[str, str, float | None]]:
                 or layer.get_config().get("activation", "linear") != "linear":
             continue
         relu = node["consumers"][0]
-        cap = _relu_cap(model.get_layer(relu)) if relu in graph else False
-        if cap is False or len(graph[relu]["consumers"]) != 1:
+        cap = relu_cap(model.get_layer(relu)) if relu in graph else False
+        if cap is False:
             continue
-        following = graph[relu]["consumers"][0]
-        while following in graph and graph[following]["kind"] in PASS_THROUGH \
-                and len(graph[following]["consumers"]) == 1:
-            following = graph[following]["consumers"][0]
-        if following in graph and graph[following]["kind"] in SCALED \
+        following = follow(graph, only_consumer(graph, relu), RELU_PASS_THROUGH)
+        if following is not None and graph[following]["kind"] in SCALED \
                 and len(graph[following]["inputs"]) == 1 and not _multiplied(model.get_layer(following)):
             found.append((name, following, cap))
     return found
-
-
-def _relu_cap(layer):
-    """The upper bound of a plain ReLU (None when unbounded), or False for anything else."""
-    kind = type(layer).__name__
-    if kind == "ReLU":
-        if getattr(layer, "negative_slope", 0) or getattr(layer, "threshold", 0):
-            return False
-        return None if layer.max_value is None else float(layer.max_value)
-    if kind == "Activation":
-        name = getattr(layer.activation, "__name__", "")
-        return {"relu": None, "relu6": 6.0}.get(name, False)
-    return False
 
 
 def _multiplied(layer) -> bool:

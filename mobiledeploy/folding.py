@@ -91,16 +91,23 @@ def batchnorm_affine(bn) -> tuple[np.ndarray, np.ndarray]:
 def verify_fold(original, folded, batches: Iterable[np.ndarray], report: FoldReport,
                 rel_tolerance: float = 1e-4) -> FoldReport:
     """Run both models on the same inputs; record max |difference| against max |output|."""
+    max_diff, max_out, samples = output_change(original, folded, batches)
+    return FoldReport(report.folded, report.unfolded, max_diff, max_out, rel_tolerance, samples)
+
+
+def output_change(original, changed, batches: Iterable[np.ndarray]) -> tuple[float, float, int]:
+    """(max |changed - original|, max |original|, images) over ``batches``: how far a rewrite
+    that should keep the function (folding, dithering) moved the outputs."""
     max_diff = 0.0
     max_out = 0.0
     samples = 0
     for batch in batches:
         a = np.asarray(original(batch, training=False), np.float64)
-        b = np.asarray(folded(batch, training=False), np.float64)
+        b = np.asarray(changed(batch, training=False), np.float64)
         max_diff = max(max_diff, float(np.max(np.abs(a - b))))
         max_out = max(max_out, float(np.max(np.abs(a))))
         samples += len(batch)
-    return FoldReport(report.folded, report.unfolded, max_diff, max_out, rel_tolerance, samples)
+    return max_diff, max_out, samples
 
 
 # --- config graph helpers ---------------------------------------------------------------

@@ -11,6 +11,9 @@ import re
 
 WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}  # layers with a kernel
 SHAPE_ONLY = {"Reshape", "Flatten", "Dropout"}  # change only the shape (or nothing, at inference)
+# between a ReLU and the layer it feeds: zero padding and identity keep relu(t·x) = t·relu(x)
+# and pass a channel and its copies through alike
+RELU_PASS_THROUGH = {"ZeroPadding2D", "Dropout"}
 
 
 def layer_graph(model) -> dict[str, dict]:
@@ -28,6 +31,33 @@ def layer_graph(model) -> dict[str, dict]:
     for output in model.outputs:
         graph[output._keras_history.operation.name]["consumers"].append("<output>")
     return graph
+
+
+def relu_cap(layer):
+    """The upper bound of a plain ReLU layer (None when unbounded), or False for anything else
+    (a leaky or thresholded ReLU, another layer)."""
+    kind = type(layer).__name__
+    if kind == "ReLU":
+        if getattr(layer, "negative_slope", 0) or getattr(layer, "threshold", 0):
+            return False
+        return None if layer.max_value is None else float(layer.max_value)
+    if kind == "Activation":
+        return {"relu": None, "relu6": 6.0}.get(getattr(layer.activation, "__name__", ""), False)
+    return False
+
+
+def only_consumer(graph: dict, name: str) -> str | None:
+    """The one layer that reads ``name``'s output, or None when several do or it is the output."""
+    consumers = graph[name]["consumers"]
+    return consumers[0] if len(consumers) == 1 and consumers[0] in graph else None
+
+
+def follow(graph: dict, name: str | None, kinds: set[str]) -> str | None:
+    """From ``name`` on, the first layer that is not one of ``kinds``, walking through single
+    consumers; None when the walk forks or reaches the output."""
+    while name is not None and graph[name]["kind"] in kinds:
+        name = only_consumer(graph, name)
+    return name
 
 
 def activation_name(layer) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 from .folding import history_refs, plain_config, rewire
 from .graph import SHAPE_ONLY, activation_name, layer_graph
 from .refine import fake_quantize
-from .types import LogitFloorReport
+from .stage_reports import LogitFloorReport
 
 PRODUCERS = {"Conv2D", "Dense"}
 CANDIDATES = 96

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from .errors import MobiledeployError
 from .graph import WEIGHTED, layer_graph
-from .types import Drift, MixedPrecisionReport
+from .stage_reports import MixedPrecisionReport
+from .types import Drift
 
 MAX_FLOAT_LAYERS = 8  # a search that needs more has found a model int8 does not suit
 

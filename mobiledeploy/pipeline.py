@@ -126,7 +126,7 @@ def quantize(
             "calibration": cset.summary(),
             "settings": {**options.to_dict(), "export": settings.to_dict()},
             "folding": fold.to_dict(),
-            "equalization": _equalization_entry(work, equalization),
+            "equalization": _reference_entry(work, equalization, EQUALIZED_FILE),
             "dither": _reference_entry(work, dither, DITHERED_FILE),
             "refinement": {k: v for k, v in refinement.to_dict().items() if k != "seconds"} if refinement else None,
             "logit_floor": floor.to_dict() if floor else None,
@@ -140,11 +140,6 @@ def quantize(
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
                           equalization, mixed_report, floor, scaling, head,
                           tuple((name, *r) for name, r in sorted(ranges.items())), dither)
-
-
-def _equalization_entry(work: Path, equalization) -> dict | None:
-    """What equalization did, and the equalized float model analyze compares with."""
-    return _reference_entry(work, equalization, EQUALIZED_FILE)
 
 
 def _reference_entry(work: Path, stage_report, file: str) -> dict | None:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .graph import WEIGHTED, layer_graph, run_layer
-from .types import RefineReport
+from .stage_reports import RefineReport
 
 ACTIVATIONS = {"ReLU", "Activation"}
 PASS_THROUGH = {"Dropout", "InputLayer"}  # identity at inference; no new quantization point
