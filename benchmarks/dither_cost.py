@@ -1,9 +1,10 @@
 """What the first layer's dithered copies (dither.py) cost and buy, side by side in one run.
 
-    python benchmarks/dither_cost.py [--shared ../shared/data] [--model other.h5] [--threads 1 2]
+    python benchmarks/dither_cost.py [--shared ../shared/data] [--model other.h5] [--dither on] [--threads 1 2]
 
 Builds the real model twice on the fixed split of shared_imagenet_drift.py (200 calibration
-images), with --dither auto (the default) and --dither off, and prints for each int8 file its
+images), with --dither auto (the default; --dither on for a model auto leaves alone) and
+--dither off, and prints for each int8 file its
 median latency (mobiledeploy.bench, the two builds' files timed in alternating rounds so that
 drift on this shared machine hits both alike), the latency ratio, and its output SQNR and top-1
 agreement against the float model on the 300 other images. --model studies another model
@@ -26,6 +27,7 @@ def main() -> None:
     parser = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-dither")
     parser.add_argument("--model", type=Path, default=None,
                         help="another model on the same images (default: the shared MobileNet v1 0.25)")
+    parser.add_argument("--dither", choices=["auto", "on"], default="auto", help="the setting compared with off")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--min-secs", type=float, default=1.0)
     args = parser.parse_args()
@@ -40,22 +42,25 @@ def main() -> None:
     model = args.model or args.shared / "models" / "mobilenet_v1_0.25_224.h5"
     calib, evaluation, labels = shared_split(args.shared, args.work / "split", args.seed)
     builds = {}
-    for setting in ("auto", "off"):
+    for setting in (args.dither, "off"):
         out = args.work / f"dither-{setting}"
         result = mobiledeploy.quantize(model, calib, out, num_calib=200, num_holdout=0, overwrite=True, dither=setting)
         builds[setting] = out
         if result.dither:
             d = result.dither
-            print(f"--dither auto: {len(d.channels)} of {d.layer}'s {d.of} channels copied "
-                  f"(+{d.added_macs / 1e6:.2f}M multiply-adds per image); refine {result.refinement.seconds:.0f} s")
-        elif setting == "auto":
-            print("--dither auto: no linear channel to copy; both builds are the same")
+            counts = ", ".join(f"{c} x{k}" for c, k in zip(d.channels, d.copies))
+            print(f"--dither {setting}: {d.layer}'s {d.of} channels -> {d.of + sum(d.copies) - len(d.copies) + len(d.duplicates)}"
+                  f" ({counts}; {len(d.duplicates)} exact) (+{d.added_macs / 1e6:.2f}M multiply-adds per image, "
+                  f"{d.seconds:.1f} s); refine {result.refinement.seconds:.0f} s")
+        elif setting != "off":
+            print(f"--dither {setting}: no linear channel to copy; both builds are the same")
     preprocessing = Preprocessing.from_dict(manifest.read(builds["off"])["preprocessing"])
     images = np.concatenate(list(datasets.iter_batches(datasets.open_data(evaluation, labels), preprocessing, 50)))
     batches = [images[i:i + 50] for i in range(0, len(images), 50)]
     reference = collect({"float": open_runner(builds["off"] / "model_folded.keras")}, iter(batches))["float"]
-    print(f"\n{'file':<20}{'threads':>8}{'auto ms':>9}{'off ms':>9}{'auto/off':>9}"
-          f"{'SQNR auto':>11}{'SQNR off':>10}{'agree auto':>12}{'agree off':>11}   ({len(images)} images)")
+    on = args.dither
+    print(f"\n{'file':<20}{'threads':>8}{on + ' ms':>9}{'off ms':>9}{on + '/off':>9}"
+          f"{'SQNR ' + on:>11}{'SQNR off':>10}{'agree ' + on:>12}{'agree off':>11}   ({len(images)} images)")
     for name in ("model_int8.tflite", "model_int8.onnx"):
         quality = {}
         for setting, out in builds.items():
@@ -67,9 +72,9 @@ def main() -> None:
             for _ in range(ROUNDS):
                 for setting, out in builds.items():
                     times[setting].append(bench.measure(out / name, name.rsplit(".", 1)[1], "int8", settings).median_ms)
-            auto, off = float(np.median(times["auto"])), float(np.median(times["off"]))
-            print(f"{name:<20}{threads:>8}{auto:>9.3f}{off:>9.3f}{auto / off:>8.2f}x"
-                  f"{quality['auto'][0]:>11.1f}{quality['off'][0]:>10.1f}{quality['auto'][1]:>12.1%}"
+            copied, off = float(np.median(times[on])), float(np.median(times["off"]))
+            print(f"{name:<20}{threads:>8}{copied:>9.3f}{off:>9.3f}{copied / off:>8.2f}x"
+                  f"{quality[on][0]:>11.1f}{quality['off'][0]:>10.1f}{quality[on][1]:>12.1%}"
                   f"{quality['off'][1]:>11.1%}", flush=True)
 
 

@@ -85,9 +85,10 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
                    "int8 level). off: the logits keep their full calibrated range.")
 @click.option("--dither", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
               help="When the model starts conv -> ReLU -> depthwise -> 1x1 conv (MobileNets), give each channel "
-                   "of the first conv that stays in the ReLU's linear range a copy shifted by half an int8 step; "
-                   "the 1x1 conv averages the two, so that tensor's int8 rounding noise falls to a quarter (the "
-                   "function is unchanged; the first three layers get more channels). auto: only for thin first "
+                   "of the first conv that stays in the ReLU's linear range copies a fraction of an int8 step "
+                   "apart; the 1x1 conv averages them, so k copies leave 1/k^2 of that tensor's int8 rounding "
+                   "noise (the function is unchanged; the first three layers get more channels, filled up to a "
+                   "multiple of 8 with copies of the channels whose rounding costs most). auto: only for thin first "
                    "layers (16 channels or fewer with the copies), where the copies cost no time, and not with "
                    "--per-tensor (its coarse weight grid ate the gain). on: also for "
                    "wider ones, when accuracy matters more than a few percent of latency (measured 7-18% on a "

@@ -6,23 +6,26 @@ channels share one [0, 6] grid (step 6/255), and the depthwise filter after it a
 rounding noise (on the shared ImageNet MobileNet v1 0.25, rounding that tensor alone costs
 the output 26 dB of SQNR, the most of any tensor). Weight-side levers cannot reach it.
 
-For a channel whose pre-activation z stays inside the ReLU's linear range (0 < z < cap - step/2
-on the calibration images; MobileNets have several such channels), a second copy of the
-channel computes relu6(z + step/2): the same value half a step up, so it rounds on a grid
-shifted by half a step. The depthwise copy of it takes the half step off its bias (exact: the
-depthwise filter is linear), and the pointwise layer after reads each of the two copies with
-half the weight. The model computes the same function (up to the zero padding at the borders,
-which the shifted copy reads half a step off), but in int8 the two rounding errors are
-sawtooths half a period apart: their mean has a quarter of the noise power.
+For a channel whose pre-activation z stays inside the ReLU's linear range with half a step to
+spare (step/2 < z < cap - step/2 on the calibration images; MobileNets have several such
+channels), k copies of the channel compute relu6(z + s_j), with shifts s_j a k-th of a step
+apart and centred on zero, so that each copy rounds on its own shifted grid. The depthwise
+copies take the shifts off their biases (exact: the depthwise filter is linear), and the
+pointwise layer after reads each of the k copies with 1/k of the weight. The model computes the
+same function (the depthwise zero padding reads each copy's shift off, and the shifts add up to
+zero), but in int8 the k rounding errors are sawtooths a k-th of a period apart: their mean is
+the rounding error of a k times finer grid, 1/k^2 of the noise power.
 
-Only linear channels are copied: where a channel turns off or saturates, the shifted copy is
-off by up to half a step itself. The copies add channels to three layers: the first conv, the
-depthwise after it and the input side of the pointwise after that. Exact copies (no shift) of
-other channels round the count up to a multiple of 8, which ONNX Runtime's kernels need to stay
-fast. On the 0.25 MobileNet (8 -> 16 channels) neither int8 file got slower (runtimes work on
+Only linear channels are copied: where a channel turns off or saturates, a shifted copy is off
+by up to its shift. The copies add channels to three layers: the first conv, the depthwise
+after it and the input side of the pointwise after that. The count is rounded up to a multiple
+of 8, which ONNX Runtime's kernels need to stay fast, and the channels of the block go to the
+linear channels whose rounding costs the model's output most: each further copy goes where it
+cuts the most noise (a channel's cost, measured by rounding it alone, times 1/k^2 - 1/(k+1)^2).
+On the 0.25 MobileNet (8 -> 16 channels) neither int8 file got slower (runtimes work on
 vector-wide blocks of channels; benchmarks/dither_cost.py times both builds side by side); wider
 first layers pay for their copies, so ``auto`` copies only up to ``AUTO_MAX_CHANNELS``. The
-manifest records the added multiply-adds.
+manifest records the copies and the added multiply-adds.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from .folding import output_change, plain_config
 from .graph import RELU_PASS_THROUGH, activation_name, follow, layer_graph, only_consumer, relu_cap
 from .stage_reports import DitherReport
 
-OFFSET = 0.5  # the copy's shift, in int8 steps of the activation: the grid half a step over
 LINEAR_SHARE = 0.999  # a channel is copied when this share of its calibration values is linear
 MAX_CHANGE = 1e-3  # the copies must leave the float model's outputs within this (relative to max |output|)
 CHANNEL_BLOCK = 8  # the first conv's channel count after the copies is a multiple of this
+MAX_COPIES = 4  # copies of one channel at most (measured up to 4 on the shared model); block
+# channels left over copy other channels exactly
+COST_IMAGES = 64  # calibration images that measure what rounding each channel costs the output
 # --dither auto copies only while the first conv keeps at most this many channels: measured on
 # this x86-64 CPU, 8 -> 16 channels cost no time in either runtime (0.25 MobileNet: TFLite
 # 1.00-1.02x, ONNX Runtime 0.92x), 16 -> 32 cost TFLite 1.12x (v1 0.5) and 32 -> 48 1.07-1.18x
@@ -73,8 +78,9 @@ def find_chain(model) -> tuple[str, str, str, str] | None:
 
 
 def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO_MAX_CHANNELS, chunk: int = 16):
-    """A copy of ``model`` with a dithered second copy of each linear channel of its first
-    convolution, and the report; ``(model, None)`` when the model does not start with such a
+    """A copy of ``model`` with dithered copies of the linear channels of its first convolution
+    (as many as fill a block of channels, to the channels whose rounding costs most), and the
+    report; ``(model, None)`` when the model does not start with such a
     chain, no channel is linear, the first conv would end up with more than ``max_channels``
     channels (None: no limit), or the copies would change the float outputs."""
     import keras
@@ -88,30 +94,45 @@ def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO
     linear, step = _linear_channels(probe, calib, relu_cap(model.get_layer(relu)), chunk)
     if not linear.any():
         return model, None
-    offset = OFFSET * step
-    # exact duplicates (no shift) of further channels round the count up to a whole block: ONNX
-    # Runtime's x86-64 kernels ran the 0.25 MobileNet 1.6x slower with 13 channels than with 8 or 16
-    extra = (-(len(linear) + int(linear.sum()))) % CHANNEL_BLOCK
-    channels = np.concatenate([np.flatnonzero(linear), np.flatnonzero(~linear)[:extra]])
-    if max_channels is not None and len(linear) + len(channels) > max_channels:
+    # the copies fill whole blocks of channels: ONNX Runtime's x86-64 kernels ran the 0.25
+    # MobileNet 1.6x slower with 13 channels than with 8 or 16
+    slots = -(-(len(linear) + int(linear.sum())) // CHANNEL_BLOCK) * CHANNEL_BLOCK - len(linear)
+    if max_channels is not None and len(linear) + slots > max_channels:
         return model, None
-    result = _with_copies(model, chain, channels, np.where(linear[channels], offset, 0.0))
+    costs = _rounding_costs(model, relu, np.flatnonzero(linear), step, calib[:COST_IMAGES], chunk)
+    if not any(costs.values()):  # a saturated output shows no channel's rounding: share the copies evenly
+        costs = dict.fromkeys(costs, 1.0)
+    copies = _allocate(costs, slots)
+    if not copies:
+        return model, None
+    # a channel's k copies sit a k-th of a step apart, centred on the channel's value: their
+    # shifts add up to zero, so the depthwise layer's zero padding, which reads every copy as
+    # 0, costs their mean nothing
+    own, channels, offsets = np.zeros(len(linear)), [], []
+    for channel, count in copies.items():
+        shifts = step * (np.arange(count) - (count - 1) / 2) / count
+        own[channel] = shifts[0]
+        channels += [channel] * (count - 1)
+        offsets += shifts[1:].tolist()
+    exact = np.flatnonzero(~linear)[:slots - len(channels)]  # what the linear channels leave of the block
+    channels, offsets = np.array(channels + exact.tolist(), int), np.array(offsets + [0.0] * len(exact))
+    result = _with_copies(model, chain, own, channels, offsets)
     images = calib[:64]
     diff, peak, _ = output_change(model, result, (images[i:i + chunk] for i in range(0, len(images), chunk)))
     change = diff / peak if peak > 0 else 0.0
     if change > MAX_CHANGE:
         return model, None
     return result, DitherReport(layer=first, depthwise=depthwise, pointwise=pointwise,
-                                channels=tuple(int(c) for c in channels[linear[channels]]),
-                                duplicates=tuple(int(c) for c in channels[~linear[channels]]), of=len(linear), step=step,
+                                channels=tuple(copies), copies=tuple(copies.values()),
+                                duplicates=tuple(int(c) for c in exact), of=len(linear), step=step,
                                 max_change=change, added_macs=_added_macs(model, chain, len(channels)),
                                 seconds=time.perf_counter() - started)
 
 
 def _linear_channels(probe, calib: np.ndarray, cap: float | None, chunk: int) -> tuple[np.ndarray, float]:
     """Which channels of ``probe``'s output (the pre-activation z) stay in the ReLU's linear
-    range with room for the shift, 0 < z < cap - shift, on LINEAR_SHARE of the calibration
-    positions; and the int8 step of the ReLU output, as the converters calibrate it ([0, max])."""
+    range with room for shifts of up to half a step either way, step/2 < z < cap - step/2, on
+    LINEAR_SHARE of the calibration positions; and the int8 step of the ReLU output, as the converters calibrate it ([0, max])."""
     def pre_activations():  # a chunk at a time: a 112x112 layer of 256 images would take gigabytes
         for start in range(0, len(calib), chunk):
             z = np.asarray(probe(calib[start:start + chunk], training=False))
@@ -123,15 +144,70 @@ def _linear_channels(probe, calib: np.ndarray, cap: float | None, chunk: int) ->
     channels = int(probe.output.shape[-1])
     if step == 0:
         return np.zeros(channels, bool), step
-    inside = sum(np.sum((z > 0) & (z < cap - OFFSET * step), axis=0) for z in pre_activations())
+    inside = sum(np.sum((z > step / 2) & (z < cap - step / 2), axis=0) for z in pre_activations())
     positions = len(calib) * int(np.prod(probe.output.shape[1:-1]))
     return inside >= LINEAR_SHARE * positions, step
 
 
-def _with_copies(model, chain, channels: np.ndarray, offsets: np.ndarray):
-    """The model rebuilt with the copies: ``channels`` of the first conv appended, each shifted
-    by its ``offsets`` entry; the depthwise copies take the shift off; the pointwise layer
-    halves each channel and its copy."""
+def _rounding_costs(model, relu: str, channels: np.ndarray, step: float, images: np.ndarray,
+                    chunk: int) -> dict[int, float]:
+    """{channel: squared error of the model's output when only that channel of ``relu``'s output
+    is rounded to its int8 grid}, the rest float: what a channel's rounding costs the output,
+    which later layers weigh very differently from channel to channel."""
+    from .graph import layer_graph
+    from .refine import fake_quantize
+
+    graph = layer_graph(model)
+    order = list(graph)
+    start, output = order.index(relu) + 1, model.outputs[0]._keras_history.operation.name
+    errors = dict.fromkeys((int(c) for c in channels), 0.0)
+    for begin in range(0, len(images), chunk):  # a chunk at a time: 112x112 tensors of many images are large
+        values = _run(model, graph, order, 1, start, {order[0]: images[begin:begin + chunk]}, chunk)
+        exact = _run(model, graph, order, start, len(order), dict(values), chunk)[output]
+        rounded = fake_quantize(values[relu], 0.0, 255 * step)
+        for channel in errors:
+            changed = dict(values)
+            changed[relu] = values[relu].copy()
+            changed[relu][..., channel] = rounded[..., channel]
+            result = _run(model, graph, order, start, len(order), changed, chunk)[output]
+            errors[channel] += float(np.sum((result - exact) ** 2))
+    return errors
+
+
+def _run(model, graph: dict, order: list[str], begin: int, end: int, values: dict, chunk: int) -> dict:
+    """``values`` (the outputs of every earlier layer that a later one reads) with the layers
+    ``order[begin:end]`` run; a value is dropped once no later layer reads it (memory)."""
+    from .graph import run_layer
+
+    last_read = {parent: i for i, name in enumerate(order) for parent in graph[name]["inputs"]}
+    for i in range(begin, end):
+        name = order[i]
+        values[name] = run_layer(model.get_layer(name), [values[p] for p in graph[name]["inputs"]], chunk)
+        for parent in graph[name]["inputs"]:
+            if last_read[parent] == i:
+                values.pop(parent, None)
+    return values
+
+
+def _allocate(costs: dict[int, float], slots: int) -> dict[int, int]:
+    """{channel: copies in all (at least 2)}: ``slots`` more copies, one at a time where the
+    noise power falls most (k copies leave 1/k^2 of a channel's cost), at most MAX_COPIES of a
+    channel; channels whose rounding costs nothing get none."""
+    counts = dict.fromkeys(costs, 1)
+    for _ in range(slots):
+        gains = {c: costs[c] * (1 / k ** 2 - 1 / (k + 1) ** 2) for c, k in counts.items() if k < MAX_COPIES}
+        best = max(gains, key=lambda c: (gains[c], -c), default=None)
+        if best is None or gains[best] <= 0:
+            break
+        counts[best] += 1
+    return {c: k for c, k in counts.items() if k > 1}
+
+
+def _with_copies(model, chain, own: np.ndarray, channels: np.ndarray, offsets: np.ndarray):
+    """The model rebuilt with the copies: the first conv's channels shifted by ``own`` and
+    ``channels`` of them appended (a channel may come several times), each shifted by its
+    ``offsets`` entry; the depthwise layer takes each shift off; the pointwise layer reads a
+    channel and its copies with an equal share of the weight."""
     import keras
 
     first, _, depthwise, pointwise = chain
@@ -142,20 +218,21 @@ def _with_copies(model, chain, channels: np.ndarray, offsets: np.ndarray):
         if entry["class_name"] != "InputLayer":
             entry.pop("build_config", None)  # built again from the new channel counts
     result = keras.Model.from_config(config)
+    shares = np.ones(int(model.get_layer(first).filters))
+    np.add.at(shares, channels, 1)
     for layer in result.layers:
         weights = model.get_layer(layer.name).get_weights()
         if layer.name == first:
             kernel, bias = weights
             weights = [np.concatenate([kernel, kernel[..., channels]], -1),
-                       np.concatenate([bias, bias[channels] + offsets])]
+                       np.concatenate([bias + own, bias[channels] + offsets])]
         elif layer.name == depthwise:
             kernel, bias = weights
-            copies = kernel[:, :, channels, :]
+            copies, sums = kernel[:, :, channels, :], kernel.sum(axis=(0, 1, 3))
             weights = [np.concatenate([kernel, copies], 2),
-                       np.concatenate([bias, bias[channels] - offsets * copies.sum(axis=(0, 1, 3))])]
+                       np.concatenate([bias - own * sums, bias[channels] - offsets * sums[channels]])]
         elif layer.name == pointwise:
-            kernel = weights[0].copy()
-            kernel[:, :, channels, :] /= 2
+            kernel = weights[0] / shares[None, None, :, None]
             weights = [np.concatenate([kernel, kernel[:, :, channels, :]], 2), *weights[1:]]
         if weights:
             layer.set_weights([np.asarray(w, np.float32) for w in weights])

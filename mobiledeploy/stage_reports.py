@@ -49,18 +49,19 @@ class DitherReport:
 
     layer: str  # the first convolution
     depthwise: str  # the depthwise layer that filters each copy like its channel
-    pointwise: str  # the 1x1 conv that reads each channel and its copy with half the weight
-    channels: tuple[int, ...]  # the channels copied with the shift (linear on the calibration images)
-    duplicates: tuple[int, ...]  # channels copied without it, to fill a block of channels (exact copies)
+    pointwise: str  # the 1x1 conv that reads a channel's k copies with 1/k of the weight each
+    channels: tuple[int, ...]  # the channels copied with shifts (linear on the calibration images)
+    copies: tuple[int, ...]  # how many copies each of them has in all (k: shifted by j/k of a step)
+    duplicates: tuple[int, ...]  # channels copied without a shift, to fill a block of channels
     of: int  # the first convolution's channels before
-    step: float  # the int8 step of its ReLU output; each copy is shifted by half of it
+    step: float  # the int8 step of its ReLU output
     max_change: float  # largest change of the float model's outputs, relative to max |output|
     added_macs: int  # multiply-adds per image the copies add
     seconds: float
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "depthwise": self.depthwise, "pointwise": self.pointwise,
-                "channels": list(self.channels), "duplicates": list(self.duplicates), "of": self.of, "step": round(self.step, 6),
+                "channels": list(self.channels), "copies": list(self.copies), "duplicates": list(self.duplicates), "of": self.of, "step": round(self.step, 6),
                 "max_change": float(f"{self.max_change:.3g}"), "added_macs": self.added_macs,
                 "seconds": round(self.seconds, 2)}
 
