@@ -147,7 +147,62 @@ def _to_onnx(model, opset: int):
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     except Exception as exc:
         raise ExportError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:200]}") from None
+    return fixed_reshapes(proto)
+
+
+def fixed_reshapes(proto):
+    """The same graph with every Reshape whose target shape is computed at run time (Shape ->
+    Gather -> Concat of the batch size) given it as a constant, [-1, d1, ...], when the graph
+    computes the same sizes but the batch for a batch of 1 and of 2; the nodes that computed it
+    are dropped.
+
+    tf2onnx folds the batch size that Keras' Reshape reads off its input into a constant, but not
+    always (seen once in a simulated CI run, not reproduced): left dynamic, it keeps ONNX Runtime
+    from fusing the QDQ node units around it, and a Conv then runs in float."""
+    from onnx import helper, numpy_helper
+
+    constants = {t.name for t in proto.graph.initializer}
+    reshapes = [node for node in proto.graph.node if node.op_type == "Reshape" and node.input[1] not in constants]
+    feeds = [i for i in proto.graph.input if i.name not in constants]
+    dims = [list(feeds[0].type.tensor_type.shape.dim)] if len(feeds) == 1 else []
+    if not reshapes or not dims or not all(d.HasField("dim_value") for d in dims[0][1:]):
+        return proto
+    probe = type(proto)()
+    probe.CopyFrom(proto)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(node.input[1]) for node in reshapes)
+    targets = [_outputs(probe, feeds[0].name, [batch, *(d.dim_value for d in dims[0][1:])])[-len(reshapes):]
+               for batch in (1, 2)]
+    for node, one, two in zip(reshapes, *targets):
+        one, two = np.asarray(one).tolist(), np.asarray(two).tolist()
+        if len(one) < 2 or one[0] != 1 or two[0] != 2 or one[1:] != two[1:] or min(one[1:]) <= 0:
+            continue
+        name = f"{node.output[0]}/shape"
+        proto.graph.initializer.append(numpy_helper.from_array(np.array([-1, *one[1:]], np.int64), name))
+        node.input[1] = name
+    _drop_unused(proto.graph)
     return proto
+
+
+def _outputs(proto, feed: str, shape: list[int]) -> list:
+    """Every output of ``proto`` for an input of zeros of ``shape`` (ONNX Runtime, CPU)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {feed: np.zeros(shape, np.float32)})
+
+
+def _drop_unused(graph) -> None:
+    """Remove the nodes none of whose outputs is read (by a node or as a graph output), until
+    none is left, then the constants no node reads."""
+    while True:
+        read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        unused = [node for node in graph.node if not any(out in read for out in node.output)]
+        if not unused:
+            break
+        for node in unused:
+            graph.node.remove(node)
+    for tensor in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(tensor)
 
 
 def _reader(input_name: str, representative: Callable[[], Iterable[np.ndarray]]):

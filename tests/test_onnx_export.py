@@ -1,0 +1,55 @@
+"""The ONNX exporter gives a Reshape whose target shape tf2onnx left computed at run time a
+constant one, so that ONNX Runtime can fuse the int8 node units around it; the function, the
+dynamic batch included, is unchanged."""
+
+import numpy as np
+
+from mobiledeploy.export.onnx import fixed_reshapes
+
+
+def _dynamic_reshape():
+    """x [N, 12] -> Shape -> Gather(0) -> Unsqueeze -> Concat with [3, 4] -> Reshape: Keras'
+    Reshape as tf2onnx writes it when it does not fold the batch size."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axes"], ["batch_1d"]),
+        helper.make_node("Concat", ["batch_1d", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["reshaped"]),
+        helper.make_node("Relu", ["reshaped"], ["y"]),
+    ]
+    constants = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                 numpy_helper.from_array(np.array([0], np.int64), "axes"),
+                 numpy_helper.from_array(np.array([3, 4], np.int64), "rest")]
+    graph = helper.make_graph(nodes, "reshape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])], constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def _run(proto, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_a_run_time_reshape_target_becomes_a_constant_and_the_function_stays():
+    from onnx import checker, numpy_helper
+
+    original = _dynamic_reshape()
+    fixed = fixed_reshapes(_dynamic_reshape())
+    checker.check_model(fixed)
+    assert [node.op_type for node in fixed.graph.node] == ["Reshape", "Relu"]  # the shape subgraph is gone
+    constants = {t.name: numpy_helper.to_array(t) for t in fixed.graph.initializer}
+    assert constants[fixed.graph.node[0].input[1]].tolist() == [-1, 3, 4] and len(constants) == 1
+    rng = np.random.default_rng(0)
+    for batch in (1, 5):  # the batch stays dynamic
+        x = rng.normal(size=(batch, 12)).astype(np.float32)
+        assert np.array_equal(_run(fixed, x), _run(original, x))
+
+
+def test_a_constant_reshape_is_left_as_it_is():
+    proto = fixed_reshapes(_dynamic_reshape())
+    before = proto.SerializeToString()
+    assert fixed_reshapes(proto).SerializeToString() == before
