@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from .folding import output_change, plain_config
-from .graph import RELU_PASS_THROUGH, activation_name, follow, layer_graph, only_consumer, relu_cap
+from .graph import RELU_PASS_THROUGH, activation_name, follow, layer_graph, only_consumer, relu_cap, run_layer
 from .stage_reports import DitherReport
 
 LINEAR_SHARE = 0.999  # a channel is copied when this share of its calibration values is linear
@@ -132,7 +132,8 @@ def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO
 def _linear_channels(probe, calib: np.ndarray, cap: float | None, chunk: int) -> tuple[np.ndarray, float]:
     """Which channels of ``probe``'s output (the pre-activation z) stay in the ReLU's linear
     range with room for shifts of up to half a step either way, step/2 < z < cap - step/2, on
-    LINEAR_SHARE of the calibration positions; and the int8 step of the ReLU output, as the converters calibrate it ([0, max])."""
+    LINEAR_SHARE of the calibration positions; and the int8 step of the ReLU output, as the
+    converters calibrate it ([0, max])."""
     def pre_activations():  # a chunk at a time: a 112x112 layer of 256 images would take gigabytes
         for start in range(0, len(calib), chunk):
             z = np.asarray(probe(calib[start:start + chunk], training=False))
@@ -154,7 +155,6 @@ def _rounding_costs(model, relu: str, channels: np.ndarray, step: float, images:
     """{channel: squared error of the model's output when only that channel of ``relu``'s output
     is rounded to its int8 grid}, the rest float: what a channel's rounding costs the output,
     which later layers weigh very differently from channel to channel."""
-    from .graph import layer_graph
     from .refine import fake_quantize
 
     graph = layer_graph(model)
@@ -177,8 +177,6 @@ def _rounding_costs(model, relu: str, channels: np.ndarray, step: float, images:
 def _run(model, graph: dict, order: list[str], begin: int, end: int, values: dict, chunk: int) -> dict:
     """``values`` (the outputs of every earlier layer that a later one reads) with the layers
     ``order[begin:end]`` run; a value is dropped once no later layer reads it (memory)."""
-    from .graph import run_layer
-
     last_read = {parent: i for i, name in enumerate(order) for parent in graph[name]["inputs"]}
     for i in range(begin, end):
         name = order[i]
