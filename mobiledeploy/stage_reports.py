@@ -61,7 +61,8 @@ class DitherReport:
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "depthwise": self.depthwise, "pointwise": self.pointwise,
-                "channels": list(self.channels), "copies": list(self.copies), "duplicates": list(self.duplicates), "of": self.of, "step": round(self.step, 6),
+                "channels": list(self.channels), "copies": list(self.copies), "duplicates": list(self.duplicates),
+                "of": self.of, "step": round(self.step, 6),
                 "max_change": float(f"{self.max_change:.3g}"), "added_macs": self.added_macs,
                 "seconds": round(self.seconds, 2)}
 

@@ -117,7 +117,9 @@ def test_copies_cut_the_first_tensors_rounding_error():
     # two copies half a step apart: their mean's noise power is a quarter of one copy's
     assert two < 0.5 * plain
     wide = _model(channels=10)  # 10 + 6 = 16: four copies of each linear channel, a quarter step apart
-    four = _first_tensor_error(dither_first_layer(wide, calib)[0], fresh) / _first_tensor_error(wide, fresh)
+    dithered, report = dither_first_layer(wide, calib)
+    assert report.copies == (4, 4)
+    four = _first_tensor_error(dithered, fresh) / _first_tensor_error(wide, fresh)
     assert four < 0.5 * two / plain  # 1/16 of the noise power where two copies leave 1/4
 
 
