@@ -59,6 +59,11 @@ class DitherReport:
     added_macs: int  # multiply-adds per image the copies add
     seconds: float
 
+    @property
+    def channels_after(self) -> int:
+        """The first convolution's channels with the copies."""
+        return self.of + sum(self.copies) - len(self.copies) + len(self.duplicates)
+
     def to_dict(self) -> dict:
         return {"layer": self.layer, "depthwise": self.depthwise, "pointwise": self.pointwise,
                 "channels": list(self.channels), "copies": list(self.copies), "duplicates": list(self.duplicates),

@@ -170,8 +170,7 @@ def fixed_reshapes(proto):
     probe = type(proto)()
     probe.CopyFrom(proto)
     probe.graph.output.extend(helper.make_empty_tensor_value_info(node.input[1]) for node in reshapes)
-    targets = [_outputs(probe, feeds[0].name, [batch, *(d.dim_value for d in dims[0][1:])])[-len(reshapes):]
-               for batch in (1, 2)]
+    targets = _outputs(probe, feeds[0].name, [d.dim_value for d in dims[0][1:]], (1, 2), len(reshapes))
     for node, one, two in zip(reshapes, *targets):
         one, two = np.asarray(one).tolist(), np.asarray(two).tolist()
         if len(one) < 2 or one[0] != 1 or two[0] != 2 or one[1:] != two[1:] or min(one[1:]) <= 0:
@@ -183,12 +182,13 @@ def fixed_reshapes(proto):
     return proto
 
 
-def _outputs(proto, feed: str, shape: list[int]) -> list:
-    """Every output of ``proto`` for an input of zeros of ``shape`` (ONNX Runtime, CPU)."""
+def _outputs(proto, feed: str, shape: list[int], batches: tuple[int, ...], last: int) -> list[list]:
+    """For each batch size, the ``last`` outputs of ``proto`` on an input of zeros of
+    ``(batch, *shape)`` (ONNX Runtime, CPU; one session)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {feed: np.zeros(shape, np.float32)})
+    return [session.run(None, {feed: np.zeros((batch, *shape), np.float32)})[-last:] for batch in batches]
 
 
 def _drop_unused(graph) -> None:
