@@ -15,7 +15,7 @@ from . import __version__
 from .errors import MobiledeployError
 from . import terminal
 from .cli_quantize import parse_size
-from .staging import Terminated, terminate
+from .staging import Terminated, terminate, terminated
 
 EXIT_ERROR = 1
 
@@ -26,17 +26,18 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except MobiledeployError as exc:
-            if ctx.meta.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was written", err=True)
             ctx.exit(130)
-        except Terminated:
-            click.echo("terminated: nothing was written", err=True)
-            ctx.exit(143)
+        except (Terminated, Exception) as exc:
+            # a library may catch Terminated and raise its own error: after SIGTERM, that is one too
+            if isinstance(exc, Terminated) or terminated():
+                click.echo("terminated: nothing was written", err=True)
+                ctx.exit(143)
+            if not isinstance(exc, MobiledeployError) or ctx.meta.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -49,6 +49,12 @@ def terminate(signum=None, frame=None) -> None:
     raise Terminated()
 
 
+def terminated() -> bool:
+    """Whether SIGTERM arrived: then whatever error a library raised instead of ``Terminated``
+    (one that caught it and raised its own) is a consequence of the termination."""
+    return _termination.is_set()
+
+
 @contextlib.contextmanager
 def staged_directory(destination: Path, overwrite: bool) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``destination``; publish it on success."""
@@ -61,7 +67,7 @@ def staged_directory(destination: Path, overwrite: bool) -> Iterator[Path]:
         raise OutputError(f"cannot create a folder in {parent}: {exc.strerror}; choose another -o folder") from None
     try:
         yield staging
-        if _termination.is_set():  # terminated while a library swallowed the exception
+        if terminated():  # terminated while a library swallowed the exception
             raise Terminated()
         _publish(staging, destination)
     except BaseException:

@@ -49,8 +49,8 @@ def test_sigterm_mid_conversion_leaves_no_output(tmp_path):
     run = _quantize(REFERENCE_MODEL, ROOT / "calibration_data", out, "0")
     assert _wait_for_staging(tmp_path, "build", run), "the conversion never started writing"
     run.send_signal(signal.SIGTERM)
-    assert run.wait(timeout=120) == 143
-    assert "terminated: nothing was written" in run.stderr.read()
+    code, stderr = run.wait(timeout=120), run.stderr.read()
+    assert code == 143 and "terminated: nothing was written" in stderr, stderr
     assert not out.exists() and not list(tmp_path.glob(".build.partial-*"))
 
 
@@ -61,8 +61,27 @@ def test_sigterm_keeps_the_previous_complete_result(reference_build, tmp_path):
     run = _quantize(REFERENCE_MODEL, ROOT / "calibration_data", out, "0", "--overwrite", "--refine", "none")
     assert _wait_for_staging(tmp_path, "build", run)
     run.send_signal(signal.SIGTERM)
-    assert run.wait(timeout=120) == 143
+    code, stderr = run.wait(timeout=120), run.stderr.read()
+    assert code == 143 and "terminated: nothing was written" in stderr, stderr
     assert _digests(out) == before and not list(tmp_path.glob(".build.partial-*"))
+
+
+def test_an_error_a_library_raises_after_sigterm_still_exits_143(tmp_path):
+    """A library that catches Terminated and raises its own error (a CI run exited 1 after SIGTERM)."""
+    from click.testing import CliRunner
+
+    from mobiledeploy import staging
+    from mobiledeploy.cli import main
+
+    args = ["quantize", str(tmp_path / "missing.h5"), "--calib", str(ROOT / "calibration_data"), "-o", str(tmp_path / "b")]
+    assert CliRunner().invoke(main, args).exit_code == 1  # the error itself, without SIGTERM
+    staging._termination.set()
+    try:
+        result = CliRunner().invoke(main, args)
+    finally:
+        staging._termination.clear()
+    assert result.exit_code == 143 and "terminated: nothing was written" in result.output
+    assert not (tmp_path / "b").exists()
 
 
 def test_reports_are_identical_run_to_run(reference_build):
