@@ -21,7 +21,8 @@ EXIT_ERROR = 1
 
 
 class _Group(click.Group):
-    """Turns user errors into one line on stderr and exit 1; ``--debug`` keeps the traceback."""
+    """Turns user errors into one line on stderr and exit 1 (``--debug`` keeps the traceback),
+    Ctrl-C into exit 130 and SIGTERM into 143, whatever error it surfaced as."""
 
     def invoke(self, ctx):
         try:

@@ -67,13 +67,15 @@ def test_sigterm_keeps_the_previous_complete_result(reference_build, tmp_path):
 
 
 def test_an_error_a_library_raises_after_sigterm_still_exits_143(tmp_path):
-    """A library that catches Terminated and raises its own error (a CI run exited 1 after SIGTERM)."""
+    """A library that catches Terminated and raises its own error: SIGTERM during the TFLite
+    conversion once exited 1 with "TFLite converter failed: 'NoneType' object is not callable"."""
     from click.testing import CliRunner
 
     from mobiledeploy import staging
     from mobiledeploy.cli import main
 
-    args = ["quantize", str(tmp_path / "missing.h5"), "--calib", str(ROOT / "calibration_data"), "-o", str(tmp_path / "b")]
+    args = ["quantize", str(tmp_path / "missing.h5"), "--calib", str(ROOT / "calibration_data"),
+            "-o", str(tmp_path / "b")]
     assert CliRunner().invoke(main, args).exit_code == 1  # the error itself, without SIGTERM
     staging._termination.set()
     try:
