@@ -8,9 +8,11 @@ ImageNet images are cut into --folds folds (seeded); for each fold every lever c
 200 images drawn from the other folds and is evaluated on the held-out fold, so every image is
 evaluated once per lever, never by a model calibrated on it. The same calibration images
 serve every lever of a fold, so the levers can be compared image by image. The table gives
-each int8 file's top-1 change vs float, agreement and output SQNR over all 500 images and,
-against the first lever listed, how many images only it gets right / only the first gets
-right (the discordant pairs; a difference well inside their total is noise).
+each int8 file's top-1 change vs float with the half-width of its 95% interval ("±95%": the
+change is a mean over the images of -1, 0 or +1, int8 right where float was wrong or the
+reverse), agreement and output SQNR over all 500 images and, against the first lever listed,
+how many images only it gets right / only the first gets right (the discordant pairs; a
+difference well inside their total is noise).
 
 --model runs the same folds on another real model (see other_models.py). When its classes are
 not ImageNet's, top-1 against the labels means nothing: the table then gives agreement and
@@ -94,7 +96,7 @@ def _table(levers, catalogue, labels, float_out, int8_out) -> None:
     truth = np.array([labels[n] for n in names]) if imagenet else float_top
     if imagenet:
         print(f"\n{len(names)} images; float top-1 {np.mean(float_top == truth):.1%}")
-        print(f"{'lever':<42}{'artifact':<20}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}"
+        print(f"{'lever':<42}{'artifact':<20}{'top-1':>7}{'vs float':>9}{'±95%':>7}{'agree':>8}{'SQNR':>7}"
               f"{'only this':>10}{'only base':>10}")
     else:  # not ImageNet's classes: the labels mean nothing, the paired counts are of agreement
         print(f"\n{len(names)} images; {reference.shape[1]} classes, not ImageNet's: label-free drift only")
@@ -108,8 +110,10 @@ def _table(levers, catalogue, labels, float_out, int8_out) -> None:
         sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
         agree = np.mean(top == float_top)
         if imagenet:
+            change = right.astype(float) - (float_top == truth)  # -1, 0 or +1 per image
+            half_width = 100 * 1.96 * change.std(ddof=1) / np.sqrt(len(change))
             print(f"{catalogue[index][0]:<42}{artifact:<20}{np.mean(right):>7.1%}"
-                  f"{100 * (np.mean(right) - np.mean(float_top == truth)):>+9.2f}{agree:>8.1%}"
+                  f"{100 * change.mean():>+9.2f}{half_width:>7.2f}{agree:>8.1%}"
                   f"{sqnr:>7.1f}{only_this:>10}{only_base:>10}")
         else:
             print(f"{catalogue[index][0]:<42}{artifact:<20}{agree:>8.1%}{sqnr:>7.1f}{only_this:>18}{only_base:>18}")
