@@ -48,9 +48,8 @@ def main() -> None:
         builds[setting] = out
         if result.dither:
             d = result.dither
-            counts = ", ".join(f"{c} x{k}" for c, k in zip(d.channels, d.copies))
             print(f"--dither {setting}: {d.layer}'s {d.of} channels -> {d.channels_after}"
-                  f" ({counts}; {len(d.duplicates)} exact) (+{d.added_macs / 1e6:.2f}M multiply-adds per image, "
+                  f" ({d.counts}; {len(d.duplicates)} exact) (+{d.added_macs / 1e6:.2f}M multiply-adds per image, "
                   f"{d.seconds:.1f} s); refine {result.refinement.seconds:.0f} s")
         elif setting != "off":
             print(f"--dither {setting}: no linear channel to copy; both builds are the same")

@@ -64,6 +64,11 @@ class DitherReport:
         """The first convolution's channels with the copies."""
         return self.of + sum(self.copies) - len(self.copies) + len(self.duplicates)
 
+    @property
+    def counts(self) -> str:
+        """Each copied channel with its number of copies: "0 x4, 1 x3"."""
+        return ", ".join(f"{c} x{k}" for c, k in zip(self.channels, self.copies))
+
     def to_dict(self) -> dict:
         return {"layer": self.layer, "depthwise": self.depthwise, "pointwise": self.pointwise,
                 "channels": list(self.channels), "copies": list(self.copies), "duplicates": list(self.duplicates),

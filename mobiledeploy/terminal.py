@@ -87,8 +87,7 @@ def print_quantize(result) -> None:
                       f"scale {e.max_scale:.3g}x; {e.dead_channels} never-active channels zeroed")
     if result.dither is not None:
         d = result.dither
-        counts = ", ".join(f"{c} x{k}" for c, k in zip(d.channels, d.copies))
-        console.print(f"dithered {len(d.channels)} of {d.layer}'s {d.of} channels into {d.channels_after} ({counts}; copies a k-th "
+        console.print(f"dithered {len(d.channels)} of {d.layer}'s {d.of} channels into {d.channels_after} ({d.counts}; copies a k-th "
                       f"of an int8 step apart, averaged by {d.pointwise})"
                       + (f", {len(d.duplicates)} exact copies to fill the block" if d.duplicates else "")
                       + f"; +{d.added_macs / 1e6:.2f}M multiply-adds per image; float outputs within {d.max_change:.1e}")

@@ -170,7 +170,8 @@ def fixed_reshapes(proto):
     probe = type(proto)()
     probe.CopyFrom(proto)
     probe.graph.output.extend(helper.make_empty_tensor_value_info(node.input[1]) for node in reshapes)
-    targets = _outputs(probe, feeds[0].name, [d.dim_value for d in dims[0][1:]], (1, 2), len(reshapes))
+    targets = _outputs(probe, feeds[0].name, [d.dim_value for d in dims[0][1:]], (1, 2),
+                       [node.input[1] for node in reshapes])
     for node, one, two in zip(reshapes, *targets):
         one, two = np.asarray(one).tolist(), np.asarray(two).tolist()
         if len(one) < 2 or one[0] != 1 or two[0] != 2 or one[1:] != two[1:] or min(one[1:]) <= 0:
@@ -182,13 +183,13 @@ def fixed_reshapes(proto):
     return proto
 
 
-def _outputs(proto, feed: str, shape: list[int], batches: tuple[int, ...], last: int) -> list[list]:
-    """For each batch size, the ``last`` outputs of ``proto`` on an input of zeros of
-    ``(batch, *shape)`` (ONNX Runtime, CPU; one session)."""
+def _outputs(proto, feed: str, shape: list[int], batches: tuple[int, ...], names: list[str]) -> list[list]:
+    """For each batch size, the values of the graph outputs ``names`` of ``proto`` on an input of
+    zeros of ``(batch, *shape)`` (ONNX Runtime, CPU; one session)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return [session.run(None, {feed: np.zeros((batch, *shape), np.float32)})[-last:] for batch in batches]
+    return [session.run(names, {feed: np.zeros((batch, *shape), np.float32)}) for batch in batches]
 
 
 def _drop_unused(graph) -> None:
