@@ -84,6 +84,9 @@ def _device(ctx, param, value: str) -> str:
 DATA_HELP = ("Labelled data: a folder with one sub-folder per class (mapped to model outputs in "
              "sorted order, or by --labels), or an .npz with x and y. A plain image folder gives "
              "label-free drift only.")
+COMPARE_HELP = ("Also run this .tflite/.onnx file (repeatable), e.g. the int8 file published with the "
+                "model or another tool's, on the same images with the build's preprocessing, scored "
+                "against the same float model. A TF-slim file's extra 'background' output 0 is dropped.")
 LABELS_HELP = ("Class names, one per line, in model output order. Needed when the folders cover only "
                "some classes or are not named in output order (e.g. ImageNet wnids).")
 
@@ -96,9 +99,7 @@ LABELS_HELP = ("Class names, one per line, in model output order. Needed when th
               help="Images per runtime call; larger is faster, smaller uses less memory.")
 @click.option("--device", default="cpu", show_default=True, callback=_device, help=DEVICE_HELP)
 @click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
-              help="Also run this .tflite/.onnx file (repeatable), e.g. the int8 file published with the "
-                   "model or another tool's, on the same images with the build's preprocessing, scored "
-                   "against the same float model. A TF-slim file's extra 'background' output 0 is dropped.")
+              help=COMPARE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, device: str,
                  compare: tuple[Path, ...], as_json: bool) -> None:
@@ -129,9 +130,14 @@ def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, 
 @click.option("--baseline", type=click.Path(path_type=Path),
               help="A baseline JSON from --update-baseline: fail when a metric regresses against it.")
 @click.option("--tolerance", default=0.5, show_default=True, type=float,
-              help="Points that top-1/top-5/agreement may regress against the baseline.")
+              help="Points that top-1/top-5/agreement may regress against the baseline, and that "
+                   "top-1/agreement may trail a --compare file.")
 @click.option("--sqnr-tolerance", default=1.0, show_default=True, type=float,
               help="dB the output SQNR may regress against the baseline.")
+@click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help=COMPARE_HELP + " Fail when an int8 file of the build has lower top-1 or agreement "
+                   "than this file (beyond --tolerance): pick it to hold your build to the int8 file "
+                   "the model's authors published, or to another tool's.")
 @click.option("--update-baseline", is_flag=True,
               help="Write the current metrics to --baseline (after a deliberate change) instead of comparing.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True),
@@ -142,13 +148,15 @@ def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, 
 @click.option("--device", default="cpu", show_default=True, callback=_device,
               help=DEVICE_HELP + " The rules then apply to the ARM results.")
 def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agreement: float,
-          baseline: Path | None, tolerance: float, sqnr_tolerance: float, update_baseline: bool,
-          json_path: Path | None, junit_xml: Path | None, batch_size: int, device: str) -> None:
+          baseline: Path | None, tolerance: float, sqnr_tolerance: float, compare: tuple[Path, ...],
+          update_baseline: bool, json_path: Path | None, junit_xml: Path | None, batch_size: int,
+          device: str) -> None:
     """CI gate: exit 3 when quantized accuracy regresses.
 
     Rules, per int8 artifact: top-1 at most --max-drop points below float; agreement with float
-    at least --min-agreement; and, with --baseline, no metric worse than the baseline beyond the
-    tolerances. A baseline made on other data is refused.
+    at least --min-agreement; with --baseline, no metric worse than the baseline beyond the
+    tolerances (a baseline made on other data is refused); with --compare, top-1 and agreement
+    no lower than the compared file's beyond --tolerance.
     """
     from . import gate
     from .build_eval import evaluate_build
@@ -159,7 +167,7 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
     rules = gate.GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
     json_to_stdout = json_path is not None and str(json_path) == "-"
     with terminal.Progress(enabled=not json_to_stdout) as progress:
-        report = evaluate_build(build, data, labels, batch_size, progress.update, device)
+        report = evaluate_build(build, data, labels, batch_size, progress.update, device, compare)
     stored = None
     if baseline is not None and not update_baseline:
         stored = gate.read_baseline(baseline, report)

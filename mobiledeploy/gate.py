@@ -1,4 +1,5 @@
-"""The CI gate: pure comparison of an eval report with thresholds and a stored baseline."""
+"""The CI gate: pure comparison of an eval report with thresholds, a stored baseline and the
+files it was told to compare with (``check --compare``: ours must be no worse than theirs)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from .types import EvalReport
 BASELINE_SCHEMA = 1
 # metrics compared with a baseline (all are better when higher) -> unit used in messages
 BASELINE_METRICS = {"top1": "points", "top5": "points", "agreement": "points", "sqnr_db": "dB"}
+# metrics a build's int8 file must match in a compared file (the int8 file published with the model)
+COMPARED_METRICS = ("top1", "agreement")
 
 
 class GateFailed(MobiledeployError):
@@ -24,7 +27,7 @@ class GateFailed(MobiledeployError):
 class GateRules:
     max_drop: float = 1.0  # int8 top-1 may be at most this many points below float
     min_agreement: float = 0.90  # fraction of samples where int8 top-1 == float top-1
-    tolerance: float = 0.5  # points a baseline accuracy/agreement may regress
+    tolerance: float = 0.5  # points a baseline accuracy/agreement may regress, or trail a compared file
     sqnr_tolerance: float = 1.0  # dB the baseline SQNR may regress
 
 
@@ -41,9 +44,7 @@ class RuleResult:
 def evaluate_rules(report: EvalReport, rules: GateRules, baseline: dict | None = None) -> list[RuleResult]:
     results: list[RuleResult] = []
     reference = report.row(report.reference)
-    for row in report.rows:
-        if row["precision"] != "int8":
-            continue
+    for row in _own_int8(report):
         name = row["artifact"]
         if report.labelled:
             drop = round(100.0 * (reference["top1"] - row["top1"]), 9)  # no float noise at the limit
@@ -59,13 +60,35 @@ def evaluate_rules(report: EvalReport, rules: GateRules, baseline: dict | None =
         ))
     if baseline is not None:
         results += _baseline_rules(report, rules, baseline)
+    return results + _compared_rules(report, rules)
+
+
+def _own_int8(report: EvalReport) -> list[dict]:
+    """The build's int8 rows: the rules judge those, not the files it is compared with."""
+    return [row for row in report.rows if row["precision"] == "int8" and not row.get("compared")]
+
+
+def _compared_rules(report: EvalReport, rules: GateRules) -> list[RuleResult]:
+    """Each int8 file of the build against each compared file: top-1 (with labels) and agreement
+    with float at most ``tolerance`` points below theirs."""
+    metrics = [m for m in COMPARED_METRICS if report.labelled or m != "top1"]
+    results = []
+    for theirs in (row for row in report.rows if row.get("compared")):
+        for ours in _own_int8(report):
+            for metric in metrics:
+                change = round(100.0 * (ours[metric] - theirs[metric]), 9)
+                results.append(RuleResult(
+                    f"vs-compared-{metric}", ours["artifact"], change >= -rules.tolerance, change, -rules.tolerance,
+                    f"{metric} {100 * ours[metric]:.2f}% vs {100 * theirs[metric]:.2f}% in {theirs['artifact']}: "
+                    f"{change:+.2f} points (allowed -{rules.tolerance:g})",
+                ))
     return results
 
 
 def _baseline_rules(report: EvalReport, rules: GateRules, baseline: dict) -> list[RuleResult]:
     results = []
     stored = {row["artifact"]: row for row in baseline["rows"]}
-    for row in report.rows:
+    for row in (r for r in report.rows if not r.get("compared")):
         old = stored.get(row["artifact"])
         if old is None:
             continue
@@ -96,7 +119,8 @@ def make_baseline(report: EvalReport, rules: GateRules) -> dict:
         "samples": report.samples,
         "preprocessing": report.preprocessing,
         "rules": asdict(rules),
-        "rows": [{k: v for k, v in row.items() if k != "per_class_change"} for row in report.rows],
+        "rows": [{k: v for k, v in row.items() if k != "per_class_change"}
+                 for row in report.rows if not row.get("compared")],
     }
 
 

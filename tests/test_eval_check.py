@@ -100,6 +100,32 @@ def test_baseline_catches_a_regression_and_refuses_other_data(good_build, blank_
     assert refused.exit_code == 1 and "different evaluation data" in refused.output
 
 
+def test_check_holds_the_build_to_a_compared_file(good_build, blank_build, small_eval, tmp_path):
+    """check --compare: every int8 file of the build must reach the compared file's top-1 and
+    agreement. The compared file is not judged by the float rules, nor stored in a baseline."""
+    theirs = blank_build / "model_int8.tflite"
+    baseline = tmp_path / "baseline.json"
+    ok = cli("check", good_build, "--data", small_eval, "--compare", theirs, "--baseline", baseline,
+             "--update-baseline", "--json", "-")
+    assert ok.exit_code == 0, ok.output
+    rules = json.loads(ok.output)["rules"]
+    own = {"model_int8.tflite", "model_int8.onnx"}
+    compared = [r for r in rules if r["rule"].startswith("vs-compared-")]
+    assert {(r["rule"], r["artifact"]) for r in compared} == {
+        (f"vs-compared-{metric}", name) for metric in ("top1", "agreement") for name in own}
+    assert all(r["passed"] for r in compared)
+    assert all(r["value"] > 0.5 for r in compared if r["rule"] == "vs-compared-agreement"), compared
+    assert {r["artifact"] for r in rules if not r["rule"].startswith("vs-compared-")} == own
+    assert str(theirs) not in {row["artifact"] for row in json.loads(baseline.read_text())["rows"]}
+
+    worse = cli("check", blank_build, "--data", small_eval, "--compare", good_build / "model_int8.tflite",
+                "--max-drop", 100, "--min-agreement", 0, "--junit-xml", tmp_path / "j.xml")
+    assert worse.exit_code == 3, worse.output
+    assert "FAIL  vs-compared-agreement" in worse.output and "gate failed" in worse.output
+    failed = {f.get("type") for f in ElementTree.parse(tmp_path / "j.xml").getroot().findall(".//failure")}
+    assert "vs-compared-agreement" in failed and failed <= {"vs-compared-agreement", "vs-compared-top1"}
+
+
 def test_labels_file_maps_folders_and_rejects_unknown_ones(good_build, tmp_path):
     data = tmp_path / "digits"
     for name in ("3", "7"):
