@@ -5,6 +5,7 @@ The Python API mirrors the CLI::
     import mobiledeploy
     result = mobiledeploy.quantize("model.h5", "calibration_data/", "build/")
     report = mobiledeploy.evaluate_build("build/", "eval_images/", device="arm:cortex-a53")
+    gate = mobiledeploy.check_build("build/", "eval_images/", max_drop=1.0, compare=["their_int8.tflite"])
     latency = mobiledeploy.bench_build("build/", num_threads=2)
     costs = mobiledeploy.inspect_model("model.h5", alpha=0.5)
     layers = mobiledeploy.analyze_build("build/", "eval_images/")
@@ -25,7 +26,7 @@ from .errors import MobiledeployError  # noqa: E402
 from .types import QuantizeOptions, QuantizeResult  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["quantize", "evaluate_build", "bench_build", "inspect_model", "analyze_build", "QuantizeOptions",
+__all__ = ["quantize", "evaluate_build", "check_build", "bench_build", "inspect_model", "analyze_build", "QuantizeOptions",
            "QuantizeResult", "MobiledeployError", "__version__"]
 
 
@@ -46,6 +47,18 @@ def evaluate_build(build_dir, data, labels=None, batch_size: int = 64, device: s
     from . import build_eval
 
     return build_eval.evaluate_build(build_dir, data, labels, batch_size, progress, device, tuple(compare))
+
+
+def check_build(build_dir, data, labels=None, max_drop: float = 1.0, min_agreement: float = 0.90,
+                baseline=None, tolerance: float = 0.5, sqnr_tolerance: float = 1.0, compare=(),
+                update_baseline: bool = False, batch_size: int = 64, device: str = "cpu", progress=None):
+    """Same as ``mobiledeploy check``: a ``GateResult`` (the ``EvalReport``, every rule's result and
+    ``passed``). A failed rule is in the result, not raised; bad input raises ``MobiledeployError``."""
+    from . import build_eval, gate
+
+    rules = gate.GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
+    return build_eval.check_build(build_dir, data, rules, labels, baseline, update_baseline, batch_size, progress,
+                                  device, tuple(compare))
 
 
 def bench_build(target, data=None, include_keras: bool = False, device: str = "cpu", progress=None, **settings):

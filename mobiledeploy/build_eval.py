@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from . import evaluate, manifest
+from . import evaluate, gate, manifest
 from .errors import MobiledeployError
 from .types import EvalReport, Preprocessing, Progress
 
@@ -95,6 +95,34 @@ def evaluate_build(
     return EvalReport(str(build_dir), str(data), dataset.digest, content["model"].get("sha256"),
                       total, dataset.labelled, reference_name, tuple(rows), content["preprocessing"],
                       arm.device if arm is not None else "cpu", head.kind)
+
+
+def check_build(
+    build_dir: str | Path,
+    data: str | Path,
+    rules: gate.GateRules = gate.GateRules(),
+    labels_file: str | Path | None = None,
+    baseline: str | Path | None = None,
+    update_baseline: bool = False,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    device: str = "cpu",
+    compare: tuple[str | Path, ...] = (),
+) -> gate.GateResult:
+    """The CI gate: evaluate the build (and the ``compare`` files), then apply ``rules``, against
+    ``baseline`` when given. ``update_baseline`` writes the baseline instead of reading it."""
+    import json
+
+    from .staging import write_text_atomic
+
+    if update_baseline and baseline is None:
+        raise MobiledeployError("updating a baseline needs its path (--baseline FILE)")
+    report = evaluate_build(build_dir, data, labels_file, batch_size, progress, device, compare)
+    stored = gate.read_baseline(Path(baseline), report) if baseline is not None and not update_baseline else None
+    result = gate.GateResult(report, tuple(gate.evaluate_rules(report, rules, stored)))
+    if update_baseline:
+        write_text_atomic(Path(baseline), json.dumps(gate.make_baseline(report, rules), indent=2) + "\n")
+    return result
 
 
 def _compared(path: Path, taken: set[str]) -> dict:

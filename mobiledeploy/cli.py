@@ -159,7 +159,7 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
     no lower than the compared file's beyond --tolerance.
     """
     from . import gate
-    from .build_eval import evaluate_build
+    from .build_eval import check_build
     from .staging import write_text_atomic
 
     if update_baseline and baseline is None:
@@ -167,19 +167,14 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
     rules = gate.GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
     json_to_stdout = json_path is not None and str(json_path) == "-"
     with terminal.Progress(enabled=not json_to_stdout) as progress:
-        report = evaluate_build(build, data, labels, batch_size, progress.update, device, compare)
-    stored = None
-    if baseline is not None and not update_baseline:
-        stored = gate.read_baseline(baseline, report)
-    results = gate.evaluate_rules(report, rules, stored)
-    if update_baseline:
-        write_text_atomic(baseline, json.dumps(gate.make_baseline(report, rules), indent=2) + "\n")
+        result = check_build(build, data, rules, labels, baseline, update_baseline, batch_size, progress.update,
+                             device, compare)
+    report, results, failed = result.report, result.rules, result.failed
     if json_path is not None:
         text = json.dumps({**gate.results_json(results), "report": report.to_dict()}, indent=2)
         click.echo(text) if json_to_stdout else write_text_atomic(json_path, text + "\n")
     if junit_xml is not None:
         write_text_atomic(junit_xml, gate.junit_xml(results))
-    failed = [r for r in results if not r.passed]
     if not json_to_stdout:
         terminal.print_eval(report)
         for r in results:

@@ -41,6 +41,22 @@ class RuleResult:
     message: str
 
 
+@dataclass(frozen=True)
+class GateResult:
+    """What ``check`` decided: the eval report and every rule's result."""
+
+    report: EvalReport
+    rules: tuple[RuleResult, ...]
+
+    @property
+    def failed(self) -> tuple[RuleResult, ...]:
+        return tuple(r for r in self.rules if not r.passed)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+
 def evaluate_rules(report: EvalReport, rules: GateRules, baseline: dict | None = None) -> list[RuleResult]:
     results: list[RuleResult] = []
     reference = report.row(report.reference)

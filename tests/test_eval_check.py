@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import mobiledeploy
 from mobiledeploy.cli import main
 from mobiledeploy.gate import GateRules, evaluate_rules, junit_xml
 from mobiledeploy.types import EvalReport
@@ -118,12 +120,18 @@ def test_check_holds_the_build_to_a_compared_file(good_build, blank_build, small
     assert {r["artifact"] for r in rules if not r["rule"].startswith("vs-compared-")} == own
     assert str(theirs) not in {row["artifact"] for row in json.loads(baseline.read_text())["rows"]}
 
-    worse = cli("check", blank_build, "--data", small_eval, "--compare", good_build / "model_int8.tflite",
-                "--max-drop", 100, "--min-agreement", 0, "--junit-xml", tmp_path / "j.xml")
+    ours = good_build / "model_int8.tflite"
+    worse = cli("check", blank_build, "--data", small_eval, "--compare", ours, "--max-drop", 100,
+                "--min-agreement", 0, "--junit-xml", tmp_path / "j.xml", "--json", tmp_path / "w.json")
     assert worse.exit_code == 3, worse.output
     assert "FAIL  vs-compared-agreement" in worse.output and "gate failed" in worse.output
     failed = {f.get("type") for f in ElementTree.parse(tmp_path / "j.xml").getroot().findall(".//failure")}
     assert "vs-compared-agreement" in failed and failed <= {"vs-compared-agreement", "vs-compared-top1"}
+
+    # the Python API mirrors the CLI: the same rules and results, the failure returned, not raised
+    api = mobiledeploy.check_build(blank_build, small_eval, max_drop=100, min_agreement=0, compare=[ours])
+    assert not api.passed and {r.rule for r in api.failed} == failed
+    assert [asdict(r) for r in api.rules] == json.loads((tmp_path / "w.json").read_text())["rules"]
 
 
 def test_labels_file_maps_folders_and_rejects_unknown_ones(good_build, tmp_path):
