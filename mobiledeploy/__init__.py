@@ -26,8 +26,8 @@ from .errors import MobiledeployError  # noqa: E402
 from .types import QuantizeOptions, QuantizeResult  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["quantize", "evaluate_build", "check_build", "bench_build", "inspect_model", "analyze_build", "QuantizeOptions",
-           "QuantizeResult", "MobiledeployError", "__version__"]
+__all__ = ["quantize", "evaluate_build", "check_build", "bench_build", "inspect_model", "analyze_build",
+           "QuantizeOptions", "QuantizeResult", "MobiledeployError", "__version__"]
 
 
 def quantize(model_path, calib, output_dir="build", options: QuantizeOptions | None = None,
