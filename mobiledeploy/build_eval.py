@@ -3,6 +3,7 @@ images, scored against the build's float model and the labels."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -111,8 +112,6 @@ def check_build(
 ) -> gate.GateResult:
     """The CI gate: evaluate the build (and the ``compare`` files), then apply ``rules``, against
     ``baseline`` when given. ``update_baseline`` writes the baseline instead of reading it."""
-    import json
-
     from .staging import write_text_atomic
 
     if update_baseline and baseline is None:

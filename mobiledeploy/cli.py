@@ -171,7 +171,7 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
                              device, compare)
     report, results, failed = result.report, result.rules, result.failed
     if json_path is not None:
-        text = json.dumps({**gate.results_json(results), "report": report.to_dict()}, indent=2)
+        text = json.dumps({**gate.results_json(result), "report": report.to_dict()}, indent=2)
         click.echo(text) if json_to_stdout else write_text_atomic(json_path, text + "\n")
     if junit_xml is not None:
         write_text_atomic(junit_xml, gate.junit_xml(results))

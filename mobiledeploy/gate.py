@@ -79,18 +79,22 @@ def evaluate_rules(report: EvalReport, rules: GateRules, baseline: dict | None =
     return results + _compared_rules(report, rules)
 
 
+def _own(report: EvalReport) -> list[dict]:
+    """The build's own rows: the rules and the baseline are about those, not the compared files."""
+    return [row for row in report.rows if not row.get("compared")]
+
+
 def _own_int8(report: EvalReport) -> list[dict]:
-    """The build's int8 rows: the rules judge those, not the files it is compared with."""
-    return [row for row in report.rows if row["precision"] == "int8" and not row.get("compared")]
+    return [row for row in _own(report) if row["precision"] == "int8"]
 
 
 def _compared_rules(report: EvalReport, rules: GateRules) -> list[RuleResult]:
     """Each int8 file of the build against each compared file: top-1 (with labels) and agreement
     with float at most ``tolerance`` points below theirs."""
     metrics = [m for m in COMPARED_METRICS if report.labelled or m != "top1"]
-    results = []
+    results, own = [], _own_int8(report)
     for theirs in (row for row in report.rows if row.get("compared")):
-        for ours in _own_int8(report):
+        for ours in own:
             for metric in metrics:
                 change = round(100.0 * (ours[metric] - theirs[metric]), 9)
                 results.append(RuleResult(
@@ -104,7 +108,7 @@ def _compared_rules(report: EvalReport, rules: GateRules) -> list[RuleResult]:
 def _baseline_rules(report: EvalReport, rules: GateRules, baseline: dict) -> list[RuleResult]:
     results = []
     stored = {row["artifact"]: row for row in baseline["rows"]}
-    for row in (r for r in report.rows if not r.get("compared")):
+    for row in _own(report):
         old = stored.get(row["artifact"])
         if old is None:
             continue
@@ -135,8 +139,7 @@ def make_baseline(report: EvalReport, rules: GateRules) -> dict:
         "samples": report.samples,
         "preprocessing": report.preprocessing,
         "rules": asdict(rules),
-        "rows": [{k: v for k, v in row.items() if k != "per_class_change"}
-                 for row in report.rows if not row.get("compared")],
+        "rows": [{k: v for k, v in row.items() if k != "per_class_change"} for row in _own(report)],
     }
 
 
@@ -188,5 +191,5 @@ def junit_xml(results: list[RuleResult]) -> str:
     return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def results_json(results: list[RuleResult]) -> dict:
-    return {"passed": all(r.passed for r in results), "rules": [asdict(r) for r in results]}
+def results_json(result: GateResult) -> dict:
+    return {"passed": result.passed, "rules": [asdict(r) for r in result.rules]}
