@@ -1,14 +1,14 @@
 """What the first layer's dithered copies (dither.py) cost and buy, side by side in one run.
 
-    python benchmarks/dither_cost.py [--shared ../shared/data] [--model other.h5] [--dither on] [--threads 1 2]
+    python benchmarks/dither_cost.py [--shared ../shared/data] [--model other.h5] [--dither on] [--threads 1 2] [--rounds 3]
 
 Builds the real model twice on the fixed split of shared_imagenet_drift.py (200 calibration
 images), with --dither auto (the default; --dither on for a model auto leaves alone) and
 --dither off, and prints for each int8 file its
 median latency (mobiledeploy.bench, the two builds' files timed in alternating rounds so that
-drift on this shared machine hits both alike), the latency ratio, and its output SQNR and top-1
-agreement against the float model on the 300 other images. --model studies another model
-(other_models.py) on the same images.
+drift on this shared machine hits both alike), the latency ratio with the range of the rounds'
+own ratios (the noise), and its output SQNR and top-1 agreement against the float model on the
+300 other images. --model studies another model (other_models.py) on the same images.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-ROUNDS = 3  # alternating timing rounds per file
 
 
 def main() -> None:
@@ -30,6 +28,7 @@ def main() -> None:
     parser.add_argument("--dither", choices=["auto", "on"], default="auto", help="the setting compared with off")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--min-secs", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds per file and thread count")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import mobiledeploy
@@ -59,7 +58,7 @@ def main() -> None:
     reference = collect({"float": open_runner(builds["off"] / "model_folded.keras")}, iter(batches))["float"]
     on = args.dither
     print(f"\n{'file':<20}{'threads':>8}{on + ' ms':>9}{'off ms':>9}{on + '/off':>9}"
-          f"{'SQNR ' + on:>11}{'SQNR off':>10}{'agree ' + on:>12}{'agree off':>11}   ({len(images)} images)")
+          f"{'rounds':>13}{'SQNR ' + on:>11}{'SQNR off':>10}{'agree ' + on:>12}{'agree off':>11}   ({len(images)} images)")
     for name in ("model_int8.tflite", "model_int8.onnx"):
         quality = {}
         for setting, out in builds.items():
@@ -68,11 +67,13 @@ def main() -> None:
         for threads in args.threads:
             settings = BenchSettings(num_threads=threads, warmup_runs=10, num_runs=50, min_secs=args.min_secs)
             times = {setting: [] for setting in builds}
-            for _ in range(ROUNDS):
+            for _ in range(args.rounds):
                 for setting, out in builds.items():
                     times[setting].append(bench.measure(out / name, name.rsplit(".", 1)[1], "int8", settings).median_ms)
             copied, off = float(np.median(times[on])), float(np.median(times["off"]))
+            paired = np.array(times[on]) / np.array(times["off"])  # each round's ratio: the spread of the noise
             print(f"{name:<20}{threads:>8}{copied:>9.3f}{off:>9.3f}{copied / off:>8.2f}x"
+                  f"{f'{paired.min():.2f}-{paired.max():.2f}x':>13}"
                   f"{quality[on][0]:>11.1f}{quality['off'][0]:>10.1f}{quality[on][1]:>12.1%}"
                   f"{quality['off'][1]:>11.1%}", flush=True)
 
