@@ -39,6 +39,7 @@ class RuleResult:
     value: float
     threshold: float
     message: str
+    against: str | None = None  # the compared file of a vs-compared rule
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _compared_rules(report: EvalReport, rules: GateRules) -> list[RuleResult]:
                 results.append(RuleResult(
                     f"vs-compared-{metric}", ours["artifact"], change >= -rules.tolerance, change, -rules.tolerance,
                     f"{metric} {100 * ours[metric]:.2f}% vs {100 * theirs[metric]:.2f}% in {theirs['artifact']}: "
-                    f"{change:+.2f} points (allowed -{rules.tolerance:g})",
+                    f"{change:+.2f} points (allowed -{rules.tolerance:g})", theirs["artifact"],
                 ))
     return results
 
@@ -180,12 +181,14 @@ def _valid_rows(rows) -> bool:
 
 
 def junit_xml(results: list[RuleResult]) -> str:
-    """One test case per rule per artifact, as CI systems read them."""
+    """One test case per rule per artifact (and per compared file), as CI systems read them: each
+    named once, since CI reports merge cases of the same class and name."""
     failures = sum(not r.passed for r in results)
     suite = ElementTree.Element("testsuite", name="mobiledeploy-check", tests=str(len(results)),
                                 failures=str(failures), errors="0")
     for r in results:
-        case = ElementTree.SubElement(suite, "testcase", classname=f"mobiledeploy.{r.artifact}", name=r.rule)
+        name = r.rule if r.against is None else f"{r.rule} vs {r.against}"
+        case = ElementTree.SubElement(suite, "testcase", classname=f"mobiledeploy.{r.artifact}", name=name)
         if not r.passed:
             ElementTree.SubElement(case, "failure", message=r.message, type=r.rule).text = r.message
     return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"

@@ -2,7 +2,7 @@
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -187,6 +187,26 @@ def test_rules_are_exact_at_the_threshold():
     xml = junit_xml(evaluate_rules(_report(0.80, 0.5, 0.95), rules))
     suite = ElementTree.fromstring(xml.split("?>", 1)[1])
     assert suite.get("failures") == "1" and suite.find(".//failure").get("type") == "max-drop"
+
+
+def test_each_compared_file_is_its_own_junit_case():
+    """With two compared files, each rule of an own file is judged against each, and the JUnit
+    report names every case once (CI merges cases of one class and name, hiding a failure)."""
+    report = _report(0.80, 0.79, 0.95)
+    theirs = [{"artifact": name, "precision": "int8", "top1": top1, "top5": 1.0, "agreement": agreement,
+               "sqnr_db": 15.0, "compared": True} for name, top1, agreement in (("a.tflite", 0.70, 0.90),
+                                                                              ("b.tflite", 0.79, 0.97))]
+    report = replace(report, rows=report.rows + tuple(theirs))
+    results = evaluate_rules(report, GateRules())
+    compared = [r for r in results if r.rule.startswith("vs-compared-")]
+    assert {(r.rule, r.against, r.passed) for r in compared} == {
+        ("vs-compared-top1", "a.tflite", True), ("vs-compared-agreement", "a.tflite", True),
+        ("vs-compared-top1", "b.tflite", True), ("vs-compared-agreement", "b.tflite", False)}
+    suite = ElementTree.fromstring(junit_xml(results).split("?>", 1)[1])
+    cases = [(c.get("classname"), c.get("name")) for c in suite.iter("testcase")]
+    assert len(cases) == len(set(cases)) == len(results) == 6
+    failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]
+    assert failed == ["vs-compared-agreement vs b.tflite"]
 
 
 def test_top1_breaks_ties_like_argmax_and_agreement():
