@@ -23,27 +23,26 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 # (label, QuantizeOptions fields). The levers with the logit floor off keep the converters' own
 # activation ranges, as when they were measured: the floor off leaves the logits a linear tensor,
-# which the default --activation-ranges auto would narrow. The plain and the floor-off rows also
-# keep the model's own channels (--dither off), as when they were measured.
+# which the default --activation-ranges auto would narrow.
 LEVERS = [
-    ("plain converters", {"refine": "none", "logit_floor": "off", "activation_ranges": "minmax", "dither": "off"}),
-    ("bias correction", {"refine": "bias", "logit_floor": "off", "activation_ranges": "minmax", "dither": "off"}),
-    ("default (adaround+bias+floor+dither)", {}),
+    ("plain converters", {"refine": "none", "logit_floor": "off", "activation_ranges": "minmax"}),
+    ("bias correction", {"refine": "bias", "logit_floor": "off", "activation_ranges": "minmax"}),
+    ("default (adaround+bias+floor)", {}),
     ("default + mse ranges", {"activation_ranges": "mse"}),
     ("per-tensor, plain", {"refine": "none", "per_channel": False, "equalize": "off", "logit_floor": "off",
-                           "activation_ranges": "minmax", "dither": "off"}),
+                           "activation_ranges": "minmax"}),
     ("per-tensor, equalize only", {"refine": "none", "per_channel": False, "logit_floor": "off",
-                                   "activation_ranges": "minmax", "dither": "off"}),
+                                   "activation_ranges": "minmax"}),
     ("per-tensor, adaround + floor", {"per_channel": False, "equalize": "off"}),
     ("per-tensor, equalize + adaround + floor", {"per_channel": False}),
     # mixed precision needs held-out images to measure its budget on: 50 come out of calibration
     ("mixed precision, --max-drop 2", {"max_drop": 2.0, "num_holdout": 50}),
     ("default + --equalize on", {"equalize": "on"}),
-    ("adaround + bias (--logit-floor off)", {"logit_floor": "off", "activation_ranges": "minmax", "dither": "off"}),
+    ("adaround + bias (--logit-floor off)", {"logit_floor": "off", "activation_ranges": "minmax"}),
     ("default, adaround on every layer", {"rounding_positions_per_weight": 0}),
     ("default, but --activation-ranges minmax", {"activation_ranges": "minmax"}),
     ("default, --onnx-activations uint8", {"onnx_activations": "uint8"}),
-    ("default, but --dither off", {"dither": "off"}),
+    ("default + --dither auto", {"dither": "auto"}),
     ("per-tensor + --dither on", {"per_channel": False, "dither": "on"}),
 ]
 

@@ -152,7 +152,7 @@ def test_build_records_the_copies_and_analyze_reads_them(dither_model_file, cali
 
     out = tmp_path / "build"
     result = mobiledeploy.quantize(dither_model_file, calib_folder, out, num_calib=40, num_holdout=10,
-                                   preprocess="mobilenet")
+                                   preprocess="mobilenet", dither="auto")
     entry = json.loads((out / "manifest.json").read_text())["dither"]
     assert result.dither is not None and entry["channels"] == list(result.dither.channels)
     assert entry["reference"]["file"] == "model_dithered.keras" and (out / "model_dithered.keras").is_file()
@@ -163,9 +163,9 @@ def test_build_records_the_copies_and_analyze_reads_them(dither_model_file, cali
     for rows in layers.layers.values():  # each int8 file's copies compared with the dithered model's tensor
         assert any(row.layer == "a_relu" and row.sqnr_db > 20 for row in rows)
 
-    plain = tmp_path / "plain"
+    plain = tmp_path / "plain"  # the default (off) keeps the model's layer shapes
     mobiledeploy.quantize(dither_model_file, calib_folder, plain, num_calib=40, num_holdout=10,
-                          preprocess="mobilenet", dither="off")
+                          preprocess="mobilenet")
     assert json.loads((plain / "manifest.json").read_text())["dither"] is None
     assert not (plain / "model_dithered.keras").exists()
 
@@ -174,7 +174,7 @@ def test_auto_leaves_per_tensor_builds_alone_and_on_copies(dither_model_file, ca
     import mobiledeploy
 
     auto = mobiledeploy.quantize(dither_model_file, calib_folder, tmp_path / "auto", num_calib=40, num_holdout=10,
-                                 preprocess="mobilenet", per_channel=False)
+                                 preprocess="mobilenet", per_channel=False, dither="auto")
     forced = mobiledeploy.quantize(dither_model_file, calib_folder, tmp_path / "on", num_calib=40, num_holdout=10,
                                    preprocess="mobilenet", per_channel=False, dither="on")
     assert auto.dither is None and forced.dither is not None
