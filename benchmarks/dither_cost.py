@@ -4,7 +4,7 @@
         [--device arm:cortex-a76]
 
 Builds the real model twice on the fixed split of shared_imagenet_drift.py (200 calibration
-images), with --dither auto (the default; --dither on for a model auto leaves alone) and
+images), with --dither auto (--dither on for a model auto leaves alone) and
 --dither off, and prints for each int8 file its
 median latency (mobiledeploy.bench, the two builds' files timed in alternating rounds so that
 drift on this shared machine hits both alike), the latency ratio with the range of the rounds'

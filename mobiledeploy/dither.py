@@ -22,10 +22,11 @@ after it and the input side of the pointwise after that. The count is rounded up
 of 8, which ONNX Runtime's kernels need to stay fast, and the channels of the block go to the
 linear channels whose rounding costs the model's output most: each further copy goes where it
 cuts the most noise (a channel's cost, measured by rounding it alone, times 1/k^2 - 1/(k+1)^2).
-On the 0.25 MobileNet (8 -> 16 channels) neither int8 file got slower (runtimes work on
-vector-wide blocks of channels; benchmarks/dither_cost.py times both builds side by side); wider
-first layers pay for their copies, so ``auto`` copies only up to ``AUTO_MAX_CHANNELS``. The
-manifest records the copies and the added multiply-adds.
+On the 0.25 MobileNet (8 -> 16 channels) neither int8 file got slower on x86-64 (its
+runtimes work on vector-wide blocks of channels; benchmarks/dither_cost.py times both builds side
+by side), but under emulation the ARM dot-product kernels did 1.14-1.17x the work, so the copies
+are off unless asked for: ``auto`` copies only up to ``AUTO_MAX_CHANNELS`` (for x86-64 targets),
+``on`` regardless. The manifest records the copies and the added multiply-adds.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ MAX_COPIES = 4  # copies of one channel at most (measured up to 4 on the shared 
 COST_IMAGES = 64  # calibration images that measure what rounding each channel costs the output
 # --dither auto copies only while the first conv keeps at most this many channels: measured on
 # this x86-64 CPU, 8 -> 16 channels cost no time in either runtime (0.25 MobileNet: TFLite
-# 1.00-1.02x, ONNX Runtime 0.92x), 16 -> 32 cost TFLite 1.12x (v1 0.5) and 32 -> 48 1.07-1.18x
-# (MobileNetV2 1.0); --dither on copies regardless
+# 1.00-1.02x, ONNX Runtime 0.89-0.93x; emulated cortex-a76: 1.17x and 1.14x), 16 -> 32 cost
+# TFLite 1.12x (v1 0.5) and 32 -> 48 1.07-1.18x (MobileNetV2 1.0); --dither on copies regardless
 AUTO_MAX_CHANNELS = 16
 
 
