@@ -93,7 +93,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
                    "only for thin first layers (16 channels or fewer with the copies) and not with --per-tensor "
                    "(its coarse weight grid ate the gain); pick it for x86-64 targets, where those copies cost "
                    "no time (on the 0.25 MobileNet: +0.6 to 0.9 dB output SQNR, top-1 within noise), not for "
-                   "phones: under emulation ARM dot-product kernels did 1.18x the work. on: also for wider "
+                   "phones: under emulation their ARM kernels did 1.14-1.22x the work. on: also for wider "
                    "first layers, when accuracy matters more than latency (7-18% slower on a MobileNetV2 1.0).")
 @click.option("--rounding-samples", default=64, show_default=True, type=click.IntRange(min=1),
               help="Calibration images whose statistics drive adaptive rounding (small late layers read more, "
