@@ -26,7 +26,8 @@ On the 0.25 MobileNet (8 -> 16 channels) neither int8 file got slower on x86-64 
 runtimes work on vector-wide blocks of channels; benchmarks/dither_cost.py times both builds side
 by side), but under emulation the ARM kernels did 1.14-1.17x the work (cortex-a76; cortex-a53:
 1.06-1.22x), so the copies are off unless asked for: ``auto`` copies only up to
-``AUTO_MAX_CHANNELS`` (for x86-64 targets), ``on`` regardless. The manifest records the copies and the added multiply-adds.
+``AUTO_MAX_CHANNELS`` (for x86-64 targets), ``on`` regardless. The manifest records the copies
+and the added multiply-adds.
 """
 
 from __future__ import annotations

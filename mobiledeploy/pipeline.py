@@ -266,9 +266,9 @@ def _equalize(folded, samples, options: QuantizeOptions, report: Progress):
 def _dither(model, samples, options: QuantizeOptions, report: Progress):
     """Dithered copies of the first convolution's linear channels ('auto': thin first layers,
     where they cost no time on x86-64, with per-channel weights; 'on': always), or the model as
-    it is ('off', the default). With one weight scale
-    per tensor, the divided 1x1 weights of a channel's copies round on the whole layer's coarse
-    grid: measured 12.5 vs 12.7 dB on the shared MobileNet's --per-tensor TFLite file."""
+    it is ('off', the default). With one weight scale per tensor, the divided 1x1 weights of a
+    channel's copies round on the whole layer's coarse grid: measured 12.5 vs 12.7 dB on the
+    shared MobileNet's --per-tensor TFLite file."""
     if options.dither == "off" or (options.dither == "auto" and not options.per_channel):
         return model, None
     from .dither import AUTO_MAX_CHANNELS, dither_first_layer
