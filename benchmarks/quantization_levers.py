@@ -44,6 +44,7 @@ LEVERS = [
     ("default, --onnx-activations uint8", {"onnx_activations": "uint8"}),
     ("default + --dither auto", {"dither": "auto"}),
     ("per-tensor + --dither on", {"per_channel": False, "dither": "on"}),
+    ("default, --rounding-samples 200", {"rounding_samples": 200}),
 ]
 
 
