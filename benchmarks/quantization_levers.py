@@ -45,6 +45,8 @@ LEVERS = [
     ("default + --dither auto", {"dither": "auto"}),
     ("per-tensor + --dither on", {"per_channel": False, "dither": "on"}),
     ("default, --rounding-samples 200", {"rounding_samples": 200}),
+    ("default, --rounding-samples 32", {"rounding_samples": 32}),
+    ("default, --rounding-samples 128", {"rounding_samples": 128}),
 ]
 
 
