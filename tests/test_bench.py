@@ -4,6 +4,7 @@ No test asserts a timing: only that the numbers are consistent with each other.
 """
 
 import csv
+import re
 import json
 import shutil
 from pathlib import Path
@@ -97,7 +98,8 @@ def test_bench_times_every_artifact_consistently(bench_json):
 def test_table_csv_and_profile(reference_build, tmp_path):
     result = cli("bench", reference_build, *QUICK, "--profile", "--top-ops", 3, "--csv", tmp_path / "b.csv")
     assert result.exit_code == 0, result.output
-    assert "fastest:" in result.output and "faster than the float tflite file" in result.output
+    assert "fastest:" in result.output  # which file is faster is timing, and unit tests never assert timings
+    assert re.search(r"model_int8\.tflite is \d+\.\d\dx (faster|slower) than the float tflite file", result.output)
     assert "model_int8.onnx: top 3 operators" in result.output and "QLinearConv" in result.output
     assert "model_int8.tflite: no per-operator profiler" in result.output
     with open(tmp_path / "b.csv") as handle:
