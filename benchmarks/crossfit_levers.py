@@ -224,7 +224,7 @@ def _table(levers, catalogue, labels, float_out, int8_out) -> None:
         agree = np.mean(top == float_top)
         if imagenet:
             change = right.astype(float) - (float_top == truth)  # -1, 0 or +1 per image
-            half_width = 100 * 1.96 * change.std(ddof=1) / np.sqrt(len(change))
+            half_width = _half_width(change)
             print(f"{catalogue[index][0]:<42}{artifact:<20}{np.mean(right):>7.1%}"
                   f"{100 * change.mean():>+9.2f}{half_width:>7.2f}{agree:>8.1%}"
                   f"{sqnr:>7.1f}{only_this:>10}{only_base:>10}")
