@@ -75,13 +75,19 @@ def main() -> None:
         evaluation = args.work / f"fold{k}" / "eval"
         link_images(calib, [images[i] for i in rest[:200]])
         link_images(evaluation, [images[i] for i in held_out])
+        views = None  # (image names, pixels, preprocessing): decoded once, read by every lever of the fold
         for index in args.levers:
             label, fields = LEVERS[index]
             print(f"fold {k + 1}/{args.folds}: {label}", flush=True)
             out = args.work / f"fold{k}" / str(index)
             float_out.update(_quantize_and_predict(model, calib, evaluation, out, fields, int8_out, index))
             if args.views > 1:
-                float_views.update(_predict_views(out, evaluation, args.views, int8_views, index))
+                if views is None:  # every lever's model_folded.keras is the same float model
+                    views = _view_pixels(out, evaluation, args.views)
+                    float_views.update(zip(views[0], _view_classes(out / "model_folded.keras", *views[1:], args.views)))
+                for int8_file in sorted(out.glob("model_int8.*")):
+                    int8_views.setdefault((index, int8_file.name), {}).update(
+                        zip(views[0], _view_classes(int8_file, *views[1:], args.views)))
     _table(args.levers, LEVERS, labels, float_out, int8_out)
     if float_views:
         classes = len(next(iter(float_out.values())))
@@ -134,24 +140,26 @@ def _views(path: Path, preprocessing, count: int) -> np.ndarray:
     return np.stack((crops + [crop[:, ::-1] for crop in crops])[:count])
 
 
-def _predict_views(out: Path, evaluation: Path, count: int, int8_views, index) -> dict[str, np.ndarray]:
-    """The float model's and each int8 file's class on ``count`` views of every evaluation image."""
-    from mobiledeploy import calibration, datasets, manifest
-    from mobiledeploy.evaluate import collect
-    from mobiledeploy.runners import open_runner
+def _view_pixels(out: Path, evaluation: Path, count: int):
+    """(image names, 0..255 pixels of ``count`` views of each evaluation image, the build's
+    preprocessing)."""
+    from mobiledeploy import datasets, manifest
     from mobiledeploy.types import Preprocessing
 
     preprocessing = Preprocessing.from_dict(manifest.read(out)["preprocessing"])
     files = [Path(item) for item in datasets.open_data(evaluation).items]
-    pixels = np.concatenate([_views(f, preprocessing, count) for f in files])
-    runners = {"float": open_runner(out / "model_folded.keras")}
-    runners.update({f.name: open_runner(f) for f in sorted(out.glob("model_int8.*"))})
-    outputs = collect(runners, (calibration.scale(pixels[i:i + 50], preprocessing) for i in range(0, len(pixels), 50)))
-    top = {name: rows.argmax(axis=1).reshape(len(files), count) for name, rows in outputs.items()}
-    for name, classes in top.items():
-        if name != "float":
-            int8_views.setdefault((index, name), {}).update(zip((f.name for f in files), classes))
-    return dict(zip((f.name for f in files), top["float"]))
+    return [f.name for f in files], np.concatenate([_views(f, preprocessing, count) for f in files]), preprocessing
+
+
+def _view_classes(model_file: Path, pixels: np.ndarray, preprocessing, count: int) -> np.ndarray:
+    """The class ``model_file`` gives each view: an (images, views) array."""
+    from mobiledeploy.calibration import scale
+    from mobiledeploy.evaluate import collect
+    from mobiledeploy.runners import open_runner
+
+    batches = (scale(pixels[i:i + 50], preprocessing) for i in range(0, len(pixels), 50))
+    outputs = collect({"model": open_runner(model_file)}, batches)["model"]
+    return outputs.argmax(axis=1).reshape(-1, count)
 
 
 def _views_table(levers, catalogue, labels, float_views, int8_views, count: int) -> None:
