@@ -107,7 +107,9 @@ def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, 
 
     Reads the file list and the preprocessing from BUILD/manifest.json and refuses files whose
     sha256 no longer matches it. With --device arm, accuracy and agreement come from the ARM
-    outputs, and each row says how many were bit-identical to this machine's outputs.
+    outputs, and each row says how many were bit-identical to this machine's outputs. Each top-1
+    change comes with the half-width of its 95% interval on these images (paired image by image;
+    agreement's interval is in --json): a change inside it is not resolved by the data.
     """
     from .build_eval import evaluate_build
 
@@ -157,6 +159,10 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
     at least --min-agreement; with --baseline, no metric worse than the baseline beyond the
     tolerances (a baseline made on other data is refused); with --compare, top-1 and agreement
     no lower than the compared file's beyond --tolerance.
+
+    A few hundred images measure a top-1 change to about a point either way: the --max-drop and
+    --min-agreement rules print their 95% interval and say when the threshold lies inside it
+    (a pass or fail that other images could reverse; use more images to settle it).
     """
     from . import gate
     from .build_eval import check_build

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -40,6 +40,13 @@ class RuleResult:
     threshold: float
     message: str
     against: str | None = None  # the compared file of a vs-compared rule
+    # the 95% interval of ``value`` that the evaluation samples allow (max-drop, min-agreement);
+    # a threshold inside it is a pass or fail that more samples could turn
+    interval: tuple[float, float] | None = None
+
+    @property
+    def within_noise(self) -> bool:
+        return self.interval is not None and self.interval[0] <= self.threshold <= self.interval[1]
 
 
 @dataclass(frozen=True)
@@ -65,19 +72,36 @@ def evaluate_rules(report: EvalReport, rules: GateRules, baseline: dict | None =
         name = row["artifact"]
         if report.labelled:
             drop = round(100.0 * (reference["top1"] - row["top1"]), 9)  # no float noise at the limit
-            results.append(RuleResult(
+            half = 100.0 * row.get("top1_change_ci95", float("nan"))
+            interval = (drop - half, drop + half) if not math.isnan(half) else None
+            results.append(_noted(RuleResult(
                 "max-drop", name, drop <= rules.max_drop, drop, rules.max_drop,
                 f"top-1 {100 * row['top1']:.2f}% vs float {100 * reference['top1']:.2f}%: "
-                f"drop {drop:.2f} points (allowed {rules.max_drop:g})",
-            ))
-        results.append(RuleResult(
+                f"drop {drop:.2f}" + (f" ± {half:.2f}" if interval else "") + f" points (allowed {rules.max_drop:g})",
+                interval=interval,
+            ), report.samples))
+        low, high = row.get("agreement_ci95") or (float("nan"), float("nan"))
+        interval = (low, high) if not math.isnan(low) else None
+        results.append(_noted(RuleResult(
             "min-agreement", name, row["agreement"] >= rules.min_agreement, row["agreement"],
             rules.min_agreement,
-            f"top-1 agreement with float {100 * row['agreement']:.2f}% (required {100 * rules.min_agreement:.2f}%)",
-        ))
+            f"top-1 agreement with float {100 * row['agreement']:.2f}%"
+            + (f" (95%: {100 * low:.2f}% to {100 * high:.2f}%;" if interval else " (")
+            + f" required {100 * rules.min_agreement:.2f}%)",
+            interval=interval,
+        ), report.samples))
     if baseline is not None:
         results += _baseline_rules(report, rules, baseline)
     return results + _compared_rules(report, rules)
+
+
+def _noted(result: RuleResult, samples: int) -> RuleResult:
+    """``result`` with a note when its threshold lies inside the value's 95% interval: on these
+    samples the pass or fail is a draw that other images of the same kind could reverse."""
+    if not result.within_noise:
+        return result
+    return replace(result, message=f"{result.message}; within what {samples} samples resolve, "
+                                   "more evaluation images would settle it")
 
 
 def _own(report: EvalReport) -> list[dict]:
@@ -195,4 +219,4 @@ def junit_xml(results: list[RuleResult]) -> str:
 
 
 def results_json(result: GateResult) -> dict:
-    return {"passed": result.passed, "rules": [asdict(r) for r in result.rules]}
+    return {"passed": result.passed, "rules": [{**asdict(r), "within_noise": r.within_noise} for r in result.rules]}

@@ -22,7 +22,7 @@ def print_eval(report) -> None:
     where = f"; .tflite/.onnx on {report.device} (emulated)" if arm else ""
     table = Table(title=f"{report.samples} images from {report.data_source} (reference: {report.reference}{where})")
     columns = ["artifact", *(["device", "same as x86", "max |diff| vs x86"] if arm else []),
-               *(["top-1", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
+               *(["top-1", "vs float (95%)", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
                *(["classes changed"] if labelled else [])]
     for column in columns:
         table.add_column(column, justify="left" if column == "artifact" else "right")
@@ -34,22 +34,34 @@ def print_eval(report) -> None:
             cells += [row["device"], f"{row['x86_identical']:.2%}" if exact else "-",
                       f"{row['x86_max_abs_diff']:.2g}" if exact else "-"]
         if labelled:
-            cells += [f"{row['top1']:.2%}", f"{row['top5']:.2%}" if "top5" in row else "-"]
+            cells += [f"{row['top1']:.2%}", _change(row, report.row(report.reference)),
+                      f"{row['top5']:.2%}" if "top5" in row else "-"]
         cells += [f"{row['agreement']:.2%}", sqnr, f"{row['mean_kl']:.4f}"]
         if labelled:
             changes = row["per_class_change"]
             worst = min(changes.items(), key=lambda kv: kv[1], default=None)
             cells.append(f"{len(changes)}" + (f" (worst {worst[0]}: {worst[1]:+.1%})" if worst and worst[1] < 0 else ""))
         table.add_row(*cells)
-    console = make_console(170 if arm else 110)
+    console = make_console((170 if arm else 110) + (16 if labelled else 0))
     console.print(table)
     compared = [row for row in report.rows if row.get("compared")]
     if compared:
         dropped = any(row.get("background_dropped") for row in compared)
         console.print(f"* compared, not part of the build ({', '.join(row['artifact'] for row in compared)}); "
                       f"scored against {report.reference}" + ("; background output 0 dropped" if dropped else ""))
+    if labelled:
+        console.print(f"vs float: top-1 change in points, ± the half-width of its 95% interval on these "
+                      f"{report.samples} images (paired image by image); a change inside it is not resolved by them")
     if report.head != "classes":
         console.print(_head_note(report.head))
+
+
+def _change(row: dict, reference: dict) -> str:
+    """A row's top-1 change against the reference with its 95% half-width: "-0.80 ±1.24"."""
+    if row is reference:
+        return "-"
+    half = row.get("top1_change_ci95", float("nan"))
+    return f"{100 * (row['top1'] - reference['top1']):+.2f}" + ("" if math.isnan(half) else f" ±{100 * half:.2f}")
 
 
 def _head_note(kind: str) -> str:
@@ -148,11 +160,12 @@ def print_quantize(result) -> None:
     drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
     agreement = ("label agreement" if result.head.multi_label
                  else "top-1 agreement" if result.head.kind == "classes" else "class agreement")
-    for column in ("artifact", agreement, "SQNR (dB)", "max |diff|"):
+    for column in ("artifact", f"{agreement} (95%)", "SQNR (dB)", "max |diff|"):
         drift.add_column(column, justify="left" if column == "artifact" else "right")
     for row in result.drift:
         sqnr = "inf" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f}"
-        drift.add_row(row.artifact, f"{row.agreement:.1%}", sqnr, f"{row.max_abs_diff:.4f}")
+        low, high = row.agreement_ci95
+        drift.add_row(row.artifact, f"{row.agreement:.1%} ({low:.1%} to {high:.1%})", sqnr, f"{row.max_abs_diff:.4f}")
     console.print(drift)
     if result.head.kind != "classes":
         console.print(_head_note(result.head.kind))

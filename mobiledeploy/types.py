@@ -221,8 +221,15 @@ class Drift:
     sqnr_db: float  # 10 log10(signal power / error power) of the output tensor
     max_abs_diff: float
 
+    @property
+    def agreement_ci95(self) -> tuple[float, float]:
+        """The 95% interval of ``agreement`` on these samples (Wilson score)."""
+        from .evaluate import share_interval
+
+        return share_interval(self.agreement, self.samples)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "agreement_ci95": list(self.agreement_ci95)}
 
 
 @dataclass(frozen=True)

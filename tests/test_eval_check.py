@@ -2,7 +2,7 @@
 
 import json
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import mobiledeploy
 from mobiledeploy.cli import main
-from mobiledeploy.gate import GateRules, evaluate_rules, junit_xml
+from mobiledeploy.gate import GateRules, evaluate_rules, junit_xml, results_json
 from mobiledeploy.types import EvalReport
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,10 @@ def test_eval_reports_every_artifact(good_build, small_eval):
     for name in ("model_int8.tflite", "model_int8.onnx"):
         assert 0.9 < rows[name]["agreement"] <= 1.0 and 15 < rows[name]["sqnr_db"] < 80
         assert rows[name]["mean_kl"] > 0
+        low, high = rows[name]["agreement_ci95"]
+        assert low < rows[name]["agreement"] <= high <= 1.0
+        assert 0 < rows[name]["top1_change_ci95"] < 0.1  # 200 images: a few points at most
+    assert ref["top1_change_ci95"] == 0.0 and ref["agreement_ci95"] == [1.0, 1.0]  # the reference itself
 
 
 def test_gate_passes_on_the_reference_model(good_build, tmp_path):
@@ -131,7 +135,7 @@ def test_check_holds_the_build_to_a_compared_file(good_build, blank_build, small
     # the Python API mirrors the CLI: the same rules and results, the failure returned, not raised
     api = mobiledeploy.check_build(blank_build, small_eval, max_drop=100, min_agreement=0, compare=[ours])
     assert not api.passed and {r.rule for r in api.failed} == failed
-    assert [asdict(r) for r in api.rules] == json.loads((tmp_path / "w.json").read_text())["rules"]
+    assert json.loads(json.dumps(results_json(api)["rules"])) == json.loads((tmp_path / "w.json").read_text())["rules"]
 
 
 def test_labels_file_maps_folders_and_rejects_unknown_ones(good_build, tmp_path):
@@ -207,6 +211,42 @@ def test_each_compared_file_is_its_own_junit_case():
     assert len(cases) == len(set(cases)) == len(results) == 6
     failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]
     assert failed == ["vs-compared-agreement vs b.tflite"]
+
+
+def test_intervals_are_paired_and_do_not_vanish_without_changes():
+    """The top-1 change's interval counts only the images the two files score differently
+    (paired; Agresti-Min's half sample per cell), and agreement's is Wilson's."""
+    from mobiledeploy.evaluate import change_interval, share_interval
+
+    reference = np.zeros(200, bool)
+    reference[:120] = True
+    hits = reference.copy()
+    hits[:8] = False  # right only in the reference: 8 images
+    hits[150:153] = True  # right only here: 3
+    # b' = 3.5, c' = 8.5, n' = 202: 1.96 * sqrt(12 - 25 / 202) / 202
+    assert change_interval(reference, hits) == pytest.approx(0.033438, abs=1e-6)
+    # an unpaired interval (two independent accuracies of ~0.6 on 200 images) would be ~0.096
+    assert change_interval(reference, reference) == pytest.approx(1.96 / 202)  # not 0: 200 images bound it
+    assert change_interval(reference, reference) < change_interval(reference, hits)
+    low, high = share_interval(0.9, 100)
+    assert low == pytest.approx(0.82563, abs=1e-5) and high == pytest.approx(0.94477, abs=1e-5)
+    low, high = share_interval(1.0, 50)
+    assert high == 1.0 and low == pytest.approx(50 / (50 + 1.96 ** 2), abs=1e-9)
+
+
+def test_a_threshold_inside_the_interval_is_flagged():
+    rules = GateRules(max_drop=1.0, min_agreement=0.95)
+    report = _report(0.80, 0.79, 0.96)
+    int8 = {**report.rows[1], "top1_change_ci95": 0.02, "agreement_ci95": [0.90, 0.98]}
+    results = {r.rule: r for r in evaluate_rules(replace(report, rows=(report.rows[0], int8)), rules)}
+    assert results["max-drop"].passed and results["max-drop"].within_noise
+    assert results["max-drop"].interval == pytest.approx((-1.0, 3.0))
+    assert "more evaluation images would settle it" in results["max-drop"].message
+    assert results["min-agreement"].passed and results["min-agreement"].within_noise
+    clear = {**int8, "top1": 0.795, "top1_change_ci95": 0.002, "agreement_ci95": [0.955, 0.97]}  # drop 0.5 +- 0.2
+    results = evaluate_rules(replace(report, rows=(report.rows[0], clear)), rules)
+    assert not any(r.within_noise for r in results)
+    assert not any("settle" in r.message for r in results)
 
 
 def test_top1_breaks_ties_like_argmax_and_agreement():
