@@ -93,6 +93,10 @@ def evaluate_build(
             if e["format"] != "keras":
                 row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]], head))
         rows.append(row)
+    own_int8 = [e["file"] for e in files if e["precision"] == "int8" and not e.get("compared")]
+    for row in (r for r in rows if r.get("compared")):  # how far apart the same images let ours and theirs be
+        row["paired_ci95"] = {ours: evaluate.paired_intervals(reference, outputs[ours], outputs[row["artifact"]],
+                                                              labels, head) for ours in own_int8}
     return EvalReport(str(build_dir), str(data), dataset.digest, content["model"].get("sha256"),
                       total, dataset.labelled, reference_name, tuple(rows), content["preprocessing"],
                       arm.device if arm is not None else "cpu", head.kind)

@@ -95,6 +95,16 @@ def change_interval(reference_hits: np.ndarray, hits: np.ndarray) -> float:
     return 1.96 * math.sqrt(only_here + only_there - (only_here - only_there) ** 2 / total) / total
 
 
+def paired_intervals(reference: np.ndarray, ours: np.ndarray, theirs: np.ndarray, labels: np.ndarray | None,
+                     head: Head = ARGMAX) -> dict:
+    """Half-widths of the 95% intervals of our file's lead over theirs on the same samples:
+    agreement with the reference and (with labels) top-1, each paired sample by sample."""
+    result = {"agreement": change_interval(head.agrees(reference, theirs), head.agrees(reference, ours))}
+    if labels is not None:
+        result["top1"] = change_interval(topk_hits(theirs, labels, 1, head), topk_hits(ours, labels, 1, head))
+    return result
+
+
 def share_interval(share: float, samples: int) -> tuple[float, float]:
     """The 95% Wilson score interval of a share (such as agreement) measured on ``samples``
     samples: unlike share +- 1.96 standard errors it stays inside [0, 1] and is not empty at

@@ -40,8 +40,9 @@ class RuleResult:
     threshold: float
     message: str
     against: str | None = None  # the compared file of a vs-compared rule
-    # the 95% interval of ``value`` that the evaluation samples allow (max-drop, min-agreement);
-    # a threshold inside it is a pass or fail that more samples could turn
+    # the 95% interval of ``value`` that the evaluation samples allow (max-drop, min-agreement,
+    # vs-compared: paired image by image); a threshold inside it is a pass or fail that more
+    # samples could turn
     interval: tuple[float, float] | None = None
 
     @property
@@ -122,11 +123,14 @@ def _compared_rules(report: EvalReport, rules: GateRules) -> list[RuleResult]:
         for ours in own:
             for metric in metrics:
                 change = round(100.0 * (ours[metric] - theirs[metric]), 9)
-                results.append(RuleResult(
+                half = 100.0 * theirs.get("paired_ci95", {}).get(ours["artifact"], {}).get(metric, float("nan"))
+                interval = (change - half, change + half) if not math.isnan(half) else None
+                results.append(_noted(RuleResult(
                     f"vs-compared-{metric}", ours["artifact"], change >= -rules.tolerance, change, -rules.tolerance,
                     f"{metric} {100 * ours[metric]:.2f}% vs {100 * theirs[metric]:.2f}% in {theirs['artifact']}: "
-                    f"{change:+.2f} points (allowed -{rules.tolerance:g})", theirs["artifact"],
-                ))
+                    f"{change:+.2f}" + (f" ± {half:.2f}" if interval else "") + f" points (allowed -{rules.tolerance:g})",
+                    theirs["artifact"], interval,
+                ), report.samples))
     return results
 
 

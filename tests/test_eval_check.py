@@ -122,6 +122,9 @@ def test_check_holds_the_build_to_a_compared_file(good_build, blank_build, small
     assert all(r["passed"] for r in compared)
     assert all(r["value"] > 0.5 for r in compared if r["rule"] == "vs-compared-agreement"), compared
     assert {r["artifact"] for r in rules if not r["rule"].startswith("vs-compared-")} == own
+    assert all(r["interval"][0] < r["value"] < r["interval"][1] for r in compared)  # paired on these images
+    row = next(r for r in json.loads(ok.output)["report"]["rows"] if r.get("compared"))
+    assert set(row["paired_ci95"]) == own
     assert str(theirs) not in {row["artifact"] for row in json.loads(baseline.read_text())["rows"]}
 
     ours = good_build / "model_int8.tflite"
@@ -213,6 +216,24 @@ def test_each_compared_file_is_its_own_junit_case():
     assert failed == ["vs-compared-agreement vs b.tflite"]
 
 
+def test_a_compared_files_lead_is_paired_on_the_same_images():
+    from mobiledeploy.evaluate import change_interval, paired_intervals
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(100, 10))
+    labels = reference.argmax(axis=1)
+    ours, theirs = reference.copy(), reference.copy()
+    theirs[np.arange(5), labels[:5]] -= 10  # theirs loses the top class on 5 images
+    ours[np.arange(5, 7), labels[5:7]] -= 10  # ours on 2 others
+    got = paired_intervals(reference, ours, theirs, labels)
+    # b' = 5.5 images only ours gets right, c' = 2.5 only theirs, n' = 102
+    expected = 1.96 * np.sqrt(8 - 9 / 102) / 102
+    assert got["top1"] == pytest.approx(expected) and got["agreement"] == pytest.approx(expected)
+    theirs_hits, our_hits = np.arange(100) >= 5, ~np.isin(np.arange(100), [5, 6])
+    assert got["top1"] == pytest.approx(change_interval(theirs_hits, our_hits))
+    assert set(paired_intervals(reference, ours, theirs, None)) == {"agreement"}
+
+
 def test_intervals_are_paired_and_do_not_vanish_without_changes():
     """The top-1 change's interval counts only the images the two files score differently
     (paired; Agresti-Min's half sample per cell), and agreement's is Wilson's."""
@@ -243,6 +264,14 @@ def test_a_threshold_inside_the_interval_is_flagged():
     assert results["max-drop"].interval == pytest.approx((-1.0, 3.0))
     assert "more evaluation images would settle it" in results["max-drop"].message
     assert results["min-agreement"].passed and results["min-agreement"].within_noise
+    theirs = {**report.rows[1], "artifact": "their.tflite", "compared": True, "top1": 0.80, "agreement": 0.97,
+              "paired_ci95": {"q.tflite": {"top1": 0.015, "agreement": 0.004}}}
+    results = {r.rule: r for r in evaluate_rules(replace(report, rows=(report.rows[0], int8, theirs)), rules)}
+    # top-1 -1.0 +- 1.5 points behind theirs, allowed -0.5: a failure the images cannot confirm
+    assert not results["vs-compared-top1"].passed and results["vs-compared-top1"].within_noise
+    assert results["vs-compared-top1"].interval == pytest.approx((-2.5, 0.5))
+    # agreement -1.0 +- 0.4: resolved
+    assert not results["vs-compared-agreement"].passed and not results["vs-compared-agreement"].within_noise
     clear = {**int8, "top1": 0.795, "top1_change_ci95": 0.002, "agreement_ci95": [0.955, 0.97]}  # drop 0.5 +- 0.2
     results = evaluate_rules(replace(report, rows=(report.rows[0], clear)), rules)
     assert not any(r.within_noise for r in results)
