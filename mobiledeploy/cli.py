@@ -160,9 +160,9 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
     tolerances (a baseline made on other data is refused); with --compare, top-1 and agreement
     no lower than the compared file's beyond --tolerance.
 
-    A few hundred images measure a top-1 change to about a point either way: the --max-drop and
-    --min-agreement rules print their 95% interval and say when the threshold lies inside it
-    (a pass or fail that other images could reverse; use more images to settle it).
+    A few hundred images measure a top-1 change to about a point either way: the --max-drop,
+    --min-agreement and --compare rules print their 95% interval and say when the threshold lies
+    inside it (a pass or fail that other images could reverse; use more images to settle it).
     """
     from . import gate
     from .build_eval import check_build
