@@ -45,11 +45,14 @@ def main() -> None:
     report = evaluate_build(args.work / "build", evaluation, labels)
     ref = report.row(report.reference)
     print(f"quantize (200 calibration images): {quantize_s:.1f} s; evaluation on {report.samples} other images")
-    print(f"{'artifact':<20} {'top-1':>7} {'vs float':>9} {'top-5':>7} {'agreement':>10} {'SQNR dB':>8} {'mean KL':>8}")
+    print(f"{'artifact':<20} {'top-1':>7} {'vs float':>9} {'±95%':>6} {'top-5':>7} {'agreement':>10} {'(95%)':>15} "
+          f"{'SQNR dB':>8} {'mean KL':>8}")
     for row in report.rows:
         sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
-        print(f"{row['artifact']:<20} {row['top1']:>7.1%} {100 * (row['top1'] - ref['top1']):>+9.1f} "
-              f"{row['top5']:>7.1%} {row['agreement']:>10.1%} {sqnr:>8} {row['mean_kl']:>8.4f}")
+        low, high = row["agreement_ci95"]
+        print(f"{row['artifact']:<20} {row['top1']:>7.1%} {100 * (row['top1'] - ref['top1']):>+9.2f} "
+              f"{100 * row['top1_change_ci95']:>6.2f} {row['top5']:>7.1%} {row['agreement']:>10.1%} "
+              f"{f'{low:.1%} to {high:.1%}':>15} {sqnr:>8} {row['mean_kl']:>8.4f}")
 
 
 def shared_split(shared: Path, work: Path, seed: int = 2026) -> tuple[Path, Path, Path]:
