@@ -6,6 +6,7 @@ a multi-label head, every label against its threshold."""
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Callable, Iterable
 
@@ -103,6 +104,34 @@ def paired_intervals(reference: np.ndarray, ours: np.ndarray, theirs: np.ndarray
     if labels is not None:
         result["top1"] = change_interval(topk_hits(theirs, labels, 1, head), topk_hits(ours, labels, 1, head))
     return result
+
+
+def sample_hits(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None,
+                head: Head = ARGMAX) -> dict[str, np.ndarray]:
+    """Per sample, what the rows' shares count: agreement with the reference and, with labels,
+    top-1 (and top-5 where there are more than 5 classes) hits."""
+    hits = {"agreement": np.asarray(head.agrees(reference, outputs), bool)}
+    if labels is not None:
+        hits["top1"] = topk_hits(outputs, labels, 1, head)
+        if head.classes(outputs) > 5:
+            hits["top5"] = topk_hits(outputs, labels, 5, head)
+    return hits
+
+
+def pack_hits(hits: np.ndarray) -> str:
+    """Per-sample booleans as text for a JSON file: 1 bit each, base64."""
+    return base64.b64encode(np.packbits(np.asarray(hits, bool)).tobytes()).decode("ascii")
+
+
+def unpack_hits(text: str, samples: int) -> np.ndarray | None:
+    """``pack_hits``'s booleans back, or None when ``text`` does not hold ``samples`` of them."""
+    try:
+        packed = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), np.uint8)
+    except (ValueError, UnicodeEncodeError, AttributeError):
+        return None
+    if len(packed) != (samples + 7) // 8:
+        return None
+    return np.unpackbits(packed)[:samples].astype(bool)
 
 
 def share_interval(share: float, samples: int) -> tuple[float, float]:

@@ -151,12 +151,31 @@ def _baseline_rules(report: EvalReport, rules: GateRules, baseline: dict) -> lis
                 if math.isinf(old_value) and math.isinf(new_value):
                     continue
                 change, allowed = new_value - old_value, rules.sqnr_tolerance
-            results.append(RuleResult(
+            half = _paired_half_width(report, row["artifact"], old, metric)
+            interval = (change - half, change + half) if half is not None else None
+            results.append(_noted(RuleResult(
                 f"baseline-{metric}", row["artifact"], change >= -allowed, change, -allowed,
-                f"{metric} changed by {change:+.2f} {unit} against the baseline "
-                f"(allowed -{allowed:g})",
-            ))
+                f"{metric} changed by {change:+.2f}" + (f" ± {half:.2f}" if interval else "")
+                + f" {unit} against the baseline (allowed -{allowed:g})",
+                interval=interval,
+            ), report.samples))
     return results
+
+
+def _paired_half_width(report: EvalReport, artifact: str, old: dict, metric: str) -> float | None:
+    """Half-width in points of the 95% interval of a share's change against the baseline, paired
+    sample by sample with the per-sample hits the baseline stored; None for a metric without
+    them (SQNR, a baseline written before they were stored)."""
+    from .evaluate import change_interval, unpack_hits
+
+    stored = (old.get("per_sample") or {}).get(metric)
+    current = report.per_sample.get(artifact, {}).get(metric)
+    if not isinstance(stored, str) or current is None:
+        return None
+    before, after = unpack_hits(stored, report.samples), unpack_hits(current, report.samples)
+    if before is None or after is None:
+        return None
+    return 100.0 * change_interval(before, after)
 
 
 def make_baseline(report: EvalReport, rules: GateRules) -> dict:
@@ -168,7 +187,9 @@ def make_baseline(report: EvalReport, rules: GateRules) -> dict:
         "samples": report.samples,
         "preprocessing": report.preprocessing,
         "rules": asdict(rules),
-        "rows": [{k: v for k, v in row.items() if k != "per_class_change"} for row in _own(report)],
+        "rows": [{**{k: v for k, v in row.items() if k != "per_class_change"},
+                  **({"per_sample": report.per_sample[row["artifact"]]} if row["artifact"] in report.per_sample else {})}
+                 for row in _own(report)],
     }
 
 

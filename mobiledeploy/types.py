@@ -334,9 +334,12 @@ class EvalReport:
     preprocessing: dict
     device: str = "cpu"  # where the tflite/onnx artifacts ran; the Keras reference runs on this CPU
     head: str = "classes"  # Head.kind: how outputs became classes for agreement and top-1
+    # {artifact: {metric: packed per-sample hits}} of the build's own files (evaluate.pack_hits):
+    # what a baseline stores so that a later check can pair its change sample by sample
+    per_sample: dict = field(default_factory=dict)
 
     def row(self, artifact: str) -> dict:
         return next(r for r in self.rows if r["artifact"] == artifact)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "per_sample"}

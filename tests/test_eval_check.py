@@ -98,8 +98,22 @@ def test_baseline_catches_a_regression_and_refuses_other_data(good_build, blank_
     assert cli("check", good_build, "--data", small_eval, "--baseline", baseline).exit_code == 0
 
     loose = cli("check", blank_build, "--data", small_eval, "--baseline", baseline,
-                "--max-drop", 100, "--min-agreement", 0)
+                "--max-drop", 100, "--min-agreement", 0, "--json", tmp_path / "loose.json")
     assert loose.exit_code == 3 and "FAIL  baseline-top1" in loose.output
+    # the baseline keeps each file's per-image hits, so the change is paired image by image
+    from mobiledeploy.evaluate import change_interval, unpack_hits
+
+    row = next(r for r in stored["rows"] if r["artifact"] == "model_int8.tflite")
+    assert set(row["per_sample"]) == {"agreement", "top1", "top5"}
+    before = unpack_hits(row["per_sample"]["top1"], 200)
+    assert before.mean() == pytest.approx(row["top1"])
+    after = unpack_hits(mobiledeploy.evaluate_build(blank_build, small_eval).per_sample["model_int8.tflite"]["top1"], 200)
+    rule = next(r for r in json.loads((tmp_path / "loose.json").read_text())["rules"]
+                if r["rule"] == "baseline-top1" and r["artifact"] == "model_int8.tflite")
+    half = 100 * change_interval(before, after)
+    assert rule["interval"] == pytest.approx([rule["value"] - half, rule["value"] + half])
+    assert not any(r.get("interval") for r in json.loads((tmp_path / "loose.json").read_text())["rules"]
+                   if r["rule"] == "baseline-sqnr_db")
 
     other = _subset(ROOT / "eval_data", tmp_path / "other", 20, offset=20)
     refused = cli("check", good_build, "--data", other, "--baseline", baseline)
@@ -276,6 +290,25 @@ def test_a_threshold_inside_the_interval_is_flagged():
     results = evaluate_rules(replace(report, rows=(report.rows[0], clear)), rules)
     assert not any(r.within_noise for r in results)
     assert not any("settle" in r.message for r in results)
+
+
+def test_hits_survive_the_baseline_file_and_damage_is_ignored():
+    from mobiledeploy.evaluate import pack_hits, unpack_hits
+
+    hits = np.random.default_rng(0).random(203) < 0.7
+    assert np.array_equal(unpack_hits(pack_hits(hits), 203), hits)
+    assert unpack_hits(pack_hits(hits), 300) is None  # another number of samples
+    assert unpack_hits("not base64!", 203) is None
+    report = _report(0.80, 0.79, 0.96)
+    report = replace(report, per_sample={"q.tflite": {"top1": pack_hits(np.arange(100) < 79)}})
+    baseline = {"rows": [{**report.rows[1], "top1": 0.80,
+                          "per_sample": {"top1": pack_hits(np.arange(100) < 80), "agreement": 7}}]}
+    results = {r.rule: r for r in evaluate_rules(report, GateRules(), baseline) if r.artifact == "q.tflite"}
+    # one image right only in the baseline: b' = 0.5, c' = 1.5, n' = 102
+    half = 100 * 1.96 * np.sqrt(2 - 1 / 102) / 102
+    assert results["baseline-top1"].interval == pytest.approx((-1.0 - half, -1.0 + half))
+    assert results["baseline-top1"].within_noise  # -1 +- 2.7 holds the -0.5 tolerance
+    assert results["baseline-agreement"].interval is None  # damaged (not text), and nothing current
 
 
 def test_top1_breaks_ties_like_argmax_and_agreement():
