@@ -93,14 +93,13 @@ def evaluate_build(
             if e["format"] != "keras":
                 row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]], head))
         rows.append(row)
+    # which samples each file gets right and agrees on: a compared file's lead is paired on them,
+    # and a baseline keeps the build's own so that a later check can pair its change with them
+    hits = {e["file"]: evaluate.sample_hits(reference, outputs[e["file"]], labels, head) for e in files}
     own_int8 = [e["file"] for e in files if e["precision"] == "int8" and not e.get("compared")]
-    for row in (r for r in rows if r.get("compared")):  # how far apart the same images let ours and theirs be
-        row["paired_ci95"] = {ours: evaluate.paired_intervals(reference, outputs[ours], outputs[row["artifact"]],
-                                                              labels, head) for ours in own_int8}
-    # per sample, for a baseline: a later check pairs its change with these image by image
-    per_sample = {e["file"]: {metric: evaluate.pack_hits(hits) for metric, hits in
-                              evaluate.sample_hits(reference, outputs[e["file"]], labels, head).items()}
-                  for e in files if not e.get("compared")}
+    for row in (r for r in rows if r.get("compared")):
+        row["paired_ci95"] = {ours: evaluate.paired_intervals(hits[ours], hits[row["artifact"]]) for ours in own_int8}
+    per_sample = {e["file"]: hits[e["file"]] for e in files if not e.get("compared")}
     return EvalReport(str(build_dir), str(data), dataset.digest, content["model"].get("sha256"),
                       total, dataset.labelled, reference_name, tuple(rows), content["preprocessing"],
                       arm.device if arm is not None else "cpu", head.kind, per_sample)

@@ -96,14 +96,12 @@ def change_interval(reference_hits: np.ndarray, hits: np.ndarray) -> float:
     return 1.96 * math.sqrt(only_here + only_there - (only_here - only_there) ** 2 / total) / total
 
 
-def paired_intervals(reference: np.ndarray, ours: np.ndarray, theirs: np.ndarray, labels: np.ndarray | None,
-                     head: Head = ARGMAX) -> dict:
-    """Half-widths of the 95% intervals of our file's lead over theirs on the same samples:
-    agreement with the reference and (with labels) top-1, each paired sample by sample."""
-    result = {"agreement": change_interval(head.agrees(reference, theirs), head.agrees(reference, ours))}
-    if labels is not None:
-        result["top1"] = change_interval(topk_hits(theirs, labels, 1, head), topk_hits(ours, labels, 1, head))
-    return result
+def paired_intervals(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Half-widths of the 95% intervals of our file's lead over theirs on the same samples, from
+    each file's ``sample_hits``: agreement with the reference and (with labels) top-1, each
+    paired sample by sample."""
+    return {metric: change_interval(theirs[metric], ours[metric]) for metric in ("agreement", "top1")
+            if metric in ours and metric in theirs}
 
 
 def sample_hits(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None,

@@ -170,12 +170,10 @@ def _paired_half_width(report: EvalReport, artifact: str, old: dict, metric: str
 
     stored = (old.get("per_sample") or {}).get(metric)
     current = report.per_sample.get(artifact, {}).get(metric)
-    if not isinstance(stored, str) or current is None:
+    before = unpack_hits(stored, report.samples) if isinstance(stored, str) else None
+    if before is None or current is None or len(current) != report.samples:
         return None
-    before, after = unpack_hits(stored, report.samples), unpack_hits(current, report.samples)
-    if before is None or after is None:
-        return None
-    return 100.0 * change_interval(before, after)
+    return 100.0 * change_interval(before, current)
 
 
 def make_baseline(report: EvalReport, rules: GateRules) -> dict:
@@ -187,10 +185,17 @@ def make_baseline(report: EvalReport, rules: GateRules) -> dict:
         "samples": report.samples,
         "preprocessing": report.preprocessing,
         "rules": asdict(rules),
-        "rows": [{**{k: v for k, v in row.items() if k != "per_class_change"},
-                  **({"per_sample": report.per_sample[row["artifact"]]} if row["artifact"] in report.per_sample else {})}
-                 for row in _own(report)],
+        "rows": [_baseline_row(report, row) for row in _own(report)],
     }
+
+
+def _baseline_row(report: EvalReport, row: dict) -> dict:
+    """A row as the baseline keeps it: its figures and, packed, which samples it got right."""
+    from .evaluate import pack_hits
+
+    kept = {k: v for k, v in row.items() if k != "per_class_change"}
+    hits = report.per_sample.get(row["artifact"])
+    return {**kept, "per_sample": {metric: pack_hits(h) for metric, h in hits.items()}} if hits else kept
 
 
 def read_baseline(path: Path, report: EvalReport) -> dict:

@@ -334,8 +334,8 @@ class EvalReport:
     preprocessing: dict
     device: str = "cpu"  # where the tflite/onnx artifacts ran; the Keras reference runs on this CPU
     head: str = "classes"  # Head.kind: how outputs became classes for agreement and top-1
-    # {artifact: {metric: packed per-sample hits}} of the build's own files (evaluate.pack_hits):
-    # what a baseline stores so that a later check can pair its change sample by sample
+    # {artifact: {metric: per-sample hits (bool array)}} of the build's own files: what a baseline
+    # stores (packed, evaluate.pack_hits) so that a later check can pair its change sample by sample
     per_sample: dict = field(default_factory=dict)
 
     def row(self, artifact: str) -> dict:
