@@ -168,7 +168,8 @@ def _paired_half_width(report: EvalReport, artifact: str, old: dict, metric: str
     them (SQNR, a baseline written before they were stored)."""
     from .evaluate import change_interval, unpack_hits
 
-    stored = (old.get("per_sample") or {}).get(metric)
+    kept = old.get("per_sample")
+    stored = kept.get(metric) if isinstance(kept, dict) else None  # a damaged entry: no interval
     current = report.per_sample.get(artifact, {}).get(metric)
     before = unpack_hits(stored, report.samples) if isinstance(stored, str) else None
     if before is None or current is None or len(current) != report.samples:

@@ -309,6 +309,8 @@ def test_hits_survive_the_baseline_file_and_damage_is_ignored():
     assert results["baseline-top1"].interval == pytest.approx((-1.0 - half, -1.0 + half))
     assert results["baseline-top1"].within_noise  # -1 +- 2.7 holds the -0.5 tolerance
     assert results["baseline-agreement"].interval is None  # damaged (not text), and nothing current
+    baseline["rows"][0]["per_sample"] = ["not", "a", "dict"]
+    assert all(r.interval is None for r in evaluate_rules(report, GateRules(), baseline) if r.rule.startswith("baseline-"))
 
 
 def test_top1_breaks_ties_like_argmax_and_agreement():
