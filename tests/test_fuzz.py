@@ -21,16 +21,19 @@ SECONDS = int(os.environ.get("MOBILEDEPLOY_FUZZ_SECONDS", "20"))
 @pytest.mark.parametrize("target", ["image", "array", "manifest", "baseline", "labels"])
 def test_bounded_fuzz_run_finds_no_crash(target, tmp_path):
     pytest.importorskip("atheris")
+    scratch = tmp_path / "tmp"  # the harness's temporary directory, to see that it cleans up
+    scratch.mkdir()
     run = subprocess.run(
         [sys.executable, str(HARNESS), target, str(tmp_path / "corpus"), f"-max_total_time={SECONDS}",
          "-rss_limit_mb=3072", f"-artifact_prefix={tmp_path}/"],
-        capture_output=True, text=True, timeout=SECONDS + 120, cwd=tmp_path,
+        capture_output=True, text=True, timeout=SECONDS + 120, cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)},
     )
     crashes = sorted(p.name for p in tmp_path.glob("crash-*"))
     assert run.returncode == 0 and not crashes, f"{crashes}\n{run.stderr[-3000:]}"
     runs = int(re.search(r"Done (\d+) runs", run.stderr).group(1))
     print(f"fuzz {target}: {runs} executions in {SECONDS} s")
     assert runs > 100
+    assert not any(scratch.iterdir()), "the harness left its scratch folder behind"
 
 
 def test_regression_npz_bytes_in_a_npy_file(tmp_path):

@@ -14,9 +14,11 @@ When CORPUS_DIR is empty it is seeded with valid inputs generated here (PNG, JPE
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +35,20 @@ with atheris.instrument_imports():
 
 PREP = Preprocessing(24, 24, 3, "mobilenet")
 SCRATCH = Path(tempfile.mkdtemp(prefix="mobiledeploy-fuzz-"))
+_AT_EXIT = []  # keeps the C callback alive until the process ends
+
+
+def remove_scratch_at_exit() -> None:
+    """libFuzzer ends the process with C's exit(), which skips Python's atexit, so the scratch
+    folder is removed by a handler registered with the C library (glibc's on_exit; where there is
+    none, the folder stays in the temporary directory)."""
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "on_exit"):
+        return
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p)(
+        lambda status, arg: shutil.rmtree(SCRATCH, ignore_errors=True))
+    _AT_EXIT.append(handler)
+    libc.on_exit(handler, None)
 REPORT = EvalReport("build", "data", "d" * 64, None, 10, True, "model_folded.keras", (
     {"artifact": "model_folded.keras", "format": "keras", "precision": "float32", "top1": 0.9, "top5": 1.0,
      "agreement": 1.0, "sqnr_db": float("inf")},
@@ -143,6 +159,7 @@ def main() -> None:
             pass
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    remove_scratch_at_exit()
     atheris.Setup(args, one_input)
     atheris.Fuzz()
 
