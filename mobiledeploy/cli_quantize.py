@@ -99,7 +99,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Calibration images whose statistics drive adaptive rounding (small late layers read more, "
                    "see below). More is slower and measured no better: 32, 128 and 200 gave the shared ImageNet "
                    "MobileNet 0.1-0.3 points lower top-1 than 64 (at most 0.1 dB more output SQNR) and the "
-                   "reference model 0.6-1.6 dB less SQNR (README).")
+                   "reference model 0.6-1.6 dB less SQNR (docs/quantization-experiments.md).")
 @click.option("--rounding-positions-per-weight", default=64.0, show_default=True, type=click.FloatRange(min=0),
               help="Adaptive rounding decides each layer's weights on at least this many calibration positions "
                    "per weight of its fan-in, reading more than --rounding-samples images where the layer is "
