@@ -28,6 +28,12 @@ more than builds that round differently do, and its settings were chosen on thes
 for it the other views are the better estimate of images it has not seen
 (docs/quantization-experiments.md, "Ten views per image").
 
+--seeds S [S ...] cross-fits once per seed, each a different partition of the images into folds
+(the builds go to --work/seedS), and with --views ends with every view pooled over the
+partitions, image by image: agreement on the centre crop and on the other views, the centre
+crop's lead over them, and each lever against the first. Builds of different partitions round
+most weights alike, so the pooled intervals narrow the luck of the images, not of one build.
+
 --model runs the same folds on another real model (see other_models.py). When its classes are
 not ImageNet's, top-1 against the labels means nothing: the table then gives agreement and
 SQNR, and the paired counts are of images on which only this lever / only the first agrees
@@ -44,7 +50,7 @@ import numpy as np
 
 def main() -> None:
     from quantization_levers import LEVERS  # this folder: one list of levers for both benchmarks
-    from shared_imagenet_drift import link_images, split_arguments
+    from shared_imagenet_drift import split_arguments
 
     parser = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-crossfit")
     parser.add_argument("--levers", nargs="+", type=int, default=[2, 0, 1],
@@ -56,6 +62,9 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=1, choices=range(1, len(VIEW_SHIFTS) * 2 + 1), metavar="N",
                         help="also pool the top-1 change over N views of each held-out image (1-10; default 1: "
                              "the centre crop only)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="cross-fit on one partition of the images per seed (instead of --seed) and, with "
+                             "--views, end with every view pooled over the partitions")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     model = args.model or args.shared / "models" / "mobilenet_v1_0.25_224.h5"
@@ -63,25 +72,48 @@ def main() -> None:
         raise SystemExit(f"no shared model at {model}: pass --shared")
     images = sorted((args.shared / "imagenet-dev" / "images").iterdir())
     wnids = [line.split("\t")[1] for line in (args.shared / "imagenet-dev" / "classes.txt").read_text().splitlines()]
-    order = np.random.default_rng(args.seed).permutation(len(images))
-    folds = np.array_split(order, args.folds)
     class_of = {wnid: i for i, wnid in enumerate(wnids)}
     labels = {f.name: class_of[f.name.split("_", 1)[0]] for f in images}
+    seeds = args.seeds or [args.seed]
+    partitions = []
+    for seed in seeds:
+        work = args.work / f"seed{seed}" if len(seeds) > 1 else args.work
+        if len(seeds) > 1:
+            print(f"\npartition {len(partitions) + 1}/{len(seeds)}: seed {seed}", flush=True)
+        float_out, int8_out, float_views, int8_views = _partition(args, model, images, seed, work)
+        _table(args.levers, LEVERS, labels, float_out, int8_out)
+        classes = len(next(iter(float_out.values())))
+        imagenet_labels = labels if classes == 1000 else None
+        if float_views:
+            _views_table(args.levers, LEVERS, imagenet_labels, float_views, int8_views, args.views)
+        partitions.append((float_views, int8_views))
+    if len(seeds) > 1 and args.views > 1:
+        _pooled_views_table(args.levers, LEVERS, imagenet_labels, partitions, args.views)
+
+
+def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
+    """One cross-fit: every image evaluated once, by each lever's build calibrated on 200 images of
+    the other folds. (float outputs, int8 outputs, float classes per view, int8 classes per view)."""
+    from quantization_levers import LEVERS
+    from shared_imagenet_drift import link_images
+
+    order = np.random.default_rng(seed).permutation(len(images))
+    folds = np.array_split(order, args.folds)
     float_out: dict[str, np.ndarray] = {}
     int8_out: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     float_views: dict[str, np.ndarray] = {}  # image -> the float model's class on each view
     int8_views: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     for k, held_out in enumerate(folds):
         rest = np.concatenate([f for j, f in enumerate(folds) if j != k])
-        calib = args.work / f"fold{k}" / "calib"
-        evaluation = args.work / f"fold{k}" / "eval"
+        calib = work / f"fold{k}" / "calib"
+        evaluation = work / f"fold{k}" / "eval"
         link_images(calib, [images[i] for i in rest[:200]])
         link_images(evaluation, [images[i] for i in held_out])
         views = None  # (image names, pixels, preprocessing): decoded once, read by every lever of the fold
         for index in args.levers:
             label, fields = LEVERS[index]
             print(f"fold {k + 1}/{args.folds}: {label}", flush=True)
-            out = args.work / f"fold{k}" / str(index)
+            out = work / f"fold{k}" / str(index)
             float_out.update(_quantize_and_predict(model, calib, evaluation, out, fields, int8_out, index))
             if args.views > 1:
                 if views is None:  # every lever's model_folded.keras is the same float model
@@ -90,10 +122,7 @@ def main() -> None:
                 for int8_file in sorted(out.glob("model_int8.*")):
                     int8_views.setdefault((index, int8_file.name), {}).update(
                         zip(views[0], _view_classes(int8_file, *views[1:], args.views)))
-    _table(args.levers, LEVERS, labels, float_out, int8_out)
-    if float_views:
-        classes = len(next(iter(float_out.values())))
-        _views_table(args.levers, LEVERS, labels if classes == 1000 else None, float_views, int8_views, args.views)
+    return float_out, int8_out, float_views, int8_views
 
 
 def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out, index) -> dict[str, np.ndarray]:
@@ -198,6 +227,42 @@ def _views_table(levers, catalogue, labels, float_views, int8_views, count: int)
               f"{100 * centre_change.mean():>+9.2f}{_half_width(centre_change):>7.2f}"
               f"{100 * paired_agree.mean():>+27.2f}{_half_width(paired_agree):>7.2f}"
               f"{100 * paired_change.mean():>+7.2f}{_half_width(paired_change):>7.2f}")
+
+
+def _pooled_views_table(levers, catalogue, labels, partitions, count: int) -> None:
+    """Every view pooled over the partitions, image by image: each image's agreement and top-1
+    change are averaged over its builds (one per partition), and the 95% intervals are over the
+    images. The partitions' builds share calibration images and round most weights alike, so the
+    intervals do not hold the luck of one build against another, only of these images. Columns:
+    agreement on the centre crop and on the other views; the centre crop's lead over the other
+    views; against the first lever, agreement on the other views and on the centre crop; the
+    top-1 change over all views, and against the first lever."""
+    names = sorted(partitions[0][0])
+    scores = {}  # (lever, artifact) -> (image x view) top-1 change and agreement, averaged over the partitions
+    for float_views, int8_views in partitions:
+        float_top = np.stack([float_views[n] for n in names])
+        truth = np.array([labels[n] for n in names])[:, None] if labels else float_top
+        for key, rows in int8_views.items():
+            change, agrees = _view_scores(rows, names, truth, float_top)
+            total = scores.setdefault(key, [0.0, 0.0])
+            total[0] = total[0] + change / len(partitions)
+            total[1] = total[1] + agrees / len(partitions)
+    print(f"\n{len(names)} images x {count} views, pooled over {len(partitions)} partitions"
+          + ("" if labels else "; not ImageNet's classes: 'top-1' is agreement with float"))
+    print(f"{'lever':<42}{'artifact':<20}{'agree: centre':>14}{'±95%':>7}{'other views':>12}{'±95%':>7}"
+          f"{'centre lead':>12}{'±95%':>7}{'vs first: other views':>22}{'±95%':>7}{'centre':>8}{'±95%':>7}"
+          f"{'top-1 vs float':>15}{'±95%':>7}{'vs first':>9}{'±95%':>7}")
+    for (index, artifact), (change, agrees) in sorted(scores.items(),
+                                                      key=lambda kv: (levers.index(kv[0][0]), kv[0][1])):
+        base_change, base_agrees = scores[(levers[0], artifact)]
+        columns = (agrees[:, 0], agrees[:, 1:].mean(axis=1), agrees[:, 0] - agrees[:, 1:].mean(axis=1),
+                   (agrees - base_agrees)[:, 1:].mean(axis=1), (agrees - base_agrees)[:, 0],
+                   change.mean(axis=1), (change - base_change).mean(axis=1))
+        widths = (14, 12, 12, 22, 8, 15, 9)
+        signs = ("", "", "+", "+", "+", "+", "+")  # shares, then differences
+        cells = "".join(f"{100 * c.mean():>{sign}{w}.2f}{_half_width(c):>7.2f}"
+                        for c, w, sign in zip(columns, widths, signs))
+        print(f"{catalogue[index][0]:<42}{artifact:<20}{cells}")
 
 
 def _view_scores(rows: dict, names: list[str], truth: np.ndarray, float_top: np.ndarray):
