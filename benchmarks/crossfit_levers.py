@@ -238,15 +238,13 @@ def _pooled_views_table(levers, catalogue, labels, partitions, count: int) -> No
     views; against the first lever, agreement on the other views and on the centre crop; the
     top-1 change over all views, and against the first lever."""
     names = sorted(partitions[0][0])
-    scores = {}  # (lever, artifact) -> (image x view) top-1 change and agreement, averaged over the partitions
+    runs = {}  # (lever, artifact) -> its (top-1 change, agreement) image x view arrays, one pair per partition
     for float_views, int8_views in partitions:
         float_top = np.stack([float_views[n] for n in names])
         truth = np.array([labels[n] for n in names])[:, None] if labels else float_top
         for key, rows in int8_views.items():
-            change, agrees = _view_scores(rows, names, truth, float_top)
-            total = scores.setdefault(key, [0.0, 0.0])
-            total[0] = total[0] + change / len(partitions)
-            total[1] = total[1] + agrees / len(partitions)
+            runs.setdefault(key, []).append(_view_scores(rows, names, truth, float_top))
+    scores = {key: tuple(np.mean(arrays, axis=0) for arrays in zip(*pairs)) for key, pairs in runs.items()}
     print(f"\n{len(names)} images x {count} views, pooled over {len(partitions)} partitions"
           + ("" if labels else "; not ImageNet's classes: 'top-1' is agreement with float"))
     print(f"{'lever':<42}{'artifact':<20}{'agree: centre':>14}{'±95%':>7}{'other views':>12}{'±95%':>7}"
