@@ -36,6 +36,12 @@ with atheris.instrument_imports():
 PREP = Preprocessing(24, 24, 3, "mobilenet")
 SCRATCH = Path(tempfile.mkdtemp(prefix="mobiledeploy-fuzz-"))
 _AT_EXIT = []  # keeps the C callback alive until the process ends
+REPORT = EvalReport("build", "data", "d" * 64, None, 10, True, "model_folded.keras", (
+    {"artifact": "model_folded.keras", "format": "keras", "precision": "float32", "top1": 0.9, "top5": 1.0,
+     "agreement": 1.0, "sqnr_db": float("inf")},
+    {"artifact": "model_int8.tflite", "format": "tflite", "precision": "int8", "top1": 0.88, "top5": 1.0,
+     "agreement": 0.97, "sqnr_db": 30.0},
+), PREP.to_dict())
 
 
 def remove_scratch_at_exit() -> None:
@@ -49,12 +55,6 @@ def remove_scratch_at_exit() -> None:
         lambda status, arg: shutil.rmtree(SCRATCH, ignore_errors=True))
     _AT_EXIT.append(handler)
     libc.on_exit(handler, None)
-REPORT = EvalReport("build", "data", "d" * 64, None, 10, True, "model_folded.keras", (
-    {"artifact": "model_folded.keras", "format": "keras", "precision": "float32", "top1": 0.9, "top5": 1.0,
-     "agreement": 1.0, "sqnr_db": float("inf")},
-    {"artifact": "model_int8.tflite", "format": "tflite", "precision": "int8", "top1": 0.88, "top5": 1.0,
-     "agreement": 0.97, "sqnr_db": 30.0},
-), PREP.to_dict())
 
 
 def fuzz_image(data: bytes) -> None:
