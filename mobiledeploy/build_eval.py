@@ -83,19 +83,20 @@ def evaluate_build(
             "pass --labels with the model's class order"
         )
     reference = outputs[reference_name]
+    # which samples each file gets right and agrees on: its row's shares, a compared file's lead
+    # paired on them, and what a baseline keeps so that a later check can pair its change with them
+    hits = {e["file"]: evaluate.sample_hits(reference, outputs[e["file"]], labels, head) for e in files}
     rows = []
     for e in files:
         row = {"format": e["format"], "precision": e["precision"],
                **({k: e[k] for k in ("compared", "background_dropped") if k in e}),
-               **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels, head)}
+               **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels, head,
+                                           hits[e["file"]], hits[reference_name])}
         if arm is not None:
             row["device"] = "cpu" if e["format"] == "keras" else arm.device
             if e["format"] != "keras":
                 row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]], head))
         rows.append(row)
-    # which samples each file gets right and agrees on: a compared file's lead is paired on them,
-    # and a baseline keeps the build's own so that a later check can pair its change with them
-    hits = {e["file"]: evaluate.sample_hits(reference, outputs[e["file"]], labels, head) for e in files}
     own_int8 = [e["file"] for e in files if e["precision"] == "int8" and not e.get("compared")]
     for row in (r for r in rows if r.get("compared")):
         row["paired_ci95"] = {ours: evaluate.paired_intervals(hits[ours], hits[row["artifact"]]) for ours in own_int8}

@@ -186,8 +186,10 @@ def per_class_accuracy(outputs: np.ndarray, labels: np.ndarray, classes: int,
 
 
 def artifact_metrics(name: str, reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None,
-                     head: Head = ARGMAX) -> dict:
-    """Everything ``eval`` reports for one artifact against the float reference outputs."""
+                     head: Head = ARGMAX, hits: dict[str, np.ndarray] | None = None,
+                     reference_hits: dict[str, np.ndarray] | None = None) -> dict:
+    """Everything ``eval`` reports for one artifact against the float reference outputs.
+    ``hits`` and ``reference_hits`` are the two files' ``sample_hits``, when the caller has them."""
     result = {**drift(name, reference, outputs, head).to_dict(), "mean_kl": mean_kl(reference, outputs, head)}
     identical = np.array_equal(reference, outputs)  # the reference itself: nothing was sampled
     if identical:
@@ -196,13 +198,16 @@ def artifact_metrics(name: str, reference: np.ndarray, outputs: np.ndarray, labe
         classes = head.classes(outputs)
         mine = per_class_accuracy(outputs, labels, classes, head)
         ref = per_class_accuracy(reference, labels, classes, head)
-        hits, reference_hits = topk_hits(outputs, labels, 1, head), topk_hits(reference, labels, 1, head)
+        if hits is None:
+            hits = sample_hits(reference, outputs, labels, head)
+        if reference_hits is None:
+            reference_hits = sample_hits(reference, reference, labels, head)
         result.update({
-            "top1": float(np.mean(hits)),
+            "top1": float(np.mean(hits["top1"])),
             # the top-1 change against the reference, +- this, is what these samples can resolve
-            "top1_change_ci95": 0.0 if identical else change_interval(reference_hits, hits),
+            "top1_change_ci95": 0.0 if identical else change_interval(reference_hits["top1"], hits["top1"]),
             # with 5 classes or fewer every label is in the top 5: nothing to report or gate
-            **({"top5": topk_accuracy(outputs, labels, 5, head)} if classes > 5 else {}),
+            **({"top5": float(np.mean(hits["top5"]))} if "top5" in hits else {}),
             "per_class_change": {
                 str(c): round(m - r, 6) for c, (m, r) in enumerate(zip(mine, ref))
                 if m is not None and r is not None and m != r

@@ -10,6 +10,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from .errors import MobiledeployError
+from .evaluate import change_interval, pack_hits, unpack_hits
 from .types import EvalReport
 
 BASELINE_SCHEMA = 1
@@ -73,13 +74,12 @@ def evaluate_rules(report: EvalReport, rules: GateRules, baseline: dict | None =
         name = row["artifact"]
         if report.labelled:
             drop = round(100.0 * (reference["top1"] - row["top1"]), 9)  # no float noise at the limit
-            half = 100.0 * row.get("top1_change_ci95", float("nan"))
-            interval = (drop - half, drop + half) if not math.isnan(half) else None
+            half = 100.0 * row["top1_change_ci95"] if "top1_change_ci95" in row else None
             results.append(_noted(RuleResult(
                 "max-drop", name, drop <= rules.max_drop, drop, rules.max_drop,
                 f"top-1 {100 * row['top1']:.2f}% vs float {100 * reference['top1']:.2f}%: "
-                f"drop {drop:.2f}" + (f" ± {half:.2f}" if interval else "") + f" points (allowed {rules.max_drop:g})",
-                interval=interval,
+                f"drop {drop:.2f}{_plus_minus(half)} points (allowed {rules.max_drop:g})",
+                interval=_interval(drop, half),
             ), report.samples))
         low, high = row.get("agreement_ci95") or (float("nan"), float("nan"))
         interval = (low, high) if not math.isnan(low) else None
@@ -94,6 +94,15 @@ def evaluate_rules(report: EvalReport, rules: GateRules, baseline: dict | None =
     if baseline is not None:
         results += _baseline_rules(report, rules, baseline)
     return results + _compared_rules(report, rules)
+
+
+def _interval(value: float, half: float | None) -> tuple[float, float] | None:
+    return (value - half, value + half) if half is not None else None
+
+
+def _plus_minus(half: float | None) -> str:
+    """The half-width of a value's 95% interval as a message shows it, or nothing without one."""
+    return f" ± {half:.2f}" if half is not None else ""
 
 
 def _noted(result: RuleResult, samples: int) -> RuleResult:
@@ -123,13 +132,13 @@ def _compared_rules(report: EvalReport, rules: GateRules) -> list[RuleResult]:
         for ours in own:
             for metric in metrics:
                 change = round(100.0 * (ours[metric] - theirs[metric]), 9)
-                half = 100.0 * theirs.get("paired_ci95", {}).get(ours["artifact"], {}).get(metric, float("nan"))
-                interval = (change - half, change + half) if not math.isnan(half) else None
+                paired = theirs.get("paired_ci95", {}).get(ours["artifact"], {}).get(metric)
+                half = 100.0 * paired if paired is not None else None
                 results.append(_noted(RuleResult(
                     f"vs-compared-{metric}", ours["artifact"], change >= -rules.tolerance, change, -rules.tolerance,
                     f"{metric} {100 * ours[metric]:.2f}% vs {100 * theirs[metric]:.2f}% in {theirs['artifact']}: "
-                    f"{change:+.2f}" + (f" ± {half:.2f}" if interval else "") + f" points (allowed -{rules.tolerance:g})",
-                    theirs["artifact"], interval,
+                    f"{change:+.2f}{_plus_minus(half)} points (allowed -{rules.tolerance:g})",
+                    theirs["artifact"], _interval(change, half),
                 ), report.samples))
     return results
 
@@ -152,12 +161,11 @@ def _baseline_rules(report: EvalReport, rules: GateRules, baseline: dict) -> lis
                     continue
                 change, allowed = new_value - old_value, rules.sqnr_tolerance
             half = _paired_half_width(report, row["artifact"], old, metric)
-            interval = (change - half, change + half) if half is not None else None
             results.append(_noted(RuleResult(
                 f"baseline-{metric}", row["artifact"], change >= -allowed, change, -allowed,
-                f"{metric} changed by {change:+.2f}" + (f" ± {half:.2f}" if interval else "")
-                + f" {unit} against the baseline (allowed -{allowed:g})",
-                interval=interval,
+                f"{metric} changed by {change:+.2f}{_plus_minus(half)} {unit} against the baseline "
+                f"(allowed -{allowed:g})",
+                interval=_interval(change, half),
             ), report.samples))
     return results
 
@@ -166,8 +174,6 @@ def _paired_half_width(report: EvalReport, artifact: str, old: dict, metric: str
     """Half-width in points of the 95% interval of a share's change against the baseline, paired
     sample by sample with the per-sample hits the baseline stored; None for a metric without
     them (SQNR, a baseline written before they were stored)."""
-    from .evaluate import change_interval, unpack_hits
-
     kept = old.get("per_sample")
     stored = kept.get(metric) if isinstance(kept, dict) else None  # a damaged entry: no interval
     current = report.per_sample.get(artifact, {}).get(metric)
@@ -192,8 +198,6 @@ def make_baseline(report: EvalReport, rules: GateRules) -> dict:
 
 def _baseline_row(report: EvalReport, row: dict) -> dict:
     """A row as the baseline keeps it: its figures and, packed, which samples it got right."""
-    from .evaluate import pack_hits
-
     kept = {k: v for k, v in row.items() if k != "per_class_change"}
     hits = report.per_sample.get(row["artifact"])
     return {**kept, "per_sample": {metric: pack_hits(h) for metric, h in hits.items()}} if hits else kept
