@@ -83,7 +83,7 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
 
 
 def build(weights: dict[str, np.ndarray]):
-    """torchvision's MobileNetV2 1.0 at 224x224 in Keras, named as Keras' MobileNetV2 names its layers."""
+    """torchvision's MobileNetV2 1.0 at 224x224 in Keras, its layers named in the style of Keras' MobileNetV2."""
     import keras
     from keras import layers
 
