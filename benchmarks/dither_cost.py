@@ -4,10 +4,10 @@
         [--device arm:cortex-a76]
 
 Builds the real model twice on the fixed split of shared_imagenet_drift.py (200 calibration
-images), with --dither auto (--dither on for a model auto leaves alone) and
---dither off, and prints for each int8 file its
-median latency (mobiledeploy.bench, the two builds' files timed in alternating rounds so that
-drift on this shared machine hits both alike), the latency ratio with the range of the rounds'
+images), with --dither auto (--dither on for a model auto leaves alone, spare for the copies that
+add no channel) and --dither off, and prints for each int8 file its median latency
+(mobiledeploy.bench, the two builds' files timed in alternating rounds so that drift on this
+shared machine hits both alike), the latency ratio with the range of the rounds'
 own ratios (the noise), and its output SQNR and top-1 agreement against the float model on the
 300 other images. --model studies another model (other_models.py) on the same images.
 --device arm:CPU times the files under qemu (mobiledeploy.bench_build; emulated time, whose ratio
@@ -28,7 +28,7 @@ def main() -> None:
     parser = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-dither")
     parser.add_argument("--model", type=Path, default=None,
                         help="another model on the same images (default: the shared MobileNet v1 0.25)")
-    parser.add_argument("--dither", choices=["auto", "on"], default="auto", help="the setting compared with off")
+    parser.add_argument("--dither", choices=["spare", "auto", "on"], default="auto", help="the setting compared with off")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--min-secs", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds per file and thread count")

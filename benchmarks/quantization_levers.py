@@ -52,6 +52,7 @@ LEVERS = [
     ("default, --rounding-samples 200", {"rounding_samples": 200}),
     ("default, --rounding-samples 32", {"rounding_samples": 32}),
     ("default, --rounding-samples 128", {"rounding_samples": 128}),
+    ("default + --dither spare", {"dither": "spare"}),
 ]
 
 

@@ -28,6 +28,14 @@ by side), but under emulation the ARM kernels did 1.14-1.17x the work (cortex-a7
 1.06-1.22x), so the copies are off unless asked for: ``auto`` copies only up to
 ``AUTO_MAX_CHANNELS`` (for x86-64 targets), ``on`` regardless. The manifest records the copies
 and the added multiply-adds.
+
+``spare`` adds no channel. MobileNets leave some of their first channels unused: they never turn
+on, or the depthwise channel they feed never does, so the 1x1 conv reads a constant from them
+(the shared v1 0.25: 2 of 8; three MobileNetV2s: 4 to 9 of 32). Only channels proved unused for
+every input the int8 file can take count (interval arithmetic over the calibrated input range),
+so the function stays the same on any image. Those channels hold copies instead, and the 1x1
+conv's bias takes over the constant each fed it. The layer shapes, and so the work, stay the
+same.
 """
 
 from __future__ import annotations
@@ -79,12 +87,16 @@ def find_chain(model) -> tuple[str, str, str, str] | None:
     return first, relu, depthwise, pointwise
 
 
-def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO_MAX_CHANNELS, chunk: int = 16):
+def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO_MAX_CHANNELS, chunk: int = 16,
+                       grow: bool = True):
     """A copy of ``model`` with dithered copies of the linear channels of its first convolution
-    (as many as fill a block of channels, to the channels whose rounding costs most), and the
-    report; ``(model, None)`` when the model does not start with such a
-    chain, no channel is linear, the first conv would end up with more than ``max_channels``
-    channels (None: no limit), or the copies would change the float outputs."""
+    (to the channels whose rounding costs most), and the report. With ``grow`` (auto, on) the
+    copies are appended, as many as fill a block of channels; without it (spare) they only take
+    the place of channels the model does not use (same layer shapes, same work).
+    ``(model, None)`` when the model does not start with such a chain, no channel is linear,
+    there is no slot for a copy (without ``grow``: no spare channel; with it: the first conv
+    would end up with more than ``max_channels`` channels, None: no limit), or the copies would
+    change the float outputs."""
     import keras
 
     started = time.perf_counter()
@@ -94,12 +106,18 @@ def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO
     first, relu, depthwise, pointwise = chain
     probe = keras.Model(model.inputs[0], model.get_layer(first).output)
     linear, step = _linear_channels(probe, calib, relu_cap(model.get_layer(relu)), chunk)
-    if not linear.any():
-        return model, None
-    # the copies fill whole blocks of channels: ONNX Runtime's x86-64 kernels ran the 0.25
-    # MobileNet 1.6x slower with 13 channels than with 8 or 16
-    slots = -(-(len(linear) + int(linear.sum())) // CHANNEL_BLOCK) * CHANNEL_BLOCK - len(linear)
-    if max_channels is not None and len(linear) + slots > max_channels:
+    if grow:
+        spare, constants = np.zeros(0, int), np.zeros(0)
+        # the copies fill whole blocks of channels: ONNX Runtime's x86-64 kernels ran the 0.25
+        # MobileNet 1.6x slower with 13 channels than with 8 or 16
+        slots = -(-(len(linear) + int(linear.sum())) // CHANNEL_BLOCK) * CHANNEL_BLOCK - len(linear)
+        if max_channels is not None and len(linear) + slots > max_channels:
+            return model, None
+    else:
+        spare, constants = _spare_channels(model, chain, calib, chunk)
+        linear[spare] = False  # a channel the model does not read needs no finer grid
+        slots = len(spare)
+    if not linear.any() or slots == 0:
         return model, None
     costs = _rounding_costs(model, relu, np.flatnonzero(linear), step, calib[:COST_IMAGES], chunk)
     if not any(costs.values()):  # a saturated output shows no channel's rounding: share the copies evenly
@@ -116,9 +134,10 @@ def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO
         own[channel] = shifts[0]
         channels += [channel] * (count - 1)
         offsets += shifts[1:].tolist()
-    exact = np.flatnonzero(~linear)[:slots - len(channels)]  # what the linear channels leave of the block
+    spare, constants = spare[:len(channels)], constants[:len(channels)]  # MAX_COPIES may leave some spare
+    exact = np.flatnonzero(~linear)[:slots - len(channels)] if grow else np.zeros(0, int)  # what the linear channels leave of the block
     channels, offsets = np.array(channels + exact.tolist(), int), np.array(offsets + [0.0] * len(exact))
-    result = _with_copies(model, chain, own, channels, offsets)
+    result = _with_copies(model, chain, own, channels, offsets, spare, constants)
     images = calib[:64]
     diff, peak, _ = output_change(model, result, (images[i:i + chunk] for i in range(0, len(images), chunk)))
     change = diff / peak if peak > 0 else 0.0
@@ -126,8 +145,9 @@ def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO
         return model, None
     return result, DitherReport(layer=first, depthwise=depthwise, pointwise=pointwise,
                                 channels=tuple(copies), copies=tuple(copies.values()),
-                                duplicates=tuple(int(c) for c in exact), of=len(linear), step=step,
-                                max_change=change, added_macs=_added_macs(model, chain, len(channels)),
+                                duplicates=tuple(int(c) for c in exact), reused=tuple(int(c) for c in spare),
+                                of=len(linear), step=step, max_change=change,
+                                added_macs=_added_macs(model, chain, len(channels) - len(spare)),
                                 seconds=time.perf_counter() - started)
 
 
@@ -150,6 +170,57 @@ def _linear_channels(probe, calib: np.ndarray, cap: float | None, chunk: int) ->
     inside = sum(np.sum((z > step / 2) & (z < cap - step / 2), axis=0) for z in pre_activations())
     positions = len(calib) * int(np.prod(probe.output.shape[1:-1]))
     return inside >= LINEAR_SHARE * positions, step
+
+
+def _spare_channels(model, chain, calib: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first conv's channels that the model cannot use, which can hold a copy instead: for
+    every input the int8 file can take, the 1x1 conv reads one constant from them (the channel
+    never turns on, or its depthwise filter never does), and its bias takes that constant over.
+    Proved by interval arithmetic, not by the calibration images alone: the first conv's input
+    channels span what the calibration images span (the int8 input holds no more) and 0 (its
+    padding), and each weight meets the worst end of its input's interval. Returns the channels
+    and their constants."""
+    import keras
+
+    first, relu, depthwise, pointwise = chain
+    graph = layer_graph(model)
+    probe = keras.Model(model.inputs[0], model.get_layer(first).input)
+    low, high = 0.0, 0.0
+    for start in range(0, len(calib), chunk):
+        x = np.asarray(probe(calib[start:start + chunk], training=False))
+        low, high = np.minimum(low, x.min(axis=(0, 1, 2))), np.maximum(high, x.max(axis=(0, 1, 2)))
+    kernel, bias = _kernel_and_bias(model.get_layer(first))
+    z_low, z_high = _interval(kernel, bias, low[:, None], high[:, None], axes=(0, 1, 2))
+    cap = relu_cap(model.get_layer(relu))
+    kernel, bias = _kernel_and_bias(model.get_layer(depthwise))  # depth multiplier 1 (find_chain)
+    low, high = np.clip(z_low, 0, cap), np.clip(z_high, 0, cap)
+    low, high = _interval(kernel[..., 0], bias, np.minimum(low, 0), np.maximum(high, 0), axes=(0, 1))  # 0: padding
+    padded = False
+    name = only_consumer(graph, depthwise)
+    while name != pointwise:  # ReLUs, dropout and padding between (find_chain)
+        layer = model.get_layer(name)
+        if graph[name]["kind"] == "ZeroPadding2D":
+            padded = True
+        elif graph[name]["kind"] != "Dropout":
+            top = relu_cap(layer)
+            if top is False:
+                return np.zeros(0, int), np.zeros(0)
+            low, high = np.clip(low, 0, top), np.clip(high, 0, top)
+        name = only_consumer(graph, name)
+    # a constant other than 0 needs the 1x1 conv's bias, and no zero padding before it
+    spare = (low == high) & ((high == 0) | (bool(model.get_layer(pointwise).use_bias) & (not padded)))
+    return np.flatnonzero(spare), high[spare]
+
+
+def _kernel_and_bias(layer) -> tuple[np.ndarray, np.ndarray]:
+    weights = layer.get_weights()
+    return weights[0], weights[1] if len(weights) > 1 else np.zeros(weights[0].shape[-1], weights[0].dtype)
+
+
+def _interval(kernel: np.ndarray, bias: np.ndarray, low: np.ndarray, high: np.ndarray, axes) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of bias + sum(kernel * x) over ``axes`` when each x lies in [low, high]."""
+    a, b = kernel * low, kernel * high
+    return bias + np.sum(np.minimum(a, b), axis=axes), bias + np.sum(np.maximum(a, b), axis=axes)
 
 
 def _rounding_costs(model, relu: str, channels: np.ndarray, step: float, images: np.ndarray,
@@ -203,39 +274,61 @@ def _allocate(costs: dict[int, float], slots: int) -> dict[int, int]:
     return {c: k for c, k in counts.items() if k > 1}
 
 
-def _with_copies(model, chain, own: np.ndarray, channels: np.ndarray, offsets: np.ndarray):
-    """The model rebuilt with the copies: the first conv's channels shifted by ``own`` and
-    ``channels`` of them appended (a channel may come several times), each shifted by its
-    ``offsets`` entry; the depthwise layer takes each shift off; the pointwise layer reads a
-    channel and its copies with an equal share of the weight."""
+def _with_copies(model, chain, own: np.ndarray, channels: np.ndarray, offsets: np.ndarray,
+                 spare: np.ndarray, constants: np.ndarray):
+    """The model rebuilt with the copies: the first conv's channels shifted by ``own``, and
+    ``channels`` of them copied (a channel may come several times), each shifted by its
+    ``offsets`` entry, the first into the ``spare`` channels (the 1x1 conv's bias takes over the
+    ``constants`` they fed it), the rest appended; the depthwise layer takes each shift off; the
+    pointwise layer reads a channel and its copies with an equal share of the weight."""
     import keras
 
     first, _, depthwise, pointwise = chain
+    count = int(model.get_layer(first).filters)
+    targets = np.concatenate([spare, count + np.arange(len(channels) - len(spare))]).astype(int)
     config = plain_config(model.get_config())
     for entry in config["layers"]:
         if entry["name"] == first:
-            entry["config"]["filters"] += len(channels)
+            entry["config"]["filters"] += len(channels) - len(spare)
         if entry["class_name"] != "InputLayer":
             entry.pop("build_config", None)  # built again from the new channel counts
     result = keras.Model.from_config(config)
-    shares = np.ones(int(model.get_layer(first).filters))
+    shares = np.ones(count)
     np.add.at(shares, channels, 1)
     for layer in result.layers:
         weights = model.get_layer(layer.name).get_weights()
         if layer.name == first:
             kernel, bias = weights
-            weights = [np.concatenate([kernel, kernel[..., channels]], -1),
-                       np.concatenate([bias + own, bias[channels] + offsets])]
+            weights = [_placed(kernel, -1, kernel[..., channels], targets),
+                       _placed(bias + own, 0, bias[channels] + offsets, targets)]
         elif layer.name == depthwise:
             kernel, bias = weights
-            copies, sums = kernel[:, :, channels, :], kernel.sum(axis=(0, 1, 3))
-            weights = [np.concatenate([kernel, copies], 2),
-                       np.concatenate([bias - own * sums, bias[channels] - offsets * sums[channels]])]
+            sums = kernel.sum(axis=(0, 1, 3))
+            weights = [_placed(kernel, 2, kernel[:, :, channels, :], targets),
+                       _placed(bias - own * sums, 0, bias[channels] - offsets * sums[channels], targets)]
         elif layer.name == pointwise:
-            kernel = weights[0] / shares[None, None, :, None]
-            weights = [np.concatenate([kernel, kernel[:, :, channels, :]], 2), *weights[1:]]
+            kernel, *rest = weights
+            if len(spare) and rest:
+                rest[0] = rest[0] + constants @ kernel[0, 0, spare, :]
+            kernel = kernel / shares[None, None, :, None]
+            weights = [_placed(kernel, 2, kernel[:, :, channels, :], targets), *rest]
         if weights:
             layer.set_weights([np.asarray(w, np.float32) for w in weights])
+    return result
+
+
+def _placed(values: np.ndarray, axis: int, copies: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``values`` with ``copies`` (along ``axis``) written to the ``targets`` indices, the
+    array grown along ``axis`` where they lie past its end."""
+    axis = axis % values.ndim
+    grown = list(values.shape)
+    grown[axis] = max(values.shape[axis], int(targets.max(initial=-1)) + 1)
+    result = np.zeros(grown, values.dtype)
+    index = [slice(None)] * values.ndim
+    index[axis] = slice(0, values.shape[axis])
+    result[tuple(index)] = values
+    index[axis] = targets
+    result[tuple(index)] = copies
     return result
 
 

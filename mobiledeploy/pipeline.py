@@ -229,7 +229,7 @@ def _check_options(options: QuantizeOptions) -> None:
     """Refuse settings no stage can run, before any work (the CLI's choices catch them first)."""
     choices = {"refine": ("adaround", "bias", "none"), "equalize": ("auto", "on", "off"), "logit_floor": ("auto", "off"),
                "activation_ranges": ("auto", "minmax", "mse"), "head": ("auto", *HEADS),
-               "onnx_activations": ("int8", "uint8"), "dither": ("auto", "on", "off")}
+               "onnx_activations": ("int8", "uint8"), "dither": ("spare", "auto", "on", "off")}
     for field, allowed in choices.items():
         value = getattr(options, field)
         if value not in allowed:
@@ -264,17 +264,19 @@ def _equalize(folded, samples, options: QuantizeOptions, report: Progress):
 
 
 def _dither(model, samples, options: QuantizeOptions, report: Progress):
-    """Dithered copies of the first convolution's linear channels ('auto': thin first layers,
-    where they cost no time on x86-64, with per-channel weights; 'on': always), or the model as
-    it is ('off', the default). With one weight scale per tensor, the divided 1x1 weights of a
-    channel's copies round on the whole layer's coarse grid: measured 12.5 vs 12.7 dB on the
-    shared MobileNet's --per-tensor TFLite file."""
-    if options.dither == "off" or (options.dither == "auto" and not options.per_channel):
+    """Dithered copies of the first convolution's linear channels: 'spare' puts them only into
+    channels the model cannot use (same layer shapes, same work), 'auto' appends channels to
+    thin first layers instead (free on x86-64), 'on' to any; 'off' leaves the model as it is. Not with
+    one weight scale per tensor unless 'on': the divided 1x1 weights of a channel's copies then
+    round on the whole layer's coarse grid (measured 12.5 vs 12.7 dB on the shared MobileNet's
+    --per-tensor TFLite file)."""
+    if options.dither == "off" or (options.dither != "on" and not options.per_channel):
         return model, None
     from .dither import AUTO_MAX_CHANNELS, dither_first_layer
 
     report("dither the first layer", 0, 1)
-    return dither_first_layer(model, samples(), AUTO_MAX_CHANNELS if options.dither == "auto" else None)
+    return dither_first_layer(model, samples(), AUTO_MAX_CHANNELS if options.dither == "auto" else None,
+                              grow=options.dither != "spare")
 
 
 def _logit_floor(model, samples, options: QuantizeOptions, report: Progress):

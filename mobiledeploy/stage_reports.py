@@ -53,6 +53,7 @@ class DitherReport:
     channels: tuple[int, ...]  # the channels copied with shifts (linear on the calibration images)
     copies: tuple[int, ...]  # how many copies each of them has in all (k: shifted by j/k of a step)
     duplicates: tuple[int, ...]  # channels copied without a shift, to fill a block of channels
+    reused: tuple[int, ...]  # channels the model cannot use (spare) that now hold copies (no added channel)
     of: int  # the first convolution's channels before
     step: float  # the int8 step of its ReLU output
     max_change: float  # largest change of the float model's outputs, relative to max |output|
@@ -62,7 +63,7 @@ class DitherReport:
     @property
     def channels_after(self) -> int:
         """The first convolution's channels with the copies."""
-        return self.of + sum(self.copies) - len(self.copies) + len(self.duplicates)
+        return self.of + sum(self.copies) - len(self.copies) + len(self.duplicates) - len(self.reused)
 
     @property
     def counts(self) -> str:
@@ -72,7 +73,7 @@ class DitherReport:
     def to_dict(self) -> dict:
         return {"layer": self.layer, "depthwise": self.depthwise, "pointwise": self.pointwise,
                 "channels": list(self.channels), "copies": list(self.copies), "duplicates": list(self.duplicates),
-                "of": self.of, "step": round(self.step, 6),
+                "reused": list(self.reused), "of": self.of, "step": round(self.step, 6),
                 "max_change": float(f"{self.max_change:.3g}"), "added_macs": self.added_macs,
                 "seconds": round(self.seconds, 2)}
 

@@ -101,6 +101,7 @@ def print_quantize(result) -> None:
         d = result.dither
         console.print(f"dithered {len(d.channels)} of {d.layer}'s {d.of} channels into {d.channels_after} ({d.counts}; copies a k-th "
                       f"of an int8 step apart, averaged by {d.pointwise})"
+                      + (f", {len(d.reused)} of them in channels the model cannot use" if d.reused else "")
                       + (f", {len(d.duplicates)} exact copies to fill the block" if d.duplicates else "")
                       + f"; +{d.added_macs / 1e6:.2f}M multiply-adds per image; float outputs within {d.max_change:.1e}")
     if result.refinement is not None:

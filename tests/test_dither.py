@@ -74,6 +74,51 @@ def test_only_linear_channels_are_copied_and_the_function_is_kept():
     assert report.duplicates == ()  # 6 + 2 channels: already a whole block
 
 
+
+def test_spare_channels_hold_copies_without_adding_any():
+    model, calib = _model(), _images()
+    dithered, report = dither_first_layer(model, calib, grow=False)  # --dither spare
+    # channel 3 never turns on: the only slot, so one of the linear channels gets a second copy
+    assert report.reused == (3,) and sum(report.copies) - len(report.copies) == 1 and report.added_macs == 0
+    assert report.channels_after == 6 and report.duplicates == ()
+    assert [w.shape for w in dithered.get_weights()] == [w.shape for w in model.get_weights()]
+    # channel 3 left the depthwise layer's ReLU6 a constant 3, which the 1x1 conv's bias now adds
+    assert _kept(model, dithered) < 1e-4
+    fresh = _images(32, seed=3)
+    assert _first_tensor_error(dithered, fresh) < 0.9 * _first_tensor_error(model, fresh)
+
+
+def test_a_channel_whose_depthwise_filter_never_turns_on_is_spare_too():
+    model = _model()
+    kernel, bias = model.get_layer("b").get_weights()
+    bias[4] = -100.0  # channel 4 of the first conv turns on, but nothing of it reaches the 1x1 conv
+    model.get_layer("b").set_weights([kernel, bias])
+    dithered, report = dither_first_layer(model, _images(), grow=False)
+    assert report.reused == (3, 4) and report.copies == (2, 2) and report.channels == (0, 1)
+    assert _kept(model, dithered) < 1e-4
+
+
+def test_without_a_spare_channel_spare_copies_nothing():
+    model = _model()
+    kernel, bias = model.get_layer("a").get_weights()
+    bias[3] = 0.0  # channel 3 now turns on where its input does
+    model.get_layer("a").set_weights([kernel, bias])
+    same, report = dither_first_layer(model, _images(), grow=False)
+    assert report is None and same is model
+
+
+def test_a_channel_that_only_stayed_off_on_the_calibration_images_is_no_spare():
+    model, calib = _model(), _images()
+    kernel, bias = model.get_layer("a").get_weights()
+    # channel 3 now turns on only where its input matches its kernel's signs almost everywhere:
+    # random images never get there, but an input in the calibrated range can
+    bias[3] = -0.9 * float(np.abs(kernel[..., 3]).sum())
+    model.get_layer("a").set_weights([kernel, bias])
+    probe_max = max(float(np.max(np.asarray(model.get_layer("a")(calib[i:i + 8]))[..., 3])) for i in range(0, 32, 8))
+    assert probe_max < 0  # off on every calibration image
+    same, report = dither_first_layer(model, calib, grow=False)
+    assert report is None and same is model
+
 def test_the_block_is_filled_with_more_copies_of_the_costliest_channels():
     model = _model(channels=11)  # 11 + 5 = 16: five copies to share between channels 0 and 1
     kernel, bias = model.get_layer("c").get_weights()
@@ -179,3 +224,16 @@ def test_auto_leaves_per_tensor_builds_alone_and_on_copies(dither_model_file, ca
                                    preprocess="mobilenet", per_channel=False, dither="on")
     assert auto.dither is None and forced.dither is not None
     assert set(forced.dither.channels) <= {0, 1} and sum(forced.dither.copies) - len(forced.dither.copies) == 2
+
+
+def test_spare_build_keeps_the_layer_shapes(dither_model_file, calib_folder, tmp_path):
+    import mobiledeploy
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = tmp_path / "spare"
+    result = mobiledeploy.quantize(dither_model_file, calib_folder, out, num_calib=40, num_holdout=10,
+                                   preprocess="mobilenet", dither="spare")
+    entry = json.loads((out / "manifest.json").read_text())["dither"]
+    assert entry["reused"] == [3] and entry["added_macs"] == 0 and result.dither.channels_after == 6
+    shapes = {tuple(t["shape"]) for t in Interpreter(str(out / "model_int8.tflite")).get_tensor_details()}
+    assert (1, 16, 16, 6) in shapes and (1, 16, 16, 7) not in shapes and (1, 16, 16, 8) not in shapes
