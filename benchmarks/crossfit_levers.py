@@ -53,9 +53,10 @@ def main() -> None:
     from shared_imagenet_drift import split_arguments
 
     parser = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-crossfit")
-    parser.add_argument("--levers", nargs="+", type=int, default=[2, 0, 1],
+    parser.add_argument("--levers", nargs="+", type=int, default=[19, 2, 0],
                         help="indices into quantization_levers.LEVERS; the first is the baseline of "
-                             "the paired counts (default: the default lever vs plain and bias correction)")
+                             "the paired counts (default: the default lever vs the default before "
+                             "--dither spare and the plain converters)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--model", type=Path, default=None,
                         help="another model on the same images (default: the shared MobileNet v1 0.25)")

@@ -86,21 +86,19 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
                    "the top to a floor chosen on the calibration images, so the int8 logits get a finer step "
                    "(the softmax barely changes; near-ties between the top classes stop collapsing onto one "
                    "int8 level). off: the logits keep their full calibrated range.")
-@click.option("--dither", default="off", show_default=True, type=click.Choice(["off", "spare", "auto", "on"]),
-              help="When the model starts conv -> ReLU -> depthwise -> 1x1 conv (MobileNets), give each channel "
-                   "of the first conv that stays in the ReLU's linear range copies a fraction of an int8 step "
-                   "apart; the 1x1 conv averages them, so k copies leave 1/k^2 of that tensor's int8 rounding "
-                   "noise (the function is unchanged; the first three layers get more channels, filled up to a "
-                   "multiple of 8 with copies of the channels whose rounding costs most). off (default): keep the "
-                   "float model's layer shapes, so the int8 files do exactly the plain converters' work. spare: "
-                   "put copies only into first-layer channels the model cannot use (proved never on, or feeding "
-                   "a depthwise channel proved never on, for any input in the calibrated range); the layer "
-                   "shapes and the work stay the same, and a model without such channels is left alone. auto: "
-                   "only for thin first layers (16 channels or fewer with the copies) and not with --per-tensor "
-                   "(its coarse weight grid ate the gain); pick it for x86-64 targets, where those copies cost "
-                   "no time (on the 0.25 MobileNet: +0.6 to 0.9 dB output SQNR, top-1 within noise), not for "
-                   "phones: under emulation their ARM kernels did 1.14-1.22x the work. on: also for wider "
-                   "first layers, when accuracy matters more than latency (7-18% slower on a MobileNetV2 1.0).")
+@click.option("--dither", default="spare", show_default=True, type=click.Choice(["spare", "off", "auto", "on"]),
+              help="When the model starts conv -> ReLU -> depthwise -> 1x1 conv (MobileNets), give first-conv "
+                   "channels that stay in the ReLU's linear range copies a fraction of an int8 step apart; the "
+                   "1x1 conv averages them, so k copies leave 1/k^2 of that tensor's int8 rounding noise (the "
+                   "function is unchanged). spare (default): put the copies only into first-conv channels the "
+                   "model cannot use (proved never on, or feeding a depthwise channel proved never on, for any "
+                   "input in the calibrated range), so the layer shapes and the work stay the plain converters'; "
+                   "a model without such channels is left alone. off: no copies. auto: append copies, up to a "
+                   "multiple of 8 channels, to thin first layers (16 channels or fewer with them), not with "
+                   "--per-tensor (its coarse weight grid ate the gain); pick it for x86-64 targets, where those "
+                   "copies cost no time (on the 0.25 MobileNet: +0.6 to 0.9 dB output SQNR, top-1 within noise), "
+                   "not for phones: under emulation their ARM kernels did 1.14-1.22x the work. on: also for "
+                   "wider first layers, when accuracy matters more than latency (7-18% slower on a MobileNetV2 1.0).")
 @click.option("--rounding-samples", default=64, show_default=True, type=click.IntRange(min=1),
               help="Calibration images whose statistics drive adaptive rounding (small late layers read more, "
                    "see below). More is slower and measured no better: 32, 128 and 200 gave the shared ImageNet "

@@ -135,7 +135,8 @@ def dither_first_layer(model, calib: np.ndarray, max_channels: int | None = AUTO
         channels += [channel] * (count - 1)
         offsets += shifts[1:].tolist()
     spare, constants = spare[:len(channels)], constants[:len(channels)]  # MAX_COPIES may leave some spare
-    exact = np.flatnonzero(~linear)[:slots - len(channels)] if grow else np.zeros(0, int)  # what the linear channels leave of the block
+    # what the linear channels leave of an appended block
+    exact = np.flatnonzero(~linear)[:slots - len(channels)] if grow else np.zeros(0, int)
     channels, offsets = np.array(channels + exact.tolist(), int), np.array(offsets + [0.0] * len(exact))
     result = _with_copies(model, chain, own, channels, offsets, spare, constants)
     images = calib[:64]
@@ -217,7 +218,8 @@ def _kernel_and_bias(layer) -> tuple[np.ndarray, np.ndarray]:
     return weights[0], weights[1] if len(weights) > 1 else np.zeros(weights[0].shape[-1], weights[0].dtype)
 
 
-def _interval(kernel: np.ndarray, bias: np.ndarray, low: np.ndarray, high: np.ndarray, axes) -> tuple[np.ndarray, np.ndarray]:
+def _interval(kernel: np.ndarray, bias: np.ndarray, low: np.ndarray, high: np.ndarray,
+              axes) -> tuple[np.ndarray, np.ndarray]:
     """Bounds of bias + sum(kernel * x) over ``axes`` when each x lies in [low, high]."""
     a, b = kernel * low, kernel * high
     return bias + np.sum(np.minimum(a, b), axis=axes), bias + np.sum(np.maximum(a, b), axis=axes)

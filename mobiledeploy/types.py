@@ -265,7 +265,7 @@ class QuantizeOptions:
     equalize: str = "auto"  # auto (with per-tensor weights) | on | off: cross-layer equalization
     activation_ranges: str = "auto"  # auto (narrow the ranges no ReLU bounds where it lowers the error) | minmax | mse
     logit_floor: str = "auto"  # auto (where a softmax follows a linear layer and it lowers the error) | off
-    dither: str = "off"  # off | auto (dithered copies of thin first convs' linear channels: free on x86-64) | on
+    dither: str = "spare"  # spare (copies in unused first-conv channels: no added work) | off | auto (appended: free on x86-64) | on
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding (at least)
     rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: check on held-out images
     keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)

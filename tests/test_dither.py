@@ -208,9 +208,9 @@ def test_build_records_the_copies_and_analyze_reads_them(dither_model_file, cali
     for rows in layers.layers.values():  # each int8 file's copies compared with the dithered model's tensor
         assert any(row.layer == "a_relu" and row.sqnr_db > 20 for row in rows)
 
-    plain = tmp_path / "plain"  # the default (off) keeps the model's layer shapes
+    plain = tmp_path / "plain"  # off: no copies at all
     mobiledeploy.quantize(dither_model_file, calib_folder, plain, num_calib=40, num_holdout=10,
-                          preprocess="mobilenet")
+                          preprocess="mobilenet", dither="off")
     assert json.loads((plain / "manifest.json").read_text())["dither"] is None
     assert not (plain / "model_dithered.keras").exists()
 
@@ -226,13 +226,14 @@ def test_auto_leaves_per_tensor_builds_alone_and_on_copies(dither_model_file, ca
     assert set(forced.dither.channels) <= {0, 1} and sum(forced.dither.copies) - len(forced.dither.copies) == 2
 
 
-def test_spare_build_keeps_the_layer_shapes(dither_model_file, calib_folder, tmp_path):
+def test_the_default_build_puts_copies_in_spare_channels_and_keeps_the_layer_shapes(dither_model_file, calib_folder,
+                                                                                     tmp_path):
     import mobiledeploy
     from ai_edge_litert.interpreter import Interpreter
 
     out = tmp_path / "spare"
     result = mobiledeploy.quantize(dither_model_file, calib_folder, out, num_calib=40, num_holdout=10,
-                                   preprocess="mobilenet", dither="spare")
+                                   preprocess="mobilenet")  # --dither spare is the default
     entry = json.loads((out / "manifest.json").read_text())["dither"]
     assert entry["reused"] == [3] and entry["added_macs"] == 0 and result.dither.channels_after == 6
     shapes = {tuple(t["shape"]) for t in Interpreter(str(out / "model_int8.tflite")).get_tensor_details()}
