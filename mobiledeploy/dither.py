@@ -25,7 +25,7 @@ cuts the most noise (a channel's cost, measured by rounding it alone, times 1/k^
 On the 0.25 MobileNet (8 -> 16 channels) neither int8 file got slower on x86-64 (its
 runtimes work on vector-wide blocks of channels; benchmarks/dither_cost.py times both builds side
 by side), but under emulation the ARM kernels did 1.14-1.17x the work (cortex-a76; cortex-a53:
-1.06-1.22x), so the copies are off unless asked for: ``auto`` copies only up to
+1.06-1.22x), so channels are added only when asked for: ``auto`` copies only up to
 ``AUTO_MAX_CHANNELS`` (for x86-64 targets), ``on`` regardless. The manifest records the copies
 and the added multiply-adds.
 
@@ -191,11 +191,13 @@ def _spare_channels(model, chain, calib: np.ndarray, chunk: int) -> tuple[np.nda
         x = np.asarray(probe(calib[start:start + chunk], training=False))
         low, high = np.minimum(low, x.min(axis=(0, 1, 2))), np.maximum(high, x.max(axis=(0, 1, 2)))
     kernel, bias = _kernel_and_bias(model.get_layer(first))
-    z_low, z_high = _interval(kernel, bias, low[:, None], high[:, None], axes=(0, 1, 2))
+    _, z_high = _interval(kernel, bias, low[:, None], high[:, None], axes=(0, 1, 2))
     cap = relu_cap(model.get_layer(relu))
     kernel, bias = _kernel_and_bias(model.get_layer(depthwise))  # depth multiplier 1 (find_chain)
-    low, high = np.clip(z_low, 0, cap), np.clip(z_high, 0, cap)
-    low, high = _interval(kernel[..., 0], bias, np.minimum(low, 0), np.maximum(high, 0), axes=(0, 1))  # 0: padding
+    # the depthwise input lies in [relu(z_low), relu(z_high)], and at the borders it reads 0 (padding);
+    # relu(z_low) >= 0, so [0, relu(z_high)] holds both
+    high = np.clip(z_high, 0, cap)
+    low, high = _interval(kernel[..., 0], bias, np.zeros_like(high), high, axes=(0, 1))
     padded = False
     name = only_consumer(graph, depthwise)
     while name != pointwise:  # ReLUs, dropout and padding between (find_chain)
