@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # which the default --activation-ranges auto would narrow. Likewise every lever that does not set
 # --dither builds with --dither off, as when it was measured: "default" in their labels is the
 # default before --dither spare (lever 19, today's default).
-LEVERS = [
+_AS_MEASURED = [
     ("plain converters", {"refine": "none", "logit_floor": "off", "activation_ranges": "minmax"}),
     ("bias correction", {"refine": "bias", "logit_floor": "off", "activation_ranges": "minmax"}),
     ("default before spare (adaround+bias+floor, --dither off)", {}),
@@ -56,7 +56,7 @@ LEVERS = [
     ("default, --rounding-samples 128", {"rounding_samples": 128}),
     ("default (adaround+bias+floor + --dither spare)", {"dither": "spare"}),
 ]
-LEVERS = [(label, {"dither": "off", **fields}) for label, fields in LEVERS]
+LEVERS = [(label, {"dither": "off", **fields}) for label, fields in _AS_MEASURED]
 
 
 def main() -> None:
