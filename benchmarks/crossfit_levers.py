@@ -34,6 +34,14 @@ partitions, image by image: agreement on the centre crop and on the other views,
 crop's lead over them, and each lever against the first. Builds of different partitions round
 most weights alike, so the pooled intervals narrow the luck of the images, not of one build.
 
+Every run saves each fold's outputs for each lever beside its build (--work/.../fold<k>/<lever>);
+--reuse takes them from there instead of building again when the model file, the images, the
+lever's options, --views, mobiledeploy's source and the converters' versions are all unchanged.
+So a run that adds a lever or a seed to an earlier one builds only what is new.
+
+After the levers, each lever's TFLite and ONNX files are compared with each other: the images on
+which their classes differ, and which of the two gets those right.
+
 --model runs the same folds on another real model (see other_models.py). When its classes are
 not ImageNet's, top-1 against the labels means nothing: the table then gives agreement and
 SQNR, and the paired counts are of images on which only this lever / only the first agrees
@@ -66,6 +74,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="cross-fit on one partition of the images per seed (instead of --seed) and, with "
                              "--views, end with every view pooled over the partitions")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take each fold's outputs from an earlier run in the same --work instead of building "
+                             "again, where the model, images, lever options, views, mobiledeploy's source and "
+                             "the converters' versions are all unchanged (every run saves them)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     model = args.model or args.shared / "models" / "mobilenet_v1_0.25_224.h5"
@@ -94,7 +106,9 @@ def main() -> None:
 
 def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
     """One cross-fit: every image evaluated once, by each lever's build calibrated on 200 images of
-    the other folds. (float outputs, int8 outputs, float classes per view, int8 classes per view)."""
+    the other folds. (float outputs, int8 outputs, float classes per view, int8 classes per view).
+    Each fold's outputs for each lever are saved beside its build; with --reuse a later run takes
+    them from there instead of building again, when nothing they depend on has changed."""
     from quantization_levers import LEVERS
     from shared_imagenet_drift import link_images
 
@@ -104,6 +118,7 @@ def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
     int8_out: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     float_views: dict[str, np.ndarray] = {}  # image -> the float model's class on each view
     int8_views: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    sources = _sources_digest(model)
     for k, held_out in enumerate(folds):
         rest = np.concatenate([f for j, f in enumerate(folds) if j != k])
         calib = work / f"fold{k}" / "calib"
@@ -113,21 +128,36 @@ def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
         views = None  # (image names, pixels, preprocessing): decoded once, read by every lever of the fold
         for index in args.levers:
             label, fields = LEVERS[index]
-            print(f"fold {k + 1}/{args.folds}: {label}", flush=True)
             out = work / f"fold{k}" / str(index)
-            float_out.update(_quantize_and_predict(model, calib, evaluation, out, fields, int8_out, index))
-            if args.views > 1:
-                if views is None:  # every lever's model_folded.keras is the same float model
-                    views = _view_pixels(out, evaluation, args.views)
-                    float_views.update(zip(views[0], _view_classes(out / "model_folded.keras", *views[1:], args.views)))
-                for int8_file in sorted(out.glob("model_int8.*")):
-                    int8_views.setdefault((index, int8_file.name), {}).update(
-                        zip(views[0], _view_classes(int8_file, *views[1:], args.views)))
+            fingerprint = {"sources": sources, "options": repr(sorted(fields.items())), "views": args.views,
+                           "view_shifts": repr(VIEW_SHIFTS), "calib": [images[i].name for i in rest[:200]],
+                           "eval": [images[i].name for i in held_out]}
+            saved = _load_outputs(out, fingerprint) if args.reuse else None
+            print(f"fold {k + 1}/{args.folds}: {label}" + (" (saved outputs)" if saved else ""), flush=True)
+            if saved is None:
+                saved = {"float": {}, "int8": {}, "float_views": {}, "int8_views": {}}
+                saved["float"] = _quantize_and_predict(model, calib, evaluation, out, fields, saved["int8"])
+                if args.views > 1:
+                    if views is None:  # every lever's model_folded.keras is the same float model
+                        views = _view_pixels(out, evaluation, args.views)
+                    saved["float_views"] = dict(zip(views[0], _view_classes(out / "model_folded.keras",
+                                                                            *views[1:], args.views)))
+                    for int8_file in sorted(out.glob("model_int8.*")):
+                        saved["int8_views"][int8_file.name] = dict(zip(views[0], _view_classes(
+                            int8_file, *views[1:], args.views)))
+                _save_outputs(out, fingerprint, saved)
+            float_out.update(saved["float"])
+            float_views.update(saved["float_views"])
+            for artifact, rows in saved["int8"].items():
+                int8_out.setdefault((index, artifact), {}).update(rows)
+            for artifact, rows in saved["int8_views"].items():
+                int8_views.setdefault((index, artifact), {}).update(rows)
     return float_out, int8_out, float_views, int8_views
 
 
-def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out, index) -> dict[str, np.ndarray]:
-    """Build with the lever's options; the float model's and each int8 file's output per image."""
+def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out) -> dict[str, np.ndarray]:
+    """Build with the lever's options; the float model's output per image, and each int8 file's
+    into ``int8_out`` (artifact -> image -> output)."""
     import mobiledeploy
     from mobiledeploy import datasets, manifest
     from mobiledeploy.evaluate import collect
@@ -144,8 +174,70 @@ def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out, index
     outputs = collect(runners, datasets.iter_batches(data, preprocessing, 50))
     for name, rows in outputs.items():
         if name != "float":
-            int8_out.setdefault((index, name), {}).update(zip(names, rows.astype(np.float64)))
+            int8_out[name] = dict(zip(names, rows.astype(np.float64)))
     return dict(zip(names, outputs["float"].astype(np.float64)))
+
+
+SAVED = "crossfit-outputs.npz"
+
+
+def _sources_digest(model: Path) -> str:
+    """What a build's outputs depend on besides its options and images: the model file,
+    mobiledeploy's source and the versions of the converters and runtimes."""
+    import hashlib
+    from importlib.metadata import version
+
+    import mobiledeploy
+
+    digest = hashlib.sha256(model.read_bytes())
+    for path in sorted(Path(mobiledeploy.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    for package in ("tensorflow", "tf-keras", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy"):
+        try:
+            digest.update(f"{package}={version(package)}".encode())
+        except Exception:  # a package this environment does not have
+            digest.update(f"{package}=none".encode())
+    return digest.hexdigest()
+
+
+def _save_outputs(out: Path, fingerprint: dict, saved: dict) -> None:
+    """One fold's outputs for one lever, and what they depend on, beside its build."""
+    import json
+
+    arrays = {"fingerprint": np.array(json.dumps(fingerprint, sort_keys=True))}
+    for kind in ("float", "float_views"):
+        if saved[kind]:
+            arrays[f"{kind}/names"] = np.array(list(saved[kind]))
+            arrays[f"{kind}/values"] = np.stack(list(saved[kind].values()))
+    for kind in ("int8", "int8_views"):
+        for artifact, rows in saved[kind].items():
+            arrays[f"{kind}/{artifact}/names"] = np.array(list(rows))
+            arrays[f"{kind}/{artifact}/values"] = np.stack(list(rows.values()))
+    partial = out / (SAVED + ".partial.npz")
+    np.savez(partial, **arrays)
+    partial.replace(out / SAVED)
+
+
+def _load_outputs(out: Path, fingerprint: dict) -> dict | None:
+    """What _save_outputs saved, or None when it is missing or anything it depends on changed."""
+    import json
+
+    if not (out / SAVED).is_file():
+        return None
+    with np.load(out / SAVED) as arrays:
+        if str(arrays["fingerprint"]) != json.dumps(fingerprint, sort_keys=True):
+            return None
+        saved: dict = {"float": {}, "int8": {}, "float_views": {}, "int8_views": {}}
+        for key in arrays.files:
+            parts = key.split("/")
+            if parts[-1] != "names":
+                continue
+            rows = dict(zip(arrays[key].tolist(), arrays["/".join(parts[:-1]) + "/values"]))
+            if len(parts) == 2:
+                saved[parts[0]] = rows
+            else:
+                saved[parts[0]][parts[1]] = rows
+    return saved
 
 
 VIEW_SHIFTS = ((0, 0), (-8, 0), (8, 0), (0, -8), (0, 8))  # (down, right) pixels from the centre crop
@@ -304,6 +396,30 @@ def _table(levers, catalogue, labels, float_out, int8_out) -> None:
                   f"{sqnr:>7.1f}{only_this:>10}{only_base:>10}")
         else:
             print(f"{catalogue[index][0]:<42}{artifact:<20}{agree:>8.1%}{sqnr:>7.1f}{only_this:>18}{only_base:>18}")
+    _between_files(levers, catalogue, names, truth, int8_out)
+
+
+def _between_files(levers, catalogue, names, truth, int8_out) -> None:
+    """Each lever's TFLite and ONNX files against each other. They hold the same int8 weights and
+    ranges; the two runtimes round a few requantized values differently, and later layers amplify
+    those differences. Printed: the images on which the two files' classes differ, how many of
+    those each file gets right (without ImageNet labels: agrees with float on), the SQNR of the
+    ONNX file's outputs against the TFLite file's, and how many images have a tie at the top of
+    each file's outputs (argmax then takes the lower class index)."""
+    pairs = [index for index in levers if {(index, "model_int8.tflite"), (index, "model_int8.onnx")} <= set(int8_out)]
+    if not pairs:
+        return
+    print(f"{'TFLite vs ONNX, same lever':<42}{'classes differ':>15}{'TFLite right':>13}{'ONNX right':>11}"
+          f"{'SQNR between':>13}{'ties at top':>12}")
+    for index in pairs:
+        tflite, onnx = (np.stack([int8_out[(index, f"model_int8.{kind}")][n] for n in names])
+                        for kind in ("tflite", "onnx"))
+        differ = tflite.argmax(axis=1) != onnx.argmax(axis=1)
+        right = [int(np.sum(differ & (o.argmax(axis=1) == truth))) for o in (tflite, onnx)]
+        sqnr = 10 * np.log10(np.sum(tflite ** 2) / max(np.sum((onnx - tflite) ** 2), 1e-30))
+        ties = [int(np.sum(np.sort(o, axis=1)[:, -1] == np.sort(o, axis=1)[:, -2])) for o in (tflite, onnx)]
+        print(f"{catalogue[index][0]:<42}{f'{int(differ.sum())} ({differ.mean():.1%})':>15}{right[0]:>13}{right[1]:>11}"
+              f"{sqnr:>13.1f}{f'{ties[0]} / {ties[1]}':>12}")
 
 
 if __name__ == "__main__":
