@@ -13,8 +13,8 @@ BatchNorm folding one channel's weights can span 100x another's, so per-tensor i
 the small channels a handful of levels).
 
 TFLite: the interpreter keeps every intermediate tensor (``experimental_preserve_all_tensors``).
-ONNX: the QDQ model's DequantizeLinear outputs become graph outputs, run with graph
-optimizations off, i.e. the QDQ reference semantics.
+ONNX: the file cut after each activation's DequantizeLinear, each cut run by ONNX Runtime with
+the same fused int8 kernels as the whole file (OnnxTaps).
 """
 
 from __future__ import annotations
@@ -57,18 +57,26 @@ class TFLiteTaps:
 
 
 class OnnxTaps:
-    """A QDQ .onnx file whose activation DequantizeLinear outputs are graph outputs too."""
+    """A QDQ .onnx file's activation tensors as ONNX Runtime computes them when it runs the file.
+
+    One session per tensor runs the file cut after that tensor's DequantizeLinear, so each runs
+    the fused int8 kernels the whole file runs. Making the tensors extra outputs of one graph
+    would not: ONNX Runtime leaves a QDQ node unit unfused when its QuantizeLinear output is read
+    twice, and an unfused unit computes in float between its Q and DQ nodes, which rounds a few
+    values differently from the fused kernel (and later layers amplify them).
+    """
 
     def __init__(self, path: Path, layer_names: set[str]):
         import onnx
         import onnxruntime as ort
 
+        from .runners import ORT_DISABLED_OPTIMIZERS
+
         model = onnx.load(str(path))
         initializers = {i.name: i for i in model.graph.initializer}
         producers = {o: n for n in model.graph.node for o in n.output}
         self.taps: dict[str, str] = {}
-        self.codes: dict[str, str] = {}
-        self.code_types: dict[str, int] = {}  # int8, or uint8 in a file with uint8 activations
+        self.grids: dict[str, tuple[float, int, type]] = {}  # layer -> (scale, zero point, code type)
         self.channels_first: dict[str, bool] = {}
         for node in model.graph.node:
             if node.op_type != "DequantizeLinear" or node.input[0] in initializers:
@@ -80,33 +88,31 @@ class OnnxTaps:
             # those hold the layer's input, not its output
             if layer and getattr(producers.get(source), "op_type", "") not in RESHAPING:
                 self.taps[layer] = node.output[0]
-                self.codes[layer] = node.input[0]
-                zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
-                self.code_types[node.input[0]] = zero_point.data_type if zero_point is not None else onnx.TensorProto.INT8
+                zero = onnx.numpy_helper.to_array(initializers[node.input[2]]) if len(node.input) > 2 \
+                    else np.zeros((), np.int32)  # none: 0, and the codes are kept as int32
+                scale = onnx.numpy_helper.to_array(initializers[node.input[1]])
+                self.grids[layer] = (float(scale), int(zero), zero.dtype.type)
                 self.channels_first[layer] = _channels_first(source, producers)
-        existing = {o.name for o in model.graph.output}
-        wanted = [(n, onnx.TensorProto.FLOAT) for n in self.taps.values()]
-        wanted += [(n, self.code_types[n]) for n in self.codes.values()]
-        for name, dtype in wanted:
-            if name not in existing:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(name, dtype, None))
-                existing.add(name)
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.names = [o.name for o in self.session.get_outputs()]
+        extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
+        inputs = [i.name for i in model.graph.input if i.name not in initializers]
+        self.input_name = inputs[0]
+        self.sessions = {
+            layer: ort.InferenceSession(extractor.extract_model(inputs, [tensor]).SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"], disabled_optimizers=ORT_DISABLED_OPTIMIZERS)
+            for layer, tensor in self.taps.items()}
 
     def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """layer -> (dequantized values, int8 codes), in the Keras (channels-last) layout."""
-        values = dict(zip(self.names, self.session.run(None, {self.input_name: batch.astype(np.float32)})))
+        feed = {self.input_name: batch.astype(np.float32)}
         out = {}
-        for layer, name in self.taps.items():
-            tensor = values[name]
+        for layer, session in self.sessions.items():
+            tensor = session.run(None, feed)[0]
             if self.channels_first[layer] and tensor.ndim == 4:
                 tensor = np.transpose(tensor, (0, 2, 3, 1))
-            out[layer] = (tensor, values[self.codes[layer]])
+            scale, zero, code_type = self.grids[layer]
+            out[layer] = (tensor, (np.round(tensor / scale) + zero).astype(code_type))
         return out
 
 
