@@ -135,7 +135,7 @@ def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
             saved = _load_outputs(out, fingerprint) if args.reuse else None
             print(f"fold {k + 1}/{args.folds}: {label}" + (" (saved outputs)" if saved else ""), flush=True)
             if saved is None:
-                saved = {"float": {}, "int8": {}, "float_views": {}, "int8_views": {}}
+                saved = {"int8": {}, "float_views": {}, "int8_views": {}}
                 saved["float"] = _quantize_and_predict(model, calib, evaluation, out, fields, saved["int8"])
                 if args.views > 1:
                     if views is None:  # every lever's model_folded.keras is the same float model
@@ -185,7 +185,7 @@ def _sources_digest(model: Path) -> str:
     """What a build's outputs depend on besides its options and images: the model file,
     mobiledeploy's source and the versions of the converters and runtimes."""
     import hashlib
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     import mobiledeploy
 
@@ -195,7 +195,7 @@ def _sources_digest(model: Path) -> str:
     for package in ("tensorflow", "tf-keras", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy"):
         try:
             digest.update(f"{package}={version(package)}".encode())
-        except Exception:  # a package this environment does not have
+        except PackageNotFoundError:  # a package this environment does not have
             digest.update(f"{package}=none".encode())
     return digest.hexdigest()
 
