@@ -309,11 +309,11 @@ def analyze(build: Path, data: Path, max_images: int, top: int, html_path: Path 
     """Which layer hurts: per-layer drift of each int8 artifact against the float model.
 
     For every activation tensor of model_int8.tflite (all tensors preserved) and
-    model_int8.onnx (QDQ outputs, as ONNX Runtime's fused kernels compute them): the SQNR against the same tensor of the folded float model
-    (of the equalized one when quantize equalized the channels, as --per-tensor does, or of the
-    dithered one when it copied the first layer's channels), the SQNR
-    lost at that layer, the share of int8 levels used, and the spread of the producing layer's
-    per-channel weight ranges. Lists the layers that lose most first.
+    model_int8.onnx (QDQ outputs, as ONNX Runtime's fused kernels compute them): the SQNR
+    against the same tensor of the folded float model (of the equalized one when quantize
+    equalized the channels, as --per-tensor does, or of the dithered one when it copied the
+    first layer's channels), the SQNR lost at that layer, the share of int8 levels used, and
+    the spread of the producing layer's per-channel weight ranges. Lists the layers that lose most first.
     """
     from .analysis_report import html_report, plot_png
     from .measure import analyze_build
