@@ -109,6 +109,7 @@ def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
     the other folds. (float outputs, int8 outputs, float classes per view, int8 classes per view).
     Each fold's outputs for each lever are saved beside its build; with --reuse a later run takes
     them from there instead of building again, when nothing they depend on has changed."""
+    from crossfit_saved import load_outputs, save_outputs, sources_digest
     from quantization_levers import LEVERS
     from shared_imagenet_drift import link_images
 
@@ -118,7 +119,7 @@ def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
     int8_out: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     float_views: dict[str, np.ndarray] = {}  # image -> the float model's class on each view
     int8_views: dict[tuple[int, str], dict[str, np.ndarray]] = {}
-    sources = _sources_digest(model)
+    sources = sources_digest(model)
     for k, held_out in enumerate(folds):
         rest = np.concatenate([f for j, f in enumerate(folds) if j != k])
         calib = work / f"fold{k}" / "calib"
@@ -132,7 +133,7 @@ def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
             fingerprint = {"sources": sources, "options": repr(sorted(fields.items())), "views": args.views,
                            "view_shifts": repr(VIEW_SHIFTS), "calib": [images[i].name for i in rest[:200]],
                            "eval": [images[i].name for i in held_out]}
-            saved = _load_outputs(out, fingerprint) if args.reuse else None
+            saved = load_outputs(out, fingerprint) if args.reuse else None
             print(f"fold {k + 1}/{args.folds}: {label}" + (" (saved outputs)" if saved else ""), flush=True)
             if saved is None:
                 saved = {"int8": {}, "float_views": {}, "int8_views": {}}
@@ -145,7 +146,7 @@ def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
                     for int8_file in sorted(out.glob("model_int8.*")):
                         saved["int8_views"][int8_file.name] = dict(zip(views[0], _view_classes(
                             int8_file, *views[1:], args.views)))
-                _save_outputs(out, fingerprint, saved)
+                save_outputs(out, fingerprint, saved)
             float_out.update(saved["float"])
             float_views.update(saved["float_views"])
             for artifact, rows in saved["int8"].items():
@@ -176,68 +177,6 @@ def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out) -> di
         if name != "float":
             int8_out[name] = dict(zip(names, rows.astype(np.float64)))
     return dict(zip(names, outputs["float"].astype(np.float64)))
-
-
-SAVED = "crossfit-outputs.npz"
-
-
-def _sources_digest(model: Path) -> str:
-    """What a build's outputs depend on besides its options and images: the model file,
-    mobiledeploy's source and the versions of the converters and runtimes."""
-    import hashlib
-    from importlib.metadata import PackageNotFoundError, version
-
-    import mobiledeploy
-
-    digest = hashlib.sha256(model.read_bytes())
-    for path in sorted(Path(mobiledeploy.__file__).parent.rglob("*.py")):
-        digest.update(path.read_bytes())
-    for package in ("tensorflow", "tf-keras", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy"):
-        try:
-            digest.update(f"{package}={version(package)}".encode())
-        except PackageNotFoundError:  # a package this environment does not have
-            digest.update(f"{package}=none".encode())
-    return digest.hexdigest()
-
-
-def _save_outputs(out: Path, fingerprint: dict, saved: dict) -> None:
-    """One fold's outputs for one lever, and what they depend on, beside its build."""
-    import json
-
-    arrays = {"fingerprint": np.array(json.dumps(fingerprint, sort_keys=True))}
-    for kind in ("float", "float_views"):
-        if saved[kind]:
-            arrays[f"{kind}/names"] = np.array(list(saved[kind]))
-            arrays[f"{kind}/values"] = np.stack(list(saved[kind].values()))
-    for kind in ("int8", "int8_views"):
-        for artifact, rows in saved[kind].items():
-            arrays[f"{kind}/{artifact}/names"] = np.array(list(rows))
-            arrays[f"{kind}/{artifact}/values"] = np.stack(list(rows.values()))
-    partial = out / (SAVED + ".partial.npz")
-    np.savez(partial, **arrays)
-    partial.replace(out / SAVED)
-
-
-def _load_outputs(out: Path, fingerprint: dict) -> dict | None:
-    """What _save_outputs saved, or None when it is missing or anything it depends on changed."""
-    import json
-
-    if not (out / SAVED).is_file():
-        return None
-    with np.load(out / SAVED) as arrays:
-        if str(arrays["fingerprint"]) != json.dumps(fingerprint, sort_keys=True):
-            return None
-        saved: dict = {"float": {}, "int8": {}, "float_views": {}, "int8_views": {}}
-        for key in arrays.files:
-            parts = key.split("/")
-            if parts[-1] != "names":
-                continue
-            rows = dict(zip(arrays[key].tolist(), arrays["/".join(parts[:-1]) + "/values"]))
-            if len(parts) == 2:
-                saved[parts[0]] = rows
-            else:
-                saved[parts[0]][parts[1]] = rows
-    return saved
 
 
 VIEW_SHIFTS = ((0, 0), (-8, 0), (8, 0), (0, -8), (0, 8))  # (down, right) pixels from the centre crop
@@ -417,7 +356,8 @@ def _between_files(levers, catalogue, names, truth, int8_out) -> None:
         differ = tflite.argmax(axis=1) != onnx.argmax(axis=1)
         right = [int(np.sum(differ & (o.argmax(axis=1) == truth))) for o in (tflite, onnx)]
         sqnr = 10 * np.log10(np.sum(tflite ** 2) / max(np.sum((onnx - tflite) ** 2), 1e-30))
-        ties = [int(np.sum(np.sort(o, axis=1)[:, -1] == np.sort(o, axis=1)[:, -2])) for o in (tflite, onnx)]
+        tops = [np.sort(o, axis=1)[:, -2:] for o in (tflite, onnx)]  # each image's two highest outputs
+        ties = [int(np.sum(top[:, 0] == top[:, 1])) for top in tops]
         print(f"{catalogue[index][0]:<42}{f'{int(differ.sum())} ({differ.mean():.1%})':>15}{right[0]:>13}{right[1]:>11}"
               f"{sqnr:>13.1f}{f'{ties[0]} / {ties[1]}':>12}")
 

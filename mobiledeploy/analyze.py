@@ -76,7 +76,7 @@ class OnnxTaps:
         initializers = {i.name: i for i in model.graph.initializer}
         producers = {o: n for n in model.graph.node for o in n.output}
         self.taps: dict[str, str] = {}
-        self.grids: dict[str, tuple[float, int, type]] = {}  # layer -> (scale, zero point, code type)
+        self.grids: dict[str, dict] = {}  # layer -> its codes' dtype and (scale, zero point)
         self.channels_first: dict[str, bool] = {}
         for node in model.graph.node:
             if node.op_type != "DequantizeLinear" or node.input[0] in initializers:
@@ -91,7 +91,7 @@ class OnnxTaps:
                 zero = onnx.numpy_helper.to_array(initializers[node.input[2]]) if len(node.input) > 2 \
                     else np.zeros((), np.int32)  # none: 0, and the codes are kept as int32
                 scale = onnx.numpy_helper.to_array(initializers[node.input[1]])
-                self.grids[layer] = (float(scale), int(zero), zero.dtype.type)
+                self.grids[layer] = {"dtype": zero.dtype.type, "quantization": (float(scale), int(zero))}
                 self.channels_first[layer] = _channels_first(source, producers)
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -105,14 +105,15 @@ class OnnxTaps:
 
     def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """layer -> (dequantized values, int8 codes), in the Keras (channels-last) layout."""
+        from .runners import quantize
+
         feed = {self.input_name: batch.astype(np.float32)}
         out = {}
         for layer, session in self.sessions.items():
             tensor = session.run(None, feed)[0]
             if self.channels_first[layer] and tensor.ndim == 4:
                 tensor = np.transpose(tensor, (0, 2, 3, 1))
-            scale, zero, code_type = self.grids[layer]
-            out[layer] = (tensor, (np.round(tensor / scale) + zero).astype(code_type))
+            out[layer] = (tensor, quantize(tensor, self.grids[layer]))
         return out
 
 
