@@ -150,13 +150,16 @@ def mean_kl(reference: np.ndarray, candidate: np.ndarray, head: Head = ARGMAX) -
 
     Probabilities are floored at 1e-6: an int8 softmax output rounds small probabilities to
     exactly 0, and an unfloored log(0) would let those rounding zeros dominate the mean.
+    The float reference says whether the outputs are a softmax: an int8 softmax over 1000
+    classes can lose a fifth of its mass to those zeros, so it is renormalised, not read as logits.
     """
     eps = 1e-6
     if head.multi_label:  # independent labels: their KLs add up
         p, q = (_decision_probabilities(o, head) for o in (reference, candidate))
         kl = p * (np.log(p + eps) - np.log(q + eps)) + (1 - p) * (np.log(1 - p + eps) - np.log(1 - q + eps))
         return float(np.mean(np.sum(kl, axis=1)))
-    p, q = _as_probabilities(reference, head), _as_probabilities(candidate, head)
+    softmax = _is_softmax(reference)
+    p, q = (_as_probabilities(o, head, softmax) for o in (reference, candidate))
     return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
 
 
@@ -167,14 +170,20 @@ def _decision_probabilities(outputs: np.ndarray, head: Head) -> np.ndarray:
     return 1 / (1 + np.exp(-outputs)) if head.threshold == 0 else np.clip(outputs, 0, 1)
 
 
-def _as_probabilities(outputs: np.ndarray, head: Head) -> np.ndarray:
+def _is_softmax(outputs: np.ndarray) -> bool:
+    """Whether float outputs are already probabilities over classes (each row sums to 1)."""
+    return bool(outputs.min() >= 0 and np.allclose(outputs.astype(np.float64).sum(axis=1), 1.0, atol=2e-2))
+
+
+def _as_probabilities(outputs: np.ndarray, head: Head, softmax: bool) -> np.ndarray:
     outputs = outputs.astype(np.float64)
     if head.binary:  # one output: the probability of class 1
         one = _decision_probabilities(outputs[:, :1], head)
         return np.concatenate([1 - one, one], axis=1)
-    sums = outputs.sum(axis=1)
-    if outputs.min() >= 0 and np.allclose(sums, 1.0, atol=2e-2):
-        return np.clip(outputs, 0, None) / sums[:, None]  # already a (quantized) softmax
+    if softmax:  # a softmax, maybe quantized: its rounding zeros lose mass, so renormalise
+        outputs = np.clip(outputs, 0, None)
+        sums = outputs.sum(axis=1, keepdims=True)
+        return np.where(sums > 0, outputs / np.where(sums > 0, sums, 1), 1 / outputs.shape[1])
     shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 

@@ -362,3 +362,24 @@ def test_compare_scores_other_files_on_the_same_run(good_build, blank_build, sma
     assert slim_row["agreement"] == 1.0 and slim_row["sqnr_db"] > 80
     refused = cli("eval", good_build, "--data", small_eval, "--compare", tmp_path / "small.tflite")
     assert refused.exit_code == 1 and "differs from the build's" in refused.output
+
+
+def test_mean_kl_reads_an_int8_softmax_that_lost_mass_as_probabilities():
+    """An int8 softmax over 1000 classes rounds most probabilities to 0 (steps of 1/256), so its
+    rows sum to well below 1. It is still a softmax: read as logits and put through a second
+    softmax, it would be near uniform (2.57 here instead of 0.94)."""
+    from mobiledeploy.evaluate import mean_kl
+    from mobiledeploy.types import Head
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 2.5, (64, 1000))
+    reference = np.exp(logits - logits.max(1, keepdims=True))
+    reference /= reference.sum(1, keepdims=True)
+    candidate = np.round(reference * 256) / 256
+    assert candidate.sum(1).min() < 0.9  # the mass the rounding zeros lose
+    q = candidate / candidate.sum(1, keepdims=True)
+    expected = np.mean(np.sum(reference * (np.log(reference + 1e-6) - np.log(q + 1e-6)), axis=1))
+    kl = mean_kl(reference.astype(np.float32), candidate.astype(np.float32), Head("classes"))
+    assert kl == pytest.approx(expected, rel=1e-3)
+    # Logits, by contrast, still go through the softmax.
+    assert mean_kl(logits, logits + 0.1, Head("classes")) == pytest.approx(0.0, abs=1e-6)
