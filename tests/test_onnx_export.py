@@ -53,3 +53,32 @@ def test_a_constant_reshape_is_left_as_it_is():
     proto = fixed_reshapes(_dynamic_reshape())
     before = proto.SerializeToString()
     assert fixed_reshapes(proto).SerializeToString() == before
+
+
+def test_a_float_conv_fused_with_its_relu_counts_as_run_in_float(tmp_path):
+    """Where ONNX Runtime cannot fuse a QDQ unit into QLinearConv (here: the convolution's output
+    is never quantized, as in NNCF's files) it runs the convolution on dequantized int8 weights
+    in float, fused with its Relu as FusedConv:
+    still a float convolution, which the count of what the runtime runs in float must include."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mobiledeploy.export.onnx import float_ops_in
+    from mobiledeploy.runners import save_optimized_onnx
+
+    rng = np.random.default_rng(0)
+    constants = [numpy_helper.from_array(rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8), "wq"),
+                 numpy_helper.from_array(np.array(0.02, np.float32), "scale"),
+                 numpy_helper.from_array(np.array(0, np.int8), "zero")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xdq"]),
+             helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["w"]),
+             helper.make_node("Conv", ["xdq", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["y"])]
+    graph = helper.make_graph(nodes, "unfused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], constants)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "m.onnx")
+    save_optimized_onnx(tmp_path / "m.onnx", tmp_path / "optimized.onnx")
+    ran = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert "FusedConv" in ran and "Conv" not in ran  # what ONNX Runtime made of it
+    assert float_ops_in(tmp_path / "optimized.onnx") == {"FusedConv": 1}

@@ -19,8 +19,9 @@ FLOAT_FILE = "model_float.onnx"
 INT8_FILE = "model_int8.onnx"
 COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm"})
 # float operators that ONNX Runtime leaves in a QDQ graph when it cannot fuse a node unit into
-# its integer kernel (QLinearConv, QLinearAdd, ...): the file is int8, that part of the run is not
-RUNTIME_FLOAT_OPS = frozenset({*COMPUTE_OPS, "Add", "Mul"})
+# its integer kernel (QLinearConv, QLinearAdd, ...): the file is int8, that part of the run is not.
+# A float Conv, Gemm or MatMul followed by its activation runs as ORT's own Fused* operator.
+RUNTIME_FLOAT_OPS = frozenset({*COMPUTE_OPS, "Add", "Mul", "FusedConv", "FusedGemm", "FusedMatMul"})
 
 
 def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
