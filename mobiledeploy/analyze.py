@@ -70,7 +70,7 @@ class OnnxTaps:
         import onnx
         import onnxruntime as ort
 
-        from .runners import ORT_DISABLED_OPTIMIZERS
+        from .runners import disabled_optimizers
 
         model = onnx.load(str(path))
         initializers = {i.name: i for i in model.graph.initializer}
@@ -98,9 +98,10 @@ class OnnxTaps:
         extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
         inputs = [i.name for i in model.graph.input if i.name not in initializers]
         self.input_name = inputs[0]
+        disabled = disabled_optimizers(model)
         self.sessions = {
             layer: ort.InferenceSession(extractor.extract_model(inputs, [tensor]).SerializeToString(), options,
-                                        providers=["CPUExecutionProvider"], disabled_optimizers=ORT_DISABLED_OPTIMIZERS)
+                                        providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
             for layer, tensor in self.taps.items()}
 
     def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -19,7 +19,9 @@ from .quiet import captured_output
 # ONNX Runtime >= 1.21 quantizes, while loading, the float weights of a Conv that sits between a
 # DequantizeLinear and a QuantizeLinear, one scale per tensor: it would silently turn the float
 # layers of a mixed-precision file into per-tensor int8 (measured: 26.8 -> 13.3 dB on the shared
-# MobileNet). Full-int8 files have no float weights, so this changes nothing for them.
+# MobileNet). Only such files run with it off (``disabled_optimizers``). In a file whose weights
+# are all int8 it quantizes only float biases (to int32 on the input scale times the weight's), so
+# that each unit fuses into an integer kernel: other tools' files (AIMET's) need it to run as int8.
 ORT_DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 
 
@@ -102,7 +104,7 @@ class OnnxRunner:
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=ORT_DISABLED_OPTIMIZERS)
+                                                disabled_optimizers=disabled_optimizers(path))
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise MobiledeployError(
                 f"{path}: ONNX Runtime cannot load this file ({str(exc).splitlines()[0][:160]}); "
@@ -128,7 +130,19 @@ def save_optimized_onnx(path: str | Path, target: str | Path) -> None:
     options.optimized_model_filepath = str(target)
     options.log_severity_level = 3  # the graph it writes is specific to this CPU, which is the point
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=ORT_DISABLED_OPTIMIZERS)
+                         disabled_optimizers=disabled_optimizers(path))
+
+
+def disabled_optimizers(path_or_model) -> list[str]:
+    """The ONNX Runtime optimizers to turn off for a file: ``WeightBiasQuantization`` where a
+    quantized file keeps float weights (mixed precision), none where every weight is int8."""
+    import onnx
+
+    from .export.onnx import float_compute_nodes
+
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else \
+        onnx.load(str(path_or_model), load_external_data=False)
+    return ORT_DISABLED_OPTIMIZERS if float_compute_nodes(model) else []
 
 
 def open_runner(path: str | Path, num_threads: int | None = None, profile_prefix: str | None = None) -> Runner:

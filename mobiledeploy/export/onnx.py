@@ -287,11 +287,12 @@ def _this_runtime() -> str:
     return f"ONNX Runtime {ort.__version__} ({platform.machine()})"
 
 
-def float_compute_nodes(path: Path) -> list[str]:
+def float_compute_nodes(path_or_model) -> list[str]:
     """Conv/MatMul/Gemm nodes whose weight input does not come from a DequantizeLinear."""
     import onnx
 
-    graph = onnx.load(str(path)).graph
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
+    graph = model.graph
     producers = {out: node.op_type for node in graph.node for out in node.output}
     return [
         node.name or node.op_type for node in graph.node
