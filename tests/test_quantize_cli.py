@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import mobiledeploy
 from mobiledeploy.cli import main
-from mobiledeploy.export.tflite import float_ops
+from mobiledeploy.export.tflite import float_op_counts, float_ops
 from mobiledeploy.manifest import sha256
 from mobiledeploy.runners import open_runner
 
@@ -59,6 +59,9 @@ def test_int8_tflite_is_fully_integer_with_int8_io(build):
     runner = open_runner(out / "model_int8.tflite")
     assert runner.input["dtype"] == np.int8 and runner.output["dtype"] == np.int8
     assert float_ops(out / "model_float.tflite")  # the check does see float ops when present
+    counts = float_op_counts(out / "model_float.tflite")  # the same, by operator type
+    assert sum(counts.values()) == len(float_ops(out / "model_float.tflite")) and counts["CONV_2D"] >= 2
+    assert float_op_counts(out / "model_int8.tflite") == {}
 
 
 def test_the_manifest_says_what_onnx_runtime_runs_in_float_on_this_machine(build, reference_build):

@@ -155,6 +155,14 @@ def float_ops(path: Path) -> list[str]:
     return [name for _, name in _float_ops(_ops(path))]
 
 
+def float_op_counts(path: Path) -> dict[str, int]:
+    """Operator type -> how many of that type read or write a float tensor (as ``float_ops``)."""
+    counts: dict[str, int] = {}
+    for op, _ in _float_ops(_ops(path)):
+        counts[op] = counts.get(op, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _float_ops(ops: list[tuple[str, str, list[np.dtype]]]) -> list[tuple[str, str]]:
     return [
         (op, output) for op, output, dtypes in ops

@@ -1,0 +1,179 @@
+"""Other post-training quantizers against mobiledeploy's default, side by side, on the shared
+ImageNet MobileNet v1 0.25.
+
+    python benchmarks/other_quantizers.py [--shared ../shared/data] [--work /tmp/md-others]
+        [--seeds 2026] [--tools nncf aeq mct aimet] [--venvs /tmp/mobiledeploy-quantizer-venvs]
+        [--aimet-iterations 1000]
+
+The plain converters are in quantization_levers.py. This benchmark asks the tools built to do
+better than them: Intel's NNCF and Qualcomm's AIMET (both on the float ONNX file), Google's AI
+Edge Quantizer (on the float TFLite file) and Sony's Model Compression Toolkit (on the Keras
+model). Each runs in its own virtualenv under --venvs, made on first use with pip (AIMET pulls
+in PyTorch, several GB; MCT TensorFlow 2.15), through quantizer_tools.py.
+
+For each seeded split (200 calibration images, the other 300 evaluate, as in
+shared_imagenet_drift.py) mobiledeploy quantizes with its defaults; every tool then starts from
+that build's folded float file and the same 200 calibration images, preprocessed as mobiledeploy
+feeds them to its own exporters. All files are scored in one `eval --compare` run against the
+same folded float model: top-1 change, agreement and SQNR, and the 95% interval of
+mobiledeploy's lead over each file, paired image by image ("lead ±95%": top-1 and agreement, in
+points, against mobiledeploy's file of the same format). "float ops" counts the compute
+operators the runtime runs in float: a file that leaves its logits or softmax in float is not
+the full-int8 file the others are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+# tool -> (pip requirements of its venv, the module that proves it installed, its variants, the
+# float file it reads: a file of the build, or "model" for the Keras model itself)
+TOOLS = {
+    "nncf": (["nncf==3.4.0", "onnx", "onnxruntime"], "nncf", ("defaults", "bias-correction"), "model_float.onnx"),
+    "aeq": (["ai-edge-quantizer==0.10.0"], "ai_edge_quantizer", ("min-max", "octav"), "model_float.tflite"),
+    "aimet": (["aimet-onnx==2.42.0"], "aimet_onnx", ("min-max", "tf-enhanced", "seq-mse", "adaround"),
+              "model_float.onnx"),
+    "mct": (["tensorflow==2.15.*", "model-compression-toolkit==2.6.1"], "model_compression_toolkit", ("imx500",),
+            "model"),
+}
+
+SHAPE_OPS = {"SHAPE", "RESHAPE", "STRIDED_SLICE", "PACK", "SQUEEZE", "EXPAND_DIMS"}
+
+
+def main() -> None:
+    from shared_imagenet_drift import shared_split, split_arguments  # this folder: the same fixed split
+
+    parser = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-other-quantizers")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeded splits (default: --seed)")
+    parser.add_argument("--tools", nargs="+", choices=sorted(TOOLS), default=list(TOOLS))
+    parser.add_argument("--venvs", type=Path, default=Path("/tmp/mobiledeploy-quantizer-venvs"))
+    parser.add_argument("--aimet-iterations", type=int, default=1000,
+                        help="AdaRound iterations a layer (AIMET suggests 10,000: about 8 minutes a layer here)")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    model = args.shared / "models" / "mobilenet_v1_0.25_224.h5"
+    if not model.is_file():
+        raise SystemExit(f"{model} not found: this benchmark needs the shared ImageNet model (--shared)")
+    pythons = {tool: tool_python(tool, args.venvs) for tool in args.tools}
+    seeds = args.seeds or [args.seed]
+    splits: dict[str, list[tuple[float, float, float]]] = {}
+    for seed in seeds:
+        work = args.work / f"split-{seed}"
+        calib, evaluation, labels = shared_split(args.shared, work / "split", seed)
+        for name, figures in _compare(model, calib, evaluation, labels, work, pythons, args.aimet_iterations, seed):
+            splits.setdefault(name, []).append(figures)
+    if len(seeds) > 1:
+        print(f"\nmean of {len(seeds)} splits (seeds {' '.join(map(str, seeds))})")
+        print(f"{'file':<34}{'vs float':>9}{'min':>8}{'max':>8}{'agree':>8}{'min':>7}{'SQNR':>7}")
+        for name, rows in splits.items():
+            change, agree, sqnr = (np.array(column) for column in zip(*rows))
+            print(f"{name:<34}{change.mean():>+9.2f}{change.min():>+8.2f}{change.max():>+8.2f}"
+                  f"{agree.mean():>8.1%}{agree.min():>7.1%}{sqnr.mean():>7.1f}")
+
+
+def tool_python(tool: str, venvs: Path) -> Path:
+    """The Python of ``tool``'s own virtualenv, made and installed on first use."""
+    requirements, module, _, _ = TOOLS[tool]
+    python = venvs / tool / "bin" / "python"
+    if python.is_file() and subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode == 0:
+        return python
+    print(f"installing {' '.join(requirements)} into {venvs / tool} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", venvs / tool], check=True)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", *requirements], check=True)
+    return python
+
+
+def _compare(model, calib, evaluation, labels, work: Path, pythons: dict, iterations: int,
+             seed: int) -> list[tuple[str, tuple[float, float, float]]]:
+    """Quantize with mobiledeploy and every tool on one split, print the table; returns each
+    int8 file's (top-1 change in points, agreement, SQNR)."""
+    import mobiledeploy
+    from mobiledeploy import manifest
+    from mobiledeploy.build_eval import evaluate_build
+    from mobiledeploy.calibration import list_images, read_batch
+    from mobiledeploy.types import Preprocessing
+
+    build = work / "build"
+    started = time.perf_counter()
+    mobiledeploy.quantize(model, calib, build, num_calib=200, num_holdout=0, overwrite=True)
+    seconds = {"model_int8.tflite": time.perf_counter() - started}
+    seconds["model_int8.onnx"] = seconds["model_int8.tflite"]  # one run builds both
+    preprocessing = Preprocessing.from_dict(manifest.read(build)["preprocessing"])
+    calib_npy = work / "calib.npy"
+    np.save(calib_npy, read_batch(list_images(calib), preprocessing), allow_pickle=False)
+
+    files, versions = [], {}
+    for tool, python in pythons.items():
+        _, _, variants, reads_file = TOOLS[tool]
+        for variant in variants:
+            source = model if reads_file == "model" else build / reads_file
+            out = work / f"{tool}-{variant}{'.tflite' if reads_file == 'model' else Path(reads_file).suffix}"
+            command = [python, HERE / "quantizer_tools.py", tool, variant, source, calib_npy, out]
+            if tool == "aimet":
+                command.append(str(iterations))
+            print(f"split {seed}: {tool} {variant} ...", flush=True)
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"  failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}", flush=True)
+                continue
+            result = json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
+            versions[tool] = result["version"]
+            seconds[str(out)] = result["seconds"]
+            files.append(out)
+    report = evaluate_build(build, evaluation, labels, compare=tuple(files))
+    return _print(report, build, seconds, versions, seed)
+
+
+def _print(report, build: Path, seconds: dict, versions: dict,
+           seed: int) -> list[tuple[str, tuple[float, float, float]]]:
+    print(f"\nsplit of seed {seed}: {report.samples} evaluation images; every file starts from the same folded "
+          f"float model and 200 calibration images; {', '.join(versions.values())}")
+    print(f"{'file':<34}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}{'float ops':>10}"
+          f"{'lead top-1 ±95%':>18}{'lead agree ±95%':>18}{'quantize s':>11}")
+    ours = {"tflite": report.row("model_int8.tflite"), "onnx": report.row("model_int8.onnx")}
+    ref = report.row(report.reference)
+    figures = []
+    for row in report.rows:
+        if row["precision"] != "int8":
+            continue
+        name = Path(row["artifact"]).name
+        lead = ("", "")
+        if row.get("compared"):
+            mine = ours[row["format"]]
+            interval = row["paired_ci95"][mine["artifact"]]
+            lead = (f"{100 * (mine['top1'] - row['top1']):+.2f} ±{100 * interval['top1']:.2f}",
+                    f"{100 * (mine['agreement'] - row['agreement']):+.1f} ±{100 * interval['agreement']:.1f}")
+        print(f"{name:<34}{row['top1']:>7.1%}{100 * (row['top1'] - ref['top1']):>+9.2f}{row['agreement']:>8.1%}"
+              f"{row['sqnr_db']:>7.1f}{_float_ops(row, build):>10}{lead[0]:>18}{lead[1]:>18}"
+              f"{seconds.get(row['artifact'], float('nan')):>11.1f}", flush=True)
+        figures.append((name, (100 * (row["top1"] - ref["top1"]), row["agreement"], row["sqnr_db"])))
+    return figures
+
+
+def _float_ops(row: dict, build: Path) -> int:
+    """How many compute operators the runtime runs in float in this file (not counting those that
+    only read a float tensor's shape)."""
+    path = Path(row["artifact"]) if row.get("compared") else build / row["artifact"]
+    if row["format"] == "tflite":
+        from mobiledeploy.export.tflite import float_op_counts
+
+        return sum(n for op, n in float_op_counts(path).items() if op not in SHAPE_OPS)
+    from mobiledeploy.export.onnx import float_ops_in
+    from mobiledeploy.runners import save_optimized_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_optimized_onnx(path, Path(tmp) / "optimized.onnx")
+        return sum(float_ops_in(Path(tmp) / "optimized.onnx").values())
+
+
+if __name__ == "__main__":
+    main()
