@@ -19,7 +19,9 @@ same folded float model: top-1 change, agreement and SQNR, and the 95% interval 
 mobiledeploy's lead over each file, paired image by image ("lead ±95%": top-1 and agreement, in
 points, against mobiledeploy's file of the same format). "float ops" counts the compute
 operators the runtime runs in float: a file that leaves its logits or softmax in float is not
-the full-int8 file the others are.
+the full-int8 file the others are. "1 image": the median time of one image on one thread,
+the int8 files alternated in 7 rounds, mobiledeploy's in ms and the others as a ratio to
+mobiledeploy's file of the same format.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def main() -> None:
     parser.add_argument("--tools", nargs="+", choices=sorted(TOOLS), default=list(TOOLS))
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/mobiledeploy-quantizer-venvs"))
     parser.add_argument("--aimet-iterations", type=int, default=1000,
-                        help="AdaRound iterations a layer (AIMET suggests 10,000: about 8 minutes a layer here)")
+                        help="AdaRound iterations a layer (AIMET suggests 10,000: about an hour in all here)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     model = args.shared / "models" / "mobilenet_v1_0.25_224.h5"
@@ -130,15 +132,37 @@ def _compare(model, calib, evaluation, labels, work: Path, pythons: dict, iterat
             seconds[str(out)] = result["seconds"]
             files.append(out)
     report = evaluate_build(build, evaluation, labels, compare=tuple(files))
-    return _print(report, build, seconds, versions, seed)
+    int8 = [build / "model_int8.tflite", build / "model_int8.onnx", *files]
+    return _print(report, build, seconds, versions, seed, _latencies(int8, calib_npy))
 
 
-def _print(report, build: Path, seconds: dict, versions: dict,
-           seed: int) -> list[tuple[str, tuple[float, float, float]]]:
+def _latencies(files: list[Path], calib_npy: Path, rounds: int = 7, runs: int = 40) -> dict[str, float]:
+    """Median time of one image on one thread per file, the files alternated in ``rounds``
+    rounds (a shared machine drifts: only ratios within one run mean something)."""
+    from mobiledeploy.runners import open_runner
+
+    image = np.load(calib_npy)[:1]
+    runners = {str(f): open_runner(f, num_threads=1) for f in files}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            for _ in range(5):
+                runner.run(image)
+            started = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                runner.run(image)
+                started.append(time.perf_counter() - t)
+            times[name].append(float(np.median(started)))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _print(report, build: Path, seconds: dict, versions: dict, seed: int,
+           latency: dict[str, float]) -> list[tuple[str, tuple[float, float, float]]]:
     print(f"\nsplit of seed {seed}: {report.samples} evaluation images; every file starts from the same folded "
           f"float model and 200 calibration images; {', '.join(versions.values())}")
     print(f"{'file':<34}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}{'float ops':>10}"
-          f"{'lead top-1 ±95%':>18}{'lead agree ±95%':>18}{'quantize s':>11}")
+          f"{'lead top-1 ±95%':>18}{'lead agree ±95%':>18}{'quantize s':>11}{'1 image':>9}")
     ours = {"tflite": report.row("model_int8.tflite"), "onnx": report.row("model_int8.onnx")}
     ref = report.row(report.reference)
     figures = []
@@ -154,9 +178,17 @@ def _print(report, build: Path, seconds: dict, versions: dict,
                     f"{100 * (mine['agreement'] - row['agreement']):+.1f} ±{100 * interval['agreement']:.1f}")
         print(f"{name:<34}{row['top1']:>7.1%}{100 * (row['top1'] - ref['top1']):>+9.2f}{row['agreement']:>8.1%}"
               f"{row['sqnr_db']:>7.1f}{_float_ops(row, build):>10}{lead[0]:>18}{lead[1]:>18}"
-              f"{seconds.get(row['artifact'], float('nan')):>11.1f}", flush=True)
+              f"{seconds.get(row['artifact'], float('nan')):>11.1f}{_ratio(row, build, latency):>9}", flush=True)
         figures.append((name, (100 * (row["top1"] - ref["top1"]), row["agreement"], row["sqnr_db"])))
     return figures
+
+
+def _ratio(row: dict, build: Path, latency: dict[str, float]) -> str:
+    """One image's time against mobiledeploy's int8 file of the same format (its own: in ms)."""
+    ours = latency[str(build / f"model_int8.{row['format']}")]
+    if not row.get("compared"):
+        return f"{1000 * ours:.2f}ms"
+    return f"{latency[row['artifact']] / ours:.2f}x"
 
 
 def _float_ops(row: dict, build: Path) -> int:
