@@ -148,19 +148,19 @@ def _latencies(files: list[Path], calib_npy: Path, rounds: int = 7, runs: int = 
         for name, runner in runners.items():
             for _ in range(5):
                 runner.run(image)
-            started = []
+            durations = []
             for _ in range(runs):
                 t = time.perf_counter()
                 runner.run(image)
-                started.append(time.perf_counter() - t)
-            times[name].append(float(np.median(started)))
+                durations.append(time.perf_counter() - t)
+            times[name].append(float(np.median(durations)))
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _print(report, build: Path, seconds: dict, versions: dict, seed: int,
            latency: dict[str, float]) -> list[tuple[str, tuple[float, float, float]]]:
-    print(f"\nsplit of seed {seed}: {report.samples} evaluation images; every file starts from the same folded "
-          f"float model and 200 calibration images; {', '.join(versions.values())}")
+    print(f"\nsplit of seed {seed}: {report.samples} evaluation images; every file starts from the same float "
+          f"model and 200 calibration images; {', '.join(versions.values())}")
     print(f"{'file':<34}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}{'float ops':>10}"
           f"{'lead top-1 ±95%':>18}{'lead agree ±95%':>18}{'quantize s':>11}{'1 image':>9}")
     ours = {"tflite": report.row("model_int8.tflite"), "onnx": report.row("model_int8.onnx")}
