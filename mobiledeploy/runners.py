@@ -135,9 +135,14 @@ def save_optimized_onnx(path: str | Path, target: str | Path) -> None:
 
 def disabled_optimizers(path_or_model) -> list[str]:
     """The ONNX Runtime optimizers to turn off for a file: ``WeightBiasQuantization`` where a
-    quantized file keeps float weights (mixed precision), none where every weight is int8."""
-    import onnx
-
+    quantized file keeps float weights (mixed precision), none where every weight is int8.
+    Without the onnx package to read the graph (the numpy-only worker under ARM emulation) it is
+    turned off for every file, as before: the same for mobiledeploy's own files, whose int8
+    weights come with int32 biases, but a compared file with float biases then runs unfused."""
+    try:
+        import onnx
+    except ImportError:
+        return ORT_DISABLED_OPTIMIZERS
     from .export.onnx import float_compute_nodes
 
     model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else \
