@@ -140,14 +140,12 @@ def disabled_optimizers(path_or_model) -> list[str]:
     turned off for every file, as before: the same for mobiledeploy's own files, whose int8
     weights come with int32 biases, but a compared file with float biases then runs unfused."""
     try:
-        import onnx
+        import onnx  # noqa: F401  (only to know that float_compute_nodes can read the graph)
     except ImportError:
         return ORT_DISABLED_OPTIMIZERS
     from .export.onnx import float_compute_nodes
 
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else \
-        onnx.load(str(path_or_model), load_external_data=False)
-    return ORT_DISABLED_OPTIMIZERS if float_compute_nodes(model) else []
+    return ORT_DISABLED_OPTIMIZERS if float_compute_nodes(path_or_model) else []
 
 
 def open_runner(path: str | Path, num_threads: int | None = None, profile_prefix: str | None = None) -> Runner:

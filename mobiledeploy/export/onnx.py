@@ -288,10 +288,12 @@ def _this_runtime() -> str:
 
 
 def float_compute_nodes(path_or_model) -> list[str]:
-    """Conv/MatMul/Gemm nodes whose weight input does not come from a DequantizeLinear."""
+    """Conv/MatMul/Gemm nodes whose weight input does not come from a DequantizeLinear (a file's
+    path or its loaded model; only the graph's structure is read)."""
     import onnx
 
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else \
+        onnx.load(str(path_or_model), load_external_data=False)
     graph = model.graph
     producers = {out: node.op_type for node in graph.node for out in node.output}
     return [
