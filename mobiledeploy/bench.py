@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import MobiledeployError
 from .report_types import BenchSettings, LatencyReport
-from .worker import Process, open_artifact, run_worker
+from .worker import Process, artifact_spec, open_artifact, run_worker
 
 OPTIMIZED = "optimized.onnx"  # the graph ONNX Runtime runs, written by the benchmark process
 
@@ -66,7 +66,7 @@ def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, input
     process = process or Process()
     with tempfile.TemporaryDirectory(prefix="mobiledeploy-bench-") as tmp:
         # an int8 ONNX file: also what the runtime there leaves in float kernels (unfused node units)
-        spec = {"mode": "bench", "path": str(Path(path).resolve()), "format": fmt, "settings": settings.to_dict(),
+        spec = {"mode": "bench", **artifact_spec(path, fmt), "settings": settings.to_dict(),
                 "inputs": None, "workdir": tmp, "optimized_graph": fmt == "onnx" and precision == "int8"}
         if inputs is not None:
             np.save(Path(tmp) / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
@@ -100,8 +100,7 @@ def measure_here(spec: dict) -> dict:
     inputs = np.load(spec["inputs"], allow_pickle=False) if spec["inputs"] else None
     baseline_kb = _peak_rss_kb()
     started = time.perf_counter()
-    runner = open_artifact(spec["path"], spec["format"], settings.num_threads,
-                           profile_dir=spec["workdir"] if settings.profile else None)
+    runner = open_artifact(spec, settings.num_threads, profile_dir=spec["workdir"] if settings.profile else None)
     init_ms = (time.perf_counter() - started) * 1000.0
     if inputs is None:
         inputs = random_inputs(runner.input_shape, settings.batch, settings.seed)
@@ -117,7 +116,7 @@ def measure_here(spec: dict) -> dict:
     if spec.get("optimized_graph"):
         from .runners import save_optimized_onnx
 
-        save_optimized_onnx(spec["path"], Path(spec["workdir"]) / OPTIMIZED)
+        save_optimized_onnx(spec["path"], Path(spec["workdir"]) / OPTIMIZED, spec.get("onnx_disabled"))
     return result
 
 

@@ -91,7 +91,10 @@ class TFLiteRunner:
 class OnnxRunner:
     """ONNX Runtime on the CPU execution provider."""
 
-    def __init__(self, path: str | Path, num_threads: int | None = None, profile_prefix: str | None = None):
+    def __init__(self, path: str | Path, num_threads: int | None = None, profile_prefix: str | None = None,
+                 disabled: list[str] | None = None):
+        """``disabled``: the optimizers to turn off, as the host decided them for a worker that
+        cannot read the graph itself; by default ``disabled_optimizers(path)``."""
         import onnxruntime as ort
 
         self.name = Path(path).name
@@ -103,8 +106,9 @@ class OnnxRunner:
             options.profile_file_prefix = profile_prefix
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=disabled_optimizers(path))
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"],
+                disabled_optimizers=disabled_optimizers(path) if disabled is None else list(disabled))
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise MobiledeployError(
                 f"{path}: ONNX Runtime cannot load this file ({str(exc).splitlines()[0][:160]}); "
@@ -121,24 +125,26 @@ class OnnxRunner:
         return lambda: self.session.run(None, feed)
 
 
-def save_optimized_onnx(path: str | Path, target: str | Path) -> None:
+def save_optimized_onnx(path: str | Path, target: str | Path, disabled: list[str] | None = None) -> None:
     """Write the graph ONNX Runtime on this machine actually runs ``path`` as: after its graph
-    optimizations, which fuse each QDQ node unit into an integer kernel where they can."""
+    optimizations, which fuse each QDQ node unit into an integer kernel where they can.
+    ``disabled`` as for ``OnnxRunner``."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(target)
     options.log_severity_level = 3  # the graph it writes is specific to this CPU, which is the point
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=disabled_optimizers(path))
+                         disabled_optimizers=disabled_optimizers(path) if disabled is None else list(disabled))
 
 
 def disabled_optimizers(path_or_model) -> list[str]:
     """The ONNX Runtime optimizers to turn off for a file: ``WeightBiasQuantization`` where a
     quantized file keeps float weights (mixed precision), none where every weight is int8.
-    Without the onnx package to read the graph (the numpy-only worker under ARM emulation) it is
-    turned off for every file, as before: the same for mobiledeploy's own files, whose int8
-    weights come with int32 biases, but a compared file with float biases then runs unfused."""
+    The worker under ARM emulation has no onnx package to read the graph: the host decides for
+    it and passes the list in the worker's spec (``worker.artifact_spec``). Called without onnx
+    otherwise, it turns the optimizer off for every file: the same for mobiledeploy's own files,
+    whose int8 weights come with int32 biases, but a file with float biases then runs unfused."""
     try:
         import onnx  # noqa: F401  (only to know that float_compute_nodes can read the graph)
     except ImportError:
@@ -148,14 +154,16 @@ def disabled_optimizers(path_or_model) -> list[str]:
     return ORT_DISABLED_OPTIMIZERS if float_compute_nodes(path_or_model) else []
 
 
-def open_runner(path: str | Path, num_threads: int | None = None, profile_prefix: str | None = None) -> Runner:
+def open_runner(path: str | Path, num_threads: int | None = None, profile_prefix: str | None = None,
+                onnx_disabled: list[str] | None = None) -> Runner:
     """The runner for an artifact file, chosen by extension; only that runtime is imported.
-    ``profile_prefix`` turns on ONNX Runtime's per-node profiler."""
+    ``profile_prefix`` turns on ONNX Runtime's per-node profiler; ``onnx_disabled`` is the host's
+    choice of ONNX Runtime optimizers to turn off (see ``OnnxRunner``)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".tflite":
         return TFLiteRunner(path, num_threads)
     if suffix == ".onnx":
-        return OnnxRunner(path, num_threads, profile_prefix)
+        return OnnxRunner(path, num_threads, profile_prefix, onnx_disabled)
     if suffix == ".keras":
         from .quiet import import_tensorflow
 

@@ -55,24 +55,39 @@ def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: 
     # unique: a file compared with a build's own may share its name (model_int8.tflite)
     work = Path(tempfile.mkdtemp(prefix=f"{path.name}.{process.device.replace(':', '-')}.", dir=workdir))
     outputs = [str(work / f"out_{i:05d}.npy") for i in range(len(inputs))]
-    spec = {"mode": "run", "path": str(path.resolve()), "format": fmt, "inputs": inputs, "outputs": outputs}
+    spec = {"mode": "run", **artifact_spec(path, fmt), "inputs": inputs, "outputs": outputs}
     run_worker(spec, work, process, str(path))
     result = np.concatenate([np.load(o, allow_pickle=False) for o in outputs])
     return result.reshape(len(result), -1).astype(np.float32)
 
 
-def open_artifact(path: str, fmt: str, threads: int | None = None, profile_dir: str | None = None):
-    """The runner for one artifact of a manifest ``fmt``; only the runtime it needs is imported."""
+def artifact_spec(path: Path, fmt: str) -> dict:
+    """The part of a worker's spec that names the artifact, decided on the host. For an ONNX file
+    that includes the ONNX Runtime optimizers to turn off: deciding needs the onnx package to read
+    the graph, which the numpy-only worker under ARM emulation does not have."""
+    spec = {"path": str(Path(path).resolve()), "format": fmt}
+    if fmt == "onnx":
+        from .runners import disabled_optimizers
+
+        spec["onnx_disabled"] = disabled_optimizers(path)
+    return spec
+
+
+def open_artifact(spec: dict, threads: int | None = None, profile_dir: str | None = None):
+    """The runner for the artifact a spec names (``artifact_spec``); only the runtime it needs is
+    imported."""
     from .runners import open_runner
 
+    path, fmt = spec["path"], spec["format"]
     if Path(path).suffix.lower().lstrip(".") != fmt:
         raise MobiledeployError(f"{path}: the file name does not match its format '{fmt}'")
-    return open_runner(path, threads, str(Path(profile_dir) / "ort_profile") if profile_dir else None)
+    return open_runner(path, threads, str(Path(profile_dir) / "ort_profile") if profile_dir else None,
+                       spec.get("onnx_disabled"))
 
 
 def run_outputs(spec: dict) -> dict:
     """Mode "run": each input .npy through the artifact, each output to its .npy."""
-    runner = open_artifact(spec["path"], spec["format"], spec.get("threads"))
+    runner = open_artifact(spec, spec.get("threads"))
     for source, target in zip(spec["inputs"], spec["outputs"]):
         np.save(target, runner.run(np.load(source, allow_pickle=False)), allow_pickle=False)
     return {"batches": len(spec["inputs"])}

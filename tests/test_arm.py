@@ -101,6 +101,34 @@ def test_bench_on_arm_is_labelled_emulated(arm_ready, reference_build, cpu, dot)
     assert "EMULATED by qemu (not device latency)" in table and "fastest" not in table
 
 
+def test_onnx_files_run_on_arm_with_the_optimizers_the_host_chose(arm_ready, tmp_path):
+    """The emulated worker has no onnx package to read a graph: the host decides which ONNX
+    Runtime optimizers to turn off and passes that on. An all-int8 file with float biases (as
+    AIMET writes them) fuses into QLinearConv there as here; a float layer of a mixed file stays
+    a float Conv (the optimizer would make it per-tensor int8)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from qdq_files import qdq_conv
+
+    from mobiledeploy.worker import outputs_of
+
+    arm = emulation.target("cortex-a76").process()
+    x = np.random.default_rng(3).uniform(-2, 2, (2, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for int8_weights, ran in ((True, {"QLinearConv": 1}), (False, {"Conv": 1})):
+        path = tmp_path / f"int8_weights_{int8_weights}.onnx"
+        onnx.save(qdq_conv(int8_weights), path)
+        result = cli("bench", path, "--device", "arm:cortex-a76", "--num-runs", 2, "--json")
+        assert result.exit_code == 0, result.output
+        float_ops = json.loads(result.output)["rows"][0]["runtime_float_ops"]
+        assert ("Conv" in float_ops) != int8_weights, float_ops
+        if int8_weights:  # bit for bit what a default session computes on x86
+            on_arm = outputs_of(path, "onnx", [str(tmp_path / "x.npy")], tmp_path, arm)
+            default = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            np.testing.assert_array_equal(on_arm, default.reshape(2, -1))
+
+
 def test_status_reports_the_installation(arm_ready):
     data = json.loads(cli("arm", "status", "--json").output)
     assert data["ready"] and data["sysroot_python"] and data["disk_mb"] > 50

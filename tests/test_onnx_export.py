@@ -5,6 +5,7 @@ dynamic batch included, is unchanged."""
 import numpy as np
 
 from mobiledeploy.export.onnx import fixed_reshapes
+from qdq_files import qdq_conv
 
 
 def _dynamic_reshape():
@@ -84,33 +85,6 @@ def test_a_float_conv_fused_with_its_relu_counts_as_run_in_float(tmp_path):
     assert float_ops_in(tmp_path / "optimized.onnx") == {"FusedConv": 1}
 
 
-def _qdq_conv(int8_weights: bool):
-    """x -> Q -> DQ -> Conv(weights, float bias) -> Q -> DQ -> y: an int8 unit as AIMET writes it
-    (int8 weights behind a DequantizeLinear, the bias left in float), or with float weights, as a
-    layer kept in float by mixed precision."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(1)
-    weights = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
-    constants = [numpy_helper.from_array(np.array(0.02, np.float32), "scale"),
-                 numpy_helper.from_array(np.array(0, np.int8), "zero"),
-                 numpy_helper.from_array(np.array(0.5, np.float32), "out_scale"),
-                 numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "bias")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xdq"])]
-    if int8_weights:
-        constants.append(numpy_helper.from_array(weights, "wq"))
-        nodes.append(helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["w"]))
-    else:
-        constants.append(numpy_helper.from_array(weights.astype(np.float32) * 0.02, "w"))
-    nodes += [helper.make_node("Conv", ["xdq", "w", "bias"], ["conv"], pads=[1, 1, 1, 1]),
-              helper.make_node("QuantizeLinear", ["conv", "out_scale", "zero"], ["yq"]),
-              helper.make_node("DequantizeLinear", ["yq", "out_scale", "zero"], ["y"])]
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 8, 8])], constants)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-
-
 def test_an_int8_file_with_float_biases_runs_as_onnx_runtime_runs_it_by_default(tmp_path):
     """ONNX Runtime quantizes a float bias on load so that an int8 unit fuses into QLinearConv.
     mobiledeploy turns that optimizer off only for files that keep float weights (where it would
@@ -123,7 +97,7 @@ def test_an_int8_file_with_float_biases_runs_as_onnx_runtime_runs_it_by_default(
 
     for int8_weights, fused in ((True, "QLinearConv"), (False, "Conv")):
         path = tmp_path / f"int8_weights_{int8_weights}.onnx"
-        onnx.save(_qdq_conv(int8_weights), path)
+        onnx.save(qdq_conv(int8_weights), path)
         assert disabled_optimizers(path) == ([] if int8_weights else ORT_DISABLED_OPTIMIZERS)
         save_optimized_onnx(path, tmp_path / "optimized.onnx")
         ran = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
