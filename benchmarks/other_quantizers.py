@@ -22,6 +22,12 @@ operators the runtime runs in float: a file that leaves its logits or softmax in
 the full-int8 file the others are. "1 image": the median time of one image on one thread,
 the int8 files alternated in 7 rounds, mobiledeploy's in ms and the others as a ratio to
 mobiledeploy's file of the same format.
+
+NNCF's files are made for OpenVINO, which runs their quantizers on operator inputs as integer
+kernels, where ONNX Runtime runs every convolution in float: the benchmark also runs them, and
+mobiledeploy's int8 ONNX file, on OpenVINO (its own virtualenv, through openvino_run.py), scored
+the same way, with the precision OpenVINO runs each convolution in and the time of one image as
+a ratio to mobiledeploy's file on ONNX Runtime. --no-openvino skips that.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +55,9 @@ TOOLS = {
             "model"),
 }
 
+# the runtime NNCF's files are made for; ONNX Runtime as in this environment, to time against
+OPENVINO = (["openvino==2026.4.1", f"onnxruntime=={version('onnxruntime')}", "numpy"], "openvino")
+
 SHAPE_OPS = {"SHAPE", "RESHAPE", "STRIDED_SLICE", "PACK", "SQUEEZE", "EXPAND_DIMS"}
 
 
@@ -60,12 +70,15 @@ def main() -> None:
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/mobiledeploy-quantizer-venvs"))
     parser.add_argument("--aimet-iterations", type=int, default=1000,
                         help="AdaRound iterations a layer (AIMET suggests 10,000: about an hour in all here)")
+    parser.add_argument("--no-openvino", action="store_true", help="do not run NNCF's files on OpenVINO")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     model = args.shared / "models" / "mobilenet_v1_0.25_224.h5"
     if not model.is_file():
         raise SystemExit(f"{model} not found: this benchmark needs the shared ImageNet model (--shared)")
-    pythons = {tool: tool_python(tool, args.venvs) for tool in args.tools}
+    pythons = {tool: tool_python(tool, *TOOLS[tool][:2], args.venvs) for tool in args.tools}
+    if "nncf" in args.tools and not args.no_openvino:
+        pythons["openvino"] = tool_python("openvino", *OPENVINO, args.venvs)
     seeds = args.seeds or [args.seed]
     splits: dict[str, list[tuple[float, float, float]]] = {}
     for seed in seeds:
@@ -75,16 +88,16 @@ def main() -> None:
             splits.setdefault(name, []).append(figures)
     if len(seeds) > 1:
         print(f"\nmean of {len(seeds)} splits (seeds {' '.join(map(str, seeds))})")
-        print(f"{'file':<34}{'vs float':>9}{'min':>8}{'max':>8}{'agree':>8}{'min':>7}{'SQNR':>7}")
+        print(f"{'file':<40}{'vs float':>9}{'min':>8}{'max':>8}{'agree':>8}{'min':>7}{'SQNR':>7}")
         for name, rows in splits.items():
             change, agree, sqnr = (np.array(column) for column in zip(*rows))
-            print(f"{name:<34}{change.mean():>+9.2f}{change.min():>+8.2f}{change.max():>+8.2f}"
+            print(f"{name:<40}{change.mean():>+9.2f}{change.min():>+8.2f}{change.max():>+8.2f}"
                   f"{agree.mean():>8.1%}{agree.min():>7.1%}{sqnr.mean():>7.1f}")
 
 
-def tool_python(tool: str, venvs: Path) -> Path:
-    """The Python of ``tool``'s own virtualenv, made and installed on first use."""
-    requirements, module, _, _ = TOOLS[tool]
+def tool_python(tool: str, requirements: list[str], module: str, venvs: Path) -> Path:
+    """The Python of ``tool``'s own virtualenv (``module`` proves it installed), made and
+    installed on first use."""
     python = venvs / tool / "bin" / "python"
     if python.is_file() and subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode == 0:
         return python
@@ -115,6 +128,8 @@ def _compare(model, calib, evaluation, labels, work: Path, pythons: dict, iterat
 
     files, versions = [], {}
     for tool, python in pythons.items():
+        if tool not in TOOLS:
+            continue
         _, _, variants, reads_file = TOOLS[tool]
         for variant in variants:
             source = model if reads_file == "model" else build / reads_file
@@ -133,7 +148,63 @@ def _compare(model, calib, evaluation, labels, work: Path, pythons: dict, iterat
             files.append(out)
     report = evaluate_build(build, evaluation, labels, compare=tuple(files))
     int8 = [build / "model_int8.tflite", build / "model_int8.onnx", *files]
-    return _print(report, build, seconds, versions, seed, _latencies(int8, calib_npy))
+    figures = _print(report, build, seconds, versions, seed, _latencies(int8, calib_npy))
+    nncf = [f for f in files if f.name.startswith("nncf-")]
+    if nncf and "openvino" in pythons:
+        figures += _on_openvino(build, evaluation, labels, nncf, pythons["openvino"], work)
+    return figures
+
+
+def _on_openvino(build: Path, evaluation, labels, files: list[Path], python: Path,
+                 work: Path) -> list[tuple[str, tuple[float, float, float]]]:
+    """NNCF's files and mobiledeploy's int8 ONNX file on OpenVINO, scored against the float
+    model on the evaluation images, mobiledeploy's file on ONNX Runtime as the reference row."""
+    from mobiledeploy import datasets, evaluate, manifest
+    from mobiledeploy.runners import open_runner
+    from mobiledeploy.types import Preprocessing
+
+    preprocessing = Preprocessing.from_dict(manifest.read(build)["preprocessing"])
+    data = datasets.open_data(evaluation, labels)
+    x = np.concatenate(list(datasets.iter_batches(data, preprocessing)))
+    truth = np.asarray(data.labels)
+    inputs, out_dir = work / "eval.npy", work / "openvino"
+    np.save(inputs, x, allow_pickle=False)
+    out_dir.mkdir(exist_ok=True)
+    ours = build / "model_int8.onnx"
+    done = subprocess.run([python, HERE / "openvino_run.py", inputs, out_dir, ours, *files],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  OpenVINO failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}", flush=True)
+        return []
+    result = json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
+    reference = open_runner(build / "model_folded.keras").run(x)
+    mine = open_runner(ours).run(x)
+    mine_hits = evaluate.sample_hits(reference, mine, truth)
+    float_top1 = evaluate.topk_accuracy(reference, truth)
+    print(f"\non {result['version']} (one thread), against the same float model; lead: mobiledeploy's int8 ONNX "
+          "file on ONNX Runtime, paired; 1 image: a ratio to that file on ONNX Runtime")
+    print(f"{'file':<40}{'top-1':>7}{'vs float':>9}{'agree':>8}{'SQNR':>7}{'convs int8/float':>17}"
+          f"{'lead top-1 ±95%':>18}{'lead agree ±95%':>18}{'1 image':>9}")
+    print(f"{'model_int8.onnx on ONNX Runtime':<40}{np.mean(mine_hits['top1']):>7.1%}"
+          f"{100 * (np.mean(mine_hits['top1']) - float_top1):>+9.2f}{np.mean(mine_hits['agreement']):>8.1%}"
+          f"{evaluate.sqnr_db(reference, mine):>7.1f}{'':>17}{'':>18}{'':>18}"
+          f"{1000 * result['ours_onnxruntime_seconds']:>7.2f}ms")
+    figures = []
+    for path, run in result["files"].items():
+        outputs = np.load(run["outputs"])
+        hits = evaluate.sample_hits(reference, outputs, truth)
+        interval = evaluate.paired_intervals(mine_hits, hits)
+        top1, agree = float(np.mean(hits["top1"])), float(np.mean(hits["agreement"]))
+        precision = run["precision"]
+        convs = f"{sum(n for kind, n in precision.items() if kind in ('u8', 'i8'))}/{precision.get('f32', 0)}"
+        lead = (f"{100 * (np.mean(mine_hits['top1']) - top1):+.2f} ±{100 * interval['top1']:.2f}",
+                f"{100 * (np.mean(mine_hits['agreement']) - agree):+.1f} ±{100 * interval['agreement']:.1f}")
+        name = f"{Path(path).name} on OpenVINO"
+        print(f"{name:<40}{top1:>7.1%}{100 * (top1 - float_top1):>+9.2f}{agree:>8.1%}"
+              f"{evaluate.sqnr_db(reference, outputs):>7.1f}{convs:>17}{lead[0]:>18}{lead[1]:>18}"
+              f"{run['seconds'] / result['ours_onnxruntime_seconds']:>8.2f}x", flush=True)
+        figures.append((name, (100 * (top1 - float_top1), agree, evaluate.sqnr_db(reference, outputs))))
+    return figures
 
 
 def _latencies(files: list[Path], calib_npy: Path, rounds: int = 7, runs: int = 40) -> dict[str, float]:
