@@ -207,25 +207,16 @@ def _on_openvino(build: Path, evaluation, labels, files: list[Path], python: Pat
     return figures
 
 
-def _latencies(files: list[Path], calib_npy: Path, rounds: int = 7, runs: int = 40) -> dict[str, float]:
-    """Median time of one image on one thread per file, the files alternated in ``rounds``
-    rounds (a shared machine drifts: only ratios within one run mean something)."""
+def _latencies(files: list[Path], calib_npy: Path) -> dict[str, float]:
+    """Median time of one image on one thread per file, the files alternated in rounds (a
+    shared machine drifts: only ratios within one run mean something)."""
+    from openvino_run import median_times  # this folder; the same timing as on OpenVINO
+
     from mobiledeploy.runners import open_runner
 
     image = np.load(calib_npy)[:1]
     runners = {str(f): open_runner(f, num_threads=1) for f in files}
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            for _ in range(5):
-                runner.run(image)
-            durations = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                runner.run(image)
-                durations.append(time.perf_counter() - t)
-            times[name].append(float(np.median(durations)))
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return median_times({name: (lambda runner=runner: runner.run(image)) for name, runner in runners.items()})
 
 
 def _print(report, build: Path, seconds: dict, versions: dict, seed: int,

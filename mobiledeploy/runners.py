@@ -106,9 +106,7 @@ class OnnxRunner:
             options.profile_file_prefix = profile_prefix
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"],
-                disabled_optimizers=disabled_optimizers(path) if disabled is None else list(disabled))
+            self.session = _session(path, options, disabled)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise MobiledeployError(
                 f"{path}: ONNX Runtime cannot load this file ({str(exc).splitlines()[0][:160]}); "
@@ -134,21 +132,24 @@ def save_optimized_onnx(path: str | Path, target: str | Path, disabled: list[str
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(target)
     options.log_severity_level = 3  # the graph it writes is specific to this CPU, which is the point
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=disabled_optimizers(path) if disabled is None else list(disabled))
+    _session(path, options, disabled)
+
+
+def _session(path: str | Path, options, disabled: list[str] | None):
+    """An ONNX Runtime CPU session for ``path`` with ``disabled`` optimizers turned off (by
+    default, the ones ``disabled_optimizers`` picks for the file)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers(path) if disabled is None else list(disabled))
 
 
 def disabled_optimizers(path_or_model) -> list[str]:
     """The ONNX Runtime optimizers to turn off for a file: ``WeightBiasQuantization`` where a
     quantized file keeps float weights (mixed precision), none where every weight is int8.
-    The worker under ARM emulation has no onnx package to read the graph: the host decides for
-    it and passes the list in the worker's spec (``worker.artifact_spec``). Called without onnx
-    otherwise, it turns the optimizer off for every file: the same for mobiledeploy's own files,
-    whose int8 weights come with int32 biases, but a file with float biases then runs unfused."""
-    try:
-        import onnx  # noqa: F401  (only to know that float_compute_nodes can read the graph)
-    except ImportError:
-        return ORT_DISABLED_OPTIMIZERS
+    Reading the graph needs the onnx package, which the worker under ARM emulation does not
+    have: the host decides for it and passes the list in the worker's spec
+    (``worker.artifact_spec``)."""
     from .export.onnx import float_compute_nodes
 
     return ORT_DISABLED_OPTIMIZERS if float_compute_nodes(path_or_model) else []

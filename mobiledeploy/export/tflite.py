@@ -4,6 +4,7 @@ operators of chosen layers left in float (mixed precision)."""
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -157,10 +158,7 @@ def float_ops(path: Path) -> list[str]:
 
 def float_op_counts(path: Path) -> dict[str, int]:
     """Operator type -> how many of that type read or write a float tensor (as ``float_ops``)."""
-    counts: dict[str, int] = {}
-    for op, _ in _float_ops(_ops(path)):
-        counts[op] = counts.get(op, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(op for op, _ in _float_ops(_ops(path))).items()))
 
 
 def _float_ops(ops: list[tuple[str, str, list[np.dtype]]]) -> list[tuple[str, str]]:
