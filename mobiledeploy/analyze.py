@@ -70,7 +70,7 @@ class OnnxTaps:
         import onnx
         import onnxruntime as ort
 
-        from .runners import disabled_optimizers
+        from .runners import disabled_optimizers, session_options
 
         model = onnx.load(str(path))
         initializers = {i.name: i for i in model.graph.initializer}
@@ -93,8 +93,7 @@ class OnnxTaps:
                 scale = onnx.numpy_helper.to_array(initializers[node.input[1]])
                 self.grids[layer] = {"dtype": zero.dtype.type, "quantization": (float(scale), int(zero))}
                 self.channels_first[layer] = _channels_first(source, producers)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options = session_options()
         extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
         inputs = [i.name for i in model.graph.input if i.name not in initializers]
         self.input_name = inputs[0]

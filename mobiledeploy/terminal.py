@@ -148,6 +148,10 @@ def print_quantize(result) -> None:
             options = ", ".join(f"{k}={v!r}" for k, v in artifact.details["session_options"].items())
             console.print(f"[yellow]note:[/] load {artifact.file} with InferenceSession(..., {options}); "
                           "ONNX Runtime >= 1.21 otherwise quantizes its float layers")
+        for key, value in artifact.details.get("session_config", {}).items():
+            console.print(f"[yellow]note:[/] load {artifact.file} with options.add_session_config_entry({key!r}, "
+                          f"{value!r}): on x86-64 CPUs without VNNI ONNX Runtime's default int8 kernels "
+                          "saturate and lose most of the accuracy; other CPUs ignore it")
         unfused = artifact.details.get("runtime_float_ops")
         if unfused:
             console.print(f"[yellow]note:[/] {artifact.details['runtime_checked_on']} runs "

@@ -89,7 +89,7 @@ def test_an_int8_file_with_float_biases_runs_as_onnx_runtime_runs_it_by_default(
     """ONNX Runtime quantizes a float bias on load so that an int8 unit fuses into QLinearConv.
     mobiledeploy turns that optimizer off only for files that keep float weights (where it would
     make a float layer per-tensor int8): another tool's full-int8 file must run, in eval --compare
-    and everywhere else, as its users run it."""
+    and everywhere else, as its users run it (with the exact int8 kernels, see the next test)."""
     import onnx
     import onnxruntime as ort
 
@@ -103,7 +103,34 @@ def test_an_int8_file_with_float_biases_runs_as_onnx_runtime_runs_it_by_default(
         ran = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
         assert fused in ran and (int8_weights or "QLinearConv" not in ran)
         x = np.random.default_rng(2).uniform(-2, 2, (2, 3, 8, 8)).astype(np.float32)
-        default = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        exact = ort.SessionOptions()
+        exact.add_session_config_entry("session.x64quantprecision", "1")
+        default = ort.InferenceSession(str(path), exact, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         ours = open_runner(path).run(x)
-        if int8_weights:  # bit for bit what a default session computes
+        if int8_weights:  # bit for bit what a session with the default optimizers computes
             np.testing.assert_array_equal(ours, default)
+
+
+def test_int8_files_run_with_exact_integer_arithmetic_on_x86_cpus_without_vnni(tmp_path):
+    """Without VNNI, ONNX Runtime's default x86-64 int8 kernels add each pair of uint8 x int8
+    products into a saturating 16-bit sum, and this unit's activations (codes up to 228 once
+    shifted to uint8) times its weights (up to 127) overflow it in many pairs: a default session
+    was off by up to 7.5 on 149 of 512 outputs on an AVX2 CPU. mobiledeploy's runners ask for the
+    exact kernels, so they compute the QDQ graph as written (each op on dequantized values, as
+    ONNX Runtime does with its optimizations off) up to one output step; on a CPU with VNNI both
+    kernels are exact and the check holds as well."""
+    import onnx
+    import onnxruntime as ort
+
+    from mobiledeploy.runners import open_runner
+
+    path = tmp_path / "int8.onnx"
+    onnx.save(qdq_conv(True), path)
+    x = np.random.default_rng(2).uniform(-2, 2, (2, 3, 8, 8)).astype(np.float32)
+    as_written = ort.SessionOptions()
+    as_written.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(path), as_written, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    runner = open_runner(path)
+    assert runner.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+    step = 0.5  # the output's scale
+    assert np.abs(runner.run(x) - reference).max() <= step

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import ExportError
 from ..graph import last_of_each_layer, layer_of
 from ..quiet import captured_output
-from ..runners import ORT_DISABLED_OPTIMIZERS, save_optimized_onnx
+from ..runners import ORT_DISABLED_OPTIMIZERS, ORT_SESSION_CONFIG, save_optimized_onnx
 from ..types import Artifact, ExportSettings
 
 FLOAT_FILE = "model_float.onnx"
@@ -77,6 +77,8 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
             "runtime_float_ops": unfused, "runtime_checked_on": _this_runtime(),
             # without this, ONNX Runtime re-quantizes the float layers (see runners)
             "session_options": {"disabled_optimizers": ORT_DISABLED_OPTIMIZERS} if float_nodes else {},
+            # without these, ONNX Runtime's int8 kernels saturate on x86-64 CPUs without VNNI (see runners)
+            "session_config": dict(ORT_SESSION_CONFIG),
         }),
     ]
 
