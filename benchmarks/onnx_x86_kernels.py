@@ -17,6 +17,7 @@ within one run mean something on a shared machine). ``--build`` reuses a build i
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -32,8 +33,6 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="images to score --build on")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import json
-
     import onnxruntime as ort
 
     import mobiledeploy

@@ -104,8 +104,6 @@ class OnnxRunner:
                  disabled: list[str] | None = None):
         """``disabled``: the optimizers to turn off, as the host decided them for a worker that
         cannot read the graph itself; by default ``disabled_optimizers(path)``."""
-        import onnxruntime as ort
-
         self.name = Path(path).name
         options = session_options()
         if num_threads:
@@ -135,8 +133,6 @@ def save_optimized_onnx(path: str | Path, target: str | Path, disabled: list[str
     """Write the graph ONNX Runtime on this machine actually runs ``path`` as: after its graph
     optimizations, which fuse each QDQ node unit into an integer kernel where they can.
     ``disabled`` as for ``OnnxRunner``."""
-    import onnxruntime as ort
-
     options = session_options()
     options.optimized_model_filepath = str(target)  # specific to this CPU, which is the point
     _session(path, options, disabled)
