@@ -202,7 +202,11 @@ def _open_array(path: Path) -> tuple[np.ndarray, str]:
                         f"{path}: .npz has arrays {archive.files} but no 'x'; "
                         "save the images as x (N, H, W, C), e.g. np.savez(file, x=images)"
                     )
-                return archive[key], "npz"
+                array = archive[key]
+                if not isinstance(array, np.ndarray):  # a member that is no .npy comes back as raw bytes
+                    raise CalibrationError(f"{path}: '{key}' in this .npz is not a .npy array; "
+                                           "save the images with np.savez(file, x=images)")
+                return array, "npz"
     except CalibrationError:
         raise
     except Exception as exc:

@@ -92,8 +92,12 @@ def _open_npz(source: Path, names: list[str] | None) -> EvalData:
         with np.load(source, allow_pickle=False) as archive:
             if "x" not in archive.files:
                 raise DataError(f"{source}: .npz has {archive.files} but no 'x'; save it as np.savez(f, x=images, y=labels)")
-            count = len(archive["x"])
+            x = archive["x"]
             y = archive["y"] if "y" in archive.files else None
+            if not all(isinstance(a, np.ndarray) for a in (x, y) if a is not None):  # raw bytes: no .npy
+                raise DataError(f"{source}: x or y in this .npz is not a .npy array; "
+                                "save it as np.savez(f, x=images, y=labels)")
+            count = len(x)
     except DataError:
         raise
     except Exception as exc:

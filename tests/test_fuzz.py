@@ -45,3 +45,19 @@ def test_regression_npz_bytes_in_a_npy_file(tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(MobiledeployError, match="rename it to .npz"):
         calibration.scan(path, Preprocessing(24, 24, 3, "mobilenet"), num_calib=1)
+
+
+def test_regression_npz_member_that_is_no_npy(tmp_path):
+    """Found by the array target: an .npz member named x.npy whose bytes are no .npy array comes
+    back from np.load as raw bytes, which reached the shape check as an AttributeError."""
+    import zipfile
+
+    from mobiledeploy import datasets
+
+    path = tmp_path / "images.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", b"not an array")
+    with pytest.raises(MobiledeployError, match="not a .npy array"):
+        calibration.scan(path, Preprocessing(24, 24, 3, "mobilenet"), num_calib=1)
+    with pytest.raises(MobiledeployError, match="not a .npy array"):
+        datasets.open_data(path)
