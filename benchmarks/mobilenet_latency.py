@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 from pathlib import Path
 
@@ -142,14 +141,16 @@ def _calibration_folder() -> Path:
 
 
 def _clock_ghz() -> float:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    found = re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)
-    return float(found[0]) / 1000 if found else float("nan")
+    from onnx_x86_kernels import cpu_field  # this folder
+
+    mhz = cpu_field("cpu MHz")
+    return float(mhz) / 1000 if mhz != "unknown" else float("nan")
 
 
 def _has_vnni() -> bool:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "avx512_vnni" in text
+    from onnx_x86_kernels import cpu_flags  # this folder
+
+    return "avx512_vnni" in cpu_flags()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def main() -> None:
 
     import mobiledeploy
     from mobiledeploy import datasets
+    from mobiledeploy.evaluate import agreement, sqnr_db
+    from mobiledeploy.runners import session_options
     from mobiledeploy.types import Preprocessing
 
     build, data = args.build, args.data
@@ -49,11 +51,9 @@ def main() -> None:
     x = np.concatenate(list(datasets.iter_batches(datasets.open_data(data), preprocessing)))
 
     def session(path: Path, exact: bool):
-        options = ort.SessionOptions()
+        options = session_options() if exact else ort.SessionOptions()  # mobiledeploy's, or ORT's defaults
         options.intra_op_num_threads = 1
         options.log_severity_level = 3
-        if exact:
-            options.add_session_config_entry("session.x64quantprecision", "1")
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     sessions = {"float ONNX": session(build / "model_float.onnx", False),
@@ -64,31 +64,29 @@ def main() -> None:
         feed = s.get_inputs()[0].name
         outputs[name] = np.concatenate([s.run(None, {feed: x[i:i + 1]})[0] for i in range(len(x))]).reshape(len(x), -1)
     reference = outputs["float ONNX"]
-    print(f"CPU: {_cpu()}; VNNI: {_vnni() or 'none'}; {len(x)} images; ONNX Runtime {ort.__version__}")
+    vnni = " ".join(sorted(cpu_flags() & {"avx512_vnni", "avx_vnni"})) or "none"
+    print(f"CPU: {cpu_field('model name')}; VNNI: {vnni}; {len(x)} images; ONNX Runtime {ort.__version__}")
     feeds = {name: {s.get_inputs()[0].name: x[:1]} for name, s in sessions.items()}
     seconds = median_times({name: (lambda s=s, f=feeds[name]: s.run(None, f)) for name, s in sessions.items()})
     same = np.mean(np.all(outputs["int8, default kernels"] == outputs["int8, exact kernels"], axis=1))
     print(f"{'session':<24}{'agreement':>10}{'SQNR dB':>9}{'1 image ms':>12}{'vs exact':>10}")
     for name, out in outputs.items():
-        agree = np.mean(out.argmax(1) == reference.argmax(1))
-        noise = np.sum((out - reference) ** 2)
-        sqnr = 10 * np.log10(np.sum(reference ** 2) / noise) if noise else float("inf")
-        print(f"{name:<24}{agree:>10.1%}{sqnr:>9.1f}{1000 * seconds[name]:>12.3f}"
+        print(f"{name:<24}{agreement(reference, out):>10.1%}{sqnr_db(reference, out):>9.1f}{1000 * seconds[name]:>12.3f}"
               f"{seconds['int8, exact kernels'] / seconds[name]:>9.2f}x")
     print(f"the two int8 sessions give identical outputs on {same:.1%} of the images; "
           "vs exact: the exact kernels' median time / this one (above 1.00x: faster than exact)")
 
 
-def _cpu() -> str:
+def cpu_field(name: str) -> str:
+    """The first CPU's ``name`` line in /proc/cpuinfo ("unknown" where there is none)."""
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-    return names[0] if names else "unknown"
+    values = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.split(":", 1)[0].strip() == name]
+    return values[0] if values else "unknown"
 
 
-def _vnni() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return " ".join(sorted(flags & {"avx512_vnni", "avx_vnni"}))
+def cpu_flags() -> set[str]:
+    """The first CPU's instruction-set flags (avx2, avx512_vnni, ...)."""
+    return set(cpu_field("flags").split()) - {"unknown"}
 
 
 if __name__ == "__main__":
