@@ -162,6 +162,7 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
     from .logit_floor import floored  # what the int8 converters see; analyze compares the same tensors
 
     keep = list(dict.fromkeys(options.keep_float))
+    write_float = True
     while True:
         float_layers = mixed.float_layers(folded, keep)
         int8_ranges = {name: r[:2] for name, r in ranges.items() if name not in float_layers}
@@ -170,7 +171,9 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
         settings = ExportSettings(io=options.io, onnx_activations=options.onnx_activations,
                                   per_channel=options.per_channel, float_layers=tuple(sorted(float_layers)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
-        artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report)
+        artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report,
+                                               write_float)
+        write_float = False  # the float files stay as the first round wrote them
         if options.max_drop is None or mixed.worst_loss(drift) <= options.max_drop \
                 or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
             return artifacts, drift, refinement, settings, keep
@@ -183,18 +186,19 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
 
 
 def _export_and_measure(work: Path, folded, head, int8_model, batches, which: str, settings: ExportSettings,
-                        report: Progress):
-    """Write the four TFLite/ONNX files to ``work``; the int8 files' drift against ``folded``,
-    their outputs read as ``head`` says."""
+                        report: Progress, write_float: bool = True):
+    """Write the four TFLite/ONNX files to ``work`` (the int8 files only, ``write_float=False``:
+    a later round of the mixed-precision search, whose float files do not change); the int8
+    files' drift against ``folded``, their outputs read as ``head`` says."""
     from .export import onnx as onnx_export
     from .export import tflite as tflite_export
     from .runners import KerasRunner, open_runner
 
     report("export TFLite", 0, 1)
     artifacts = [_keras_artifact()]
-    artifacts += tflite_export.export(folded, batches, work, settings, int8_model)
+    artifacts += tflite_export.export(folded, batches, work, settings, int8_model, write_float)
     report("export ONNX", 0, 1)
-    artifacts += onnx_export.export(folded, batches, work, settings, int8_model)
+    artifacts += onnx_export.export(folded, batches, work, settings, int8_model, write_float)
     report("measure drift", 0, 1)
     runners = {FOLDED_FILE: KerasRunner(folded)}
     runners.update({a.file: open_runner(work / a.file) for a in artifacts if a.precision == "int8"})

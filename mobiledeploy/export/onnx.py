@@ -25,16 +25,20 @@ RUNTIME_FLOAT_OPS = frozenset({*COMPUTE_OPS, "Add", "Mul", "FusedConv", "FusedGe
 
 
 def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
-           settings: ExportSettings, int8_model=None) -> list[Artifact]:
+           settings: ExportSettings, int8_model=None, write_float: bool = True) -> list[Artifact]:
     """model_float.onnx from ``model``; model_int8.onnx quantized from ``int8_model`` (the
-    model refined for int8) when given, else from ``model`` too."""
+    model refined for int8) when given, else from ``model`` too. ``write_float=False`` keeps the
+    model_float.onnx an earlier call wrote (as the TFLite exporter does)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     float_path = directory / FLOAT_FILE
-    proto = canonical(_to_onnx(model, settings.opset))
-    onnx.save(proto, str(float_path))
+    if write_float:
+        proto = canonical(_to_onnx(model, settings.opset))
+        onnx.save(proto, str(float_path))
+    else:
+        proto = onnx.load(str(float_path))
     source = float_path
     int8_path = directory / INT8_FILE
     with tempfile.TemporaryDirectory(dir=directory) as scratch:

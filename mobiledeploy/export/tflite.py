@@ -21,13 +21,15 @@ BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
 
 def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
-           settings: ExportSettings, int8_model=None) -> list[Artifact]:
+           settings: ExportSettings, int8_model=None, write_float: bool = True) -> list[Artifact]:
     """model_float.tflite from ``model``; model_int8.tflite from ``int8_model`` (the model
-    refined for int8) when given, else from ``model`` too."""
+    refined for int8) when given, else from ``model`` too. ``write_float=False`` keeps the
+    model_float.tflite an earlier call wrote (the mixed-precision search changes only the int8
+    file from round to round)."""
     import tensorflow as tf
 
-    float_path = directory / FLOAT_FILE
-    float_path.write_bytes(_convert(tf.lite.TFLiteConverter.from_keras_model(model)))
+    if write_float:
+        (directory / FLOAT_FILE).write_bytes(_convert(tf.lite.TFLiteConverter.from_keras_model(model)))
 
     converter = tf.lite.TFLiteConverter.from_keras_model(int8_model if int8_model is not None else model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
