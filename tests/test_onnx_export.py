@@ -3,6 +3,7 @@ constant one, so that ONNX Runtime can fuse the int8 node units around it; the f
 dynamic batch included, is unchanged."""
 
 import numpy as np
+import pytest
 
 from mobiledeploy.export.onnx import fixed_reshapes
 from qdq_files import qdq_conv
@@ -134,3 +135,43 @@ def test_int8_files_run_with_exact_integer_arithmetic_on_x86_cpus_without_vnni(t
     assert runner.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
     step = 0.5  # the output's scale
     assert np.abs(runner.run(x) - reference).max() <= step
+
+
+def test_a_lowered_relu_cap_is_one_clip_rounded_once(tmp_path):
+    """tf2onnx writes a ReLU capped below 6 (--activation-ranges mse lowers ReLU6 caps) as
+    Relu -> Min -> Max, which ONNX Runtime's quantizer rounded twice: the Relu's output on its own
+    uncapped range, then again after Min and Max, which ran in float. As one Clip the function is
+    the same, and the int8 file rounds the convolution's output once, on [0, cap]."""
+    import keras
+    import onnx
+    from onnx import numpy_helper
+
+    from mobiledeploy.export import onnx as onnx_export
+    from mobiledeploy.types import ExportSettings
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="first")(inputs)
+    x = keras.layers.ReLU(max_value=2.5, name="capped")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="second")(x))
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(-4, 4, (8, 8, 8, 3)).astype(np.float32) for _ in range(2)]
+    assert float(np.max(keras.Model(inputs, model.get_layer("first").output)(batches[0]))) > 5  # the cap clips
+
+    float_proto = onnx_export._to_onnx(model, 17)
+    kinds = [node.op_type for node in float_proto.graph.node]
+    assert "Clip" in kinds and not {"Relu", "Min", "Max"} & set(kinds)
+    session_input = {float_proto.graph.input[0].name: batches[1]}
+    import onnxruntime as ort
+    ran = ort.InferenceSession(float_proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, session_input)[0]
+    np.testing.assert_allclose(ran, np.asarray(model(batches[1])), atol=1e-5)
+
+    onnx_export.export(model, lambda: iter(batches), tmp_path, ExportSettings())
+    int8 = onnx.load(str(tmp_path / "model_int8.onnx")).graph
+    assert not {"Relu", "Min", "Max", "Clip"} & {node.op_type for node in int8.node}
+    constants = {t.name: numpy_helper.to_array(t) for t in int8.initializer}
+    producer = {out: node for node in int8.node for out in node.output}
+    second = next(n for n in int8.node if n.op_type == "Conv" and "second" in "".join(n.input[1:]))
+    rounding = producer[producer[second.input[0]].input[0]]  # Conv <- DequantizeLinear <- QuantizeLinear
+    assert rounding.op_type == "QuantizeLinear" and producer[rounding.input[0]].op_type == "Conv"
+    assert float(constants[rounding.input[1]]) == pytest.approx(2.5 / 255, rel=1e-3)  # once, on [0, cap]

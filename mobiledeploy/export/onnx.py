@@ -154,7 +154,46 @@ def _to_onnx(model, opset: int):
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     except Exception as exc:
         raise ExportError(f"tf2onnx failed: {str(exc).strip().splitlines()[0][:200]}") from None
-    return fixed_reshapes(proto)
+    return clips_as_one_node(fixed_reshapes(proto))
+
+
+def clips_as_one_node(proto):
+    """The same graph with each Relu -> Min(c) -> Max(0) chain, which tf2onnx makes of a ReLU
+    with a cap other than 6 (``--activation-ranges mse`` lowers ReLU6 caps), as one Clip(0, c).
+
+    The two compute the same values, but ONNX Runtime's quantizer leaves Min and Max in float
+    between their own QDQ pairs and quantizes the Relu's output on its own uncapped range, so the
+    activation was rounded twice, first on a coarser grid; a Clip it removes, and the convolution
+    before it writes int8 over [0, c] at once, as the TFLite file and the refinement do."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+
+    def scalar(name: str) -> float | None:
+        value = values.get(name)
+        return float(value.reshape(())) if value is not None and value.size == 1 else None
+
+    for low in [node for node in graph.node if node.op_type == "Max"]:
+        cap = producer.get(low.input[0])
+        relu = producer.get(cap.input[0]) if cap is not None and cap.op_type == "Min" else None
+        if relu is None or relu.op_type != "Relu" or scalar(low.input[1]) != 0.0 or scalar(cap.input[1]) is None \
+                or readers.get(cap.output[0]) != 1 or readers.get(relu.output[0]) != 1:
+            continue
+        bounds = [f"{low.output[0]}/min", f"{low.output[0]}/max"]
+        for name, value in zip(bounds, (0.0, scalar(cap.input[1]))):
+            graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        clip = helper.make_node("Clip", [relu.input[0], *bounds], list(low.output), name=f"{low.name}/clip")
+        graph.node.insert(list(graph.node).index(relu), clip)
+        for node in (relu, cap, low):
+            graph.node.remove(node)
+    _drop_unused(graph)
+    return proto
 
 
 def fixed_reshapes(proto):
