@@ -182,7 +182,8 @@ def clips_as_one_node(proto):
     for low in [node for node in graph.node if node.op_type == "Max"]:
         cap = producer.get(low.input[0])
         relu = producer.get(cap.input[0]) if cap is not None and cap.op_type == "Min" else None
-        if relu is None or relu.op_type != "Relu" or scalar(low.input[1]) != 0.0 or scalar(cap.input[1]) is None \
+        if relu is None or relu.op_type != "Relu" or len(low.input) != 2 or len(cap.input) != 2 \
+                or scalar(low.input[1]) != 0.0 or scalar(cap.input[1]) is None \
                 or readers.get(cap.output[0]) != 1 or readers.get(relu.output[0]) != 1:
             continue
         bounds = [f"{low.output[0]}/min", f"{low.output[0]}/max"]
