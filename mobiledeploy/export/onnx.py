@@ -4,6 +4,7 @@ the nodes of chosen layers left in float (mixed precision) when asked."""
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -17,6 +18,7 @@ from ..types import Artifact, ExportSettings
 
 FLOAT_FILE = "model_float.onnx"
 INT8_FILE = "model_int8.onnx"
+INPUT_NAME = "input"  # the exported graphs' input, named in tf2onnx's input signature
 COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm"})
 # float operators that ONNX Runtime leaves in a QDQ graph when it cannot fuse a node unit into
 # its integer kernel (QLinearConv, QLinearAdd, ...): the file is int8, that part of the run is not.
@@ -35,10 +37,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
 
     float_path = directory / FLOAT_FILE
     if write_float:
-        proto = canonical(_to_onnx(model, settings.opset))
-        onnx.save(proto, str(float_path))
-    else:
-        proto = onnx.load(str(float_path))
+        onnx.save(canonical(_to_onnx(model, settings.opset)), str(float_path))
     source = float_path
     int8_path = directory / INT8_FILE
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
@@ -52,7 +51,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         try:
             with captured_output():
                 quantize_static(
-                    str(prepared), str(int8_path), _reader(proto.graph.input[0].name, representative),
+                    str(prepared), str(int8_path), _reader(INPUT_NAME, representative),
                     quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8 if settings.onnx_activations == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
@@ -148,7 +147,7 @@ def _to_onnx(model, opset: int):
     import tf2onnx
 
     shape = (None, *model.inputs[0].shape[1:])
-    signature = (tf.TensorSpec(shape, tf.float32, name="input"),)
+    signature = (tf.TensorSpec(shape, tf.float32, name=INPUT_NAME),)
     try:
         with captured_output():
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
@@ -170,10 +169,7 @@ def clips_as_one_node(proto):
     graph = proto.graph
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = Counter(name for node in graph.node for name in node.input)
 
     def scalar(name: str) -> float | None:
         value = values.get(name)
