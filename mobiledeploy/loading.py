@@ -12,7 +12,7 @@ same path: config JSON -> check -> translate for Keras 3 (``keras2_config``) -> 
 
 from __future__ import annotations
 
-import json
+import math
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +20,9 @@ from typing import Any, Iterator
 
 from .errors import ModelLoadError, first_line
 from .flatten import INFERENCE_IDENTITY, flatten
+from .json_input import parse_json
 from .keras2_config import MODEL_CLASSES, scalar_op, to_keras3
+from .limits import MAX_JSON_BYTES, MAX_WEIGHT_BYTES
 from .sizing import fixed_size
 
 # Layer classes the pipeline (folding, converters, cost model) knows how to handle.
@@ -86,6 +88,8 @@ def _load(path: Path, trust: bool) -> LoadedModel:
 def _load_h5(path: Path, trust: bool) -> LoadedModel:
     import h5py
 
+    from .h5_input import check_tree, text_attribute
+
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
@@ -94,7 +98,8 @@ def _load_h5(path: Path, trust: bool) -> LoadedModel:
             "re-save the model with model.save('model.h5') or model.save('model.keras')"
         ) from None
     with handle:
-        raw = handle.attrs.get("model_config")
+        check_tree(handle, path)  # nothing from outside the file, nothing over budget
+        raw = text_attribute(handle, "model_config", path)
         if raw is None:
             hint = "it holds weights only" if "layer_names" in handle.attrs else "no model_config"
             raise ModelLoadError(
@@ -102,7 +107,7 @@ def _load_h5(path: Path, trust: bool) -> LoadedModel:
                 "save the whole model with model.save('model.h5'), not save_weights()"
             )
         config = _parse_json(raw, path)
-        saved_by = _as_str(handle.attrs.get("keras_version", "unknown"))
+        saved_by = text_attribute(handle, "keras_version", path) or "unknown"
         model = _build(config, path, trust)
         group = handle["model_weights"] if "model_weights" in handle else handle
         weights = dict(_h5_weights(group, path))
@@ -111,14 +116,21 @@ def _load_h5(path: Path, trust: bool) -> LoadedModel:
 
 
 def _h5_weights(group, path: Path) -> Iterator[tuple[str, list]]:
+    """(layer name, [(weight name, array)]) for every layer group; ``check_tree`` has vetted
+    every dataset, so reading them reads only this file, within budget."""
+    import h5py
     import numpy as np
 
-    for layer_name in group.keys():
-        layer_group = group[layer_name]
-        names = [_as_str(n) for n in layer_group.attrs.get("weight_names", [])]
+    names = group.attrs.get("layer_names")
+    layer_names = [_as_str(n) for n in names] if names is not None else list(group.keys())
+    for layer_name in layer_names:
+        layer_group = group.get(layer_name)
+        if not isinstance(layer_group, h5py.Group):
+            continue
+        weight_names = [_as_str(n) for n in layer_group.attrs.get("weight_names", [])]
         try:
-            yield layer_name, [(n, np.asarray(layer_group[n])) for n in names]
-        except (KeyError, OSError) as exc:
+            yield layer_name, [(n, np.asarray(layer_group[n])) for n in weight_names]
+        except (KeyError, OSError, TypeError) as exc:
             raise ModelLoadError(
                 f"{path}: weights of layer '{layer_name}' are unreadable ({first_line(exc)}); "
                 "the file is truncated or corrupt: re-save or re-download it"
@@ -130,9 +142,13 @@ def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
 
     try:
         with zipfile.ZipFile(path) as archive:
-            config = _parse_json(archive.read("config.json"), path)
-            metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in archive.namelist() else {}
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+            config = _parse_json(_zip_member(archive, "config.json", path), path)
+            names = archive.namelist()
+            metadata = parse_json(_zip_member(archive, "metadata.json", path), f"{path}: metadata.json",
+                                  ModelLoadError, "re-save the model") if "metadata.json" in names else {}
+            if "model.weights.h5" in names:
+                _check_zipped_weights(archive, path)
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
         raise ModelLoadError(
             f"{path}: not a valid .keras archive ({first_line(exc)}); "
             "re-save the model with model.save('model.keras')"
@@ -145,14 +161,34 @@ def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
             "model with model.save('model.h5') or as a SavedModel directory, which load as saved"
         )
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=not trust)
+        with _safe_mode(not trust):
+            model = keras.saving.load_model(path, compile=False, safe_mode=not trust)
     except Exception as exc:  # Keras raises many types for broken archives
         raise ModelLoadError(
             f"{path}: Keras could not rebuild the model ({first_line(exc)}); "
             "re-save it with the Keras version that trained it"
         ) from None
-    return LoadedModel(flatten(_as_functional(model)), str(path), "keras",
-                       str(metadata.get("keras_version", "unknown")), trust)
+    return LoadedModel(flatten(_as_functional(model)), str(path), "keras", version or "unknown", trust)
+
+
+def _zip_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """A small member of a .keras archive, its declared size checked before it is inflated (the
+    archive's own directory states it, and Python's reader stops there)."""
+    size = archive.getinfo(name).file_size
+    if size > MAX_JSON_BYTES:
+        raise ModelLoadError(f"{path}: refused: {name} inflates to {size:,} bytes, more than the "
+                             f"{MAX_JSON_BYTES:,} allowed; re-save the model with model.save('model.keras')")
+    return archive.read(name)
+
+
+def _check_zipped_weights(archive: zipfile.ZipFile, path: Path) -> None:
+    """The archive's weights file is HDF5: vetted like an .h5 model before Keras reads it."""
+    import h5py
+
+    from .h5_input import check_tree
+
+    with archive.open("model.weights.h5") as member, h5py.File(member, "r") as handle:
+        check_tree(handle, path)
 
 
 def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
@@ -170,31 +206,64 @@ def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
     from tensorflow.python.keras.protobuf import saved_metadata_pb2
 
     proto = saved_metadata_pb2.SavedMetadata()
+    if metadata_file.stat().st_size > MAX_JSON_BYTES:
+        raise ModelLoadError(f"{metadata_file}: refused: {metadata_file.stat().st_size:,} bytes of Keras metadata, "
+                             f"more than the {MAX_JSON_BYTES:,} allowed; re-save the model")
     try:
         proto.ParseFromString(metadata_file.read_bytes())
         root = next(n for n in proto.nodes if n.node_path == "root")
-        meta = json.loads(root.metadata)
+        meta = parse_json(root.metadata, f"{metadata_file}", ModelLoadError, "re-save the model")
         config = {"class_name": meta["class_name"], "config": meta["config"]}
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(
             f"{metadata_file}: unreadable Keras metadata ({first_line(exc)}); "
             "re-save the model with model.save('model.keras')"
         ) from None
     model = _build(config, path, trust)
-    import tensorflow as tf
-
-    try:
-        restored = tf.saved_model.load(str(path))
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{path}: TensorFlow could not read the SavedModel variables ({first_line(exc)})"
-        ) from None
-    weights: dict[str, list] = {}
-    for variable in restored.variables:
-        layer_name, _, weight_name = variable.name.rpartition("/")
-        weights.setdefault(layer_name, []).append((weight_name, variable.numpy()))
+    weights = _checkpoint_weights(path / "variables" / "variables", path)
     _assign_weights(model, weights, path)
     return LoadedModel(flatten(model), str(path), "savedmodel", str(meta.get("keras_version", "unknown")), trust)
+
+
+def _checkpoint_weights(prefix: Path, path: Path) -> dict[str, list]:
+    """The SavedModel's variables, read from its checkpoint files as data: layer name -> [(weight
+    name, array)]. ``tf.saved_model.load`` would restore the graph's functions and run their
+    initializers, which are code stored in the file; the checkpoint's object graph names each
+    variable (``conv1/kernel``) without running anything."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+        shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+        names = [(a.full_name, a.checkpoint_key) for node in graph.nodes for a in node.attributes
+                 if a.name == "VARIABLE_VALUE" and a.checkpoint_key in shapes]
+        _check_declared_bytes(sum(math.prod(shapes[key]) * dtypes[key].size for _, key in names), prefix, path)
+        weights: dict[str, list] = {}
+        for full_name, key in names:
+            layer_name, _, weight_name = full_name.rpartition("/")
+            weights.setdefault(layer_name, []).append((weight_name, reader.get_tensor(key)))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # TensorFlow raises several types for damaged checkpoints
+        raise ModelLoadError(
+            f"{path}: the SavedModel's variables are unreadable ({first_line(exc)}); "
+            "re-save the model with model.save('model.keras')"
+        ) from None
+    return weights
+
+
+def _check_declared_bytes(declared: int, prefix: Path, path: Path) -> None:
+    """A checkpoint stores its tensors uncompressed: what its index declares must fit in its data
+    files (and the budget) before a tensor is read."""
+    stored = sum(f.stat().st_size for f in prefix.parent.glob(prefix.name + ".data-*") if f.is_file())
+    if declared > min(stored + (1 << 20), MAX_WEIGHT_BYTES):
+        raise ModelLoadError(f"{path}: refused: its variables declare {declared:,} bytes but the checkpoint "
+                             f"stores {stored:,} (budget {MAX_WEIGHT_BYTES:,}); re-save the model")
 
 
 # --- config checks and model building ---------------------------------------------------
@@ -362,10 +431,8 @@ def _short(name: str) -> str:
 
 
 def _parse_json(raw, path: Path) -> dict:
-    try:
-        data = json.loads(_as_str(raw))
-    except (ValueError, UnicodeDecodeError):
-        raise ModelLoadError(f"{path}: model config is not valid JSON; the file is corrupt") from None
+    data = parse_json(raw, f"{path}: model config", ModelLoadError,
+                      "the file is corrupt: re-save the model with model.save('model.keras')")
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: model config is not a JSON object; the file is corrupt")
     return data

@@ -1,0 +1,65 @@
+"""JSON from users' files, parsed within budgets: size and nesting checked, every failure one line.
+
+Python's parser recurses once per nesting level: a file of 100,000 ``[`` raises RecursionError,
+and code that later walks the value recursively would fail the same way. Every reader of a
+user's JSON (model configs, manifests, baselines, the ARM cache's state) goes through here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import MobiledeployError
+from .limits import MAX_JSON_BYTES, MAX_JSON_DEPTH
+
+
+def parse_json(raw: bytes | str, source: str, error: type[MobiledeployError] = MobiledeployError,
+               fix: str = "re-create the file") -> Any:
+    """The JSON value in ``raw``; ``error`` with one line naming ``source`` and ``fix`` when it is
+    too large, too deep, not UTF-8 or not JSON."""
+    if len(raw) > MAX_JSON_BYTES:
+        raise error(f"{source}: {len(raw):,} bytes of JSON, more than the {MAX_JSON_BYTES:,} allowed; {fix}")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+        value = json.loads(text)
+    except RecursionError:
+        raise error(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels; {fix}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{source}: not valid JSON ({str(exc).splitlines()[0][:100]}); {fix}") from None
+    if depth(value) > MAX_JSON_DEPTH:
+        raise error(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels; {fix}")
+    return value
+
+
+def depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (0 for a number or string), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_JSON_DEPTH:  # deeper is refused anyway: stop counting
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def read_json_file(path, source: str | None = None, error: type[MobiledeployError] = MobiledeployError,
+                   fix: str = "re-create the file") -> Any:
+    """``parse_json`` of a file's bytes, the size checked before reading."""
+    from pathlib import Path
+
+    path = Path(path)
+    label = source or str(path)
+    try:
+        if not path.is_file():
+            raise error(f"{label}: not a regular file; {fix}")
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise error(f"{label}: {size:,} bytes of JSON, more than the {MAX_JSON_BYTES:,} allowed; {fix}")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{label}: unreadable ({exc.strerror or type(exc).__name__}); {fix}") from None
+    return parse_json(raw, label, error, fix)
