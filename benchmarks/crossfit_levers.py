@@ -160,10 +160,11 @@ def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out) -> di
     """Build with the lever's options; the float model's output per image, and each int8 file's
     into ``int8_out`` (artifact -> image -> output)."""
     import mobiledeploy
-    from mobiledeploy import datasets, manifest
-    from mobiledeploy.evaluate import collect
-    from mobiledeploy.runners import open_runner
-    from mobiledeploy.types import Preprocessing
+    from mobiledeploy import manifest
+    from mobiledeploy.data import datasets
+    from mobiledeploy.evaluation.metrics import collect
+    from mobiledeploy.runtime.runners import open_runner
+    from mobiledeploy.reports import Preprocessing
 
     fields = {"num_holdout": 0, **fields}
     result = mobiledeploy.quantize(model, calib, out, num_calib=200 - fields["num_holdout"], overwrite=True, **fields)
@@ -191,7 +192,7 @@ def _views(path: Path, preprocessing, count: int) -> np.ndarray:
 
     from PIL import Image
 
-    from mobiledeploy.calibration import prepare_image
+    from mobiledeploy.data.calibration import prepare_image
 
     margin = max(max(abs(dy), abs(dx)) for dy, dx in VIEW_SHIFTS)
     height, width = preprocessing.height, preprocessing.width
@@ -206,8 +207,9 @@ def _views(path: Path, preprocessing, count: int) -> np.ndarray:
 def _view_pixels(out: Path, evaluation: Path, count: int):
     """(image names, 0..255 pixels of ``count`` views of each evaluation image, the build's
     preprocessing)."""
-    from mobiledeploy import datasets, manifest
-    from mobiledeploy.types import Preprocessing
+    from mobiledeploy import manifest
+    from mobiledeploy.data import datasets
+    from mobiledeploy.reports import Preprocessing
 
     preprocessing = Preprocessing.from_dict(manifest.read(out)["preprocessing"])
     files = [Path(item) for item in datasets.open_data(evaluation).items]
@@ -216,9 +218,9 @@ def _view_pixels(out: Path, evaluation: Path, count: int):
 
 def _view_classes(model_file: Path, pixels: np.ndarray, preprocessing, count: int) -> np.ndarray:
     """The class ``model_file`` gives each view: an (images, views) array."""
-    from mobiledeploy.calibration import scale
-    from mobiledeploy.evaluate import collect
-    from mobiledeploy.runners import open_runner
+    from mobiledeploy.data.calibration import scale
+    from mobiledeploy.evaluation.metrics import collect
+    from mobiledeploy.runtime.runners import open_runner
 
     batches = (scale(pixels[i:i + 50], preprocessing) for i in range(0, len(pixels), 50))
     outputs = collect({"model": open_runner(model_file)}, batches)["model"]

@@ -6,7 +6,7 @@
 Builds the real model twice on the fixed split of shared_imagenet_drift.py (200 calibration
 images), with --dither auto (--dither on for a model auto leaves alone, spare for the copies that
 add no channel) and --dither off, and prints for each int8 file its median latency
-(mobiledeploy.bench, the two builds' files timed in alternating rounds so that drift on this
+(mobiledeploy.runtime.timing, the two builds' files timed in alternating rounds so that drift on this
 shared machine hits both alike), the latency ratio with the range of the rounds'
 own ratios (the noise), and its output SQNR and top-1 agreement against the float model on the
 300 other images. --model studies another model (other_models.py) on the same images.
@@ -36,10 +36,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import mobiledeploy
-    from mobiledeploy import datasets, manifest
-    from mobiledeploy.evaluate import agreement, collect, sqnr_db
-    from mobiledeploy.runners import open_runner
-    from mobiledeploy.types import Preprocessing
+    from mobiledeploy import manifest
+    from mobiledeploy.data import datasets
+    from mobiledeploy.evaluation.metrics import agreement, collect, sqnr_db
+    from mobiledeploy.runtime.runners import open_runner
+    from mobiledeploy.reports import Preprocessing
 
     model = args.model or args.shared / "models" / "mobilenet_v1_0.25_224.h5"
     calib, evaluation, labels = shared_split(args.shared, args.work / "split", args.seed)
@@ -82,10 +83,10 @@ def main() -> None:
 
 
 def _median_ms(path: Path, threads: int, min_secs: float, device: str) -> float:
-    """One timing round of one file: here (mobiledeploy.bench), or under qemu (bench_build)."""
+    """One timing round of one file: here (mobiledeploy.runtime.timing), or under qemu (bench_build)."""
     import mobiledeploy
-    from mobiledeploy import bench
-    from mobiledeploy.report_types import BenchSettings
+    from mobiledeploy.runtime import timing as bench
+    from mobiledeploy.options import BenchSettings
 
     if device == "cpu":
         settings = BenchSettings(num_threads=threads, warmup_runs=10, num_runs=50, min_secs=min_secs)

@@ -40,13 +40,14 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import mobiledeploy
-    from mobiledeploy import calibration, datasets
-    from mobiledeploy.folding import fold_batchnorm
-    from mobiledeploy.loading import load_model
-    from mobiledeploy.evaluate import agreement, collect, sqnr_db
-    from mobiledeploy.logit_floor import floor_logits, floored
-    from mobiledeploy.refine import refine_for_int8
-    from mobiledeploy.runners import KerasRunner, open_runner
+    from mobiledeploy.data import calibration
+    from mobiledeploy.data import datasets
+    from mobiledeploy.passes.folding import fold_batchnorm
+    from mobiledeploy.model.loading import load_model
+    from mobiledeploy.evaluation.metrics import agreement, collect, sqnr_db
+    from mobiledeploy.passes.logit_floor import floor_logits, floored
+    from mobiledeploy.passes.refine import refine_for_int8
+    from mobiledeploy.runtime.runners import KerasRunner, open_runner
 
     model_path = args.model or args.shared / "models" / "mobilenet_v1_0.25_224.h5"
     calib_dir, eval_dir, labels = shared_split(args.shared, args.work / "shared-split", args.seed)
@@ -84,7 +85,7 @@ def main() -> None:
 
 def _each_tensor(model, calib: np.ndarray, images: np.ndarray, reference: np.ndarray, count: int) -> None:
     """The tensors whose int8 rounding alone costs the most output SQNR, worst first."""
-    from mobiledeploy.evaluate import agreement, sqnr_db
+    from mobiledeploy.evaluation.metrics import agreement, sqnr_db
 
     ranges = _ranges(model, calib)
     rows = []
@@ -98,8 +99,8 @@ def _each_tensor(model, calib: np.ndarray, images: np.ndarray, reference: np.nda
 
 def _each_layer(refined, float_model, ranges: dict, images: np.ndarray, reference: np.ndarray) -> None:
     """The default's simulation with one weighted layer at a time given its float weights back."""
-    from mobiledeploy.evaluate import agreement, sqnr_db
-    from mobiledeploy.graph import WEIGHTED
+    from mobiledeploy.evaluation.metrics import agreement, sqnr_db
+    from mobiledeploy.model.graph import WEIGHTED
 
     base = sqnr_db(reference, _simulate(refined, images, ranges))
     print(f"\n{'one layer back to float weights (rest: default)':<52}{'SQNR dB':>8}{'agree':>8}{'gain':>8}")
@@ -118,8 +119,8 @@ def _ranges(model, calib: np.ndarray) -> dict[str, tuple[float, float]]:
     """Calibration min/max of every tensor the converters round to int8, as they compute it."""
     import keras
 
-    from mobiledeploy.graph import layer_graph
-    from mobiledeploy.refine import rounded_outputs
+    from mobiledeploy.model.graph import layer_graph
+    from mobiledeploy.passes.refine import rounded_outputs
 
     graph = layer_graph(model)
     names = [n for n in rounded_outputs(graph) if graph[n]["kind"] != "InputLayer"]
@@ -137,8 +138,8 @@ def _nearest(model):
     per-channel int8 grid, as the plain converters do."""
     import keras
 
-    from mobiledeploy.graph import WEIGHTED
-    from mobiledeploy.refine import quantize_weights
+    from mobiledeploy.model.graph import WEIGHTED
+    from mobiledeploy.passes.refine import quantize_weights
 
     copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
@@ -150,8 +151,8 @@ def _nearest(model):
 
 def _simulate(model, images: np.ndarray, ranges: dict | None) -> np.ndarray:
     """``model`` run layer by layer, rounding each int8 tensor to its grid unless ``ranges`` is None."""
-    from mobiledeploy.graph import layer_graph, run_layer
-    from mobiledeploy.refine import fake_quantize
+    from mobiledeploy.model.graph import layer_graph, run_layer
+    from mobiledeploy.passes.refine import fake_quantize
 
     graph = layer_graph(model)
     outputs = []

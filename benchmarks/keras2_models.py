@@ -49,8 +49,8 @@ def _check(arch: str, shape: str, head: str, fmt: str, path: Path, rng) -> tuple
     import tf_keras
 
     from mobiledeploy.errors import MobiledeployError
-    from mobiledeploy.heads import head_of
-    from mobiledeploy.loading import load_model
+    from mobiledeploy.model.heads import head_of
+    from mobiledeploy.model.loading import load_model
 
     tf_keras.backend.clear_session()
     model, size = _build(tf_keras, arch, shape, head)

@@ -23,7 +23,7 @@ CHILD = """
 import sys, time
 from pathlib import Path
 import mobiledeploy
-from mobiledeploy.build_eval import evaluate_build
+from mobiledeploy.evaluation.builds import evaluate_build
 what, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
 count = int(sys.argv[4])
 if what == "quantize":

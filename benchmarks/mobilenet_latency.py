@@ -6,7 +6,7 @@ Builds each model (keras.applications, seeded random weights: latency does not d
 the weight values), quantizes it with the pipeline (and again with ``--onnx-activations uint8``,
 model_int8_u8.onnx), and also with the plain converters
 (TFLiteConverter full-int8; tf2onnx + ORT quantize_static per-channel QDQ) on the same
-calibration images. Every file is timed by ``mobiledeploy.bench`` in its own process, side by
+calibration images. Every file is timed by ``mobiledeploy.runtime.timing`` in its own process, side by
 side in this one run, so ratios are comparable even on a noisy shared machine.
 
 Theoretical int8 peak of this CPU: an AVX-512 VNNI ``vpdpbusd`` on zmm registers does 64
@@ -50,8 +50,9 @@ def _bench_model(name: str, work: Path, calib: Path, threads: list[int], min_sec
     import keras
 
     import mobiledeploy
-    from mobiledeploy import bench, costs
-    from mobiledeploy.report_types import BenchSettings
+    from mobiledeploy.runtime import timing as bench
+    from mobiledeploy.evaluation import costs
+    from mobiledeploy.options import BenchSettings
 
     keras.utils.set_random_seed(0)
     build = keras.applications.MobileNet if name == "v1" else keras.applications.MobileNetV2
@@ -91,7 +92,7 @@ def _plain_converters(model, calib: Path, out: Path) -> list[Path]:
     import tf2onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from mobiledeploy.calibration import list_images, load_image, preprocessing_for
+    from mobiledeploy.data.calibration import list_images, load_image, preprocessing_for
 
     out.mkdir(parents=True, exist_ok=True)
     prep = preprocessing_for(model)

@@ -36,10 +36,10 @@ def main() -> None:
     import onnxruntime as ort
 
     import mobiledeploy
-    from mobiledeploy import datasets
-    from mobiledeploy.evaluate import agreement, sqnr_db
-    from mobiledeploy.runners import session_options
-    from mobiledeploy.types import Preprocessing
+    from mobiledeploy.data import datasets
+    from mobiledeploy.evaluation.metrics import agreement, sqnr_db
+    from mobiledeploy.runtime.onnx_session import session_options
+    from mobiledeploy.reports import Preprocessing
 
     build, data = args.build, args.data
     if build is None:

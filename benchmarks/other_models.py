@@ -218,10 +218,10 @@ def _scaling_table(models: list[tuple[str, Path, Path]]) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
 
-    from mobiledeploy import calibration
-    from mobiledeploy.input_scaling import SAMPLES, read_scaling
-    from mobiledeploy.loading import load_model
-    from mobiledeploy.types import SCALINGS
+    from mobiledeploy.data import calibration
+    from mobiledeploy.data.input_scaling import SAMPLES, read_scaling
+    from mobiledeploy.model.loading import load_model
+    from mobiledeploy.reports import SCALINGS
 
     print(f"{'model':<28}{'BatchNorm':<14}" + "".join(f"{s:>11}" for s in SCALINGS) + "   auto picks")
     for name, path, calib in models:

@@ -113,9 +113,9 @@ def _compare(model, calib, evaluation, labels, work: Path, pythons: dict, iterat
     int8 file's (top-1 change in points, agreement, SQNR)."""
     import mobiledeploy
     from mobiledeploy import manifest
-    from mobiledeploy.build_eval import evaluate_build
-    from mobiledeploy.calibration import list_images, read_batch
-    from mobiledeploy.types import Preprocessing
+    from mobiledeploy.evaluation.builds import evaluate_build
+    from mobiledeploy.data.calibration import list_images, read_batch
+    from mobiledeploy.reports import Preprocessing
 
     build = work / "build"
     started = time.perf_counter()
@@ -159,9 +159,11 @@ def _on_openvino(build: Path, evaluation, labels, files: list[Path], python: Pat
                  work: Path) -> list[tuple[str, tuple[float, float, float]]]:
     """NNCF's files and mobiledeploy's int8 ONNX file on OpenVINO, scored against the float
     model on the evaluation images, mobiledeploy's file on ONNX Runtime as the reference row."""
-    from mobiledeploy import datasets, evaluate, manifest
-    from mobiledeploy.runners import open_runner
-    from mobiledeploy.types import Preprocessing
+    from mobiledeploy import manifest
+    from mobiledeploy.data import datasets
+    from mobiledeploy.evaluation import metrics as evaluate
+    from mobiledeploy.runtime.runners import open_runner
+    from mobiledeploy.reports import Preprocessing
 
     preprocessing = Preprocessing.from_dict(manifest.read(build)["preprocessing"])
     data = datasets.open_data(evaluation, labels)
@@ -212,7 +214,7 @@ def _latencies(files: list[Path], calib_npy: Path) -> dict[str, float]:
     shared machine drifts: only ratios within one run mean something)."""
     from openvino_run import median_times  # this folder; the same timing as on OpenVINO
 
-    from mobiledeploy.runners import open_runner
+    from mobiledeploy.runtime.runners import open_runner
 
     image = np.load(calib_npy)[:1]
     runners = {str(f): open_runner(f, num_threads=1) for f in files}
@@ -261,8 +263,7 @@ def _float_ops(row: dict, build: Path) -> int:
         from mobiledeploy.export.tflite import float_op_counts
 
         return sum(n for op, n in float_op_counts(path).items() if op not in SHAPE_OPS)
-    from mobiledeploy.export.onnx import float_ops_in
-    from mobiledeploy.runners import save_optimized_onnx
+    from mobiledeploy.runtime.onnx_session import float_ops_in, save_optimized_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         save_optimized_onnx(path, Path(tmp) / "optimized.onnx")

@@ -110,7 +110,7 @@ def _run(name, label, fields, model, calib, evaluation, labels, out) -> list[tup
     """Build and evaluate one lever; print its rows. Returns (artifact, (top-1 change in points,
     agreement, SQNR)) per int8 file."""
     import mobiledeploy
-    from mobiledeploy.build_eval import evaluate_build
+    from mobiledeploy.evaluation.builds import evaluate_build
 
     started = time.perf_counter()
     fields = {"num_holdout": 0, **fields}

@@ -35,7 +35,7 @@ def main() -> None:
     args = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-shared-bench").parse_args()
 
     import mobiledeploy
-    from mobiledeploy.build_eval import evaluate_build
+    from mobiledeploy.evaluation.builds import evaluate_build
 
     calib, evaluation, labels = shared_split(args.shared, args.work, args.seed)
     started = time.perf_counter()

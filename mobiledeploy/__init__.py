@@ -23,7 +23,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from .errors import MobiledeployError  # noqa: E402
-from .types import QuantizeOptions, QuantizeResult  # noqa: E402
+from .options import GateRules, QuantizeOptions  # noqa: E402
+from .reports import QuantizeResult  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["quantize", "evaluate_build", "check_build", "bench_build", "inspect_model", "analyze_build",
@@ -44,7 +45,7 @@ def evaluate_build(build_dir, data, labels=None, batch_size: int = 64, device: s
                    compare=()):
     """Same as ``mobiledeploy eval``: an ``EvalReport`` of every artifact (and of the files in
     ``compare``) against float."""
-    from . import build_eval
+    from .evaluation import builds as build_eval
 
     return build_eval.evaluate_build(build_dir, data, labels, batch_size, progress, device, tuple(compare))
 
@@ -54,30 +55,30 @@ def check_build(build_dir, data, labels=None, max_drop: float = 1.0, min_agreeme
                 update_baseline: bool = False, batch_size: int = 64, device: str = "cpu", progress=None):
     """Same as ``mobiledeploy check``: a ``GateResult`` (the ``EvalReport``, every rule's result and
     ``passed``). A failed rule is in the result, not raised; bad input raises ``MobiledeployError``."""
-    from . import build_eval, gate
+    from .evaluation import builds as build_eval, gate
 
-    rules = gate.GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
+    rules = GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
     return build_eval.check_build(build_dir, data, rules, labels, baseline, update_baseline, batch_size, progress,
                                   device, tuple(compare))
 
 
 def bench_build(target, data=None, include_keras: bool = False, device: str = "cpu", progress=None, **settings):
     """Same as ``mobiledeploy bench``. Settings are ``BenchSettings`` fields (num_threads, ...)."""
-    from . import measure
-    from .report_types import BenchSettings
+    from .evaluation import measure
+    from .options import BenchSettings
 
     return measure.bench_build(target, BenchSettings(**settings), data, include_keras, progress, device)
 
 
 def inspect_model(model, alpha: float = 1.0, rho: float = 1.0, trust_model_code: bool = False, input_size=None):
     """Same as ``mobiledeploy inspect``: a ``CostReport`` of params and multiply-adds per layer."""
-    from . import measure
+    from .evaluation import measure
 
     return measure.inspect_model(model, alpha, rho, trust_model_code, input_size)
 
 
 def analyze_build(build_dir, data, max_images: int = 200, progress=None):
     """Same as ``mobiledeploy analyze``: an ``AnalyzeReport`` of per-layer drift."""
-    from . import measure
+    from .evaluation import measure
 
     return measure.analyze_build(build_dir, data, max_images, progress=progress)

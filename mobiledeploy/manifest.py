@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import MobiledeployError
-from .types import Artifact
+from .reports import Artifact
 
 MANIFEST = "manifest.json"
 SCHEMA = 1

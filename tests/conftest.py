@@ -107,7 +107,7 @@ def eval_sqnr(build: Path) -> dict[str, float]:
     2,000 images of eval_data/ (the model's evaluation split, never calibrated on). The 100
     calibration-folder images quantize holds out move by +-1 dB between near-identical builds:
     too few to rank two levers that differ by one."""
-    from mobiledeploy.build_eval import evaluate_build
+    from mobiledeploy.evaluation.builds import evaluate_build
 
     report = evaluate_build(build, ROOT / "eval_data")
     return {row["artifact"]: row["sqnr_db"] for row in report.rows if row["precision"] == "int8"}
@@ -124,7 +124,7 @@ def reference_build(tmp_path_factory) -> Path:
     """The committed reference model quantized once per test session (read-only for tests)."""
     from click.testing import CliRunner
 
-    from mobiledeploy.cli import main
+    from mobiledeploy.cli.main import main
 
     out = tmp_path_factory.mktemp("ref") / "build"
     args = ["quantize", str(REFERENCE_MODEL), "--calib", str(ROOT / "calibration_data"), "-o", str(out),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from mobiledeploy.analyze import layer_of
-from mobiledeploy.cli import main
+from mobiledeploy.evaluation.layers import layer_of
+from mobiledeploy.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

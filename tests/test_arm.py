@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mobiledeploy import emulation, provisioning
-from mobiledeploy.cli import main
+from mobiledeploy.runtime.arm import emulation
+
+from mobiledeploy.runtime.arm import provisioning
+from mobiledeploy.cli.main import main
 from mobiledeploy.errors import MobiledeployError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,8 +112,8 @@ def test_onnx_files_run_on_arm_with_the_optimizers_the_host_chose(arm_ready, tmp
     import onnx
     from qdq_files import qdq_conv
 
-    from mobiledeploy.runners import open_runner
-    from mobiledeploy.worker import outputs_of
+    from mobiledeploy.runtime.runners import open_runner
+    from mobiledeploy.runtime.host import outputs_of
 
     arm = emulation.target("cortex-a76").process()
     x = np.random.default_rng(3).uniform(-2, 2, (2, 3, 8, 8)).astype(np.float32)
@@ -147,7 +149,7 @@ def test_bad_devices_are_usage_errors(reference_build, device, message):
 def test_provisioning_errors_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("MOBILEDEPLOY_CACHE", str(tmp_path / "cache"))
     with pytest.raises(MobiledeployError, match="not set up; run: mobiledeploy arm setup"):
-        emulation.target("cortex-a76", provision=False)
+        emulation.target("cortex-a76")
     result = cli("arm", "setup", "--sysroot", tmp_path / "nowhere")
     assert result.exit_code == 1 and "--sysroot" in result.output and "no such folder" in result.output
     (tmp_path / "empty_root").mkdir()

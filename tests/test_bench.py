@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mobiledeploy.bench import statistics, summarize_ort_profile, timed_runs
-from mobiledeploy.cli import main
-from mobiledeploy.report_types import BenchSettings
+from mobiledeploy.runtime.timing import statistics, summarize_ort_profile, timed_runs
+from mobiledeploy.cli.main import main
+from mobiledeploy.options import BenchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--warmup-runs", 1, "--num-runs", 5, "--min-secs", 0]

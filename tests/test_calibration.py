@@ -3,9 +3,9 @@ import pytest
 from PIL import Image
 
 from conftest import write_images
-from mobiledeploy.calibration import iter_batches, load_image, preprocessing_for, scan, scale
+from mobiledeploy.data.calibration import iter_batches, load_image, preprocessing_for, scan, scale
 from mobiledeploy.errors import CalibrationError
-from mobiledeploy.types import Preprocessing
+from mobiledeploy.reports import Preprocessing
 
 PRE = Preprocessing(24, 24, 3, "mobilenet")
 

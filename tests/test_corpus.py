@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from corpus import build
-from mobiledeploy.cli import main
+from mobiledeploy.cli.main import main
 
 
 @pytest.fixture(scope="module")

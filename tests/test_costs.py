@@ -2,7 +2,7 @@
 
 import pytest
 
-from mobiledeploy.costs import model_costs, separable_blocks, what_if
+from mobiledeploy.evaluation.costs import model_costs, separable_blocks, what_if
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_python_api_mirrors_the_cli(tiny_model_file):
     from click.testing import CliRunner
 
     import mobiledeploy
-    from mobiledeploy.cli import main
+    from mobiledeploy.cli.main import main
 
     report = mobiledeploy.inspect_model(tiny_model_file, alpha=0.5)
     data = json.loads(CliRunner().invoke(main, ["inspect", str(tiny_model_file), "--alpha", "0.5", "--json"]).output)
@@ -89,7 +89,7 @@ def test_input_size_counts_a_model_saved_without_one(tmp_path):
     import keras
     from click.testing import CliRunner
 
-    from mobiledeploy.cli import main
+    from mobiledeploy.cli.main import main
 
     keras.applications.MobileNet(alpha=0.25, input_shape=(None, None, 3), include_top=False, weights=None,
                                  pooling="avg").save(tmp_path / "any.keras")

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mobiledeploy.dither import MAX_CHANGE, MAX_COPIES, dither_first_layer, find_chain
-from mobiledeploy.refine import fake_quantize
+from mobiledeploy.passes.dither import MAX_CHANGE, MAX_COPIES, dither_first_layer, find_chain
+from mobiledeploy.passes.refine import fake_quantize
 
 
 def _model(depth_multiplier: int = 1, channels: int = 6):

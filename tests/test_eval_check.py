@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import mobiledeploy
-from mobiledeploy.cli import main
-from mobiledeploy.gate import results_json
+from mobiledeploy.cli.main import main
+from mobiledeploy.evaluation.gate import results_json
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "mnist_mobilenet_v1_0.25_32.h5"
@@ -99,7 +99,7 @@ def test_baseline_catches_a_regression_and_refuses_other_data(good_build, blank_
                 "--max-drop", 100, "--min-agreement", 0, "--json", tmp_path / "loose.json")
     assert loose.exit_code == 3 and "FAIL  baseline-top1" in loose.output
     # the baseline keeps each file's per-image hits, so the change is paired image by image
-    from mobiledeploy.evaluate import change_interval, unpack_hits
+    from mobiledeploy.evaluation.metrics import change_interval, unpack_hits
 
     row = next(r for r in stored["rows"] if r["artifact"] == "model_int8.tflite")
     assert set(row["per_sample"]) == {"agreement", "top1", "top5"}
@@ -193,7 +193,7 @@ def test_top1_breaks_ties_like_argmax_and_agreement():
     """int8 softmax outputs step by 1/256 and their top classes tie; top-1 must pick the class
     argmax picks (the lower index), as agreement and per-class accuracy do. An unordered
     partition (the former implementation) scored 14.8% here where argmax scores 100%."""
-    from mobiledeploy.evaluate import per_class_accuracy, topk_accuracy
+    from mobiledeploy.evaluation.metrics import per_class_accuracy, topk_accuracy
 
     rng = np.random.default_rng(0)
     outputs = rng.integers(0, 4, (500, 1000)).astype(np.float32) / 256  # many ties at the top
@@ -244,8 +244,8 @@ def test_mean_kl_reads_an_int8_softmax_that_lost_mass_as_probabilities():
     """An int8 softmax over 1000 classes rounds most probabilities to 0 (steps of 1/256), so its
     rows sum to well below 1. It is still a softmax: read as logits and put through a second
     softmax, it would be near uniform (2.57 here instead of 0.94)."""
-    from mobiledeploy.evaluate import mean_kl
-    from mobiledeploy.types import Head
+    from mobiledeploy.evaluation.metrics import mean_kl
+    from mobiledeploy.reports import Head
 
     rng = np.random.default_rng(7)
     logits = rng.normal(0, 2.5, (64, 1000))

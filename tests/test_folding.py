@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import randomize_batchnorm
-from mobiledeploy.folding import batchnorm_affine, fold_batchnorm, folded_weights, verify_fold
+from mobiledeploy.passes.folding import batchnorm_affine, fold_batchnorm, folded_weights, verify_fold
 
 
 def _outputs(model, x):

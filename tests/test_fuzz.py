@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobiledeploy import calibration
+from mobiledeploy.data import calibration
 from mobiledeploy.errors import MobiledeployError
-from mobiledeploy.types import Preprocessing
+from mobiledeploy.reports import Preprocessing
 
 HARNESS = Path(__file__).parent / "fuzz" / "fuzz_inputs.py"
 SECONDS = int(os.environ.get("MOBILEDEPLOY_FUZZ_SECONDS", "20"))
@@ -52,7 +52,7 @@ def test_regression_npz_member_that_is_no_npy(tmp_path):
     back from np.load as raw bytes, which reached the shape check as an AttributeError."""
     import zipfile
 
-    from mobiledeploy import datasets
+    from mobiledeploy.data import datasets
 
     path = tmp_path / "images.npz"
     with zipfile.ZipFile(path, "w") as archive:

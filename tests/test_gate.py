@@ -7,8 +7,9 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 
-from mobiledeploy.gate import GateRules, evaluate_rules, junit_xml
-from mobiledeploy.types import EvalReport
+from mobiledeploy.evaluation.gate import evaluate_rules, junit_xml
+from mobiledeploy.options import GateRules
+from mobiledeploy.reports import EvalReport
 
 
 def _report(float_top1, int8_top1, agreement):
@@ -51,7 +52,7 @@ def test_each_compared_file_is_its_own_junit_case():
 
 
 def test_a_compared_files_lead_is_paired_on_the_same_images():
-    from mobiledeploy.evaluate import change_interval, paired_intervals, sample_hits
+    from mobiledeploy.evaluation.metrics import change_interval, paired_intervals, sample_hits
 
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(100, 10))
@@ -71,7 +72,7 @@ def test_a_compared_files_lead_is_paired_on_the_same_images():
 def test_intervals_are_paired_and_do_not_vanish_without_changes():
     """The top-1 change's interval counts only the images the two files score differently
     (paired; Agresti-Min's half sample per cell), and agreement's is Wilson's."""
-    from mobiledeploy.evaluate import change_interval, share_interval
+    from mobiledeploy.evaluation.metrics import change_interval, share_interval
 
     reference = np.zeros(200, bool)
     reference[:120] = True
@@ -130,7 +131,7 @@ def test_baseline_sqnr_of_float_files_ignores_float_rounding():
 
 
 def test_hits_survive_the_baseline_file_and_damage_is_ignored():
-    from mobiledeploy.evaluate import pack_hits, unpack_hits
+    from mobiledeploy.evaluation.metrics import pack_hits, unpack_hits
 
     hits = np.random.default_rng(0).random(203) < 0.7
     assert np.array_equal(unpack_hits(pack_hits(hits), 203), hits)

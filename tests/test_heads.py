@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import build_tiny_mobilenet, write_images
 
-from mobiledeploy.evaluate import agreement, artifact_metrics, mean_kl, topk_accuracy
+from mobiledeploy.evaluation.metrics import agreement, artifact_metrics, mean_kl, topk_accuracy
 from mobiledeploy.errors import MobiledeployError
-from mobiledeploy.heads import head_for, head_of
-from mobiledeploy.types import Head
+from mobiledeploy.model.heads import head_for, head_of
+from mobiledeploy.reports import Head
 
 
 def _binary(activation: str | None, extra=None, units: int = 1):
@@ -101,7 +101,8 @@ def binary_build(tmp_path_factory):
     """A tiny binary logit model whose bias puts the threshold at the median score of its
     evaluation images, quantized; and those images in two class folders."""
     import mobiledeploy
-    from mobiledeploy import calibration, datasets
+    from mobiledeploy.data import calibration
+    from mobiledeploy.data import datasets
 
     root = tmp_path_factory.mktemp("binary")
     write_images(root / "calib", 40, size=24, seed=21)
@@ -121,8 +122,10 @@ def binary_build(tmp_path_factory):
 def test_eval_scores_a_binary_model_by_its_threshold(binary_build):
     import keras
 
-    from mobiledeploy import calibration, datasets
-    from mobiledeploy.build_eval import evaluate_build
+    from mobiledeploy.data import calibration
+
+    from mobiledeploy.data import datasets
+    from mobiledeploy.evaluation.builds import evaluate_build
 
     manifest = json.loads((binary_build / "build" / "manifest.json").read_text())
     assert manifest["head"]["kind"] == "logit"
@@ -152,9 +155,10 @@ def test_a_multi_label_build_is_scored_label_by_label(tmp_path, activation, requ
     import keras
 
     import mobiledeploy
-    from mobiledeploy import calibration, datasets
-    from mobiledeploy.build_eval import evaluate_build
-    from mobiledeploy.runners import open_runner
+    from mobiledeploy.data import calibration
+    from mobiledeploy.data import datasets
+    from mobiledeploy.evaluation.builds import evaluate_build
+    from mobiledeploy.runtime.runners import open_runner
 
     write_images(tmp_path / "calib", 40, size=24, seed=31)
     write_images(tmp_path / "eval", 40, size=24, seed=32)

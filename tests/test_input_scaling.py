@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import build_tiny_mobilenet, write_images
 
-from mobiledeploy.calibration import iter_batches, preprocessing_for, scan
-from mobiledeploy.input_scaling import read_scaling
+from mobiledeploy.data.calibration import iter_batches, preprocessing_for, scan
+from mobiledeploy.data.input_scaling import read_scaling
 
 
 def _train_statistics(model, folder, scaling: str) -> None:
@@ -81,7 +81,7 @@ def test_quantize_calibrates_a_unit_model_on_unit_pixels(tmp_path, train_folder,
     int8 TFLite input is quantized over [0, 1] (over [-1, 1] it would waste half its levels)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from mobiledeploy.cli import main
+    from mobiledeploy.cli.main import main
 
     model = build_tiny_mobilenet(seed=3)
     _train_statistics(model, train_folder, "unit")

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import randomize_batchnorm
 from mobiledeploy.errors import ModelLoadError
-from mobiledeploy.loading import load_model
+from mobiledeploy.model.loading import load_model
 
 
 def _x(model, n=2, seed=0):
@@ -219,7 +219,7 @@ def nested_files(tmp_path_factory):
 def test_nested_models_are_inlined_with_their_weights(nested_files, name):
     import keras
 
-    from mobiledeploy.folding import fold_batchnorm
+    from mobiledeploy.passes.folding import fold_batchnorm
 
     made, x = nested_files
     path, expected = made[name]
@@ -249,7 +249,7 @@ def test_keras2_transfer_learning_tutorial_model(tmp_path):
     becomes Rescaling layers, and the outputs are unchanged."""
     import keras
 
-    from mobiledeploy.calibration import preprocessing_for
+    from mobiledeploy.data.calibration import preprocessing_for
 
     tf_keras = pytest.importorskip("tf_keras")
     base = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(48, 48, 3), include_top=False, weights=None)
@@ -320,7 +320,7 @@ def test_keras2_sequential_around_a_nested_base(tmp_path):
     """Sequential([Rescaling, MobileNetV2 base, Dense(1, sigmoid)]) saved by tf-keras: the base's
     single output is saved as a one-item list, which Keras 3 passed on as a list to the Dense."""
     tf_keras = pytest.importorskip("tf_keras")
-    from mobiledeploy.heads import head_of
+    from mobiledeploy.model.heads import head_of
 
     base = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), include_top=False,
                                              weights=None, pooling="avg")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mobiledeploy.cli import main
-from mobiledeploy.logit_floor import apply_floor, choose_floor, softmax_logits
+from mobiledeploy.cli.main import main
+from mobiledeploy.passes.logit_floor import apply_floor, choose_floor, softmax_logits
 
 
 def softmax(x):

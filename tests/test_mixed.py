@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mobiledeploy import mixed
-from mobiledeploy.cli import main
-from mobiledeploy.export.onnx import float_compute_nodes, nodes_of
+from mobiledeploy.passes import mixed
+from mobiledeploy.cli.main import main
+from mobiledeploy.export.onnx import nodes_of
+from mobiledeploy.runtime.onnx_session import float_compute_nodes
 from mobiledeploy.export.tflite import float_ops
-from mobiledeploy.graph import layer_of
-from mobiledeploy.report_types import LayerDrift
-from mobiledeploy.types import Drift
+from mobiledeploy.model.graph import layer_of
+from mobiledeploy.reports import LayerDrift
+from mobiledeploy.reports import Drift
 
 
 KEPT = ["conv1", "conv_dw_1", "conv_pw_1", "conv_dw_2"]
@@ -72,7 +73,7 @@ def test_mixed_onnx_keeps_its_float_weights_when_loaded(tmp_path):
     import onnxruntime as ort
 
     from conftest import REFERENCE_MODEL, ROOT
-    from mobiledeploy.runners import OnnxRunner
+    from mobiledeploy.runtime.runners import OnnxRunner
 
     out = tmp_path / "build"
     result = cli("quantize", REFERENCE_MODEL, "--calib", ROOT / "calibration_data", "-o", out,

@@ -65,8 +65,7 @@ def test_a_float_conv_fused_with_its_relu_counts_as_run_in_float(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from mobiledeploy.export.onnx import float_ops_in
-    from mobiledeploy.runners import save_optimized_onnx
+    from mobiledeploy.runtime.onnx_session import float_ops_in, save_optimized_onnx
 
     rng = np.random.default_rng(0)
     constants = [numpy_helper.from_array(rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8), "wq"),
@@ -94,7 +93,8 @@ def test_an_int8_file_with_float_biases_runs_as_onnx_runtime_runs_it_by_default(
     import onnx
     import onnxruntime as ort
 
-    from mobiledeploy.runners import ORT_DISABLED_OPTIMIZERS, disabled_optimizers, open_runner, save_optimized_onnx
+    from mobiledeploy.runtime.onnx_session import ORT_DISABLED_OPTIMIZERS, disabled_optimizers, save_optimized_onnx
+    from mobiledeploy.runtime.runners import open_runner
 
     for int8_weights, fused in ((True, "QLinearConv"), (False, "Conv")):
         path = tmp_path / f"int8_weights_{int8_weights}.onnx"
@@ -123,7 +123,7 @@ def test_int8_files_run_with_exact_integer_arithmetic_on_x86_cpus_without_vnni(t
     import onnx
     import onnxruntime as ort
 
-    from mobiledeploy.runners import open_runner
+    from mobiledeploy.runtime.runners import open_runner
 
     path = tmp_path / "int8.onnx"
     onnx.save(qdq_conv(True), path)
@@ -147,7 +147,7 @@ def test_a_lowered_relu_cap_is_one_clip_rounded_once(tmp_path):
     from onnx import numpy_helper
 
     from mobiledeploy.export import onnx as onnx_export
-    from mobiledeploy.types import ExportSettings
+    from mobiledeploy.options import ExportSettings
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 import mobiledeploy
-from mobiledeploy.cli import main
+from mobiledeploy.cli.main import main
 from mobiledeploy.export.tflite import float_op_counts, float_ops
 from mobiledeploy.manifest import sha256
-from mobiledeploy.runners import open_runner
+from mobiledeploy.runtime.runners import open_runner
 
 FILES = {"model_folded.keras", "model_float.tflite", "model_int8.tflite", "model_float.onnx",
          "model_int8.onnx", "manifest.json"}
@@ -93,9 +93,9 @@ def test_uint8_onnx_activations_fuse_the_residual_add_and_keep_the_accuracy(tmp_
     import keras
     import onnx
 
-    from mobiledeploy.analyze import analyze
-    from mobiledeploy.bench import measure
-    from mobiledeploy.report_types import BenchSettings
+    from mobiledeploy.evaluation.layers import analyze
+    from mobiledeploy.runtime.timing import measure
+    from mobiledeploy.options import BenchSettings
 
     out = tmp_path / "u8"
     result = run_cli("quantize", tiny_model_file, "--calib", calib_folder, "-o", out, "--num-calib", 30,
@@ -207,7 +207,7 @@ def test_usage_errors_exit_2_and_help_is_instant():
     assert result.exit_code == 2 and "--calib" in result.output
     assert run_cli("quantize", "m.h5", "--calib", "x", "--io", "int4").exit_code == 2
     assert run_cli("quantize", "m.h5", "--calib", "x", "--rounding-positions-per-weight", -1).exit_code == 2
-    proc = subprocess.run([sys.executable, "-c", "import sys, mobiledeploy.cli; "
+    proc = subprocess.run([sys.executable, "-c", "import sys, mobiledeploy.cli.main; "
                            "print('tensorflow' in sys.modules)"], capture_output=True, text=True)
     assert proc.stdout.strip() == "False"  # --help must not pay for importing TensorFlow
 

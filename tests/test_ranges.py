@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from mobiledeploy.ranges import narrowest_error, unbounded_tensors
-from mobiledeploy.refine import fake_quantize
+from mobiledeploy.passes.ranges import narrowest_error, unbounded_tensors
+from mobiledeploy.passes.refine import fake_quantize
 
 
 def test_long_tails_get_a_narrower_range_and_flat_values_keep_theirs():
@@ -28,7 +28,7 @@ def test_long_tails_get_a_narrower_range_and_flat_values_keep_theirs():
 
 
 def test_only_tensors_without_a_relu_are_candidates(tiny_model):
-    from mobiledeploy.folding import fold_batchnorm
+    from mobiledeploy.passes.folding import fold_batchnorm
 
     folded, _ = fold_batchnorm(tiny_model)
     # stem, dw and pw outputs go through a ReLU; the separable conv, the Add and the logits do not
@@ -39,7 +39,7 @@ def _tflite_scales(path) -> dict[str, float]:
     """Scale of the int8 tensor each layer hands on (the last one its operators produce)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from mobiledeploy.graph import last_of_each_layer
+    from mobiledeploy.model.graph import last_of_each_layer
 
     interpreter = Interpreter(str(path))
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
@@ -52,7 +52,7 @@ def _onnx_scales(path) -> dict[str, float]:
     import onnx
     from onnx import numpy_helper
 
-    from mobiledeploy.graph import layer_of
+    from mobiledeploy.model.graph import layer_of
 
     graph = onnx.load(str(path)).graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -65,11 +65,11 @@ def _onnx_scales(path) -> dict[str, float]:
 
 
 def test_both_exporters_use_the_ranges_they_are_given(tiny_model, calib_folder, tmp_path):
-    from mobiledeploy import calibration
+    from mobiledeploy.data import calibration
     from mobiledeploy.export import onnx as onnx_export
     from mobiledeploy.export import tflite as tflite_export
-    from mobiledeploy.folding import fold_batchnorm
-    from mobiledeploy.types import ExportSettings
+    from mobiledeploy.passes.folding import fold_batchnorm
+    from mobiledeploy.options import ExportSettings
 
     folded, _ = fold_batchnorm(tiny_model)
     cset = calibration.scan(calib_folder, calibration.preprocessing_for(folded), 40, 0)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mobiledeploy.cli import main
-from mobiledeploy.refine import (_descend, adaround, fake_quantize, mse_clip, quantize_kernel, refine_for_int8,
+from mobiledeploy.cli.main import main
+from mobiledeploy.passes.refine import (_descend, adaround, fake_quantize, mse_clip, quantize_kernel, refine_for_int8,
                                  rounding_images)
 
 
@@ -129,7 +129,7 @@ def test_rounding_images_reads_more_images_for_small_layers_and_gives_up_below_t
 
 
 def test_refine_checks_rounding_where_calibration_is_too_small(tiny_model):
-    from mobiledeploy.folding import fold_batchnorm
+    from mobiledeploy.passes.folding import fold_batchnorm
 
     folded, _ = fold_batchnorm(tiny_model)
     calib = np.random.default_rng(5).uniform(-1, 1, (48, 24, 24, 3)).astype(np.float32)
@@ -163,7 +163,7 @@ def test_adaround_layer_output_error_below_nearest(tiny_model):
 
 
 def test_bias_correction_removes_the_mean_error(tiny_model):
-    from mobiledeploy.folding import fold_batchnorm
+    from mobiledeploy.passes.folding import fold_batchnorm
 
     folded, _ = fold_batchnorm(tiny_model)
     rng = np.random.default_rng(3)
@@ -241,9 +241,9 @@ def test_refined_files_are_deterministic(tiny_model_file, calib_folder, tmp_path
 def test_rounded_outputs_are_the_tensors_the_converters_round(tiny_model):
     """Convolutions followed by their activation are fused (never rounded), identities add no
     rounding; everything else, the input included, is an int8 tensor."""
-    from mobiledeploy.folding import fold_batchnorm
-    from mobiledeploy.graph import layer_graph
-    from mobiledeploy.refine import rounded_outputs
+    from mobiledeploy.passes.folding import fold_batchnorm
+    from mobiledeploy.model.graph import layer_graph
+    from mobiledeploy.passes.refine import rounded_outputs
 
     folded, _ = fold_batchnorm(tiny_model)
     assert rounded_outputs(layer_graph(folded)) == {

@@ -72,7 +72,7 @@ def test_an_error_a_library_raises_after_sigterm_still_exits_143(tmp_path):
     from click.testing import CliRunner
 
     from mobiledeploy import staging
-    from mobiledeploy.cli import main
+    from mobiledeploy.cli.main import main
 
     args = ["quantize", str(tmp_path / "missing.h5"), "--calib", str(ROOT / "calibration_data"),
             "-o", str(tmp_path / "b")]
@@ -89,7 +89,7 @@ def test_an_error_a_library_raises_after_sigterm_still_exits_143(tmp_path):
 def test_reports_are_identical_run_to_run(reference_build):
     from click.testing import CliRunner
 
-    from mobiledeploy.cli import main
+    from mobiledeploy.cli.main import main
 
     args = ["eval", str(reference_build), "--data", str(ROOT / "eval_data" / "7"), "--json"]
     first, second = (CliRunner().invoke(main, args).output for _ in range(2))

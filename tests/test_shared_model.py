@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import shared_data
-from mobiledeploy.calibration import iter_batches, preprocessing_for, scan
-from mobiledeploy.cli import main
-from mobiledeploy.loading import load_model
+from mobiledeploy.data.calibration import iter_batches, preprocessing_for, scan
+from mobiledeploy.cli.main import main
+from mobiledeploy.model.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,9 @@ def test_analyze_reads_the_onnx_tensors_the_file_computes(real_build):
     import onnx
     import onnxruntime as ort
 
-    from mobiledeploy.analyze import OnnxTaps
-    from mobiledeploy.runners import ORT_DISABLED_OPTIMIZERS, open_runner
+    from mobiledeploy.evaluation.layers import OnnxTaps
+    from mobiledeploy.runtime.onnx_session import ORT_DISABLED_OPTIMIZERS
+    from mobiledeploy.runtime.runners import open_runner
 
     out, _ = real_build
     path = out / "model_int8.onnx"

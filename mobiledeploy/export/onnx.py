@@ -11,19 +11,16 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
-from ..graph import last_of_each_layer, layer_of
+from ..model.graph import last_of_each_layer, layer_of
 from ..quiet import captured_output
-from ..runners import ORT_DISABLED_OPTIMIZERS, ORT_SESSION_CONFIG, save_optimized_onnx
-from ..types import Artifact, ExportSettings
+from ..runtime.onnx_session import (ORT_DISABLED_OPTIMIZERS, ORT_SESSION_CONFIG, float_compute_nodes,
+                                    runtime_float_ops)
+from ..options import ExportSettings
+from ..reports import Artifact
 
 FLOAT_FILE = "model_float.onnx"
 INT8_FILE = "model_int8.onnx"
 INPUT_NAME = "input"  # the exported graphs' input, named in tf2onnx's input signature
-COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm"})
-# float operators that ONNX Runtime leaves in a QDQ graph when it cannot fuse a node unit into
-# its integer kernel (QLinearConv, QLinearAdd, ...): the file is int8, that part of the run is not.
-# A float Conv, Gemm or MatMul followed by its activation runs as ORT's own Fused* operator.
-RUNTIME_FLOAT_OPS = frozenset({*COMPUTE_OPS, "Add", "Mul", "FusedConv", "FusedGemm", "FusedMatMul"})
 
 
 def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
@@ -295,51 +292,9 @@ def _range_overrides(path: Path, ranges: tuple[tuple[str, float, float], ...]) -
     return {"TensorQuantOverrides": overrides}
 
 
-def runtime_float_ops(path: Path, kept: set[str] = frozenset()) -> dict[str, int]:
-    """Operator type -> count of the compute operators (outside ``kept``) that ONNX Runtime on
-    this machine runs in float after its graph optimizations fuse the QDQ node units.
-
-    An int8 QDQ file only says what may run in int8; the runtime decides per node unit. Measured
-    with ONNX Runtime 1.31 on x86-64, int8 (S8) residual Adds are not fused into QLinearAdd, and
-    the convolutions that share a tensor with them stay float too (15 of 52 convolutions and all
-    10 Adds of a MobileNetV2); on aarch64 the same file fuses completely."""
-    with tempfile.TemporaryDirectory() as scratch:
-        optimized = Path(scratch) / "optimized.onnx"
-        save_optimized_onnx(path, optimized)
-        return float_ops_in(optimized, kept)
-
-
-def float_ops_in(optimized: Path, kept: set[str] = frozenset()) -> dict[str, int]:
-    """Operator type -> count of the float compute operators (outside ``kept``) in a graph
-    ONNX Runtime has optimized (``save_optimized_onnx``)."""
-    import onnx
-
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(optimized)).graph.node:
-        if node.op_type in RUNTIME_FLOAT_OPS and node.name not in kept:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def _this_runtime() -> str:
     import platform
 
     import onnxruntime as ort
 
     return f"ONNX Runtime {ort.__version__} ({platform.machine()})"
-
-
-def float_compute_nodes(path_or_model) -> list[str]:
-    """Conv/MatMul/Gemm nodes whose weight input does not come from a DequantizeLinear (a file's
-    path or its loaded model; only the graph's structure is read)."""
-    import onnx
-
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else \
-        onnx.load(str(path_or_model), load_external_data=False)
-    graph = model.graph
-    producers = {out: node.op_type for node in graph.node for out in node.output}
-    return [
-        node.name or node.op_type for node in graph.node
-        if node.op_type in COMPUTE_OPS
-        and any(producers.get(name) != "DequantizeLinear" for name in node.input[:2])
-    ]

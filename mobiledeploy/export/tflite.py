@@ -11,9 +11,10 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
-from ..graph import last_of_each_layer, layer_of
+from ..model.graph import last_of_each_layer, layer_of
 from ..quiet import captured_output
-from ..types import Artifact, ExportSettings
+from ..options import ExportSettings
+from ..reports import Artifact
 
 FLOAT_FILE = "model_float.tflite"
 INT8_FILE = "model_int8.tflite"

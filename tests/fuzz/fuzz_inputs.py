@@ -29,9 +29,16 @@ with atheris.instrument_imports():
     import numpy as np
     from PIL import Image
 
-    from mobiledeploy import calibration, datasets, gate, manifest
+    from mobiledeploy import manifest
+
+    from mobiledeploy.data import calibration
+
+    from mobiledeploy.data import datasets
+
+    from mobiledeploy.evaluation import gate
+    from mobiledeploy.options import GateRules
     from mobiledeploy.errors import MobiledeployError
-    from mobiledeploy.types import EvalReport, Preprocessing
+    from mobiledeploy.reports import EvalReport, Preprocessing
 
 PREP = Preprocessing(24, 24, 3, "mobilenet")
 SCRATCH = Path(tempfile.mkdtemp(prefix="mobiledeploy-fuzz-"))
@@ -90,7 +97,7 @@ def fuzz_baseline(data: bytes) -> None:
     path = SCRATCH / "baseline.json"
     path.write_bytes(data)
     stored = gate.read_baseline(path, REPORT)
-    gate.evaluate_rules(REPORT, gate.GateRules(), stored)
+    gate.evaluate_rules(REPORT, GateRules(), stored)
 
 
 def fuzz_labels(data: bytes) -> None:
@@ -137,7 +144,7 @@ def seeds(target: str) -> dict[str, bytes]:
             "files": [{"file": "model_int8.tflite", "format": "tflite", "precision": "int8", "sha256": digest,
                        "size": 6}]}).encode()}
     if target == "baseline":
-        return {"baseline.json": json.dumps(gate.make_baseline(REPORT, gate.GateRules())).encode()}
+        return {"baseline.json": json.dumps(gate.make_baseline(REPORT, GateRules())).encode()}
     return {"labels.txt": b"cat\ndog\n", "reversed.txt": b"dog\ncat\nbird\n"}
 
 

@@ -1,0 +1,347 @@
+"""What the CLI prints: rich tables on stdout, a progress bar on stderr, CSV for machines.
+
+Kept apart from ``cli`` so the command definitions stay a thin layer over the library.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from ..reports import HEADS, SCALINGS, Head
+
+
+def print_eval(report) -> None:
+    from rich.table import Table
+
+    labelled = report.labelled
+    arm = report.device != "cpu"
+    where = f"; .tflite/.onnx on {report.device} (emulated)" if arm else ""
+    table = Table(title=f"{report.samples} images from {report.data_source} (reference: {report.reference}{where})")
+    columns = ["artifact", *(["device", "same as x86", "max |diff| vs x86"] if arm else []),
+               *(["top-1", "vs float (95%)", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
+               *(["classes changed"] if labelled else [])]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "artifact" else "right")
+    for row in report.rows:
+        sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
+        cells = [Path(row["artifact"]).name + " *" if row.get("compared") else row["artifact"]]
+        if arm:
+            exact = "x86_identical" in row
+            cells += [row["device"], f"{row['x86_identical']:.2%}" if exact else "-",
+                      f"{row['x86_max_abs_diff']:.2g}" if exact else "-"]
+        if labelled:
+            cells += [f"{row['top1']:.2%}", _change(row, report.row(report.reference)),
+                      f"{row['top5']:.2%}" if "top5" in row else "-"]
+        cells += [f"{row['agreement']:.2%}", sqnr, f"{row['mean_kl']:.4f}"]
+        if labelled:
+            changes = row["per_class_change"]
+            worst = min(changes.items(), key=lambda kv: kv[1], default=None)
+            cells.append(f"{len(changes)}" + (f" (worst {worst[0]}: {worst[1]:+.1%})" if worst and worst[1] < 0 else ""))
+        table.add_row(*cells)
+    console = make_console((170 if arm else 110) + (16 if labelled else 0))
+    console.print(table)
+    compared = [row for row in report.rows if row.get("compared")]
+    if compared:
+        dropped = any(row.get("background_dropped") for row in compared)
+        console.print(f"* compared, not part of the build ({', '.join(row['artifact'] for row in compared)}); "
+                      f"scored against {report.reference}" + ("; background output 0 dropped" if dropped else ""))
+    if labelled:
+        console.print(f"vs float: top-1 change in points, ± the half-width of its 95% interval on these "
+                      f"{report.samples} images (paired image by image); a change inside it is not resolved by them")
+    if report.head != "classes":
+        console.print(_head_note(report.head))
+
+
+def _change(row: dict, reference: dict) -> str:
+    """A row's top-1 change against the reference with its 95% half-width: "-0.80 ±1.24"."""
+    if row is reference:
+        return "-"
+    half = row.get("top1_change_ci95", float("nan"))
+    return f"{100 * (row['top1'] - reference['top1']):+.2f}" + ("" if math.isnan(half) else f" ±{100 * half:.2f}")
+
+
+def _head_note(kind: str) -> str:
+    """The line under a drift table that says how a head other than argmax was read."""
+    return f"{'multi-label' if Head(kind).multi_label else 'binary'} head: {HEADS[kind]}"
+
+
+def _op_counts(counts: dict[str, int]) -> str:
+    """{"Add": 10, "Conv": 15} as "10 Add, 15 Conv"."""
+    return ", ".join(f"{n} {op}" for op, n in counts.items())
+
+
+def print_quantize(result) -> None:
+    from rich.table import Table
+
+    console = make_console()
+    fold = result.fold
+    cal = result.calibration
+    console.print(
+        f"folded {len(fold.folded)} BatchNorm layers; max |orig - folded| = {fold.max_abs_diff:.2e} "
+        f"(relative {fold.rel_diff:.1e} <= {fold.rel_tolerance:g}) on {fold.samples} images"
+    )
+    if fold.unfolded:
+        console.print(f"[yellow]not folded:[/] {', '.join(fold.unfolded)}")
+    scaling = result.input_scaling
+    if scaling is not None:
+        how = (f"as asked (--preprocess {scaling.requested})" if scaling.requested != "auto" else
+               f"read off {scaling.batchnorm}'s training statistics" if scaling.decisive else "auto's default")
+        console.print(f"input scaling: {scaling.chosen}, {SCALINGS[scaling.chosen]}; {how}")
+        if scaling.warning:
+            console.print(f"[yellow]warning:[/] {scaling.warning}")
+    if result.equalization is not None:
+        e = result.equalization
+        console.print(f"equalized {e.pairs} conv -> ReLU -> conv pairs in {e.seconds:.1f} s; largest channel "
+                      f"scale {e.max_scale:.3g}x; {e.dead_channels} never-active channels zeroed")
+    if result.dither is not None:
+        d = result.dither
+        console.print(f"dithered {len(d.channels)} of {d.layer}'s {d.of} channels into {d.channels_after} ({d.counts}; copies a k-th "
+                      f"of an int8 step apart, averaged by {d.pointwise})"
+                      + (f", {len(d.reused)} of them in channels the model cannot use" if d.reused else "")
+                      + (f", {len(d.duplicates)} exact copies to fill the block" if d.duplicates else "")
+                      + f"; +{d.added_macs / 1e6:.2f}M multiply-adds per image; float outputs within {d.max_change:.1e}")
+    if result.refinement is not None:
+        r = result.refinement
+        console.print(f"refined for int8 ({r.method}): {r.layers} layers on {r.samples} images in {r.seconds:.1f} s; "
+                      f"largest bias shift {r.max_shift:.3g}"
+                      + (f"; {len(r.validated)} layers short of calibration positions checked on held-out "
+                         f"folds, {len(r.rounded_to_nearest)} of them rounded to nearest" if r.validated else "")
+                      + (f" ({', '.join(r.rounded_to_nearest)})" if r.rounded_to_nearest else ""))
+    if result.logit_floor is not None:
+        f = result.logit_floor
+        console.print(f"logit floor: int8 {f.layer} floored at {f.floor:.3g} (was {f.calibrated_range[0]:.3g}), "
+                      f"{f.step_ratio:.2f}x finer step; {f.share_below:.0%} of logits raised")
+    if result.activation_ranges:
+        shrink = [(high - low) / (max(cal_high, 0) - min(cal_low, 0))
+                  for _, low, high, cal_low, cal_high in result.activation_ranges]
+        console.print(f"int8 ranges: {len(shrink)} tensor(s) no ReLU bounds narrowed to {min(shrink):.0%} to "
+                      f"{max(shrink):.0%} of their calibration range")
+    if result.mixed_precision is not None:
+        m = result.mixed_precision
+        console.print(f"mixed precision: {len(m.float_layers)} layer(s) in float ({', '.join(m.float_layers) or 'none'}; "
+                      f"{m.float_mac_share:.1%} of the multiply-adds); worst agreement loss {m.agreement_loss:.1f} "
+                      f"points" + (f" (budget {m.max_drop:g}: {'met' if m.met else 'NOT met'})" if m.max_drop is not None else ""))
+    console.print(
+        f"calibration: {len(cal.calib)} samples from {cal.source} (seed {cal.seed}), "
+        f"{len(cal.holdout)} held out, {len(cal.skipped)} unreadable skipped"
+    )
+    files = Table(title=f"artifacts in {result.output_dir}")
+    for column in ("file", "format", "precision", "size (KiB)", "check"):
+        files.add_column(column, justify="right" if column.startswith("size") else "left")
+    for artifact in result.artifacts:
+        check = ""
+        if artifact.format == "tflite" and artifact.precision == "int8":
+            floats = artifact.details["float_ops"]
+            check = f"{'mixed' if floats else 'full int8'}, {floats} float ops, io {artifact.details['io']}"
+        elif artifact.format == "onnx" and artifact.precision == "int8":
+            kept = artifact.details.get("float_nodes", 0)
+            kind = "QDQ U8S8" if artifact.details.get("activations") == "uint8" else "QDQ S8S8"
+            check = f"{kind}, {kept} float nodes" if kept else f"{kind}, all Conv/Gemm int8 in the file"
+        files.add_row(artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check)
+    console.print(files)
+    for artifact in result.artifacts:
+        if artifact.details.get("session_options"):
+            options = ", ".join(f"{k}={v!r}" for k, v in artifact.details["session_options"].items())
+            console.print(f"[yellow]note:[/] load {artifact.file} with InferenceSession(..., {options}); "
+                          "ONNX Runtime >= 1.21 otherwise quantizes its float layers")
+        for key, value in artifact.details.get("session_config", {}).items():
+            console.print(f"[yellow]note:[/] load {artifact.file} with options.add_session_config_entry({key!r}, "
+                          f"{value!r}): on x86-64 CPUs without VNNI ONNX Runtime's default int8 kernels "
+                          "saturate and lose most of the accuracy; other CPUs ignore it")
+        unfused = artifact.details.get("runtime_float_ops")
+        if unfused:
+            console.print(f"[yellow]note:[/] {artifact.details['runtime_checked_on']} runs "
+                          f"{_op_counts(unfused)} of {artifact.file} in float: "
+                          "the file is int8 there, but this runtime does not fuse those node units on this CPU "
+                          "(on x86-64: int8 residual Adds and the convolutions that share their inputs; aarch64 "
+                          "fuses them), so it runs slower here than full int8 would"
+                          + ("; for x86-64, quantize with --onnx-activations uint8"
+                             if artifact.details.get("activations") == "int8" else ""))
+    held = "held-out" if cal.holdout else "calibration (no images held out)"
+    drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
+    agreement = ("label agreement" if result.head.multi_label
+                 else "top-1 agreement" if result.head.kind == "classes" else "class agreement")
+    for column in ("artifact", f"{agreement} (95%)", "SQNR (dB)", "max |diff|"):
+        drift.add_column(column, justify="left" if column == "artifact" else "right")
+    for row in result.drift:
+        sqnr = "inf" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f}"
+        low, high = row.agreement_ci95
+        drift.add_row(row.artifact, f"{row.agreement:.1%} ({low:.1%} to {high:.1%})", sqnr, f"{row.max_abs_diff:.4f}")
+    console.print(drift)
+    if result.head.kind != "classes":
+        console.print(_head_note(result.head.kind))
+    console.print(f"done in {result.seconds:.1f} s")
+
+
+def print_arm_status(state: dict) -> None:
+    click.echo(f"cache:    {state['cache']} ({state['disk_mb']} MB)")
+    click.echo(f"ready:    {'yes' if state['ready'] else 'no (run: mobiledeploy arm setup)'}")
+    click.echo(f"qemu:     {state['qemu'] or 'not found'}" + (f" (version {state['qemu_version']})"
+                                                             if state["qemu_version"] else ""))
+    click.echo(f"sysroot:  {state['sysroot']} (python3.11: {'yes' if state['sysroot_python'] else 'no'})")
+    wheels = ", ".join(f"{k} {v}" for k, v in state["wheels"].items()) or "none"
+    click.echo(f"wheels:   {wheels}")
+    if state.get("setup_seconds") is not None:
+        click.echo(f"set up in {state['setup_seconds']} s")
+    for name, about in state["cpus"].items():
+        click.echo(f"  --device arm:{name:<12} {about}")
+
+
+def print_analyze(report, top: int) -> None:
+    from rich.table import Table
+
+    from .html import format_db, format_spread
+
+    console = make_console()
+    for name, rows in report.layers.items():
+        final = rows[-1].sqnr_db if rows else float("nan")
+        table = Table(title=f"{name}: {top} layers that lose the most SQNR ({report.samples} images; "
+                            f"last tensor {format_db(final)} dB)")
+        for column in ("layer", "type", "SQNR dB", "lost dB", "int8 levels used", "weight layer", "weight spread"):
+            table.add_column(column, justify="left" if column in ("layer", "type", "weight layer") else "right")
+        for r in report.worst(name, top):
+            table.add_row(r.layer, r.kind, format_db(r.sqnr_db), f"{r.lost_db:+.1f}", f"{r.levels_used:.0%}",
+                          r.weight_layer or "-", format_spread(r.weight_spread))
+        console.print(table)
+
+
+def print_bench(report) -> None:
+    from rich.table import Table
+
+    settings = report.settings
+    emulated = report.device != "cpu"
+    title_device = f"{report.device} EMULATED by qemu (not device latency)" if emulated else report.device
+    table = Table(title=f"{title_device}: {settings.num_threads} thread(s), batch {settings.batch}, inputs "
+                        f"{report.inputs}; times in ms over >= {settings.num_runs} runs / {settings.min_secs:g} s "
+                        "(mean/min/max in --json and --csv)")
+    columns = ("artifact", "runtime", "KiB", "init", "first", "median", "p90", "p99", "std", "inf/s", "peak MB",
+               "GMAC/s", "vs float")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("artifact", "runtime") else "right")
+    for r in report.rows:
+        gmacs = r.gmacs_per_second
+        speed = f"{r.speedup_vs_float:.2f}x" if r.speedup_vs_float is not None else "-"
+        table.add_row(r.artifact, r.runtime.split(" (")[0], f"{r.size / 1024:.0f}", f"{r.init_ms:.1f}",
+                      f"{r.first_ms:.2f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
+                      f"{r.std_ms:.3f}", f"{r.per_second:.0f}", f"{r.peak_rss_mb:.1f}",
+                      "-" if gmacs is None else f"{gmacs:.1f}", speed)
+    console = make_console(150)
+    console.print(table)
+    if emulated:
+        cpu = report.rows[0].cpu if report.rows else ""
+        console.print(f"emulated CPU features: {cpu}. Trust from emulation: the kernel family those features "
+                      "select, MACs, file sizes and outputs; not the times, which are 100-500x slower than "
+                      "hardware and rank float vs int8 differently.")
+    for r in report.rows:
+        if r.precision == "int8" and r.speedup_vs_float and not emulated:
+            word = "faster" if r.speedup_vs_float >= 1 else "slower"
+            factor = r.speedup_vs_float if r.speedup_vs_float >= 1 else 1 / r.speedup_vs_float
+            console.print(f"{r.artifact} is {factor:.2f}x {word} than the float {r.format} file")
+    if report.fastest is not None and not emulated:
+        console.print(f"fastest: {report.fastest.artifact} ({report.fastest.runtime}), "
+                      f"median {report.fastest.median_ms:.3f} ms")
+    for r in report.rows:
+        if r.runtime_float_ops:
+            console.print(f"[yellow]note:[/] on {r.device}, ONNX Runtime ran "
+                          f"{_op_counts(r.runtime_float_ops)} of {r.artifact} in "
+                          "float kernels (node units it did not fuse into integer ones)")
+    for r in report.rows:
+        if r.profile:
+            ops = Table(title=f"{r.artifact}: top {len(r.profile)} operators")
+            for column in ("node", "op", "ms/run", "share"):
+                ops.add_column(column, justify="left" if column in ("node", "op") else "right")
+            for op in r.profile:
+                ops.add_row(op["node"], op["op"], f"{op['ms_per_run']:.4f}", f"{op['share']:.1%}")
+            console.print(ops)
+        elif r.profile_note:
+            console.print(f"{r.artifact}: {r.profile_note}")
+
+
+def write_csv(report, path: Path) -> None:
+    import csv
+    import io
+
+    fields = ["artifact", "format", "precision", "runtime", "device", "threads", "batch", "size", "init_ms",
+              "first_ms", "runs", "median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms",
+              "per_second", "peak_rss_mb", "macs", "gmacs_per_second", "speedup_vs_float"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows:
+        writer.writerow(row.to_dict())
+    if str(path) == "-":
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        from ..staging import write_text_atomic
+
+        write_text_atomic(path, buffer.getvalue())
+
+
+def print_costs(report) -> None:
+    from rich.table import Table
+
+    from ..evaluation.costs import separable_blocks
+
+    blocks = {b["pointwise"]: b for b in separable_blocks(report)}
+    what_if = "" if (report.alpha, report.rho) == (1.0, 1.0) else f" (what-if alpha x{report.alpha:g}, rho x{report.rho:.3g})"
+    table = Table(title=f"{report.model}: input {'x'.join(map(str, report.input_shape))}{what_if}")
+    for column in ("layer", "type", "kernel", "M -> N", "output", "params", "mult-adds", "vs standard conv"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for row in report.layers:
+        block = blocks.get(row.name)
+        saving = f"{block['ratio']:.3f} = 1/{block['n']} + 1/{block['dk2']}" if block else ""
+        params = f"({row.params:,} folded)" if row.kind == "batchnorm" else f"{row.params:,}"
+        table.add_row(row.name, row.kind, "x".join(map(str, row.kernel)), f"{row.in_channels} -> {row.out_channels}",
+                      "x".join(map(str, row.out_size)), params, f"{row.macs:,}", saving)
+    console = make_console()
+    console.print(table)
+    console.print(f"total: {report.params:,} params as deployed ({report.params / 1e6:.2f}M), "
+                  f"{report.macs:,} mult-adds per image ({report.macs / 1e6:.1f}M)")
+    if blocks:
+        ratio = sum(b["macs"] for b in blocks.values()) / sum(b["standard_macs"] for b in blocks.values())
+        console.print(f"{len(blocks)} depthwise-separable blocks cost {ratio:.3f} of standard convolutions "
+                      f"({1 / ratio:.1f}x fewer mult-adds)")
+
+
+def make_console(min_width: int = 110):
+    """A console at least ``min_width`` columns wide, so tables stay readable in CI logs and pipes."""
+    from rich.console import Console
+
+    console = Console()
+    return Console(width=max(console.width, min_width)) if not console.is_terminal else console
+
+
+class Progress:
+    """A rich progress bar on stderr, one task per pipeline step."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar = None
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self._bar.start()
+        return self
+
+    def update(self, step: str, done: int, total: int) -> None:
+        if self._bar is None:
+            return
+        if step not in self._tasks:
+            for task in self._tasks.values():  # a new step means the earlier ones are done
+                self._bar.update(task, completed=self._bar.tasks[task].total)
+            self._tasks[step] = self._bar.add_task(step, total=max(total, 1))
+        self._bar.update(self._tasks[step], completed=done, total=max(total, 1))
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,130 @@
+"""Evaluation data: class folders, ``.npz`` (x, y) or a plain folder, streamed in batches.
+
+Class folders map to model outputs in sorted order, or through a labels file (one class name
+per line, in model output order) when the data covers only some classes. A plain folder of
+images has no labels: only label-free drift can be measured on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .calibration import IMAGE_EXTENSIONS, list_images, read_batch
+from ..errors import CalibrationError, DataError
+from ..manifest import sha256
+from ..reports import Preprocessing
+
+
+@dataclass(frozen=True)
+class EvalData:
+    source: str
+    kind: str  # "folders", "images" (unlabelled) or "npz"
+    items: tuple  # file paths or row indices
+    labels: tuple[int, ...] | None  # model output index per item, None when unlabelled
+    class_names: tuple[str, ...]
+    digest: str  # sha256 over the files (or array) and labels: a baseline is tied to it
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+
+def open_data(source: str | Path, labels_file: str | Path | None = None) -> EvalData:
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"evaluation data not found: {source}; expected a folder of class folders, "
+                        "a plain image folder or an .npz with x and y")
+    names = _read_labels(Path(labels_file)) if labels_file else None
+    if source.is_dir():
+        return _open_folder(source, names, labels_file)
+    if source.suffix.lower() == ".npz":
+        return _open_npz(source, names)
+    raise DataError(f"{source}: unknown evaluation data format; expected a folder or an .npz file")
+
+
+def iter_batches(data: EvalData, preprocessing: Preprocessing, batch_size: int = 64) -> Iterator[np.ndarray]:
+    array = None
+    if data.kind == "npz":
+        with np.load(data.source, allow_pickle=False) as archive:
+            array = archive["x"]
+    for start in range(0, len(data.items), batch_size):
+        try:
+            yield read_batch(data.items[start:start + batch_size], preprocessing, array)
+        except CalibrationError as exc:
+            raise DataError(f"evaluation data: {exc}") from None
+
+
+def _open_folder(source: Path, names: list[str] | None, labels_file) -> EvalData:
+    folders = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = [p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
+    if not folders or loose:
+        files = list_images(source)
+        if not files:
+            raise DataError(f"{source}: no images found; expected <class>/*.png folders or images")
+        return EvalData(str(source), "images", tuple(str(f) for f in files), None, (),
+                        _digest(files, source, None))
+    class_names = names or folders
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [f for f in folders if f not in index]
+    if unknown:
+        raise DataError(
+            f"{source}: class folder(s) {', '.join(unknown[:5])} are not in "
+            f"{labels_file or 'the class list'}; the labels file must name every folder"
+        )
+    files, labels = [], []
+    for folder in folders:
+        for path in list_images(source / folder):
+            files.append(path)
+            labels.append(index[folder])
+    if not files:
+        raise DataError(f"{source}: class folders hold no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return EvalData(str(source), "folders", tuple(str(f) for f in files), tuple(labels),
+                    tuple(class_names), _digest(files, source, labels))
+
+
+def _open_npz(source: Path, names: list[str] | None) -> EvalData:
+    try:
+        with np.load(source, allow_pickle=False) as archive:
+            if "x" not in archive.files:
+                raise DataError(f"{source}: .npz has {archive.files} but no 'x'; save it as np.savez(f, x=images, y=labels)")
+            x = archive["x"]
+            y = archive["y"] if "y" in archive.files else None
+            if not all(isinstance(a, np.ndarray) for a in (x, y) if a is not None):  # raw bytes: no .npy
+                raise DataError(f"{source}: x or y in this .npz is not a .npy array; "
+                                "save it as np.savez(f, x=images, y=labels)")
+            count = len(x)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{source}: unreadable .npz ({str(exc)[:120]})") from None
+    labels = None
+    if y is not None:
+        if y.shape != (count,) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{source}: y has shape {y.shape} dtype {y.dtype}; expected ({count},) integer class indices")
+        labels = tuple(int(v) for v in y)
+    return EvalData(str(source), "npz", tuple(range(count)), labels, tuple(names or ()), sha256(source))
+
+
+def _read_labels(path: Path) -> list[str]:
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"labels file {path} is unreadable ({exc}); expected one class name per line") from None
+    if not names or len(set(names)) != len(names):
+        raise DataError(f"labels file {path}: expected one distinct class name per line, in model output order")
+    return names
+
+
+def _digest(files: list[Path], root: Path, labels: list[int] | None) -> str:
+    digest = hashlib.sha256()
+    for i, path in enumerate(files):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(bytes.fromhex(sha256(path)))
+        if labels is not None:
+            digest.update(str(labels[i]).encode())
+    return digest.hexdigest()

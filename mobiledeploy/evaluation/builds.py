@@ -1,0 +1,174 @@
+"""eval and check: every artifact of a build (and any file to compare with) run on the same
+images, scored against the build's float model and the labels."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from . import metrics as evaluate, gate
+from .. import manifest
+from ..errors import MobiledeployError
+from ..options import GateRules, Progress
+from ..reports import EvalReport, GateResult, Preprocessing
+
+
+def evaluate_build(
+    build_dir: str | Path,
+    data: str | Path,
+    labels_file: str | Path | None = None,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    device: str = "cpu",
+    compare: tuple[str | Path, ...] = (),
+) -> EvalReport:
+    """Run every artifact listed in ``build_dir/manifest.json`` on ``data``; compare with float.
+
+    The preprocessing comes from the manifest, and each file's sha256 is checked against it
+    first, so a changed or truncated artifact is refused by name. With ``device="arm[:cpu]"``
+    the .tflite/.onnx files also run under ARM emulation: their metrics come from the ARM
+    outputs, and each row says how many outputs were bit-identical to this CPU's. ``compare``
+    adds .tflite/.onnx files from elsewhere (an int8 file published with the model, another
+    tool's) to the same run and table, scored against the same float model and labels.
+    """
+    import numpy as np
+
+    from ..data import datasets
+    from ..runtime.arm import provisioning
+    from ..model.heads import head_for
+    from ..quiet import import_tensorflow
+    from ..runtime.runners import open_runner
+    from ..runtime.host import outputs_of
+
+    report = progress or (lambda step, done, total: None)
+    build_dir = Path(build_dir)
+    content = manifest.read(build_dir)
+    files = manifest.verified_files(build_dir, content)
+    files += [_compared(Path(path), {f["file"] for f in files}) for path in compare]
+    preprocessing = Preprocessing.from_dict(content["preprocessing"])
+    dataset = datasets.open_data(data, labels_file)
+    import_tensorflow()
+    labels = np.asarray(dataset.labels) if dataset.labelled else None
+    reference_name = next((f["file"] for f in files if f["format"] == "keras"), None)
+    if reference_name is None:
+        raise MobiledeployError(f"{build_dir}/manifest.json lists no Keras float model to compare with; "
+                                "re-run mobiledeploy quantize")
+    total = len(dataset.items)
+    arm = provisioning.target_for(device, report)
+    runners = {entry["file"]: open_runner(_path(build_dir, entry)) for entry in files}
+    head = head_for(runners[reference_name].model, content.get("head", {}).get("kind", "auto"))
+    expected = runners[reference_name].input_shape
+    for entry in (e for e in files if e.get("compared")):
+        if runners[entry["file"]].input_shape != expected:
+            raise MobiledeployError(f"{entry['file']}: input {runners[entry['file']].input_shape} differs from the "
+                                    f"build's {expected}; compare files made for the same input size")
+    step = f"evaluate {len(runners)} artifacts"
+    with tempfile.TemporaryDirectory(prefix="mobiledeploy-eval-") as tmp:
+        saved: list[str] = []
+        batches = datasets.iter_batches(dataset, preprocessing, batch_size)
+        if arm is not None:  # the emulated runs read the very same preprocessed batches
+            batches = _saving(batches, Path(tmp), saved)
+        outputs = evaluate.collect(runners, batches, lambda done: report(step, done, total))
+        x86 = dict(outputs)
+        if arm is not None:
+            for done, entry in enumerate(e for e in files if e["format"] != "keras"):
+                report(f"run on {arm.device} (emulated)", done, len(files) - 1)
+                outputs[entry["file"]] = outputs_of(_path(build_dir, entry), entry["format"], saved, Path(tmp),
+                                                    arm.process())
+    for entry in (e for e in files if e.get("compared")):
+        outputs[entry["file"]] = _same_classes(entry, outputs[entry["file"]], outputs[reference_name].shape[1])
+        x86[entry["file"]] = _same_classes(entry, x86[entry["file"]], outputs[reference_name].shape[1])
+    classes = head.classes(outputs[reference_name])
+    if labels is not None and labels.max(initial=0) >= classes:
+        raise MobiledeployError(
+            f"{data}: class index {int(labels.max())} is beyond the model's {classes} classes; "
+            "pass --labels with the model's class order"
+        )
+    reference = outputs[reference_name]
+    # which samples each file gets right and agrees on: its row's shares, a compared file's lead
+    # paired on them, and what a baseline keeps so that a later check can pair its change with them
+    hits = {e["file"]: evaluate.sample_hits(reference, outputs[e["file"]], labels, head) for e in files}
+    rows = []
+    for e in files:
+        row = {"format": e["format"], "precision": e["precision"],
+               **({k: e[k] for k in ("compared", "background_dropped") if k in e}),
+               **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels, head,
+                                           hits[e["file"]], hits[reference_name])}
+        if arm is not None:
+            row["device"] = "cpu" if e["format"] == "keras" else arm.device
+            if e["format"] != "keras":
+                row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]], head))
+        rows.append(row)
+    own_int8 = [e["file"] for e in files if e["precision"] == "int8" and not e.get("compared")]
+    for row in (r for r in rows if r.get("compared")):
+        row["paired_ci95"] = {ours: evaluate.paired_intervals(hits[ours], hits[row["artifact"]]) for ours in own_int8}
+    per_sample = {e["file"]: hits[e["file"]] for e in files if not e.get("compared")}
+    return EvalReport(str(build_dir), str(data), dataset.digest, content["model"].get("sha256"),
+                      total, dataset.labelled, reference_name, tuple(rows), content["preprocessing"],
+                      arm.device if arm is not None else "cpu", head.kind, per_sample)
+
+
+def check_build(
+    build_dir: str | Path,
+    data: str | Path,
+    rules: GateRules = GateRules(),
+    labels_file: str | Path | None = None,
+    baseline: str | Path | None = None,
+    update_baseline: bool = False,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    device: str = "cpu",
+    compare: tuple[str | Path, ...] = (),
+) -> GateResult:
+    """The CI gate: evaluate the build (and the ``compare`` files), then apply ``rules``, against
+    ``baseline`` when given. ``update_baseline`` writes the baseline instead of reading it."""
+    from ..staging import write_text_atomic
+
+    if update_baseline and baseline is None:
+        raise MobiledeployError("updating a baseline needs its path (--baseline FILE)")
+    report = evaluate_build(build_dir, data, labels_file, batch_size, progress, device, compare)
+    stored = gate.read_baseline(Path(baseline), report) if baseline is not None and not update_baseline else None
+    result = GateResult(report, tuple(gate.evaluate_rules(report, rules, stored)))
+    if update_baseline:
+        write_text_atomic(Path(baseline), json.dumps(gate.make_baseline(report, rules), indent=2) + "\n")
+    return result
+
+
+def _compared(path: Path, taken: set[str]) -> dict:
+    """The eval entry of a file to compare with the build's own (not in the manifest)."""
+    from ..runtime.runners import is_quantized
+
+    if not path.is_file() or path.suffix.lower() not in (".tflite", ".onnx"):
+        raise MobiledeployError(f"--compare {path}: expected an existing .tflite or .onnx file")
+    name = str(path) if str(path) not in taken else str(path.resolve())
+    return {"file": name, "path": str(path.resolve()), "format": path.suffix.lower()[1:],
+            "precision": "int8" if is_quantized(path) else "float32", "compared": True}
+
+
+def _path(build_dir: Path, entry: dict) -> Path:
+    return Path(entry["path"]) if "path" in entry else build_dir / entry["file"]
+
+
+def _same_classes(entry: dict, outputs, classes: int):
+    """A compared file's outputs in the build's classes. TF-slim models (the int8 MobileNets
+    TensorFlow published) have one more output, class 0 for 'background': it is dropped, and
+    ``entry`` (which becomes the file's row) says so."""
+    if outputs.shape[1] == classes + 1 and classes > 1:
+        entry["background_dropped"] = True
+        return outputs[:, 1:]
+    if outputs.shape[1] != classes:
+        raise MobiledeployError(f"{entry['file']}: {outputs.shape[1]} outputs where the build's model has "
+                                f"{classes}; compare files of the same classifier")
+    return outputs
+
+
+def _saving(batches, folder: Path, saved: list[str]):
+    """Pass batches through, keeping each as a .npy file for the emulated worker."""
+    import numpy as np
+
+    for i, batch in enumerate(batches):
+        path = folder / f"batch_{i:05d}.npy"
+        np.save(path, batch, allow_pickle=False)
+        saved.append(str(path))
+        yield batch

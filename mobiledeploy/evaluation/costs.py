@@ -1,0 +1,151 @@
+"""Parameters and multiply-adds per layer, with the MobileNets paper's formulas.
+
+For one image, with kernel Dk x Dk, M input and N output channels and a Df x Df output:
+  standard conv   Dk·Dk·M·N·Df·Df
+  depthwise conv  Dk·Dk·M·Df·Df
+  pointwise conv  M·N·Df·Df
+so a depthwise-separable block costs (1/N + 1/Dk²) of the standard conv it replaces.
+Parameters are counted as deployed: BatchNorm folded away, one bias per output channel.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import MobiledeployError
+from ..reports import CostReport, LayerCost
+
+# Layers that cost nothing worth counting (pooling and activations are not multiply-adds).
+FREE = {"InputLayer", "ZeroPadding2D", "ReLU", "Activation", "Dropout", "Reshape", "Flatten",
+        "GlobalAveragePooling2D", "GlobalMaxPooling2D", "AveragePooling2D", "MaxPooling2D",
+        "Add", "Rescaling", "Normalization", "Softmax", "Identity"}
+
+
+def model_costs(model) -> CostReport:
+    """Per-layer costs of a built Keras model, in graph order."""
+    rows: list[LayerCost] = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}:
+            rows.extend(_weighted(layer))
+        elif kind == "BatchNormalization":
+            rows.append(_batchnorm(layer, rows))
+        elif kind not in FREE:
+            raise MobiledeployError(
+                f"layer '{layer.name}' ({kind}) has no cost formula; inspect supports Conv2D, "
+                "DepthwiseConv2D, SeparableConv2D, Dense, BatchNormalization, pooling and activations"
+            )
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    return CostReport(model.name, shape, tuple(rows))
+
+
+def what_if(report: CostReport, alpha: float = 1.0, rho: float = 1.0) -> CostReport:
+    """The same network with width multiplier ``alpha`` and resolution multiplier ``rho``.
+
+    Both are relative to the model as stored: alpha 0.5 halves every channel count except
+    the image channels and the classifier's outputs; rho 128/224 shrinks every feature map
+    (Df -> ceil(ρ·Df), as stride-2 convolutions round). Channels round to the nearest integer,
+    as keras.applications MobileNet v1 does; MobileNet v2 rounds to multiples of 8, so its
+    what-if is approximate — build the variant for exact counts.
+    """
+    if alpha <= 0 or rho <= 0:
+        raise MobiledeployError(f"alpha and rho must be positive; got alpha={alpha}, rho={rho}")
+    weighted = [i for i, row in enumerate(report.layers) if row.kind != "batchnorm"]
+    first, last = (weighted[0], weighted[-1]) if weighted else (-1, -1)
+
+    def width(channels: int) -> int:
+        return max(1, int(round(channels * alpha)))
+
+    def size(df: int) -> int:
+        return df if df == 1 else max(1, math.ceil(df * rho - 1e-9))
+
+    rows = []
+    for i, row in enumerate(report.layers):
+        m = row.in_channels if i == first else width(row.in_channels)
+        n = row.out_channels if i == last else width(row.out_channels)
+        if row.kind in {"depthwise", "batchnorm"}:
+            n = width(row.out_channels) if row.kind == "batchnorm" else m * (row.out_channels // row.in_channels)
+        rows.append(_costed(row.name, row.kind, row.kernel, m, n, tuple(size(d) for d in row.out_size), row.bias))
+    h, w, c = report.input_shape
+    shape = (max(1, round(h * rho)), max(1, round(w * rho)), c)
+    return CostReport(report.model, shape, tuple(rows), report.alpha * alpha, report.rho * rho)
+
+
+def separable_blocks(report: CostReport) -> list[dict]:
+    """Each depthwise layer followed by a pointwise one: its cost against a standard conv."""
+    blocks = []
+    layers = [row for row in report.layers if row.kind != "batchnorm"]
+    for dw, pw in zip(layers, layers[1:]):
+        if dw.kind != "depthwise" or pw.kind != "pointwise" or dw.out_size != pw.out_size:
+            continue
+        kh, kw = dw.kernel
+        standard = kh * kw * dw.in_channels * pw.out_channels * dw.out_size[0] * dw.out_size[1]
+        blocks.append({
+            "depthwise": dw.name,
+            "pointwise": pw.name,
+            "macs": dw.macs + pw.macs,
+            "standard_macs": standard,
+            "ratio": (dw.macs + pw.macs) / standard,
+            "n": pw.out_channels,
+            "dk2": kh * kw,
+            "formula": 1 / pw.out_channels + 1 / (kh * kw),
+        })
+    return blocks
+
+
+def _weighted(layer) -> list[LayerCost]:
+    kind = type(layer).__name__
+    out_h, out_w = _spatial(layer.output.shape)
+    m = int(layer.input.shape[-1])
+    bias = bool(getattr(layer, "use_bias", False))
+    if kind == "Dense":
+        if len(layer.input.shape) != 2:
+            raise MobiledeployError(f"layer '{layer.name}': Dense on a {len(layer.input.shape)}-D tensor is "
+                                    "not supported by inspect; expected (batch, features)")
+        return [_costed(layer.name, "dense", (1, 1), m, int(layer.units), (1, 1), bias)]
+    kernel = tuple(int(k) for k in layer.kernel_size)
+    if kind == "DepthwiseConv2D":
+        n = m * int(layer.depth_multiplier)
+        return [_costed(layer.name, "depthwise", kernel, m, n, (out_h, out_w), bias)]
+    if kind == "SeparableConv2D":
+        mid = m * int(layer.depth_multiplier)
+        return [_costed(f"{layer.name}/depthwise", "depthwise", kernel, m, mid, (out_h, out_w), False),
+                _costed(f"{layer.name}/pointwise", "pointwise", (1, 1), mid, int(layer.filters),
+                        (out_h, out_w), bias)]
+    if int(getattr(layer, "groups", 1)) != 1:
+        raise MobiledeployError(f"layer '{layer.name}': grouped Conv2D (groups={layer.groups}) is not "
+                                "supported by inspect; expected groups=1")
+    kind = "pointwise" if kernel == (1, 1) else "conv"
+    return [_costed(layer.name, kind, kernel, m, int(layer.filters), (out_h, out_w), bias)]
+
+
+def _batchnorm(layer, rows: list[LayerCost]) -> LayerCost:
+    """A BatchNorm row; the layer it follows gains the bias that folding gives it."""
+    channels = int(layer.input.shape[-1])
+    source = getattr(getattr(layer.input, "_keras_history", None), "operation", None)
+    for i in range(len(rows) - 1, -1, -1):
+        if source is not None and rows[i].name.split("/")[0] == source.name and not rows[i].bias:
+            r = rows[i]
+            rows[i] = _costed(r.name, r.kind, r.kernel, r.in_channels, r.out_channels, r.out_size, True)
+            break
+    return LayerCost(layer.name, "batchnorm", (1, 1), channels, channels,
+                     _spatial(layer.output.shape), int(layer.count_params()), 0)
+
+
+def _costed(name: str, kind: str, kernel: tuple[int, int], m: int, n: int, out_size: tuple[int, int],
+            bias: bool) -> LayerCost:
+    kh, kw = kernel
+    positions = out_size[0] * out_size[1]
+    if kind == "depthwise":
+        weights = kh * kw * n  # one Dk x Dk filter per output channel (M x depth multiplier)
+    elif kind == "batchnorm":
+        return LayerCost(name, kind, kernel, m, n, out_size, 4 * n, 0)
+    else:
+        weights = kh * kw * m * n
+    return LayerCost(name, kind, kernel, m, n, out_size, weights + (n if bias else 0), weights * positions, bias)
+
+
+def _spatial(shape) -> tuple[int, int]:
+    if len(shape) == 4:
+        return int(shape[1]), int(shape[2])
+    return 1, 1

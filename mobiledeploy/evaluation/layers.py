@@ -1,0 +1,229 @@
+"""Which layer hurts: per-layer drift between the float model and each int8 artifact.
+
+The float model is the one the int8 files were made from: the folded model, or the equalized
+one after cross-layer equalization, whose channels are rescaled (the folded model's tensors
+would differ from the int8 files' by those scales, not by quantization), or the dithered one,
+whose first layers have more channels (dither.py).
+
+For every activation tensor the int8 file materializes, the same tensor of the float model is
+computed on the same images and compared: SQNR (accumulated up to that layer), the SQNR lost
+at that layer, the share of the 256 int8 levels the tensor actually uses, and the spread of
+the per-channel weight ranges of the layer that produced it (the depthwise pathology: after
+BatchNorm folding one channel's weights can span 100x another's, so per-tensor int8 leaves
+the small channels a handful of levels).
+
+TFLite: the interpreter keeps every intermediate tensor (``experimental_preserve_all_tensors``).
+ONNX: the file cut after each activation's DequantizeLinear, each cut run by ONNX Runtime with
+the same fused int8 kernels as the whole file (OnnxTaps).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..model.graph import WEIGHTED, layer_of
+from ..reports import LayerDrift
+
+
+
+class TFLiteTaps:
+    """An int8 .tflite file that also returns its intermediate activation tensors, dequantized."""
+
+    def __init__(self, path: Path, layer_names: set[str]):
+        from ..runtime.runners import TFLiteRunner
+
+        self.runner = TFLiteRunner(path, preserve_all_tensors=True)
+        interpreter = self.runner.interpreter
+        produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
+        self.taps: dict[str, dict] = {}
+        for detail in interpreter.get_tensor_details():
+            layer = layer_of(detail["name"], layer_names)
+            if detail["index"] in produced and layer and detail["dtype"] == np.int8:
+                self.taps[layer] = detail  # the last tensor of a layer is its output
+
+    def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """layer -> (dequantized values, int8 codes)."""
+        self.runner.bind(batch)()
+        out = {}
+        for layer, detail in self.taps.items():
+            codes = self.runner.interpreter.get_tensor(detail["index"])
+            scale, zero = detail["quantization"]
+            out[layer] = ((codes.astype(np.float32) - zero) * scale, codes)
+        return out
+
+
+class OnnxTaps:
+    """A QDQ .onnx file's activation tensors as ONNX Runtime computes them when it runs the file.
+
+    One session per tensor runs the file cut after that tensor's DequantizeLinear, so each runs
+    the fused int8 kernels the whole file runs. Making the tensors extra outputs of one graph
+    would not: ONNX Runtime leaves a QDQ node unit unfused when its QuantizeLinear output is read
+    twice, and an unfused unit computes in float between its Q and DQ nodes, which rounds a few
+    values differently from the fused kernel (and later layers amplify them).
+    """
+
+    def __init__(self, path: Path, layer_names: set[str]):
+        import onnx
+        import onnxruntime as ort
+
+        from ..runtime.onnx_session import disabled_optimizers, session_options
+
+        model = onnx.load(str(path))
+        initializers = {i.name: i for i in model.graph.initializer}
+        producers = {o: n for n in model.graph.node for o in n.output}
+        self.taps: dict[str, str] = {}
+        self.grids: dict[str, dict] = {}  # layer -> its codes' dtype and (scale, zero point)
+        self.channels_first: dict[str, bool] = {}
+        for node in model.graph.node:
+            if node.op_type != "DequantizeLinear" or node.input[0] in initializers:
+                continue
+            quantize_node = producers.get(node.input[0])
+            source = quantize_node.input[0] if quantize_node is not None else node.input[0]
+            layer = layer_of(source, layer_names)
+            # tf2onnx names the reshapes/transposes it inserts before an op after that op's layer:
+            # those hold the layer's input, not its output
+            if layer and getattr(producers.get(source), "op_type", "") not in RESHAPING:
+                self.taps[layer] = node.output[0]
+                zero = onnx.numpy_helper.to_array(initializers[node.input[2]]) if len(node.input) > 2 \
+                    else np.zeros((), np.int32)  # none: 0, and the codes are kept as int32
+                scale = onnx.numpy_helper.to_array(initializers[node.input[1]])
+                self.grids[layer] = {"dtype": zero.dtype.type, "quantization": (float(scale), int(zero))}
+                self.channels_first[layer] = _channels_first(source, producers)
+        options = session_options()
+        extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
+        inputs = [i.name for i in model.graph.input if i.name not in initializers]
+        self.input_name = inputs[0]
+        disabled = disabled_optimizers(model)
+        self.sessions = {
+            layer: ort.InferenceSession(extractor.extract_model(inputs, [tensor]).SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+            for layer, tensor in self.taps.items()}
+
+    def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """layer -> (dequantized values, int8 codes), in the Keras (channels-last) layout."""
+        from ..runtime.runners import quantize
+
+        feed = {self.input_name: batch.astype(np.float32)}
+        out = {}
+        for layer, session in self.sessions.items():
+            tensor = session.run(None, feed)[0]
+            if self.channels_first[layer] and tensor.ndim == 4:
+                tensor = np.transpose(tensor, (0, 2, 3, 1))
+            out[layer] = (tensor, quantize(tensor, self.grids[layer]))
+        return out
+
+
+RESHAPING = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
+# Ops that keep their input's layout: follow them back to the op that fixed it.
+LAYOUT_KEEPING = {"Relu", "Clip", "Add", "Mul", "Sub", "Div", "QuantizeLinear", "DequantizeLinear", "Pad",
+                  "Identity", "Sigmoid", "HardSigmoid", "LeakyRelu"}
+CHANNELS_FIRST_OPS = {"Conv", "QLinearConv", "ConvInteger", "MaxPool", "AveragePool", "GlobalAveragePool",
+                      "BatchNormalization"}
+
+
+def _channels_first(tensor: str, producers: dict) -> bool:
+    """Whether tf2onnx left ``tensor`` in NCHW: ONNX convolutions and pools are NCHW, and
+    tf2onnx removes the transposes between them, so the op that produced a tensor (through
+    layout-keeping element-wise ops) decides its layout."""
+    seen = set()
+    while tensor in producers and tensor not in seen:
+        seen.add(tensor)
+        node = producers[tensor]
+        if node.op_type in CHANNELS_FIRST_OPS:
+            return True
+        if node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+            return perm == [0, 3, 1, 2]
+        if node.op_type not in LAYOUT_KEEPING:
+            return False
+        tensor = node.input[0]
+    return False
+
+
+def analyze(float_model, artifacts: dict[str, Path], batches: Iterable[np.ndarray],
+            on_batch: Callable[[int], None] | None = None) -> dict[str, tuple[LayerDrift, ...]]:
+    """Per-layer drift of every int8 artifact against ``float_model`` over ``batches``."""
+    import keras
+
+    names = {layer.name for layer in float_model.layers}
+    taps = {}
+    for name, path in artifacts.items():
+        taps[name] = TFLiteTaps(path, names) if path.suffix == ".tflite" else OnnxTaps(path, names)
+    wanted = [layer.name for layer in float_model.layers if any(layer.name in t.taps for t in taps.values())]
+    probe = keras.Model(float_model.inputs[0], [float_model.get_layer(n).output for n in wanted])
+    sums = {artifact: {layer: [0.0, 0.0, 127, -128] for layer in t.taps} for artifact, t in taps.items()}
+    done = 0
+    for batch in batches:
+        reference = dict(zip(wanted, (np.asarray(o, np.float32) for o in _as_list(probe(batch, training=False)))))
+        for artifact, tap in taps.items():
+            for layer, (values, codes) in tap.run(batch).items():
+                if layer not in reference or layer not in sums[artifact]:
+                    continue
+                ref = reference[layer]
+                if values.size != ref.size:  # a name-alike tensor of another shape (e.g. a transposed input)
+                    sums[artifact].pop(layer, None)
+                    continue
+                values = _like(values, ref)
+                acc = sums[artifact][layer]
+                acc[0] += float(np.sum(ref.astype(np.float64) ** 2))
+                acc[1] += float(np.sum((values.astype(np.float64) - ref) ** 2))
+                acc[2], acc[3] = min(acc[2], int(codes.min())), max(acc[3], int(codes.max()))
+        done += len(batch)
+        if on_batch:
+            on_batch(done)
+    spreads = weight_spreads(float_model)
+    order = {name: i for i, name in enumerate(wanted)}
+    result = {}
+    for artifact, per_layer in sums.items():
+        rows, previous = [], math.inf
+        for layer in sorted(per_layer, key=lambda n: order.get(n, 1 << 30)):
+            if layer not in order:
+                continue
+            signal, error, low, high = per_layer[layer]
+            sqnr = math.inf if error == 0 else 10 * math.log10(max(signal, 1e-30) / error)
+            source, spread = spreads.get(layer, (None, None))
+            rows.append(LayerDrift(
+                layer=layer, depth=order[layer], kind=type(float_model.get_layer(layer)).__name__,
+                sqnr_db=sqnr, lost_db=(previous - sqnr) if math.isfinite(previous) and math.isfinite(sqnr) else 0.0,
+                levels_used=(high - low + 1) / 256 if high >= low else 0.0,
+                weight_layer=source, weight_spread=spread,
+            ))
+            previous = sqnr
+        result[artifact] = tuple(rows)
+    return result
+
+
+def weight_spreads(model) -> dict[str, tuple[str, float]]:
+    """For each layer: the weighted layer that feeds it (itself, or through an activation)
+    and the ratio of its largest per-channel weight range to the 10th-percentile one."""
+    spreads: dict[str, tuple[str, float]] = {}
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in WEIGHTED:
+            kernel = np.abs(np.asarray(layer.get_weights()[0]))
+            axes = (0, 1) if kind == "DepthwiseConv2D" else tuple(range(kernel.ndim - 1))
+            ranges = kernel.max(axis=axes).reshape(-1)
+            floor = float(np.percentile(ranges, 10)) if ranges.size else 0.0
+            # max / 10th percentile: dead channels (all-zero after folding) would make max/min infinite
+            spread = float(ranges.max() / floor) if floor > 0 else float("inf")
+            spreads[layer.name] = (layer.name, spread)
+        else:
+            inbound = layer._inbound_nodes[0].input_tensors if layer._inbound_nodes else []
+            if len(inbound) == 1:
+                parent = inbound[0]._keras_history.operation.name
+                if parent in spreads and type(model.get_layer(parent)).__name__ in WEIGHTED:
+                    spreads[layer.name] = spreads[parent]
+    return spreads
+
+
+def _like(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The same values in the reference's shape (e.g. (N, C, 1, 1) against Keras (N, C))."""
+    return values if values.shape == reference.shape else values.reshape(reference.shape)
+
+
+def _as_list(outputs) -> list:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]

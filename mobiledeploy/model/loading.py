@@ -1,0 +1,442 @@
+"""Read a model file safely: Keras 3 and Keras 2 ``.h5``, ``.keras``, Keras 2 SavedModel.
+
+Nothing from the file is executed. The architecture is read as JSON and checked against an
+allowlist of the MobileNet family's layers *before* Keras deserializes anything; Lambda
+layers and custom objects are refused unless the caller explicitly trusts the file.
+
+Keras 2 files (most ``model.h5`` files in the wild) do not load with Keras 3's
+``load_model`` (e.g. DepthwiseConv2D's ``groups`` key), so every format goes through the
+same path: config JSON -> check -> translate for Keras 3 (``keras2_config``) -> ``from_config``
+-> weights assigned by layer name -> nested models inlined (``flatten``).
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import ModelLoadError, first_line
+from .flatten import INFERENCE_IDENTITY, flatten
+from ..json_input import parse_json
+from .keras2_config import MODEL_CLASSES, scalar_op, to_keras3
+from ..limits import MAX_JSON_BYTES, MAX_WEIGHT_BYTES
+from .sizing import fixed_size
+
+# Layer classes the pipeline (folding, converters, cost model) knows how to handle.
+SUPPORTED_LAYERS = frozenset(
+    {
+        "InputLayer", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
+        "ReLU", "LeakyReLU", "Softmax", "Activation", "ZeroPadding2D", "MaxPooling2D",
+        "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Add",
+        "Multiply", "Concatenate", "Dropout", "Flatten", "Reshape", "Dense", "Rescaling",
+        "Normalization",
+    }
+) | INFERENCE_IDENTITY  # data augmentation: dropped when the model is loaded
+SUPPORTED_ACTIVATIONS = frozenset(
+    {"linear", "relu", "relu6", "softmax", "sigmoid", "hard_sigmoid", "swish", "silu",
+     "hard_swish", "hard_silu", "tanh", "elu", "gelu"}
+)
+CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A Keras 3 model plus where it came from (recorded in the manifest)."""
+
+    model: Any  # keras.Model
+    path: str
+    source_format: str  # "h5", "keras", "savedmodel"
+    saved_by: str  # Keras version that wrote the file, when known
+    trusted: bool
+
+
+def load_model(path: str | Path, *, trust: bool = False, input_size: tuple[int, int] | None = None) -> LoadedModel:
+    """Load ``path`` as a Keras 3 model without running code from it.
+
+    Pass ``trust=True`` only for files you made or vetted: it lets Lambda layers and custom
+    objects through (Keras unsafe mode). ``input_size`` (height, width) fixes the input of a
+    model saved without one (``input_shape=(None, None, 3)``, fully convolutional).
+    """
+    loaded = _load(Path(path), trust)
+    return replace(loaded, model=fixed_size(loaded.model, input_size))
+
+
+def _load(path: Path, trust: bool) -> LoadedModel:
+    if not path.exists():
+        raise ModelLoadError(
+            f"model not found: {path}; expected a .h5 or .keras file or a SavedModel directory"
+        )
+    if path.is_dir():
+        return _load_savedmodel(path, trust)
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return _load_h5(path, trust)
+    if suffix == ".keras":
+        return _load_keras_zip(path, trust)
+    raise ModelLoadError(
+        f"{path}: unknown model format '{suffix or '(no extension)'}'; "
+        "expected .h5, .keras or a SavedModel directory"
+    )
+
+
+# --- format readers ---------------------------------------------------------------------
+
+
+def _load_h5(path: Path, trust: bool) -> LoadedModel:
+    import h5py
+
+    from .h5_input import check_tree, text_attribute
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise ModelLoadError(
+            f"{path}: not a readable HDF5 file ({first_line(exc)}); "
+            "re-save the model with model.save('model.h5') or model.save('model.keras')"
+        ) from None
+    with handle:
+        check_tree(handle, path)  # nothing from outside the file, nothing over budget
+        raw = text_attribute(handle, "model_config", path)
+        if raw is None:
+            hint = "it holds weights only" if "layer_names" in handle.attrs else "no model_config"
+            raise ModelLoadError(
+                f"{path}: HDF5 file is not a full Keras model ({hint}); "
+                "save the whole model with model.save('model.h5'), not save_weights()"
+            )
+        config = _parse_json(raw, path)
+        saved_by = text_attribute(handle, "keras_version", path) or "unknown"
+        model = _build(config, path, trust)
+        group = handle["model_weights"] if "model_weights" in handle else handle
+        weights = dict(_h5_weights(group, path))
+    _assign_weights(model, weights, path)
+    return LoadedModel(flatten(model), str(path), "h5", saved_by, trust)
+
+
+def _h5_weights(group, path: Path) -> Iterator[tuple[str, list]]:
+    """(layer name, [(weight name, array)]) for every layer group; ``check_tree`` has vetted
+    every dataset, so reading them reads only this file, within budget."""
+    import h5py
+    import numpy as np
+
+    names = group.attrs.get("layer_names")
+    layer_names = [_as_str(n) for n in names] if names is not None else list(group.keys())
+    for layer_name in layer_names:
+        layer_group = group.get(layer_name)
+        if not isinstance(layer_group, h5py.Group):
+            continue
+        weight_names = [_as_str(n) for n in layer_group.attrs.get("weight_names", [])]
+        try:
+            yield layer_name, [(n, np.asarray(layer_group[n])) for n in weight_names]
+        except (KeyError, OSError, TypeError) as exc:
+            raise ModelLoadError(
+                f"{path}: weights of layer '{layer_name}' are unreadable ({first_line(exc)}); "
+                "the file is truncated or corrupt: re-save or re-download it"
+            ) from None
+
+
+def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
+    import keras
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = _parse_json(_zip_member(archive, "config.json", path), path)
+            names = archive.namelist()
+            metadata = parse_json(_zip_member(archive, "metadata.json", path), f"{path}: metadata.json",
+                                  ModelLoadError, "re-save the model") if "metadata.json" in names else {}
+            if "model.weights.h5" in names:
+                _check_zipped_weights(archive, path)
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
+        raise ModelLoadError(
+            f"{path}: not a valid .keras archive ({first_line(exc)}); "
+            "re-save the model with model.save('model.keras')"
+        ) from None
+    _check_config(config, path, trust)
+    version = str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
+    if version.startswith("2."):  # tf-keras' .keras files name their weights by class, not by layer
+        raise ModelLoadError(
+            f"{path}: a .keras file saved by Keras {version} (tf-keras) is not supported; save the "
+            "model with model.save('model.h5') or as a SavedModel directory, which load as saved"
+        )
+    try:
+        with _safe_mode(not trust):
+            model = keras.saving.load_model(path, compile=False, safe_mode=not trust)
+    except Exception as exc:  # Keras raises many types for broken archives
+        raise ModelLoadError(
+            f"{path}: Keras could not rebuild the model ({first_line(exc)}); "
+            "re-save it with the Keras version that trained it"
+        ) from None
+    return LoadedModel(flatten(_as_functional(model)), str(path), "keras", version or "unknown", trust)
+
+
+def _zip_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """A small member of a .keras archive, its declared size checked before it is inflated (the
+    archive's own directory states it, and Python's reader stops there)."""
+    size = archive.getinfo(name).file_size
+    if size > MAX_JSON_BYTES:
+        raise ModelLoadError(f"{path}: refused: {name} inflates to {size:,} bytes, more than the "
+                             f"{MAX_JSON_BYTES:,} allowed; re-save the model with model.save('model.keras')")
+    return archive.read(name)
+
+
+def _check_zipped_weights(archive: zipfile.ZipFile, path: Path) -> None:
+    """The archive's weights file is HDF5: vetted like an .h5 model before Keras reads it."""
+    import h5py
+
+    from .h5_input import check_tree
+
+    with archive.open("model.weights.h5") as member, h5py.File(member, "r") as handle:
+        check_tree(handle, path)
+
+
+def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
+    if not (path / "saved_model.pb").exists():
+        raise ModelLoadError(
+            f"{path}: directory is not a SavedModel (no saved_model.pb); "
+            "pass a .h5/.keras file or a SavedModel directory"
+        )
+    metadata_file = path / "keras_metadata.pb"
+    if not metadata_file.exists():
+        raise ModelLoadError(
+            f"{path}: SavedModel has no Keras metadata (keras_metadata.pb), so its layers "
+            "cannot be folded; save the Keras model itself with model.save('model.keras')"
+        )
+    from tensorflow.python.keras.protobuf import saved_metadata_pb2
+
+    proto = saved_metadata_pb2.SavedMetadata()
+    if metadata_file.stat().st_size > MAX_JSON_BYTES:
+        raise ModelLoadError(f"{metadata_file}: refused: {metadata_file.stat().st_size:,} bytes of Keras metadata, "
+                             f"more than the {MAX_JSON_BYTES:,} allowed; re-save the model")
+    try:
+        proto.ParseFromString(metadata_file.read_bytes())
+        root = next(n for n in proto.nodes if n.node_path == "root")
+        meta = parse_json(root.metadata, f"{metadata_file}", ModelLoadError, "re-save the model")
+        config = {"class_name": meta["class_name"], "config": meta["config"]}
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{metadata_file}: unreadable Keras metadata ({first_line(exc)}); "
+            "re-save the model with model.save('model.keras')"
+        ) from None
+    model = _build(config, path, trust)
+    weights = _checkpoint_weights(path / "variables" / "variables", path)
+    _assign_weights(model, weights, path)
+    return LoadedModel(flatten(model), str(path), "savedmodel", str(meta.get("keras_version", "unknown")), trust)
+
+
+def _checkpoint_weights(prefix: Path, path: Path) -> dict[str, list]:
+    """The SavedModel's variables, read from its checkpoint files as data: layer name -> [(weight
+    name, array)]. ``tf.saved_model.load`` would restore the graph's functions and run their
+    initializers, which are code stored in the file; the checkpoint's object graph names each
+    variable (``conv1/kernel``) without running anything."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+        shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+        names = [(a.full_name, a.checkpoint_key) for node in graph.nodes for a in node.attributes
+                 if a.name == "VARIABLE_VALUE" and a.checkpoint_key in shapes]
+        _check_declared_bytes(sum(math.prod(shapes[key]) * dtypes[key].size for _, key in names), prefix, path)
+        weights: dict[str, list] = {}
+        for full_name, key in names:
+            layer_name, _, weight_name = full_name.rpartition("/")
+            weights.setdefault(layer_name, []).append((weight_name, reader.get_tensor(key)))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # TensorFlow raises several types for damaged checkpoints
+        raise ModelLoadError(
+            f"{path}: the SavedModel's variables are unreadable ({first_line(exc)}); "
+            "re-save the model with model.save('model.keras')"
+        ) from None
+    return weights
+
+
+def _check_declared_bytes(declared: int, prefix: Path, path: Path) -> None:
+    """A checkpoint stores its tensors uncompressed: what its index declares must fit in its data
+    files (and the budget) before a tensor is read."""
+    stored = sum(f.stat().st_size for f in prefix.parent.glob(prefix.name + ".data-*") if f.is_file())
+    if declared > min(stored + (1 << 20), MAX_WEIGHT_BYTES):
+        raise ModelLoadError(f"{path}: refused: its variables declare {declared:,} bytes but the checkpoint "
+                             f"stores {stored:,} (budget {MAX_WEIGHT_BYTES:,}); re-save the model")
+
+
+# --- config checks and model building ---------------------------------------------------
+
+
+def _build(config: dict, path: Path, trust: bool):
+    """Check, sanitize and deserialize a Keras 2 or Keras 3 model config (no weights)."""
+    import keras
+
+    _check_config(config, path, trust)
+    config = to_keras3(config)
+    class_name = config.get("class_name")
+    builder = keras.Sequential if class_name == "Sequential" else keras.Model
+    try:
+        with keras.saving.custom_object_scope({}), _safe_mode(not trust):
+            model = builder.from_config(config["config"])
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: Keras could not rebuild the architecture ({first_line(exc)}); "
+            "re-save it as .keras with the Keras version that trained it"
+        ) from None
+    return _as_functional(model)
+
+
+def _safe_mode(enabled: bool):
+    from keras.src.saving import serialization_lib
+
+    return serialization_lib.SafeModeScope(enabled)
+
+
+def _check_config(config: dict, path: Path, trust: bool) -> None:
+    class_name = config.get("class_name")
+    if class_name not in MODEL_CLASSES:
+        raise ModelLoadError(
+            f"{path}: top-level object is a '{class_name}', expected a Functional or "
+            "Sequential Keras model"
+        )
+    layers = config.get("config", {}).get("layers")
+    if not isinstance(layers, list):
+        raise ModelLoadError(f"{path}: model config has no layer list; the file is corrupt")
+    for layer in layers:
+        _check_layer(layer, path, trust)
+
+
+def _check_layer(layer: dict, path: Path, trust: bool) -> None:
+    kind = layer.get("class_name")
+    cfg = layer.get("config", {}) or {}
+    name = cfg.get("name") or layer.get("name") or "?"
+    if scalar_op(layer) is not None:  # x/127.5 etc.: becomes a Rescaling layer
+        return
+    if kind in MODEL_CLASSES:  # a nested model (a base inside a fine-tuned classifier): check its layers
+        for inner in cfg.get("layers") or []:
+            _check_layer(inner, path, trust)
+        return
+    if kind in CODE_LAYERS or _has_custom_object(cfg):
+        if trust:
+            return
+        what = "a Lambda layer" if kind in CODE_LAYERS else "a custom object"
+        raise ModelLoadError(
+            f"{path}: layer '{name}' is {what}, which would run code stored in the file; "
+            "refused. Replace it with built-in layers, or pass --trust-model-code if you "
+            "wrote or vetted this file"
+        )
+    if kind not in SUPPORTED_LAYERS:
+        if trust and layer.get("module") not in (None, "keras.layers"):
+            return
+        raise ModelLoadError(
+            f"{path}: layer '{name}' has unsupported type {kind}; supported: "
+            f"{', '.join(sorted(SUPPORTED_LAYERS))}"
+        )
+    activation = cfg.get("activation")
+    if isinstance(activation, str) and activation not in SUPPORTED_ACTIVATIONS:
+        raise ModelLoadError(
+            f"{path}: layer '{name}' uses unsupported activation '{activation}'; "
+            f"supported: {', '.join(sorted(SUPPORTED_ACTIVATIONS))}"
+        )
+
+
+def _has_custom_object(value: Any) -> bool:
+    """True when a config holds a serialized Python function or a class from outside Keras."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__lambda__":
+            return True
+        module = value.get("module")
+        if isinstance(module, str) and module and not module.startswith(("keras", "builtins")):
+            return True
+        return any(_has_custom_object(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_custom_object(v) for v in value)
+    return False
+
+
+def _as_functional(model):
+    """Sequential models become Functional so every later stage sees one graph type."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ModelLoadError(
+                f"Sequential model '{model.name}' has no input shape; add an Input layer"
+            )
+        inputs = keras.Input(shape=model.inputs[0].shape[1:], name=f"{model.name}_input")
+        outputs = inputs
+        for layer in model.layers:
+            outputs = layer(outputs)
+        model = keras.Model(inputs, outputs, name=model.name)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelLoadError(
+            f"model '{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} "
+            "outputs; expected one image input and one output"
+        )
+    # Keras 2 configs nest the single input in a list; Keras 3 then warns on every call.
+    model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[3] not in (1, 3):
+        raise ModelLoadError(
+            f"model input shape is {shape}; expected an image input (batch, height, width, 1 or 3)"
+        )
+    return model
+
+
+def _assign_weights(model, weights: dict[str, list], path: Path) -> None:
+    """Give every layer its saved weights, matched by layer name then by weight name. A nested
+    model's weights are saved under its own name as '<inner layer>/<weight>' (HDF5), or under
+    the inner layers' names (SavedModel)."""
+    import keras
+
+    for layer in model.layers:
+        expected = layer.weights
+        if not expected:
+            continue
+        saved = weights.get(layer.name)
+        if isinstance(layer, keras.Model):
+            inner = weights
+            if saved is not None:
+                inner = {}
+                for name, value in saved:
+                    parts = name.split("/")
+                    inner.setdefault(parts[-2] if len(parts) > 1 else "", []).append((name, value))
+            _assign_weights(layer, inner, path)
+            continue
+        if saved is None:
+            raise ModelLoadError(
+                f"{path}: no saved weights for layer '{layer.name}'; the file is incomplete"
+            )
+        by_name = {_short(n): a for n, a in saved}
+        values = []
+        for index, variable in enumerate(expected):
+            short = _short(variable.name)
+            value = by_name.get(short)
+            if value is None and len(saved) == len(expected):
+                value = saved[index][1]
+            if value is None or tuple(value.shape) != tuple(variable.shape):
+                found = None if value is None else tuple(value.shape)
+                raise ModelLoadError(
+                    f"{path}: weight '{short}' of layer '{layer.name}' has shape {found}, "
+                    f"expected {tuple(variable.shape)}; the file does not match its own config"
+                )
+            values.append(value)
+        layer.set_weights(values)
+
+
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def _parse_json(raw, path: Path) -> dict:
+    data = parse_json(raw, f"{path}: model config", ModelLoadError,
+                      "the file is corrupt: re-save the model with model.save('model.keras')")
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: model config is not a JSON object; the file is corrupt")
+    return data
+
+
+def _as_str(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

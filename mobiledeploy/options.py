@@ -1,0 +1,85 @@
+"""Every option object the stages take, in one place: the CLI and the Python API build the same
+ones, so defaults live here and nowhere else. Unknown settings are errors (dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Literal
+
+IoType = Literal["int8", "float"]
+# progress(step, done, total): the CLI draws it; the library stays silent without it.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Every setting of ``mobiledeploy quantize``; written, resolved, into the manifest."""
+
+    num_calib: int = 200
+    num_holdout: int = 100
+    seed: int = 0
+    preprocess: str = "auto"  # auto | mobilenet | unit | raw
+    crop_fraction: float = 0.875
+    input_size: tuple[int, int] | None = None  # (height, width) for a model saved without a fixed size
+    io: IoType = "int8"
+    onnx_activations: str = "int8"  # int8 (fuses on ARM) | uint8 (fuses residual Adds on x86-64 too)
+    per_channel: bool = True
+    refine: str = "adaround"  # adaround (+ bias correction) | bias | none
+    equalize: str = "auto"  # auto (with per-tensor weights) | on | off: cross-layer equalization
+    activation_ranges: str = "auto"  # auto (narrow the ranges no ReLU bounds where it lowers the error) | minmax | mse
+    logit_floor: str = "auto"  # auto (where a softmax follows a linear layer and it lowers the error) | off
+    dither: str = "spare"  # spare (copies in unused first-conv channels: no added work) | off | auto (appended: free on x86-64) | on
+    rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding (at least)
+    rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: check on held-out images
+    keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)
+    max_drop: float | None = None  # keep more layers in float until the int8 files lose at most this
+    head: str = "auto"  # auto (read off the model's last activation) | a Head kind: how outputs become classes
+    fold_tolerance: float = 1e-4
+    batch_size: int = 16
+    trust_model_code: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What the exporters are asked to produce. Unknown keys are errors (a dataclass)."""
+
+    io: IoType = "int8"  # int8 I/O for the TFLite int8 file (ONNX QDQ keeps float I/O)
+    onnx_activations: str = "int8"  # the int8 ONNX file's activation type: int8 | uint8 (weights stay int8)
+    per_channel: bool = True  # per-tensor collapses MobileNets; only for accelerators that need it
+    opset: int = 17
+    float_layers: tuple[str, ...] = ()  # Keras layers whose operators stay float (mixed precision)
+    # (layer, low, high): int8 ranges that replace the calibration min/max of these layers' outputs
+    tensor_ranges: tuple[tuple[str, float, float], ...] = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """``mobiledeploy bench``: the conventions of TFLite benchmark_model and OpenVINO benchmark_app."""
+
+    num_threads: int | None = None  # None: the runtime's default (all cores)
+    warmup_runs: int = 5
+    num_runs: int = 50  # at least this many timed runs ...
+    min_secs: float = 1.0  # ... and at least this long,
+    max_secs: float = 150.0  # but stop after this long
+    batch: int = 1
+    profile: bool = False
+    top_ops: int = 10
+    seed: int = 0  # of the random inputs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GateRules:
+    max_drop: float = 1.0  # int8 top-1 may be at most this many points below float
+    min_agreement: float = 0.90  # fraction of samples where int8 top-1 == float top-1
+    tolerance: float = 0.5  # points a baseline accuracy/agreement may regress, or trail a compared file
+    sqnr_tolerance: float = 1.0  # dB the baseline SQNR may regress

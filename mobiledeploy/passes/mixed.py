@@ -1,0 +1,70 @@
+"""Accuracy-aware mixed precision: which layers stay in float, and what that costs.
+
+Given a budget (``--max-drop``: points of top-1 agreement with the float model that the int8
+files may lose on the held-out images), the pipeline builds full int8 first; while a file is
+over budget it keeps one more weighted layer in float: the one whose output tensors lose the
+most SQNR in the int8 files (``mobiledeploy analyze``'s "lost dB", summed over the files).
+A kept layer runs with float weights, and its output stays float through the operators that
+follow it (activation, pooling, reshape, softmax) until a layer that is still int8 quantizes
+it. Refinement then corrects the int8 layers for what remains.
+"""
+
+from __future__ import annotations
+
+from ..errors import MobiledeployError
+from ..model.graph import WEIGHTED, layer_graph
+from ..reports import MixedPrecisionReport
+from ..reports import Drift
+
+MAX_FLOAT_LAYERS = 8  # a search that needs more has found a model int8 does not suit
+
+
+def check_layers(model, names) -> None:
+    """A clear error unless every one of ``names`` is a weighted layer of ``model``."""
+    weighted = [layer.name for layer in model.layers if type(layer).__name__ in WEIGHTED]
+    unknown = [name for name in names if name not in weighted]
+    if unknown:
+        raise MobiledeployError(
+            f"--keep-float: {', '.join(unknown)} is not a convolution or Dense layer of the model; "
+            f"expected one of {', '.join(weighted[:8])}{' ...' if len(weighted) > 8 else ''} "
+            "(mobiledeploy inspect lists them)"
+        )
+
+
+def float_layers(model, keep) -> frozenset[str]:
+    """The kept weighted layers plus every layer fed only by float layers that has no weights
+    of its own (activations, pooling, reshapes, the softmax), in graph order."""
+    graph = layer_graph(model)
+    result = set(keep)
+    for name, node in graph.items():
+        if node["kind"] not in WEIGHTED and node["inputs"] and all(p in result for p in node["inputs"]):
+            result.add(name)
+    return frozenset(result)
+
+
+def worst_loss(drift: tuple[Drift, ...]) -> float:
+    """Points of top-1 agreement with float lost by the worst int8 file."""
+    return max((100.0 * (1.0 - d.agreement) for d in drift), default=0.0)
+
+
+def most_sensitive(per_artifact: dict, keep) -> str | None:
+    """The weighted layer, not yet kept, whose output tensors lose the most SQNR (dB summed
+    over the int8 files), from ``analyze.analyze``'s rows."""
+    lost: dict[str, float] = {}
+    for rows in per_artifact.values():
+        for row in rows:
+            if row.weight_layer and row.weight_layer not in keep:
+                lost[row.weight_layer] = lost.get(row.weight_layer, 0.0) + max(row.lost_db, 0.0)
+    return max(lost, key=lost.get) if lost else None
+
+
+def describe(model, keep, max_drop: float | None, drift: tuple[Drift, ...]) -> MixedPrecisionReport:
+    from ..evaluation.costs import model_costs
+
+    costs = model_costs(model)
+    kept_macs = sum(layer.macs for layer in costs.layers if layer.name in set(keep))
+    loss = worst_loss(drift)
+    return MixedPrecisionReport(
+        max_drop=max_drop, float_layers=tuple(keep), float_mac_share=kept_macs / max(costs.macs, 1),
+        agreement_loss=loss, met=max_drop is None or loss <= max_drop,
+    )
