@@ -182,7 +182,7 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
                 or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
             return artifacts, drift, refinement, settings, keep
         report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
-        int8_files = {a.file: work / a.file for a in artifacts if a.precision == "int8"}
+        int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in artifacts if a.precision == "int8"}
         candidate = mixed.most_sensitive(analyze.analyze(floored(prepared, floor), int8_files, batches(which)), keep)
         if candidate is None:
             return artifacts, drift, refinement, settings, keep

@@ -6,17 +6,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from mobiledeploy.evaluation.layers import layer_of
 from mobiledeploy.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_layer_names_are_read_from_converter_tensor_names():
-    names = {"conv1_relu", "conv_pw_1", "conv_pw_1_relu"}
-    assert layer_of("mobilenet_0.25_32_1/conv1_relu_1/Relu6;mobilenet_0.25_32_1/conv1_1/BiasAdd", names) == "conv1_relu"
-    assert layer_of("mobilenet_0.25_32_1/conv_pw_1_relu_1/Relu6:0_QuantizeLinear_Output", names) == "conv_pw_1_relu"
-    assert layer_of("serving_default_input_layer:0", names) is None
 
 
 def test_per_layer_report_plot_and_html(reference_build, tmp_path):

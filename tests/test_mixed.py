@@ -9,10 +9,8 @@ from click.testing import CliRunner
 
 from mobiledeploy.passes import mixed
 from mobiledeploy.cli.main import main
-from mobiledeploy.export.onnx import nodes_of
 from mobiledeploy.runtime.onnx_session import float_compute_nodes
 from mobiledeploy.export.tflite import float_ops
-from mobiledeploy.model.graph import layer_of
 from mobiledeploy.reports import LayerDrift
 from mobiledeploy.reports import Drift
 
@@ -45,14 +43,15 @@ def test_kept_layers_run_in_float_in_both_files(mixed_builds):
 
     out, data = mixed_builds["mixed"]
     model = keras.saving.load_model(out / "model_folded.keras")
-    names = {layer.name for layer in model.layers}
-    in_float = {layer_of(name, names) for name in float_ops(out / "model_int8.tflite")} - {None}
-    # each convolution is fused with its ReLU6, so TFLite names the operator after the ReLU
+    files = {f["file"]: f["details"] for f in json.loads((out / "manifest.json").read_text())["files"]}
+    layer_of = {name: layer for layer, name in files["model_int8.tflite"]["tensor_map"].items()}
+    in_float = {layer_of.get(name) for name in float_ops(out / "model_int8.tflite")} - {None}
+    # each convolution is fused with its ReLU6: the operator that computes the ReLU's tensor
     assert in_float == {f"{layer}_relu" for layer in KEPT}
     region = mixed.float_layers(model, KEPT)  # also the zero padding between conv_pw_1 and conv_dw_2
     assert region == set(KEPT) | in_float | {"conv_pad_2"}
     onnx_float = float_compute_nodes(out / "model_int8.onnx")
-    kept_nodes = set(nodes_of(out / "model_int8.onnx", KEPT))
+    kept_nodes = set(files["model_int8.onnx"]["kept_nodes"])
     assert len(onnx_float) == len(KEPT) and set(onnx_float) <= kept_nodes
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["mixed_precision"]["float_layers"] == KEPT

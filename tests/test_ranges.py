@@ -35,33 +35,28 @@ def test_only_tensors_without_a_relu_are_candidates(tiny_model):
     assert unbounded_tensors(folded) == ["sep", "residual", "logits"]
 
 
-def _tflite_scales(path) -> dict[str, float]:
-    """Scale of the int8 tensor each layer hands on (the last one its operators produce)."""
+def _tflite_scales(path, tensors: dict[str, str]) -> dict[str, float]:
+    """Scale of the int8 tensor of each layer, found through the tensor map the export recorded."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from mobiledeploy.model.graph import last_of_each_layer
-
-    interpreter = Interpreter(str(path))
-    details = {t["index"]: t for t in interpreter.get_tensor_details()}
-    outputs = ((details[i]["name"], details[i]["quantization"][0])
-               for op in interpreter._get_ops_details() for i in op["outputs"])
-    return last_of_each_layer(outputs, {"sep", "residual", "logits"})
+    details = {t["name"]: t["quantization"][0] for t in Interpreter(str(path)).get_tensor_details()}
+    return {layer: details[name] for layer, name in tensors.items() if name in details}
 
 
-def _onnx_scales(path) -> dict[str, float]:
+def _onnx_scales(path, tensors: dict[str, str]) -> dict[str, float]:
     import onnx
     from onnx import numpy_helper
 
-    from mobiledeploy.model.graph import layer_of
-
     graph = onnx.load(str(path)).graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    scales = {}
-    for node in graph.node:
-        layer = layer_of(node.input[0], {"sep", "residual", "logits"}) if node.op_type == "QuantizeLinear" else None
-        if layer and node.input[1] in constants:
-            scales[layer] = float(constants[node.input[1]])
-    return scales
+    layer = {name: layer for layer, name in tensors.items()}
+    return {layer[node.input[0]]: float(constants[node.input[1]]) for node in graph.node
+            if node.op_type == "QuantizeLinear" and node.input[0] in layer and node.input[1] in constants}
+
+
+def _tensor_map(folder, name) -> dict[str, str]:
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    return next(f["details"]["tensor_map"] for f in files if f["file"] == name)
 
 
 def test_both_exporters_use_the_ranges_they_are_given(tiny_model, calib_folder, tmp_path):
@@ -76,8 +71,9 @@ def test_both_exporters_use_the_ranges_they_are_given(tiny_model, calib_folder, 
     settings = ExportSettings(tensor_ranges=(("sep", -0.5, 0.75), ("residual", -0.25, 2.0)))
     for export, scales, name in ((tflite_export, _tflite_scales, "model_int8.tflite"),
                                  (onnx_export, _onnx_scales, "model_int8.onnx")):
-        export.export(folded, lambda: calibration.iter_batches(cset, "calib", 20), tmp_path, settings)
-        found = scales(tmp_path / name)
+        artifacts = export.export(folded, lambda: calibration.iter_batches(cset, "calib", 20), tmp_path, settings)
+        tensors = next(a.details["tensor_map"] for a in artifacts if a.file == name)
+        found = scales(tmp_path / name, tensors)
         assert found["sep"] == pytest.approx(1.25 / 255, rel=1e-4), name
         assert found["residual"] == pytest.approx(2.25 / 255, rel=1e-4), name
         assert found["logits"] != pytest.approx(1.25 / 255, rel=0.05)  # the others keep their calibration
@@ -96,7 +92,7 @@ def test_a_build_records_and_uses_its_narrower_ranges(tiny_model_file, calib_fol
     assert all(r[1:3] == tuple(chosen[r[0]]["range"]) for r in result.activation_ranges)
     assert json.loads((tmp_path / "minmax" / "manifest.json").read_text())["activation_ranges"] is None
     for scales, name in ((_tflite_scales, "model_int8.tflite"), (_onnx_scales, "model_int8.onnx")):
-        found = scales(tmp_path / "mse" / name)
+        found = scales(tmp_path / "mse" / name, _tensor_map(tmp_path / "mse", name))
         for layer, entry in chosen.items():
             low, high = entry["range"]
             assert found[layer] == pytest.approx((high - low) / 255, rel=1e-4), (name, layer)

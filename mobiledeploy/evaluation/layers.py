@@ -25,25 +25,24 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..model.graph import WEIGHTED, layer_of
+from ..model.graph import WEIGHTED
 from ..reports import LayerDrift
 
 
 
 class TFLiteTaps:
-    """An int8 .tflite file that also returns its intermediate activation tensors, dequantized."""
+    """An int8 .tflite file that also returns its intermediate activation tensors, dequantized.
+    ``tensor_map`` (the build's record, ``export.tensor_map``) names the tensor of each layer."""
 
-    def __init__(self, path: Path, layer_names: set[str]):
+    def __init__(self, path: Path, tensor_map: dict[str, str]):
         from ..runtime.runners import TFLiteRunner
 
         self.runner = TFLiteRunner(path, preserve_all_tensors=True)
         interpreter = self.runner.interpreter
         produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
-        self.taps: dict[str, dict] = {}
-        for detail in interpreter.get_tensor_details():
-            layer = layer_of(detail["name"], layer_names)
-            if detail["index"] in produced and layer and detail["dtype"] == np.int8:
-                self.taps[layer] = detail  # the last tensor of a layer is its output
+        by_name = {d["name"]: d for d in interpreter.get_tensor_details()
+                   if d["index"] in produced and d["dtype"] == np.int8}
+        self.taps: dict[str, dict] = {layer: by_name[name] for layer, name in tensor_map.items() if name in by_name}
 
     def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """layer -> (dequantized values, int8 codes)."""
@@ -66,7 +65,7 @@ class OnnxTaps:
     values differently from the fused kernel (and later layers amplify them).
     """
 
-    def __init__(self, path: Path, layer_names: set[str]):
+    def __init__(self, path: Path, tensor_map: dict[str, str]):
         import onnx
         import onnxruntime as ort
 
@@ -75,24 +74,25 @@ class OnnxTaps:
         model = onnx.load(str(path))
         initializers = {i.name: i for i in model.graph.initializer}
         producers = {o: n for n in model.graph.node for o in n.output}
+        readers: dict[str, list] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
         self.taps: dict[str, str] = {}
         self.grids: dict[str, dict] = {}  # layer -> its codes' dtype and (scale, zero point)
         self.channels_first: dict[str, bool] = {}
-        for node in model.graph.node:
-            if node.op_type != "DequantizeLinear" or node.input[0] in initializers:
+        for layer, source in tensor_map.items():
+            quantize_node = next((n for n in readers.get(source, []) if n.op_type == "QuantizeLinear"), None)
+            node = next((n for n in readers.get(quantize_node.output[0], []) if n.op_type == "DequantizeLinear"),
+                        None) if quantize_node is not None else None
+            if node is None:
                 continue
-            quantize_node = producers.get(node.input[0])
-            source = quantize_node.input[0] if quantize_node is not None else node.input[0]
-            layer = layer_of(source, layer_names)
-            # tf2onnx names the reshapes/transposes it inserts before an op after that op's layer:
-            # those hold the layer's input, not its output
-            if layer and getattr(producers.get(source), "op_type", "") not in RESHAPING:
-                self.taps[layer] = node.output[0]
-                zero = onnx.numpy_helper.to_array(initializers[node.input[2]]) if len(node.input) > 2 \
-                    else np.zeros((), np.int32)  # none: 0, and the codes are kept as int32
-                scale = onnx.numpy_helper.to_array(initializers[node.input[1]])
-                self.grids[layer] = {"dtype": zero.dtype.type, "quantization": (float(scale), int(zero))}
-                self.channels_first[layer] = _channels_first(source, producers)
+            self.taps[layer] = node.output[0]
+            zero = onnx.numpy_helper.to_array(initializers[node.input[2]]) if len(node.input) > 2 \
+                else np.zeros((), np.int32)  # none: 0, and the codes are kept as int32
+            scale = onnx.numpy_helper.to_array(initializers[node.input[1]])
+            self.grids[layer] = {"dtype": zero.dtype.type, "quantization": (float(scale), int(zero))}
+            self.channels_first[layer] = _channels_first(source, producers)
         options = session_options()
         extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
         inputs = [i.name for i in model.graph.input if i.name not in initializers]
@@ -117,7 +117,6 @@ class OnnxTaps:
         return out
 
 
-RESHAPING = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
 # Ops that keep their input's layout: follow them back to the op that fixed it.
 LAYOUT_KEEPING = {"Relu", "Clip", "Add", "Mul", "Sub", "Div", "QuantizeLinear", "DequantizeLinear", "Pad",
                   "Identity", "Sigmoid", "HardSigmoid", "LeakyRelu"}
@@ -144,15 +143,15 @@ def _channels_first(tensor: str, producers: dict) -> bool:
     return False
 
 
-def analyze(float_model, artifacts: dict[str, Path], batches: Iterable[np.ndarray],
+def analyze(float_model, artifacts: dict[str, tuple[Path, dict]], batches: Iterable[np.ndarray],
             on_batch: Callable[[int], None] | None = None) -> dict[str, tuple[LayerDrift, ...]]:
-    """Per-layer drift of every int8 artifact against ``float_model`` over ``batches``."""
+    """Per-layer drift of every int8 artifact (name -> its path and its tensor map, as the build
+    recorded it) against ``float_model`` over ``batches``."""
     import keras
 
-    names = {layer.name for layer in float_model.layers}
     taps = {}
-    for name, path in artifacts.items():
-        taps[name] = TFLiteTaps(path, names) if path.suffix == ".tflite" else OnnxTaps(path, names)
+    for name, (path, tensors) in artifacts.items():
+        taps[name] = TFLiteTaps(path, tensors) if path.suffix == ".tflite" else OnnxTaps(path, tensors)
     wanted = [layer.name for layer in float_model.layers if any(layer.name in t.taps for t in taps.values())]
     probe = keras.Model(float_model.inputs[0], [float_model.get_layer(n).output for n in wanted])
     sums = {artifact: {layer: [0.0, 0.0, 127, -128] for layer in t.taps} for artifact, t in taps.items()}

@@ -181,7 +181,8 @@ def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200
         from ..passes.logit_floor import apply_floor
 
         model = apply_floor(model, floor["layer"], floor["split_softmax"], floor["floor"])
-    int8 = {e["file"]: build_dir / e["file"] for e in files if e["precision"] == "int8"}
+    int8 = {e["file"]: (build_dir / e["file"], e.get("details", {}).get("tensor_map", {})) for e in files
+            if e["precision"] == "int8"}
     total = min(max_images, len(dataset.items))
     batches = datasets.iter_batches(dataset, preprocessing, batch_size)
     limited = calibration.first_samples(batches, total)

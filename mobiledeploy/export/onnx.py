@@ -11,12 +11,12 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
-from ..model.graph import last_of_each_layer, layer_of
 from ..quiet import captured_output
 from ..runtime.onnx_session import (ORT_DISABLED_OPTIMIZERS, ORT_SESSION_CONFIG, float_compute_nodes,
                                     runtime_float_ops)
 from ..options import ExportSettings
-from ..reports import Artifact
+from ..reports import Artifact, Fallback
+from . import tensor_map
 
 FLOAT_FILE = "model_float.onnx"
 INT8_FILE = "model_int8.onnx"
@@ -45,6 +45,15 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         # Symbolic shape inference needs sympy and adds nothing for fixed-size CNNs.
         with captured_output():
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        # the prepared graph is what the quantizer reads: settings go to its tensors and nodes
+        probe = tensor_map.probe_batch(representative)
+        keras_model = int8_model if int8_model is not None else model
+        mapping = tensor_map.build_map(keras_model, tensor_map.layer_outputs(keras_model, probe),
+                                       tensor_map.onnx_graph(onnx.load(str(prepared)), probe))
+        fallbacks: list[Fallback] = []
+        overrides = _range_overrides(settings.tensor_ranges, mapping, fallbacks)
+        kept = [name for name in mapping.ops_of(settings.float_layers) if name]
+        fallbacks += tensor_map.uncovered_float_layers(keras_model, settings.float_layers, mapping)
         try:
             with captured_output():
                 quantize_static(
@@ -54,19 +63,20 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
                     weight_type=QuantType.QInt8,
                     per_channel=settings.per_channel,
                     calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=nodes_of(prepared, settings.float_layers),
-                    extra_options=_range_overrides(prepared, settings.tensor_ranges),
+                    nodes_to_exclude=kept,
+                    extra_options=overrides,
                 )
         except Exception as exc:
             raise ExportError(f"ONNX Runtime quantization failed: {str(exc).strip().splitlines()[0][:200]}") from None
-    kept = set(nodes_of(int8_path, settings.float_layers))
     float_nodes = float_compute_nodes(int8_path)
-    unfused = runtime_float_ops(int8_path, kept)
+    unfused = runtime_float_ops(int8_path, set(kept))
     unquantized = [name for name in float_nodes if name not in kept]
     if unquantized:
         raise ExportError(
             f"{INT8_FILE}: {len(unquantized)} compute node(s) were left in float ({', '.join(unquantized[:5])})"
         )
+    quantized = {node.input[0] for node in onnx.load(str(int8_path), load_external_data=False).graph.node
+                 if node.op_type == "QuantizeLinear"}
     return [
         Artifact(FLOAT_FILE, "onnx", "float32", details={"runtime": "ONNX Runtime", "opset": settings.opset}),
         Artifact(INT8_FILE, "onnx", "int8", details={
@@ -79,6 +89,10 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
             "session_options": {"disabled_optimizers": ORT_DISABLED_OPTIMIZERS} if float_nodes else {},
             # without these, ONNX Runtime's int8 kernels saturate on x86-64 CPUs without VNNI (see runners)
             "session_config": dict(ORT_SESSION_CONFIG),
+            # which quantized tensor of this file holds each layer's output (analyze reads it)
+            "tensor_map": mapping.recorded(keras_model, quantized),
+            "kept_nodes": kept,
+            "fallbacks": [f.to_dict() for f in fallbacks],
         }),
     ]
 
@@ -260,36 +274,19 @@ def _reader(input_name: str, representative: Callable[[], Iterable[np.ndarray]])
     return Reader()
 
 
-def nodes_of(path: Path, layers) -> list[str]:
-    """Names of the nodes tf2onnx made from the Keras layers ``layers``. A depthwise convolution
-    becomes a node named "Conv__<n>"; its weight or bias input still carries the layer's name."""
-    import onnx
-
-    if not layers:
-        return []
-    layers = set(layers)
-    return [
-        node.name for node in onnx.load(str(path)).graph.node
-        if layer_of(node.name, layers) or (node.op_type == "Conv" and any(layer_of(i, layers) for i in node.input[1:]))
-    ]
-
-
-def _range_overrides(path: Path, ranges: tuple[tuple[str, float, float], ...]) -> dict:
-    """ONNX Runtime's per-tensor overrides that give each layer's output tensor (the last one a
-    node of that layer produces) its range in ``ranges`` instead of the calibration min/max."""
-    import onnx
-
-    if not ranges:
-        return {}
-    wanted = {name: (low, high) for name, low, high in ranges}
-    nodes = onnx.load(str(path)).graph.node  # in topological order
-    handed_on = last_of_each_layer(((node.name, node.output[0]) for node in nodes if node.output), set(wanted))
-    missing = sorted(set(wanted) - set(handed_on))
-    if missing:
-        raise ExportError(f"ONNX export: no tensor found for {', '.join(missing[:5])} to set its int8 range")
-    overrides = {tensor: [{"rmin": np.float32(wanted[layer][0]), "rmax": np.float32(wanted[layer][1])}]
-                 for layer, tensor in handed_on.items()}
-    return {"TensorQuantOverrides": overrides}
+def _range_overrides(ranges: tuple[tuple[str, float, float], ...], mapping: tensor_map.TensorMap,
+                     fallbacks: list[Fallback]) -> dict:
+    """ONNX Runtime's per-tensor overrides that give each layer's output tensor its range in
+    ``ranges`` instead of the calibration min/max; a layer no tensor holds keeps its calibration
+    range (a fallback)."""
+    overrides = {}
+    for layer, low, high in ranges:
+        tensor = mapping.tensors.get(layer)
+        if tensor is None:
+            fallbacks.append(Fallback(layer, "activation range", mapping.why_missing(layer) + "; kept its calibration range"))
+            continue
+        overrides[tensor] = [{"rmin": np.float32(low), "rmax": np.float32(high)}]
+    return {"TensorQuantOverrides": overrides} if overrides else {}
 
 
 def _this_runtime() -> str:

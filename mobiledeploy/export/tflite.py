@@ -11,10 +11,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
-from ..model.graph import last_of_each_layer, layer_of
 from ..quiet import captured_output
 from ..options import ExportSettings
-from ..reports import Artifact
+from ..reports import Artifact, Fallback
+from . import tensor_map
+from .tensor_map import TensorMap, uncovered_float_layers
 
 FLOAT_FILE = "model_float.tflite"
 INT8_FILE = "model_int8.tflite"
@@ -26,13 +27,20 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     """model_float.tflite from ``model``; model_int8.tflite from ``int8_model`` (the model
     refined for int8) when given, else from ``model`` too. ``write_float=False`` keeps the
     model_float.tflite an earlier call wrote (the mixed-precision search changes only the int8
-    file from round to round)."""
+    file from round to round).
+
+    The int8 file is made in two steps, calibrate then quantize (the route of the public
+    tf.lite.experimental.QuantizationDebugger; the converter has no per-layer switch), so that
+    the calibrated float graph can be matched to the Keras layers (``tensor_map``) in between:
+    the narrowed ranges and the layers kept in float are applied to the tensors and operators
+    that compute those layers, whatever the converter named them."""
     import tensorflow as tf
 
     if write_float:
         (directory / FLOAT_FILE).write_bytes(_convert(tf.lite.TFLiteConverter.from_keras_model(model)))
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(int8_model if int8_model is not None else model)
+    source = int8_model if int8_model is not None else model
+    converter = tf.lite.TFLiteConverter.from_keras_model(source)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.representative_dataset = lambda: (
@@ -43,27 +51,37 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         converter.inference_output_type = tf.int8
     if not settings.per_channel:
         converter._experimental_disable_per_channel = True  # no public switch exists
+    converter._experimental_calibrate_only = True
+    calibrated = _convert(converter)
+    probe = tensor_map.probe_batch(representative)
+    mapping = tensor_map.build_map(source, tensor_map.layer_outputs(source, probe),
+                                   tensor_map.tflite_graph(calibrated, probe))
+    fallbacks: list[Fallback] = []
+    calibrated = _with_ranges(calibrated, settings.tensor_ranges, mapping, fallbacks)
+    kept_ops = mapping.ops_of(settings.float_layers)
+    fallbacks += uncovered_float_layers(source, settings.float_layers, mapping)
+    float_head = _softmax_output(model) in set(settings.float_layers)
     int8_path = directory / INT8_FILE
-    keep = frozenset(settings.float_layers)
-    float_head = _softmax_output(model) in keep
-    calibrated = keep or settings.tensor_ranges
-    int8_path.write_bytes(_convert_calibrated(converter, keep, settings, float_head) if calibrated
-                          else _convert(converter))
+    int8_path.write_bytes(_quantize(calibrated, settings, kept_ops, float_head))
 
     ops = _ops(int8_path)
     floats = _float_ops(ops)
     # a float softmax head's output tensor is named after the signature, not the layer
-    offenders = [name for op, name in floats if layer_of(name, keep) is None and not (float_head and op == "SOFTMAX")]
+    offenders = [name for op, name in floats if name not in kept_ops and not (float_head and op == "SOFTMAX")]
     if offenders:
         raise ExportError(
             f"{INT8_FILE}: {len(offenders)} op(s) still compute in float ({', '.join(offenders[:5])}); "
             "the model uses a layer the int8 kernels do not cover"
         )
+    produced = {name for _, name, _ in ops}
     return [
         Artifact(FLOAT_FILE, "tflite", "float32", details={"runtime": "LiteRT"}),
         Artifact(INT8_FILE, "tflite", "int8", details={
             "runtime": "LiteRT", "io": settings.io, "per_channel": settings.per_channel,
-            "float_ops": len(floats), "float_layers": sorted(keep), "ops": _op_counts(ops),
+            "float_ops": len(floats), "float_layers": sorted(settings.float_layers), "ops": _op_counts(ops),
+            # which tensor of this file holds each layer's output (analyze reads it)
+            "tensor_map": mapping.recorded(source, produced),
+            "fallbacks": [f.to_dict() for f in fallbacks],
         }),
     ]
 
@@ -78,47 +96,42 @@ def _convert(converter) -> bytes:
         raise ExportError(f"TFLite converter failed: {str(exc).strip().splitlines()[0][:200]}") from None
 
 
-def _convert_calibrated(converter, keep: frozenset[str], settings: ExportSettings, float_head: bool) -> bytes:
-    """Integer conversion in two steps: calibrate, then quantize, with the operators of the
-    layers in ``keep`` left in float (denylisted) and the calibration statistics of the tensors
-    in ``settings.tensor_ranges`` replaced. This is the route of the public
-    tf.lite.experimental.QuantizationDebugger; the converter has no per-layer switch."""
+def _quantize(calibrated: bytes, settings: ExportSettings, kept_ops: list[str], float_head: bool) -> bytes:
+    """The calibrated model quantized, the operators ``kept_ops`` (and a float softmax head, by
+    its type: its output tensor is named after the signature) left in float."""
     import tensorflow as tf
     from tensorflow.lite.python import convert
 
-    converter._experimental_calibrate_only = True
-    calibrated = _convert(converter)
-    if settings.tensor_ranges:
-        calibrated = _with_ranges(calibrated, {name: (low, high) for name, low, high in settings.tensor_ranges})
-    nodes = [name for name in _produced_names(_interpreter(content=calibrated)) if layer_of(name, keep)]
-    # the output tensor is named after the signature, not the layer: a float softmax head is
-    # denylisted by its operator type (a classifier has one)
-    ops = ["SOFTMAX"] if float_head else []
     io_type = tf.int8 if settings.io == "int8" else tf.float32
     try:
-        with captured_output():
+        with captured_output(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             return convert.mlir_quantize(
                 calibrated, disable_per_channel=not settings.per_channel, fully_quantize=settings.io == "int8",
-                input_data_type=io_type, output_data_type=io_type, denylisted_nodes=nodes, denylisted_ops=ops)
+                input_data_type=io_type, output_data_type=io_type, denylisted_nodes=list(kept_ops),
+                denylisted_ops=["SOFTMAX"] if float_head else [])
     except Exception as exc:  # the quantizer raises plain exceptions
         raise ExportError(f"TFLite quantization of the calibrated model failed: {str(exc).strip()[:200]}") from None
 
 
-def _with_ranges(calibrated: bytes, ranges: dict[str, tuple[float, float]]) -> bytes:
-    """The calibrated model with the min/max statistics of each layer's output tensor (the
-    last one an operator of that layer produces) set to its range in ``ranges``."""
+def _with_ranges(calibrated: bytes, ranges: tuple[tuple[str, float, float], ...], mapping: TensorMap,
+                 fallbacks: list[Fallback]) -> bytes:
+    """The calibrated model with the min/max statistics of each layer's output tensor set to its
+    range in ``ranges``; a layer no tensor holds keeps its calibration range (a fallback)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
+    if not ranges:
+        return calibrated
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     graph = model.subgraphs[0]
-    handed_on = last_of_each_layer(((graph.tensors[i].name.decode(), i) for op in graph.operators for i in op.outputs),
-                                   set(ranges))
-    missing = sorted(set(ranges) - set(handed_on))
-    if missing:
-        raise ExportError(f"TFLite converter: no tensor found for {', '.join(missing[:5])} to set its int8 range")
-    for layer, index in handed_on.items():
-        statistics = graph.tensors[index].quantization
-        statistics.min, statistics.max = [float(ranges[layer][0])], [float(ranges[layer][1])]
+    index = {tensor.name.decode(): i for i, tensor in enumerate(graph.tensors)}
+    for layer, low, high in ranges:
+        name = mapping.tensors.get(layer)
+        if name is None or name not in index:
+            fallbacks.append(Fallback(layer, "activation range", mapping.why_missing(layer) + "; kept its calibration range"))
+            continue
+        statistics = graph.tensors[index[name]].quantization
+        statistics.min, statistics.max = [float(low)], [float(high)]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -134,11 +147,6 @@ def _interpreter(path: Path | None = None, content: bytes | None = None):
 
     with captured_output():
         return Interpreter(model_path=str(path)) if path else Interpreter(model_content=content)
-
-
-def _produced_names(interpreter) -> list[str]:
-    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
-    return [names[i] for op in interpreter._get_ops_details() for i in op["outputs"] if i in names]
 
 
 def _ops(path: Path) -> list[tuple[str, str, list[np.dtype]]]:

@@ -1,13 +1,10 @@
-"""The layer graph of a functional Keras model: who feeds whom, in topological order, and
-which Keras layer a converter's tensor name came from.
+"""The layer graph of a functional Keras model: who feeds whom, in topological order.
 
 Refinement walks the graph layer by layer; equalization looks in it for weighted layers joined
-by a ReLU; analyze maps int8 tensors back to layers.
+by a ReLU; the exporters match it to the converters' graphs (``export.tensor_map``).
 """
 
 from __future__ import annotations
-
-import re
 
 WEIGHTED = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}  # layers with a kernel
 SHAPE_ONLY = {"Reshape", "Flatten", "Dropout"}  # change only the shape (or nothing, at inference)
@@ -78,27 +75,3 @@ def run_layer(layer, inputs: list, chunk: int):
         out = layer(args[0] if len(args) == 1 else args, training=False)
         parts.append(np.asarray(out, np.float32))
     return np.concatenate(parts)
-
-
-def layer_of(tensor_name: str, layer_names: set[str]) -> str | None:
-    """The Keras layer a converter's tensor name belongs to ('model/conv1_relu_1/Relu6;...')."""
-    first = tensor_name.split(";")[0]
-    parts = first.split("/")
-    for part in reversed(parts[:-1] if len(parts) > 1 else parts):
-        if part in layer_names:
-            return part
-        stripped = re.sub(r"_\d+$", "", part)
-        if stripped in layer_names:
-            return stripped
-    return None
-
-
-def last_of_each_layer(named, layer_names: set[str]) -> dict:
-    """{layer: the last value of ``named`` ((tensor name, value) pairs in execution order) whose
-    name belongs to that layer}: the tensor a layer hands on, however many ops it became."""
-    found = {}
-    for name, value in named:
-        layer = layer_of(name, layer_names)
-        if layer:
-            found[layer] = value
-    return found

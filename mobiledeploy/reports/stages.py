@@ -92,6 +92,19 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """An optional refinement that could not apply to one layer, which got the plain setting
+    instead: the build goes on, and the terminal and the manifest say so."""
+
+    layer: str
+    setting: str  # what fell back: "activation range", "kept in float", ...
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class RefineReport:
     """What refinement of the folded model did before export (recorded in the manifest)."""
 
