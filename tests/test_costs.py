@@ -57,15 +57,37 @@ def test_separable_blocks_follow_the_formula(mobilenet_224):
     assert all(7.8 < 1 / b["ratio"] < 9.0 for b in blocks)
 
 
-def test_unsupported_layer_is_named():
+def test_every_layer_gets_a_row_and_element_operations_are_counted():
+    """A squeeze-excite block (MobileNetV3, EfficientNet): pooling, a Multiply, an Add, hard-swish,
+    a Rescaling, a Concatenate and a Dense over a feature map. inspect used to refuse the
+    Multiply ('no cost formula') of a model quantize accepted."""
     import keras
-
-    from mobiledeploy.errors import MobiledeployError
+    from keras import layers
 
     inputs = keras.Input((8, 8, 3))
-    model = keras.Model(inputs, keras.layers.Conv2DTranspose(4, 3)(inputs))
-    with pytest.raises(MobiledeployError, match="Conv2DTranspose"):
-        model_costs(model)
+    x = layers.Rescaling(1 / 255, name="scale")(inputs)
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(x)
+    x = layers.Activation("hard_silu", name="swish")(x)
+    squeeze = layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    gate = layers.Conv2D(8, 1, activation="sigmoid", name="gate")(squeeze)
+    excited = layers.Multiply(name="excite")([x, gate])
+    x = layers.Add(name="residual")([x, excited])
+    x = layers.Concatenate(name="concat")([x, excited])
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    outputs = layers.Dense(5, name="per_position")(x)  # a Dense on (4, 4, 16): 16 positions
+    model = keras.Model(inputs, outputs)
+    report = model_costs(model)
+    rows = {row.name: row for row in report.layers}
+    assert [row.name for row in report.layers] == [layer.name for layer in model.layers]  # one row each
+    assert rows["excite"].kind == "multiply" and rows["excite"].ops == 8 * 8 * 8  # one per output element
+    assert rows["residual"].ops == 8 * 8 * 8 and rows["swish"].ops == 8 * 8 * 8 and rows["scale"].ops == 8 * 8 * 3
+    assert rows["squeeze"].ops == 8 * 8 * 8  # every input element is summed once
+    assert rows["pool"].ops == 4 * 4 * 16 * 4 and rows["concat"].ops == 0
+    assert rows["per_position"].macs == 16 * 16 * 5 and rows["per_position"].params == 16 * 5 + 5
+    assert rows["conv"].macs == 3 * 3 * 3 * 8 * 8 * 8 and rows["gate"].macs == 8 * 8
+    assert report.macs == sum(r.macs for r in report.layers) and report.ops == sum(r.ops for r in report.layers)
+    assert report.ops == 8 * 8 * 3 + 3 * 8 * 8 * 8 + 8 * 8 * 8 + 4 * 4 * 16 * 4
+    assert [r.name for r in what_if(report, alpha=0.5).layers] == [r.name for r in report.layers]
 
 
 def test_python_api_mirrors_the_cli(tiny_model_file):

@@ -5,7 +5,7 @@ dynamic batch included, is unchanged."""
 import numpy as np
 import pytest
 
-from mobiledeploy.export.onnx import fixed_reshapes
+from mobiledeploy.export.onnx_edits import fixed_reshapes
 from qdq_files import qdq_conv
 
 

@@ -120,7 +120,8 @@ def test_uint8_onnx_activations_fuse_the_residual_add_and_keep_the_accuracy(tmp_
         got = open_runner(folder / "model_int8.onnx").run(x)
         assert np.abs(got - reference).max() < 0.05
     folded = keras.saving.load_model(out / "model_folded.keras")
-    rows = analyze(folded, {"model_int8.onnx": out / "model_int8.onnx"}, [x])["model_int8.onnx"]
+    rows = analyze(folded, {"model_int8.onnx": (out / "model_int8.onnx", details["model_int8.onnx"]["tensor_map"])},
+                   [x])["model_int8.onnx"]
     assert rows and all(0 < row.levels_used <= 1 for row in rows)  # uint8 codes read as uint8
 
 

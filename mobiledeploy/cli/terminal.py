@@ -291,7 +291,7 @@ def print_costs(report) -> None:
     table = Table(title=f"{report.model}: input {'x'.join(map(str, report.input_shape))}{what_if}")
     for column in ("layer", "type", "kernel", "M -> N", "output", "params", "mult-adds", "vs standard conv"):
         table.add_column(column, justify="left" if column in ("layer", "type") else "right")
-    for row in report.layers:
+    for row in (r for r in report.layers if r.params or r.macs):  # the rest are in the element-ops total
         block = blocks.get(row.name)
         saving = f"{block['ratio']:.3f} = 1/{block['n']} + 1/{block['dk2']}" if block else ""
         params = f"({row.params:,} folded)" if row.kind == "batchnorm" else f"{row.params:,}"
@@ -301,6 +301,9 @@ def print_costs(report) -> None:
     console.print(table)
     console.print(f"total: {report.params:,} params as deployed ({report.params / 1e6:.2f}M), "
                   f"{report.macs:,} mult-adds per image ({report.macs / 1e6:.1f}M)")
+    if report.ops:
+        console.print(f"plus {report.ops:,} element operations per image ({report.ops / 1e6:.1f}M) in "
+                      f"{sum(1 for r in report.layers if r.ops)} activation, add, multiply, scaling and pooling layers")
     if blocks:
         ratio = sum(b["macs"] for b in blocks.values()) / sum(b["standard_macs"] for b in blocks.values())
         console.print(f"{len(blocks)} depthwise-separable blocks cost {ratio:.3f} of standard convolutions "

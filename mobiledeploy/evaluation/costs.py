@@ -6,6 +6,12 @@ For one image, with kernel Dk x Dk, M input and N output channels and a Df x Df 
   pointwise conv  M·N·Df·Df
 so a depthwise-separable block costs (1/N + 1/Dk²) of the standard conv it replaces.
 Parameters are counted as deployed: BatchNorm folded away, one bias per output channel.
+
+Every other layer the loader accepts gets a row too, with the element operations it does per
+image instead of multiply-adds (an Add or a Multiply one per output element and extra input,
+an activation or a rescaling one per element, pooling one per element of each window); layers
+that only move data (padding, reshapes, dropout) cost nothing. So a model that quantizes always
+has a cost report, whatever it is built from.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ import math
 from ..errors import MobiledeployError
 from ..reports import CostReport, LayerCost
 
-# Layers that cost nothing worth counting (pooling and activations are not multiply-adds).
-FREE = {"InputLayer", "ZeroPadding2D", "ReLU", "Activation", "Dropout", "Reshape", "Flatten",
-        "GlobalAveragePooling2D", "GlobalMaxPooling2D", "AveragePooling2D", "MaxPooling2D",
-        "Add", "Rescaling", "Normalization", "Softmax", "Identity"}
+WEIGHTED_KINDS = frozenset({"conv", "pointwise", "depthwise", "dense"})
+ELEMENTWISE = {"Add": "add", "Subtract": "add", "Multiply": "multiply", "Maximum": "add", "Minimum": "add",
+               "Average": "add"}
+SCALING = {"Rescaling", "Normalization"}
+POOLING = {"MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D"}
+# only move or drop data at inference
+DATA_ONLY = {"InputLayer", "ZeroPadding2D", "Dropout", "Reshape", "Flatten", "Identity", "Concatenate"}
 
 
 def model_costs(model) -> CostReport:
@@ -30,13 +39,42 @@ def model_costs(model) -> CostReport:
             rows.extend(_weighted(layer))
         elif kind == "BatchNormalization":
             rows.append(_batchnorm(layer, rows))
-        elif kind not in FREE:
-            raise MobiledeployError(
-                f"layer '{layer.name}' ({kind}) has no cost formula; inspect supports Conv2D, "
-                "DepthwiseConv2D, SeparableConv2D, Dense, BatchNormalization, pooling and activations"
-            )
+        else:
+            rows.append(_elementwise(layer, kind))
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     return CostReport(model.name, shape, tuple(rows))
+
+
+def _elementwise(layer, kind: str) -> LayerCost:
+    """A layer without a kernel: what it does per image, in element operations."""
+    out_shape = _one(layer.output).shape[1:]
+    inputs = [t for t in _inputs(layer)]
+    elements = math.prod(int(d) for d in out_shape)
+    m = int(inputs[0].shape[-1]) if inputs else int(out_shape[-1])
+    if kind in ELEMENTWISE:
+        label, ops = ELEMENTWISE[kind], elements * max(len(inputs) - 1, 1)
+    elif kind in SCALING:
+        label, ops = "scaling", elements
+    elif kind in POOLING:
+        window = math.prod(int(d) for d in inputs[0].shape[1:-1]) if kind.startswith("Global") \
+            else math.prod(int(d) for d in layer.pool_size)
+        label, ops = "pooling", elements * window
+    elif kind in DATA_ONLY:
+        label, ops = "data", 0
+    else:  # ReLU, Activation, Softmax, LeakyReLU and any other layer the loader let through
+        label, ops = "activation", elements
+    params = int(layer.count_params()) if layer.weights else 0
+    return LayerCost(layer.name, label, (1, 1), m, int(out_shape[-1]) if out_shape else 1, _spatial(_one(layer.output).shape),
+                     params, 0, ops=ops)
+
+
+def _inputs(layer) -> list:
+    node = layer._inbound_nodes[0] if layer._inbound_nodes else None
+    return list(node.input_tensors) if node is not None else []
+
+
+def _one(tensor):
+    return tensor[0] if isinstance(tensor, (list, tuple)) else tensor
 
 
 def what_if(report: CostReport, alpha: float = 1.0, rho: float = 1.0) -> CostReport:
@@ -50,7 +88,7 @@ def what_if(report: CostReport, alpha: float = 1.0, rho: float = 1.0) -> CostRep
     """
     if alpha <= 0 or rho <= 0:
         raise MobiledeployError(f"alpha and rho must be positive; got alpha={alpha}, rho={rho}")
-    weighted = [i for i, row in enumerate(report.layers) if row.kind != "batchnorm"]
+    weighted = [i for i, row in enumerate(report.layers) if row.kind in WEIGHTED_KINDS]
     first, last = (weighted[0], weighted[-1]) if weighted else (-1, -1)
 
     def width(channels: int) -> int:
@@ -61,6 +99,11 @@ def what_if(report: CostReport, alpha: float = 1.0, rho: float = 1.0) -> CostRep
 
     rows = []
     for i, row in enumerate(report.layers):
+        if row.kind not in WEIGHTED_KINDS | {"batchnorm"}:  # element operations scale with channels and area
+            scaled = _costed_elementwise(row, width(row.in_channels), width(row.out_channels),
+                                         tuple(size(d) for d in row.out_size))
+            rows.append(scaled)
+            continue
         m = row.in_channels if i == first else width(row.in_channels)
         n = row.out_channels if i == last else width(row.out_channels)
         if row.kind in {"depthwise", "batchnorm"}:
@@ -74,7 +117,7 @@ def what_if(report: CostReport, alpha: float = 1.0, rho: float = 1.0) -> CostRep
 def separable_blocks(report: CostReport) -> list[dict]:
     """Each depthwise layer followed by a pointwise one: its cost against a standard conv."""
     blocks = []
-    layers = [row for row in report.layers if row.kind != "batchnorm"]
+    layers = [row for row in report.layers if row.kind in WEIGHTED_KINDS]
     for dw, pw in zip(layers, layers[1:]):
         if dw.kind != "depthwise" or pw.kind != "pointwise" or dw.out_size != pw.out_size:
             continue
@@ -98,11 +141,10 @@ def _weighted(layer) -> list[LayerCost]:
     out_h, out_w = _spatial(layer.output.shape)
     m = int(layer.input.shape[-1])
     bias = bool(getattr(layer, "use_bias", False))
-    if kind == "Dense":
-        if len(layer.input.shape) != 2:
-            raise MobiledeployError(f"layer '{layer.name}': Dense on a {len(layer.input.shape)}-D tensor is "
-                                    "not supported by inspect; expected (batch, features)")
-        return [_costed(layer.name, "dense", (1, 1), m, int(layer.units), (1, 1), bias)]
+    if kind == "Dense":  # on (batch, ..., features): one product per position
+        positions = math.prod(int(d) for d in layer.input.shape[1:-1])
+        row = _costed(layer.name, "dense", (1, 1), m, int(layer.units), (1, 1), bias)
+        return [row if positions == 1 else LayerCost(**{**row.to_dict(), "macs": row.macs * positions})]
     kernel = tuple(int(k) for k in layer.kernel_size)
     if kind == "DepthwiseConv2D":
         n = m * int(layer.depth_multiplier)
@@ -112,11 +154,15 @@ def _weighted(layer) -> list[LayerCost]:
         return [_costed(f"{layer.name}/depthwise", "depthwise", kernel, m, mid, (out_h, out_w), False),
                 _costed(f"{layer.name}/pointwise", "pointwise", (1, 1), mid, int(layer.filters),
                         (out_h, out_w), bias)]
-    if int(getattr(layer, "groups", 1)) != 1:
-        raise MobiledeployError(f"layer '{layer.name}': grouped Conv2D (groups={layer.groups}) is not "
-                                "supported by inspect; expected groups=1")
+    groups = int(getattr(layer, "groups", 1))
     kind = "pointwise" if kernel == (1, 1) else "conv"
-    return [_costed(layer.name, kind, kernel, m, int(layer.filters), (out_h, out_w), bias)]
+    row = _costed(layer.name, kind, kernel, m, int(layer.filters), (out_h, out_w), bias)
+    if groups == 1:
+        return [row]
+    # a grouped convolution: each output channel reads M / groups input channels
+    weights = kernel[0] * kernel[1] * (m // groups) * int(layer.filters)
+    return [LayerCost(**{**row.to_dict(), "params": weights + (int(layer.filters) if bias else 0),
+                         "macs": weights * out_h * out_w})]
 
 
 def _batchnorm(layer, rows: list[LayerCost]) -> LayerCost:
@@ -143,6 +189,13 @@ def _costed(name: str, kind: str, kernel: tuple[int, int], m: int, n: int, out_s
     else:
         weights = kh * kw * m * n
     return LayerCost(name, kind, kernel, m, n, out_size, weights + (n if bias else 0), weights * positions, bias)
+
+
+def _costed_elementwise(row: LayerCost, m: int, n: int, out_size: tuple[int, int]) -> LayerCost:
+    """A row without a kernel at other channel counts and sizes: its operations scale with both."""
+    before = max(row.out_channels * row.out_size[0] * row.out_size[1], 1)
+    after = n * out_size[0] * out_size[1]
+    return LayerCost(row.name, row.kind, row.kernel, m, n, out_size, row.params, 0, ops=row.ops * after // before)
 
 
 def _spatial(shape) -> tuple[int, int]:

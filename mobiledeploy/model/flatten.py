@@ -1,16 +1,19 @@
-"""Nested models become one flat graph, without the layers that do nothing at inference.
+"""Nested models become one flat graph of layers, without the layers that do nothing at inference.
 
 Fine-tuned MobileNets are usually saved nested: a ``keras.applications`` base called as one
 layer inside the classifier (``x = base(x, training=False)``). Folding, refinement and the
 per-layer reports work on layers, so every nested model is inlined: its layers are re-created
 from their configs, called on the outer tensors and given the same weights. The function is
 unchanged; the names are the inner layers' own. Data augmentation layers (random flips,
-rotations, zooms...) are the identity at inference and are left out.
+rotations, zooms...) are the identity at inference and are left out. Operations of a Keras 3
+graph that are not layers (MobileNetV3's ``x + 3``) become the layers that compute them
+(``operations.as_layer``).
 """
 
 from __future__ import annotations
 
 from ..errors import ModelLoadError
+from .operations import as_layer
 
 INFERENCE_IDENTITY = frozenset({"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
                                 "RandomContrast", "RandomBrightness"})
@@ -21,8 +24,8 @@ def flatten(model):
     the same weights."""
     import keras
 
-    if not any(isinstance(layer, keras.Model) or type(layer).__name__ in INFERENCE_IDENTITY
-               for layer in model.layers):
+    if not any(isinstance(op, keras.Model) or type(op).__name__ in INFERENCE_IDENTITY
+               or not isinstance(op, keras.layers.Layer) for op in model.operations):
         return model
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name.split(":")[0]) for t in model.inputs]
     outputs = _call(model, inputs)
@@ -51,6 +54,8 @@ def _operation(layer):
 
     if isinstance(layer, keras.Model):
         return lambda *args, **kwargs: _call(layer, list(args))
+    if not isinstance(layer, keras.layers.Layer):  # an operation of the graph: its equivalent layer
+        return as_layer(layer)
     if type(layer).__name__ in INFERENCE_IDENTITY:
         return lambda *args, **kwargs: args[0]
     copy = type(layer).from_config(layer.get_config())

@@ -14,9 +14,11 @@ Only the config (JSON) changes, never the weights, and only where the meaning is
 - a nested model's first call is node 1 in Keras 2 (its construction was node 0), node 0 in
   Keras 3;
 - TFOpLambda layers that divide, multiply, add or subtract a constant number (what
-  ``keras.applications.*.preprocess_input`` leaves in a fine-tuned model) become the
-  equivalent Rescaling layer. They name a TensorFlow function rather than carry code; any
-  other TFOpLambda is still refused by the loader.
+  ``keras.applications.*.preprocess_input`` leaves in a fine-tuned model, and MobileNetV3's
+  hard-swish) become the equivalent Rescaling layer, and those applying relu, relu6, sigmoid or
+  silu the equivalent activation layer (``operations``). They name a TensorFlow function rather
+  than carry code; any other TFOpLambda is still refused by the loader;
+- layer names with '/' (tf-keras' MobileNetV3: 'Conv/BatchNorm'), which Keras 3 refuses, get '_'.
 """
 
 from __future__ import annotations
@@ -25,48 +27,58 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from .flatten import INFERENCE_IDENTITY
+from .operations import call_entries, translated
 
 MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
-_SCALAR_OPS = {  # function -> (scale, offset) of Rescaling for the constant y
-    "math.truediv": lambda y: (1.0 / y, 0.0),
-    "math.divide": lambda y: (1.0 / y, 0.0),
-    "math.multiply": lambda y: (y, 0.0),
-    "math.add": lambda y: (1.0, y),
-    "__operators__.add": lambda y: (1.0, y),
-    "math.subtract": lambda y: (1.0, -y),
-}
-
-
-def scalar_op(layer: dict) -> tuple[float, float] | None:
-    """(scale, offset) when ``layer`` is a TFOpLambda applying x/y, x*y, x+y or x-y with a
-    constant number y to one tensor, else None."""
-    if layer.get("class_name") != "TFOpLambda":
-        return None
-    function = (layer.get("config") or {}).get("function")
-    rule = _SCALAR_OPS.get(function)
-    nodes = layer.get("inbound_nodes") or []
-    entries = _entries(nodes[0]) if len(nodes) == 1 and isinstance(nodes[0], list) else []
-    if rule is None or len(entries) != 1:
-        return None
-    entry = entries[0]
-    kwargs = entry[3] if isinstance(entry, list) and len(entry) == 4 and isinstance(entry[3], dict) else None
-    y = None if kwargs is None else kwargs.get("y")
-    if not isinstance(y, (int, float)) or isinstance(y, bool) or set(kwargs) - {"y", "name"} \
-            or (y == 0 and "div" in function):
-        return None
-    return rule(float(y))
-
-
-def to_keras3(config: dict) -> dict:
+def to_keras3(config: dict) -> tuple[dict, dict[str, str]]:
+    """The config in Keras 3's terms, and the layers it renamed (Keras 2 name -> new name)."""
     config = _plain(config)
+    renamed = _legal_names(config["config"])
     _translate(config["config"]["layers"], config["config"])
-    return config
+    return config, renamed
+
+
+def _legal_names(model: dict) -> dict[str, str]:
+    """Keras 2 allowed '/' in layer names (tf-keras' MobileNetV3 has 'Conv/BatchNorm'); Keras 3
+    does not. Such layers get '_' instead, unique in the model; every reference follows."""
+    layers = model.get("layers") or []
+    taken = {str(layer.get("config", {}).get("name")) for layer in layers}
+    renamed: dict[str, str] = {}
+    for layer in layers:
+        cfg = layer.get("config", {})
+        name = cfg.get("name")
+        if isinstance(name, str) and "/" in name:
+            new = name.replace("/", "_")
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            renamed[name] = cfg["name"] = new
+            if "name" in layer:
+                layer["name"] = new
+        if layer.get("class_name") in MODEL_CLASSES:
+            renamed.update(_legal_names(cfg))
+    if renamed:
+        _rename_references(model, renamed)
+    return renamed
+
+
+def _rename_references(value: Any, renamed: dict[str, str]) -> None:
+    """Every [layer, node, tensor(, kwargs)] reference to a renamed layer, in place."""
+    if isinstance(value, list):
+        if len(value) >= 3 and isinstance(value[0], str) and value[0] in renamed and isinstance(value[1], int):
+            value[0] = renamed[value[0]]
+        for item in value:
+            _rename_references(item, renamed)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("inbound_nodes", "input_layers", "output_layers") or isinstance(item, (list, dict)):
+                _rename_references(item, renamed)
 
 
 def _translate(layers: list, model: dict) -> None:
     nested = {layer.get("config", {}).get("name") for layer in layers if layer.get("class_name") in MODEL_CLASSES}
     calls = [node for layer in layers for node in layer.get("inbound_nodes") or [] if isinstance(node, list)]
-    for entry in [e for node in calls for e in _entries(node)] + list(model.get("output_layers") or []):
+    for entry in [e for node in calls for e in call_entries(node)] + list(model.get("output_layers") or []):
         if isinstance(entry, list) and len(entry) >= 2 and entry[0] in nested and isinstance(entry[1], int) \
                 and entry[1] >= 1:
             entry[1] -= 1
@@ -90,20 +102,10 @@ def _translate(layers: list, model: dict) -> None:
             cfg["axis"] = cfg["axis"][0]
         elif kind in INFERENCE_IDENTITY:  # data augmentation, dropped after loading
             cfg.pop("rng_type", None)
-        elif (rescaling := scalar_op(layer)) is not None:
-            scale, offset = rescaling
-            source = _entries(layer["inbound_nodes"][0])[0]
+        elif (equivalent := translated(layer)) is not None:  # a known TFOpLambda: its layer
+            source = call_entries(layer["inbound_nodes"][0])[0]
             layer["inbound_nodes"] = [[[source[0], source[1], source[2], {}]]]
-            layer["class_name"] = "Rescaling"
-            layer["module"] = "keras.layers"
-            layer["config"] = {"name": cfg.get("name"), "dtype": cfg.get("dtype", "float32"),
-                               "trainable": False, "scale": scale, "offset": offset}
-
-
-def _entries(node: list) -> list:
-    """The [layer, node index, tensor index, kwargs] entries of one Keras 2 inbound node; op
-    layers (TFOpLambda) save a single entry without the enclosing list."""
-    return [node] if node and isinstance(node[0], str) else [e for e in node if isinstance(e, list)]
+            layer.update(equivalent, module="keras.layers")
 
 
 def _plain(value: Any) -> Any:

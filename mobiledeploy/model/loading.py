@@ -21,7 +21,8 @@ from typing import Any, Iterator
 from ..errors import ModelLoadError, first_line
 from .flatten import INFERENCE_IDENTITY, flatten
 from ..json_input import parse_json
-from .keras2_config import MODEL_CLASSES, scalar_op, to_keras3
+from .keras2_config import MODEL_CLASSES, to_keras3
+from .operations import KNOWN_OPERATIONS, is_operation, translated
 from ..limits import MAX_JSON_BYTES, MAX_WEIGHT_BYTES
 from .sizing import fixed_size
 
@@ -108,9 +109,9 @@ def _load_h5(path: Path, trust: bool) -> LoadedModel:
             )
         config = _parse_json(raw, path)
         saved_by = text_attribute(handle, "keras_version", path) or "unknown"
-        model = _build(config, path, trust)
+        model, renamed = _build(config, path, trust)
         group = handle["model_weights"] if "model_weights" in handle else handle
-        weights = dict(_h5_weights(group, path))
+        weights = {renamed.get(name, name): values for name, values in _h5_weights(group, path)}
     _assign_weights(model, weights, path)
     return LoadedModel(flatten(model), str(path), "h5", saved_by, trust)
 
@@ -221,9 +222,9 @@ def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
             f"{metadata_file}: unreadable Keras metadata ({first_line(exc)}); "
             "re-save the model with model.save('model.keras')"
         ) from None
-    model = _build(config, path, trust)
+    model, renamed = _build(config, path, trust)
     weights = _checkpoint_weights(path / "variables" / "variables", path)
-    _assign_weights(model, weights, path)
+    _assign_weights(model, {renamed.get(name, name): values for name, values in weights.items()}, path)
     return LoadedModel(flatten(model), str(path), "savedmodel", str(meta.get("keras_version", "unknown")), trust)
 
 
@@ -270,11 +271,12 @@ def _check_declared_bytes(declared: int, prefix: Path, path: Path) -> None:
 
 
 def _build(config: dict, path: Path, trust: bool):
-    """Check, sanitize and deserialize a Keras 2 or Keras 3 model config (no weights)."""
+    """Check, sanitize and deserialize a Keras 2 model config (no weights); the layers renamed
+    for Keras 3 (old name -> new), whose weights the file keeps under the old name."""
     import keras
 
     _check_config(config, path, trust)
-    config = to_keras3(config)
+    config, renamed = to_keras3(config)
     class_name = config.get("class_name")
     builder = keras.Sequential if class_name == "Sequential" else keras.Model
     try:
@@ -285,7 +287,7 @@ def _build(config: dict, path: Path, trust: bool):
             f"{path}: Keras could not rebuild the architecture ({first_line(exc)}); "
             "re-save it as .keras with the Keras version that trained it"
         ) from None
-    return _as_functional(model)
+    return _as_functional(model), renamed
 
 
 def _safe_mode(enabled: bool):
@@ -312,8 +314,15 @@ def _check_layer(layer: dict, path: Path, trust: bool) -> None:
     kind = layer.get("class_name")
     cfg = layer.get("config", {}) or {}
     name = cfg.get("name") or layer.get("name") or "?"
-    if scalar_op(layer) is not None:  # x/127.5 etc.: becomes a Rescaling layer
+    if translated(layer) is not None:  # a TFOpLambda x/127.5, relu6(x) etc.: becomes its layer
         return
+    if is_operation(layer):  # a Keras 3 operation of the graph (x + 3): becomes its layer
+        if kind in KNOWN_OPERATIONS:
+            return
+        raise ModelLoadError(
+            f"{path}: '{name}' is the operation {layer.get('module')}.{kind}, which has no equivalent layer; "
+            f"supported operations: {', '.join(sorted(KNOWN_OPERATIONS))}. Rebuild the model with Keras layers"
+        )
     if kind in MODEL_CLASSES:  # a nested model (a base inside a fine-tuned classifier): check its layers
         for inner in cfg.get("layers") or []:
             _check_layer(inner, path, trust)

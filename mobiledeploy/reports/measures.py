@@ -74,7 +74,9 @@ class GateResult:
 class LayerCost:
     """Parameters and multiply-adds of one layer for one image (the MobileNets paper's counts).
 
-    ``kind`` is conv (standard Dk x Dk), pointwise (1 x 1), depthwise, dense or batchnorm.
+    ``kind`` is conv (standard Dk x Dk), pointwise (1 x 1), depthwise, dense or batchnorm; for the
+    layers without a kernel add, multiply, activation, scaling, pooling or data, whose work is
+    counted in element operations (``ops``) instead of multiply-adds.
     """
 
     name: str
@@ -86,6 +88,7 @@ class LayerCost:
     params: int
     macs: int
     bias: bool = False
+    ops: int = 0  # element operations per image (layers without a kernel)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +113,11 @@ class CostReport:
         """Parameters as deployed: BatchNorm folded away (each layer keeps one bias per channel)."""
         return sum(layer.params for layer in self.layers if layer.kind != "batchnorm")
 
+    @property
+    def ops(self) -> int:
+        """Element operations per image of the layers without a kernel."""
+        return sum(layer.ops for layer in self.layers)
+
     def to_dict(self) -> dict:
         return {
             "model": self.model,
@@ -117,6 +125,7 @@ class CostReport:
             "alpha": self.alpha,
             "rho": self.rho,
             "macs": self.macs,
+            "elementwise_ops": self.ops,
             "params": self.params,
             "layers": [layer.to_dict() for layer in self.layers],
         }
