@@ -168,7 +168,7 @@ def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out) -> di
 
     fields = {"num_holdout": 0, **fields}
     result = mobiledeploy.quantize(model, calib, out, num_calib=200 - fields["num_holdout"], overwrite=True, **fields)
-    preprocessing = Preprocessing.from_dict(manifest.read(out)["preprocessing"])
+    preprocessing = manifest.read(out).preprocessing
     data = datasets.open_data(evaluation)
     names = [Path(item).name for item in data.items]
     runners = {"float": open_runner(out / "model_folded.keras")}
@@ -211,7 +211,7 @@ def _view_pixels(out: Path, evaluation: Path, count: int):
     from mobiledeploy.data import datasets
     from mobiledeploy.reports import Preprocessing
 
-    preprocessing = Preprocessing.from_dict(manifest.read(out)["preprocessing"])
+    preprocessing = manifest.read(out).preprocessing
     files = [Path(item) for item in datasets.open_data(evaluation).items]
     return [f.name for f in files], np.concatenate([_views(f, preprocessing, count) for f in files]), preprocessing
 

@@ -56,7 +56,7 @@ def main() -> None:
                   f"{d.seconds:.1f} s); refine {result.refinement.seconds:.0f} s")
         elif setting != "off":
             print(f"--dither {setting}: no linear channel to copy; both builds are the same")
-    preprocessing = Preprocessing.from_dict(manifest.read(builds["off"])["preprocessing"])
+    preprocessing = manifest.read(builds["off"]).preprocessing
     images = np.concatenate(list(datasets.iter_batches(datasets.open_data(evaluation, labels), preprocessing, 50)))
     batches = [images[i:i + 50] for i in range(0, len(images), 50)]
     reference = collect({"float": open_runner(builds["off"] / "model_folded.keras")}, iter(batches))["float"]

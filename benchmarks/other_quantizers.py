@@ -122,7 +122,7 @@ def _compare(model, calib, evaluation, labels, work: Path, pythons: dict, iterat
     mobiledeploy.quantize(model, calib, build, num_calib=200, num_holdout=0, overwrite=True)
     seconds = {"model_int8.tflite": time.perf_counter() - started}
     seconds["model_int8.onnx"] = seconds["model_int8.tflite"]  # one run builds both
-    preprocessing = Preprocessing.from_dict(manifest.read(build)["preprocessing"])
+    preprocessing = manifest.read(build).preprocessing
     calib_npy = work / "calib.npy"
     np.save(calib_npy, read_batch(list_images(calib), preprocessing), allow_pickle=False)
 
@@ -165,7 +165,7 @@ def _on_openvino(build: Path, evaluation, labels, files: list[Path], python: Pat
     from mobiledeploy.runtime.runners import open_runner
     from mobiledeploy.reports import Preprocessing
 
-    preprocessing = Preprocessing.from_dict(manifest.read(build)["preprocessing"])
+    preprocessing = manifest.read(build).preprocessing
     data = datasets.open_data(evaluation, labels)
     x = np.concatenate(list(datasets.iter_batches(data, preprocessing)))
     truth = np.asarray(data.labels)

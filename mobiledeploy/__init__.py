@@ -64,21 +64,21 @@ def check_build(build_dir, data, labels=None, max_drop: float = 1.0, min_agreeme
 
 def bench_build(target, data=None, include_keras: bool = False, device: str = "cpu", progress=None, **settings):
     """Same as ``mobiledeploy bench``. Settings are ``BenchSettings`` fields (num_threads, ...)."""
-    from .evaluation import measure
+    from .evaluation import latency
     from .options import BenchSettings
 
-    return measure.bench_build(target, BenchSettings(**settings), data, include_keras, progress, device)
+    return latency.bench_build(target, BenchSettings(**settings), data, include_keras, progress, device)
 
 
 def inspect_model(model, alpha: float = 1.0, rho: float = 1.0, trust_model_code: bool = False, input_size=None):
     """Same as ``mobiledeploy inspect``: a ``CostReport`` of params and multiply-adds per layer."""
-    from .evaluation import measure
+    from .evaluation import costs
 
-    return measure.inspect_model(model, alpha, rho, trust_model_code, input_size)
+    return costs.inspect_model(model, alpha, rho, trust_model_code, input_size)
 
 
 def analyze_build(build_dir, data, max_images: int = 200, progress=None):
     """Same as ``mobiledeploy analyze``: an ``AnalyzeReport`` of per-layer drift."""
-    from .evaluation import measure
+    from .evaluation import layers
 
-    return measure.analyze_build(build_dir, data, max_images, progress=progress)
+    return layers.analyze_build(build_dir, data, max_images, progress=progress)

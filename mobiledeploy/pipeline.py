@@ -1,8 +1,14 @@
 """Chains the stages that make a build.
 
-quantize: load -> fold -> calibrate -> refine -> export -> measure -> manifest. ``build_eval``
-runs a build's artifacts on labelled data (eval / check); ``measure`` chains bench, inspect and
-analyze over a build.
+quantize: load -> fold -> calibrate -> refine -> export -> measure -> manifest. The stages that
+prepare the model for int8 (equalization, dithered copies, the logit floor, narrowed ranges,
+refinement) are optional refinements: one that fails for the model, or for a layer, falls back
+to the plain setting and the build goes on, saying which layer, which refinement and why
+(``fallbacks`` in the manifest). Only the core fails the command: load, fold, convert and the
+int8 checks of the exported files.
+
+``evaluation.builds`` runs a build's artifacts on labelled data (eval / check);
+``evaluation.latency``, ``.costs`` and ``.layers`` measure a build (bench, inspect, analyze).
 """
 
 from __future__ import annotations
@@ -12,12 +18,27 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .data import calibration
-from .evaluation import metrics as evaluate
 from . import manifest, staging
-from .errors import FoldingError, MobiledeployError
+from .data import calibration
+from .data.input_scaling import SAMPLES, read_scaling
+from .errors import FoldingError, MobiledeployError, first_line
+from .evaluation import layers as analyze
+from .evaluation import metrics as evaluate
+from .export import onnx as onnx_export
+from .export import tflite as tflite_export
+from .manifest import Manifest, ModelSource
+from .model.heads import head_for
+from .model.loading import load_model
 from .options import ExportSettings, Progress, QuantizeOptions
-from .reports import HEADS, Artifact, QuantizeResult
+from .passes import mixed, refine
+from .passes.dither import AUTO_MAX_CHANNELS, dither_first_layer
+from .passes.equalize import equalize
+from .passes.folding import fold_batchnorm, verify_fold
+from .passes.logit_floor import floor_logits, floored
+from .passes.ranges import mse_ranges
+from .quiet import import_tensorflow
+from .reports import HEADS, Artifact, Fallback, QuantizeResult
+from .runtime.runners import KerasRunner, open_runner
 
 FOLDED_FILE = "model_folded.keras"
 # the equalized float model: the same function as the folded one, with rescaled channels; the
@@ -43,14 +64,7 @@ def quantize(
     The output folder appears complete or not at all. Raises a ``MobiledeployError`` subclass
     for every problem with the inputs.
     """
-    from .quiet import import_tensorflow
-
     import_tensorflow()
-    from .passes import mixed
-    from .passes.folding import fold_batchnorm, verify_fold
-    from .model.heads import head_for
-    from .model.loading import load_model
-
     options = options or QuantizeOptions()
     report = progress or (lambda step, done, total: None)
     output_dir = Path(output_dir)
@@ -94,11 +108,14 @@ def quantize(
         )
 
     head = head_for(folded, options.head)  # how agreement reads the outputs (a single output is a binary decision)
-    equalized, equalization = _equalize(folded, samples, options, report)
+    fallbacks: list[Fallback] = []
+    equalized, equalization = _optional(fallbacks, "cross-layer equalization", (folded, None),
+                                        _equalize, folded, samples, options, report)
     # what the int8 converters start from: the same function as the folded model
-    prepared, dither = _dither(equalized, samples, options, report)
-    floor = _logit_floor(prepared, samples, options, report)
-    ranges = _tensor_ranges(prepared, floor, samples, options, report)
+    prepared, dither = _optional(fallbacks, "dithered copies", (equalized, None),
+                                 _dither, equalized, samples, options, report)
+    floor = _optional(fallbacks, "logit floor", None, _logit_floor, prepared, samples, options, report)
+    ranges = _optional(fallbacks, "activation ranges", {}, _tensor_ranges, prepared, floor, samples, options, report)
     which = "holdout" if cset.holdout else "calib"
     with staging.staged_directory(output_dir, options.overwrite) as work:
         save_keras(folded, work / FOLDED_FILE)
@@ -107,42 +124,47 @@ def quantize(
         if dither:
             save_keras(prepared, work / DITHERED_FILE)
         artifacts, drift, refinement, settings, keep = _build_within_budget(
-            work, folded, head, prepared, floor, ranges, batches, samples, which, options, report)
+            work, folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks)
         mixed_report = mixed.describe(folded, keep, options.max_drop, drift) \
             if keep or options.max_drop is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
-        manifest.write(work, {
-            "created_by": "mobiledeploy quantize",
-            "model": {
-                "source": str(model_path),
-                "sha256": manifest.sha256(Path(model_path)) if Path(model_path).is_file() else None,
-                "format": loaded.source_format,
-                "saved_by_keras": loaded.saved_by,
-                "trusted_code": loaded.trusted,
-                "name": loaded.model.name,
-                "input_shape": [None, *loaded.model.inputs[0].shape[1:]],
-                "output_shape": [None, *loaded.model.outputs[0].shape[1:]],
-            },
-            "preprocessing": preprocessing.to_dict(),
-            "input_scaling": scaling.to_dict(),
-            "head": head.to_dict(),
-            "calibration": cset.summary(),
-            "settings": {**options.to_dict(), "export": settings.to_dict()},
-            "folding": fold.to_dict(),
-            "equalization": _reference_entry(work, equalization, EQUALIZED_FILE),
-            "dither": _reference_entry(work, dither, DITHERED_FILE),
-            "refinement": {k: v for k, v in refinement.to_dict().items() if k != "seconds"} if refinement else None,
-            "logit_floor": floor.to_dict() if floor else None,
-            "activation_ranges": {name: {"range": [low, high], "calibrated": [cal_low, cal_high]}
-                                  for name, (low, high, cal_low, cal_high) in ranges.items()} or None,
-            "mixed_precision": mixed_report.to_dict() if mixed_report else None,
-            "files": [a.to_dict() for a in artifacts],
-            "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
-            "versions": manifest.library_versions(),
-        })
+        fallbacks += [Fallback(layer, "refinement", why) for layer, why in (refinement.fallbacks if refinement else ())]
+        fallbacks += [Fallback(**f) for a in artifacts for f in a.details.get("fallbacks", ())]
+        fallbacks = list(dict.fromkeys(fallbacks))  # the same fallback in both int8 files: once
+        manifest.write(work, Manifest(
+            created_by="mobiledeploy quantize",
+            model=ModelSource(str(model_path), manifest.sha256(Path(model_path)) if Path(model_path).is_file() else None,
+                              loaded.source_format, loaded.saved_by, loaded.trusted, loaded.model.name,
+                              (None, *loaded.model.inputs[0].shape[1:]), (None, *loaded.model.outputs[0].shape[1:])),
+            preprocessing=preprocessing, head=head.kind, files=artifacts, fallbacks=tuple(fallbacks),
+            records={
+                "input_scaling": scaling.to_dict(),
+                "calibration": cset.summary(),
+                "settings": {**options.to_dict(), "export": settings.to_dict()},
+                "folding": fold.to_dict(),
+                "equalization": _reference_entry(work, equalization, EQUALIZED_FILE),
+                "dither": _reference_entry(work, dither, DITHERED_FILE),
+                "refinement": {k: v for k, v in refinement.to_dict().items() if k != "seconds"} if refinement else None,
+                "logit_floor": floor.to_dict() if floor else None,
+                "activation_ranges": {name: {"range": [low, high], "calibrated": [cal_low, cal_high]}
+                                      for name, (low, high, cal_low, cal_high) in ranges.items()} or None,
+                "mixed_precision": mixed_report.to_dict() if mixed_report else None,
+                "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
+                "versions": manifest.library_versions(),
+            }))
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
                           equalization, mixed_report, floor, scaling, head,
-                          tuple((name, *r) for name, r in sorted(ranges.items())), dither)
+                          tuple((name, *r) for name, r in sorted(ranges.items())), dither, tuple(fallbacks))
+
+
+def _optional(fallbacks: list[Fallback], setting: str, plain, stage, *args):
+    """``stage(*args)``, or ``plain`` when it fails: an optional refinement never fails a build.
+    The failure goes to ``fallbacks`` (the terminal and the manifest show it)."""
+    try:
+        return stage(*args)
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional stage; SIGTERM and Ctrl-C still stop
+        fallbacks.append(Fallback("(model)", setting, f"{type(exc).__name__}: {first_line(exc)}; used the plain setting"))
+        return plain
 
 
 def _reference_entry(work: Path, stage_report, file: str) -> dict | None:
@@ -157,20 +179,18 @@ def _reference_entry(work: Path, stage_report, file: str) -> dict | None:
 
 
 def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict, batches, samples, which: str,
-                         options: QuantizeOptions, report: Progress):
+                         options: QuantizeOptions, report: Progress, fallbacks: list[Fallback]):
     """Refine (and floor the logits), export and measure; with ``--max-drop``, keep one more
     layer in float and do it again while an int8 file is over budget (``mixed``). The last
-    round's files stay in ``work``."""
-    from .evaluation import layers as analyze
-    from .passes import mixed
-    from .passes.logit_floor import floored  # what the int8 converters see; analyze compares the same tensors
-
+    round's files stay in ``work``. The logit floor is applied to the refined model: what the
+    int8 converters see, and what analyze compares the int8 tensors with."""
     keep = list(dict.fromkeys(options.keep_float))
     write_float = True
     while True:
         float_layers = mixed.float_layers(folded, keep)
         int8_ranges = {name: r[:2] for name, r in ranges.items() if name not in float_layers}
-        refined, refinement = _refine(prepared, samples, options, report, frozenset(keep), int8_ranges)
+        refined, refinement = _optional(fallbacks, "refinement", (prepared, None), _refine, prepared, samples,
+                                        options, report, frozenset(keep), int8_ranges)
         refined = floored(refined, floor)
         settings = ExportSettings(io=options.io, onnx_activations=options.onnx_activations,
                                   per_channel=options.per_channel, float_layers=tuple(sorted(float_layers)),
@@ -183,7 +203,9 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
             return artifacts, drift, refinement, settings, keep
         report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
         int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in artifacts if a.precision == "int8"}
-        candidate = mixed.most_sensitive(analyze.analyze(floored(prepared, floor), int8_files, batches(which)), keep)
+        per_layer = _optional(fallbacks, "mixed precision search", {}, analyze.analyze, floored(prepared, floor),
+                              int8_files, batches(which))
+        candidate = mixed.most_sensitive(per_layer, keep)
         if candidate is None:
             return artifacts, drift, refinement, settings, keep
         keep.append(candidate)
@@ -194,10 +216,6 @@ def _export_and_measure(work: Path, folded, head, int8_model, batches, which: st
     """Write the four TFLite/ONNX files to ``work`` (the int8 files only, ``write_float=False``:
     a later round of the mixed-precision search, whose float files do not change); the int8
     files' drift against ``folded``, their outputs read as ``head`` says."""
-    from .export import onnx as onnx_export
-    from .export import tflite as tflite_export
-    from .runtime.runners import KerasRunner, open_runner
-
     report("export TFLite", 0, 1)
     artifacts = [_keras_artifact()]
     artifacts += tflite_export.export(folded, batches, work, settings, int8_model, write_float)
@@ -253,8 +271,6 @@ def _input_scaling(model, cset, options: QuantizeOptions, report: Progress):
     read on the first calibration samples before any scaling."""
     import numpy as np
 
-    from .data.input_scaling import SAMPLES, read_scaling
-
     report("check the input scaling", 0, 1)
     unscaled = replace(cset, preprocessing=replace(cset.preprocessing, scaling="raw"))
     pixels = np.concatenate(list(calibration.first_samples(calibration.iter_batches(unscaled, "calib", 16), SAMPLES)))
@@ -265,8 +281,6 @@ def _equalize(folded, samples, options: QuantizeOptions, report: Progress):
     """Cross-layer equalization for per-tensor weights ('auto'), or as asked."""
     if options.equalize == "off" or (options.equalize == "auto" and options.per_channel):
         return folded, None
-    from .passes.equalize import equalize
-
     report("cross-layer equalization", 0, 1)
     return equalize(folded, samples())
 
@@ -280,8 +294,6 @@ def _dither(model, samples, options: QuantizeOptions, report: Progress):
     --per-tensor TFLite file)."""
     if options.dither == "off" or (options.dither != "on" and not options.per_channel):
         return model, None
-    from .passes.dither import AUTO_MAX_CHANNELS, dither_first_layer
-
     report("dither the first layer", 0, 1)
     return dither_first_layer(model, samples(), AUTO_MAX_CHANNELS if options.dither == "auto" else None,
                               grow=options.dither != "spare")
@@ -291,8 +303,6 @@ def _logit_floor(model, samples, options: QuantizeOptions, report: Progress):
     """The floor under the softmax's logits for the int8 files ('auto'), or None."""
     if options.logit_floor == "off":
         return None
-    from .passes.logit_floor import floor_logits
-
     report("floor the softmax's logits", 0, 1)
     return floor_logits(model, samples())
 
@@ -301,9 +311,6 @@ def _tensor_ranges(model, floor, samples, options: QuantizeOptions, report: Prog
     """With --activation-ranges auto or mse, the narrower int8 ranges of the tensors no ReLU bounds."""
     if options.activation_ranges == "minmax":
         return {}
-    from .passes.logit_floor import floored
-    from .passes.ranges import mse_ranges
-
     report("choose int8 ranges", 0, 1)
     return mse_ranges(floored(model, floor), samples())
 
@@ -313,8 +320,6 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
     """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
     if options.refine == "none":
         return folded, None
-    from .passes import refine
-
     step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
     return refine.refine_for_int8(
         folded, samples(), progress=lambda done, total: report(step, done, total),

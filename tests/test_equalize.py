@@ -116,7 +116,7 @@ def test_analyze_compares_the_int8_tensors_with_the_equalized_model(per_tensor_b
     from conftest import ROOT
 
     from mobiledeploy.errors import MobiledeployError
-    from mobiledeploy.evaluation.measure import analyze_build
+    from mobiledeploy.evaluation.layers import analyze_build
 
     out = per_tensor_builds["auto"][0]
     reference = json.loads((out / "manifest.json").read_text())["equalization"]["reference"]

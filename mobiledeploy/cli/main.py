@@ -235,7 +235,7 @@ def bench(target: Path, device: str, num_threads: int, warmup_runs: int | None, 
     float file of the same format. Compare ratios measured in one run: absolute times drift
     on shared machines.
     """
-    from ..evaluation.measure import bench_build
+    from ..evaluation.latency import bench_build
     from ..options import BenchSettings
 
     emulated = device != "cpu"
@@ -277,7 +277,7 @@ def inspect(model: Path, alpha: float, rho: float, resolution: int | None, input
     Dk·Dk·M·Df·Df and a pointwise M·N·Df·Df, so a separable block costs 1/N + 1/Dk² of the
     standard conv it replaces. Params are counted as deployed (BatchNorm folded into biases).
     """
-    from ..evaluation.measure import inspect_model
+    from ..evaluation.costs import inspect_model
 
     if trust_model_code:
         click.echo("warning: --trust-model-code: code stored in the model file may run", err=True)
@@ -317,7 +317,7 @@ def analyze(build: Path, data: Path, max_images: int, top: int, html_path: Path 
     the spread of the producing layer's per-channel weight ranges. Lists the layers that lose most first.
     """
     from .html import html_report, plot_png
-    from ..evaluation.measure import analyze_build
+    from ..evaluation.layers import analyze_build
     from ..staging import write_bytes_atomic, write_text_atomic
 
     with terminal.Progress(enabled=not as_json) as progress:

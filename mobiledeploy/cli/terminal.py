@@ -74,6 +74,9 @@ def _op_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {op}" for op, n in counts.items())
 
 
+FALLBACK_LINES = 8  # optional refinements that fell back, printed one per line; the rest counted
+
+
 def print_quantize(result) -> None:
     from rich.table import Table
 
@@ -161,6 +164,10 @@ def print_quantize(result) -> None:
                           "fuses them), so it runs slower here than full int8 would"
                           + ("; for x86-64, quantize with --onnx-activations uint8"
                              if artifact.details.get("activations") == "int8" else ""))
+    for fallback in result.fallbacks[:FALLBACK_LINES]:
+        console.print(f"[yellow]fell back:[/] {fallback.setting} for {fallback.layer}: {fallback.reason}")
+    if len(result.fallbacks) > FALLBACK_LINES:
+        console.print(f"[yellow]fell back:[/] {len(result.fallbacks) - FALLBACK_LINES} more (manifest.json: fallbacks)")
     held = "held-out" if cal.holdout else "calibration (no images held out)"
     drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
     agreement = ("label agreement" if result.head.multi_label

@@ -11,7 +11,7 @@ from . import metrics as evaluate, gate
 from .. import manifest
 from ..errors import MobiledeployError
 from ..options import GateRules, Progress
-from ..reports import EvalReport, GateResult, Preprocessing
+from ..reports import EvalReport, GateResult
 
 
 def evaluate_build(
@@ -42,11 +42,12 @@ def evaluate_build(
     from ..runtime.host import outputs_of
 
     report = progress or (lambda step, done, total: None)
-    build_dir = Path(build_dir)
-    content = manifest.read(build_dir)
-    files = manifest.verified_files(build_dir, content)
+    build = manifest.open_build(build_dir)
+    # the paths are the build's checked ones (manifest.Build.path), never read from the manifest
+    files = [{"file": e.file, "path": build.path(e), "format": e.format, "precision": e.precision}
+             for e in build.verified_files()]
     files += [_compared(Path(path), {f["file"] for f in files}) for path in compare]
-    preprocessing = Preprocessing.from_dict(content["preprocessing"])
+    preprocessing = build.manifest.preprocessing
     dataset = datasets.open_data(data, labels_file)
     import_tensorflow()
     labels = np.asarray(dataset.labels) if dataset.labelled else None
@@ -56,8 +57,8 @@ def evaluate_build(
                                 "re-run mobiledeploy quantize")
     total = len(dataset.items)
     arm = provisioning.target_for(device, report)
-    runners = {entry["file"]: open_runner(_path(build_dir, entry)) for entry in files}
-    head = head_for(runners[reference_name].model, content.get("head", {}).get("kind", "auto"))
+    runners = {entry["file"]: open_runner(entry["path"]) for entry in files}
+    head = head_for(runners[reference_name].model, build.manifest.head)
     expected = runners[reference_name].input_shape
     for entry in (e for e in files if e.get("compared")):
         if runners[entry["file"]].input_shape != expected:
@@ -74,7 +75,7 @@ def evaluate_build(
         if arm is not None:
             for done, entry in enumerate(e for e in files if e["format"] != "keras"):
                 report(f"run on {arm.device} (emulated)", done, len(files) - 1)
-                outputs[entry["file"]] = outputs_of(_path(build_dir, entry), entry["format"], saved, Path(tmp),
+                outputs[entry["file"]] = outputs_of(entry["path"], entry["format"], saved, Path(tmp),
                                                     arm.process())
     for entry in (e for e in files if e.get("compared")):
         outputs[entry["file"]] = _same_classes(entry, outputs[entry["file"]], outputs[reference_name].shape[1])
@@ -104,8 +105,8 @@ def evaluate_build(
     for row in (r for r in rows if r.get("compared")):
         row["paired_ci95"] = {ours: evaluate.paired_intervals(hits[ours], hits[row["artifact"]]) for ours in own_int8}
     per_sample = {e["file"]: hits[e["file"]] for e in files if not e.get("compared")}
-    return EvalReport(str(build_dir), str(data), dataset.digest, content["model"].get("sha256"),
-                      total, dataset.labelled, reference_name, tuple(rows), content["preprocessing"],
+    return EvalReport(str(build_dir), str(data), dataset.digest, build.manifest.model.sha256,
+                      total, dataset.labelled, reference_name, tuple(rows), preprocessing.to_dict(),
                       arm.device if arm is not None else "cpu", head.kind, per_sample)
 
 
@@ -142,12 +143,8 @@ def _compared(path: Path, taken: set[str]) -> dict:
     if not path.is_file() or path.suffix.lower() not in (".tflite", ".onnx"):
         raise MobiledeployError(f"--compare {path}: expected an existing .tflite or .onnx file")
     name = str(path) if str(path) not in taken else str(path.resolve())
-    return {"file": name, "path": str(path.resolve()), "format": path.suffix.lower()[1:],
+    return {"file": name, "path": path.resolve(), "format": path.suffix.lower()[1:],
             "precision": "int8" if is_quantized(path) else "float32", "compared": True}
-
-
-def _path(build_dir: Path, entry: dict) -> Path:
-    return Path(entry["path"]) if "path" in entry else build_dir / entry["file"]
 
 
 def _same_classes(entry: dict, outputs, classes: int):

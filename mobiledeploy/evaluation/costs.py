@@ -17,8 +17,10 @@ has a cost report, whatever it is built from.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from ..errors import MobiledeployError
+from ..model.loading import float_model
 from ..reports import CostReport, LayerCost
 
 WEIGHTED_KINDS = frozenset({"conv", "pointwise", "depthwise", "dense"})
@@ -28,6 +30,15 @@ SCALING = {"Rescaling", "Normalization"}
 POOLING = {"MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D"}
 # only move or drop data at inference
 DATA_ONLY = {"InputLayer", "ZeroPadding2D", "Dropout", "Reshape", "Flatten", "Identity", "Concatenate"}
+
+
+def inspect_model(target: str | Path, alpha: float = 1.0, rho: float = 1.0,
+                  trust_model_code: bool = False, input_size: tuple[int, int] | None = None) -> CostReport:
+    """``mobiledeploy inspect``: per-layer params and multiply-adds of a model file or a build
+    folder's folded model, optionally for another width multiplier ``alpha`` and resolution
+    multiplier ``rho``. ``input_size`` sizes a model saved without a fixed input, as quantize's does."""
+    report = model_costs(float_model(Path(target), trust_model_code, input_size))
+    return what_if(report, alpha, rho) if (alpha, rho) != (1.0, 1.0) else report
 
 
 def model_costs(model) -> CostReport:

@@ -26,7 +26,12 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..model.graph import WEIGHTED
-from ..reports import LayerDrift
+from .. import manifest
+from ..data import calibration, datasets
+from ..model.loading import float_model, load_model
+from ..options import Progress
+from ..passes.logit_floor import apply_floor
+from ..reports import AnalyzeReport, LayerDrift
 
 
 
@@ -226,3 +231,26 @@ def _like(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def _as_list(outputs) -> list:
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200, batch_size: int = 32,
+                  progress: Progress | None = None) -> AnalyzeReport:
+    """``mobiledeploy analyze``: per-layer drift of every int8 artifact in ``build_dir`` against
+    the float model they were made from: the folded model, or, when equalization rescaled its
+    channels or dithering copied some (dither.py), the model they wrote (the same function, but
+    only its intermediate tensors match the int8 files' channel by channel)."""
+    report = progress or (lambda step, done, total: None)
+    build = manifest.open_build(build_dir)
+    files = build.verified_files()
+    dataset = datasets.open_data(data)
+    # the last stage that rewrote the float model's channels wrote the model the int8 files mirror
+    reference = build.manifest.reference
+    model = load_model(build.path(reference)).model if reference is not None else float_model(build.directory)
+    if build.manifest.logit_floor:  # the int8 files' logits are floored: compare them with the same floored tensor
+        model = apply_floor(model, *build.manifest.logit_floor)
+    int8 = {e.file: (build.path(e), e.details.get("tensor_map", {})) for e in files if e.precision == "int8"}
+    total = min(max_images, len(dataset.items))
+    batches = datasets.iter_batches(dataset, build.manifest.preprocessing, batch_size)
+    limited = calibration.first_samples(batches, total)
+    layers = analyze(model, int8, limited, lambda done: report("per-layer drift", done, total))
+    return AnalyzeReport(str(build_dir), str(data), total, layers)

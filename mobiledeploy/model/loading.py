@@ -21,6 +21,8 @@ from typing import Any, Iterator
 from ..errors import ModelLoadError, first_line
 from .flatten import INFERENCE_IDENTITY, flatten
 from ..json_input import parse_json
+from ..manifest import MANIFEST, ManifestError, open_build
+from ..quiet import import_tensorflow
 from .keras2_config import MODEL_CLASSES, to_keras3
 from .operations import KNOWN_OPERATIONS, is_operation, translated
 from ..limits import MAX_JSON_BYTES, MAX_WEIGHT_BYTES
@@ -63,6 +65,20 @@ def load_model(path: str | Path, *, trust: bool = False, input_size: tuple[int, 
     """
     loaded = _load(Path(path), trust)
     return replace(loaded, model=fixed_size(loaded.model, input_size))
+
+
+def float_model(target: str | Path, trust: bool = False, input_size: tuple[int, int] | None = None):
+    """The Keras model of a model file, or the folded float model of a build folder (its file
+    checked against the manifest, then loaded like any model file: nothing in it runs)."""
+    target = Path(target)
+    import_tensorflow()
+    if target.is_dir() and (target / MANIFEST).is_file():
+        build = open_build(target)
+        entry = next((e for e in build.verified_files() if e.format == "keras"), None)
+        if entry is None:
+            raise ManifestError(f"{target}/{MANIFEST} lists no Keras model; re-run mobiledeploy quantize")
+        return load_model(build.path(entry)).model
+    return load_model(target, trust=trust, input_size=input_size).model
 
 
 def _load(path: Path, trust: bool) -> LoadedModel:

@@ -106,6 +106,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     clips: dict[str, float] = {}
     validated: list[str] = []
     nearest: list[str] = []
+    fallbacks: list[tuple[str, str]] = []
     weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED and name not in keep_float]
     done = 0
     for name, node in graph.items():
@@ -123,9 +124,14 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                     parent = node["inputs"][0]
                     if not images:
                         validated.append(name)
-                    if not adaround(twin, quant_out[parent][:images or None], float_out[parent][:images or None],
-                                    per_channel=per_channel, validate=not images):
-                        nearest.append(name)
+                    try:
+                        if not adaround(twin, quant_out[parent][:images or None], float_out[parent][:images or None],
+                                        per_channel=per_channel, validate=not images):
+                            nearest.append(name)
+                    except Exception as exc:  # noqa: BLE001 - an optional refinement: this layer falls back
+                        quantize_weights(twin, per_channel)
+                        fallbacks.append((name, f"adaptive rounding: {type(exc).__name__}: {str(exc)[:120]}; "
+                                                "rounded to nearest"))
                 else:
                     quantize_weights(twin, per_channel)
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
@@ -156,7 +162,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
         layers=len(shifts), samples=len(calib),
         max_shift=max(shifts.values(), default=0.0), seconds=time.perf_counter() - started,
         per_layer=tuple(sorted(shifts.items())), clips=tuple(sorted(clips.items())),
-        validated=tuple(validated), rounded_to_nearest=tuple(nearest),
+        validated=tuple(validated), rounded_to_nearest=tuple(nearest), fallbacks=tuple(fallbacks),
     )
 
 

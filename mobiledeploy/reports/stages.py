@@ -118,12 +118,15 @@ class RefineReport:
     # too few calibration positions per weight: adaptive rounding checked on held-out folds
     validated: tuple[str, ...] = ()
     rounded_to_nearest: tuple[str, ...] = ()  # of those, where nearest did as well on held-out images
+    # (layer, why) where adaptive rounding could not run and the layer was rounded to nearest
+    fallbacks: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict:
         return {"method": self.method, "layers": self.layers, "samples": self.samples,
                 "max_shift": self.max_shift, "seconds": round(self.seconds, 2),
                 "per_layer": dict(self.per_layer), "clips": dict(self.clips),
-                "validated": list(self.validated), "rounded_to_nearest": list(self.rounded_to_nearest)}
+                "validated": list(self.validated), "rounded_to_nearest": list(self.rounded_to_nearest),
+                "fallbacks": dict(self.fallbacks)}
 
 
 @dataclass(frozen=True)
@@ -227,10 +230,12 @@ class QuantizeResult:
     # (layer, low, high, calibrated low, calibrated high) for each int8 range narrowed (ranges.py)
     activation_ranges: tuple[tuple[str, float, float, float, float], ...] = ()
     dither: DitherReport | None = None
+    fallbacks: tuple[Fallback, ...] = ()  # optional refinements that fell back, per layer
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
+            "fallbacks": [f.to_dict() for f in self.fallbacks],
             "dither": self.dither.to_dict() if self.dither else None,
             "head": self.head.to_dict(),
             "activation_ranges": [list(r) for r in self.activation_ranges],

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ..errors import MobiledeployError
+from ..model.loading import load_model
 from ..quiet import captured_output
 from .onnx_session import open_session, session_options
 
@@ -129,9 +130,8 @@ def open_runner(path: str | Path, num_threads: int | None = None, profile_prefix
         tf = import_tensorflow()
         if num_threads:  # only before TensorFlow's first op: fine in the benchmark's own process
             tf.config.threading.set_intra_op_parallelism_threads(num_threads)
-        import keras
-
-        return KerasRunner(keras.saving.load_model(path, compile=False), Path(path).name)
+        # a .keras file is an input like any other: loaded through the checked loader
+        return KerasRunner(load_model(path).model, Path(path).name)
     raise MobiledeployError(f"{path}: no runner for '{suffix}' files; expected .tflite, .onnx or .keras")
 
 

@@ -88,9 +88,7 @@ def fuzz_manifest(data: bytes) -> None:
     build.mkdir(exist_ok=True)
     (build / "model_int8.tflite").write_bytes(b"tflite")
     (build / manifest.MANIFEST).write_bytes(data)
-    content = manifest.read(build)
-    manifest.verified_files(build, content)
-    Preprocessing.from_dict(content["preprocessing"])
+    manifest.open_build(build).verified_files()
 
 
 def fuzz_baseline(data: bytes) -> None:
@@ -140,9 +138,16 @@ def seeds(target: str) -> dict[str, bytes]:
     if target == "manifest":
         digest = "f4c0af5a8d1b4d2ed5a9d5e4f6f34a6c1a8e2c0d7b8f9a0b1c2d3e4f5a6b7c8d"
         return {"manifest.json": json.dumps({
-            "schema": manifest.SCHEMA, "model": {"sha256": None}, "preprocessing": PREP.to_dict(),
+            "schema": manifest.SCHEMA, "created_by": "mobiledeploy quantize",
+            "model": {"source": "m.h5", "sha256": None, "format": "h5", "saved_by_keras": "2.8.0",
+                      "trusted_code": False, "name": "m", "input_shape": [None, 8, 8, 3], "output_shape": [None, 2]},
+            "preprocessing": PREP.to_dict(), "head": {"kind": "classes"},
+            "equalization": {"pairs": 1, "reference": {"file": "model_int8.tflite", "format": "keras",
+                                                       "precision": "float32", "sha256": digest, "size": 6}},
+            "logit_floor": {"layer": "logits", "split_softmax": True, "floor": -3.5},
+            "fallbacks": [{"layer": "conv1", "setting": "activation range", "reason": "fused"}],
             "files": [{"file": "model_int8.tflite", "format": "tflite", "precision": "int8", "sha256": digest,
-                       "size": 6}]}).encode()}
+                       "size": 6, "details": {"tensor_map": {"conv1": "t0"}}}]}).encode()}
     if target == "baseline":
         return {"baseline.json": json.dumps(gate.make_baseline(REPORT, GateRules())).encode()}
     return {"labels.txt": b"cat\ndog\n", "reversed.txt": b"dog\ncat\nbird\n"}
