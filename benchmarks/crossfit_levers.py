@@ -192,7 +192,7 @@ def _views(path: Path, preprocessing, count: int) -> np.ndarray:
 
     from PIL import Image
 
-    from mobiledeploy.data.calibration import prepare_image
+    from mobiledeploy.data.images import prepare_image
 
     margin = max(max(abs(dy), abs(dx)) for dy, dx in VIEW_SHIFTS)
     height, width = preprocessing.height, preprocessing.width

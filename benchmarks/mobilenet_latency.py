@@ -92,7 +92,8 @@ def _plain_converters(model, calib: Path, out: Path) -> list[Path]:
     import tf2onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from mobiledeploy.data.calibration import list_images, load_image, preprocessing_for
+    from mobiledeploy.data.calibration import preprocessing_for
+    from mobiledeploy.data.images import list_images, load_image
 
     out.mkdir(parents=True, exist_ok=True)
     prep = preprocessing_for(model)

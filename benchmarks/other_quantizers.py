@@ -114,7 +114,8 @@ def _compare(model, calib, evaluation, labels, work: Path, pythons: dict, iterat
     import mobiledeploy
     from mobiledeploy import manifest
     from mobiledeploy.evaluation.builds import evaluate_build
-    from mobiledeploy.data.calibration import list_images, read_batch
+    from mobiledeploy.data.calibration import read_batch
+    from mobiledeploy.data.images import list_images
     from mobiledeploy.reports import Preprocessing
 
     build = work / "build"

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import MobiledeployError
-from .json_input import read_json_file
+from .inputs import read_json_file
 from .reports import HEADS, SCALINGS, Artifact, Fallback, Preprocessing
 
 MANIFEST = "manifest.json"
@@ -124,6 +124,15 @@ class Build:
         """The file of ``entry``, after checking it is a regular file directly inside the folder
         whose size and sha256 are the manifest's."""
         return verified_path(self.directory, entry)
+
+    def check_input(self, input_shape: tuple) -> None:
+        """Refuse preprocessing that does not make the model's input: images are decoded at the
+        manifest's size, which an edited manifest could set to 16384 x 16384."""
+        prep = self.manifest.preprocessing
+        if tuple(input_shape) != (prep.height, prep.width, prep.channels):
+            raise ManifestError(f"{self.directory}/{MANIFEST}: preprocessing makes {prep.height}x{prep.width}x"
+                                f"{prep.channels} images but the model takes {'x'.join(map(str, input_shape))}; "
+                                "re-run mobiledeploy quantize")
 
     def verified_files(self) -> tuple[Artifact, ...]:
         """Every listed file, each checked (``path``)."""

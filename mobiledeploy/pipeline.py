@@ -14,6 +14,7 @@ int8 checks of the exported files.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -68,7 +69,8 @@ def quantize(
     options = options or QuantizeOptions()
     report = progress or (lambda step, done, total: None)
     output_dir = Path(output_dir)
-    staging.check_destination(output_dir, options.overwrite)
+    inputs = (Path(model_path), Path(calib))
+    staging.check_destination(output_dir, options.overwrite, inputs)
     _check_options(options)
     started = time.perf_counter()
 
@@ -117,7 +119,7 @@ def quantize(
     floor = _optional(fallbacks, "logit floor", None, _logit_floor, prepared, samples, options, report)
     ranges = _optional(fallbacks, "activation ranges", {}, _tensor_ranges, prepared, floor, samples, options, report)
     which = "holdout" if cset.holdout else "calib"
-    with staging.staged_directory(output_dir, options.overwrite) as work:
+    with staging.staged_directory(output_dir, options.overwrite, inputs) as work:
         save_keras(folded, work / FOLDED_FILE)
         if equalization:
             save_keras(equalized, work / EQUALIZED_FILE)
@@ -260,10 +262,21 @@ def _check_options(options: QuantizeOptions) -> None:
         value = getattr(options, field)
         if value not in allowed:
             raise MobiledeployError(f"unknown {field.replace('_', ' ')} setting '{value}'; expected {', '.join(allowed)}")
-    if options.rounding_samples < 1 or options.rounding_positions_per_weight < 0:
+    if options.rounding_samples < 1 or not 0 <= options.rounding_positions_per_weight < math.inf:
         raise MobiledeployError(
             f"rounding_samples {options.rounding_samples} and rounding_positions_per_weight "
-            f"{options.rounding_positions_per_weight}: expected at least 1 image and a ratio of 0 or more")
+            f"{options.rounding_positions_per_weight}: expected at least 1 image and a finite ratio of 0 or more")
+    numbers = {"num_calib": (options.num_calib, 1, None), "num_holdout": (options.num_holdout, 0, None),
+               "seed": (options.seed, 0, 2**32 - 1), "batch_size": (options.batch_size, 1, 4096),
+               "crop_fraction": (options.crop_fraction, 0.1, 1.0), "fold_tolerance": (options.fold_tolerance, 0.0, 1.0),
+               "max_drop": (options.max_drop, 0.0, 100.0)}
+    for field, (value, low, high) in numbers.items():
+        if value is None and field == "max_drop":
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                or value < low or (high is not None and value > high):
+            raise MobiledeployError(f"{field} {value!r}: expected a finite number from {low}"
+                                    + (f" to {high}" if high is not None else " up"))
 
 
 def _input_scaling(model, cset, options: QuantizeOptions, report: Progress):

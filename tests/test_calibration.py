@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_images
-from mobiledeploy.data.calibration import iter_batches, load_image, preprocessing_for, scan, scale
+from mobiledeploy.data.calibration import iter_batches, preprocessing_for, scan, scale
+from mobiledeploy.data.images import load_image
 from mobiledeploy.errors import CalibrationError
 from mobiledeploy.reports import Preprocessing
 

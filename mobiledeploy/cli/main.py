@@ -14,8 +14,9 @@ import click
 from .. import __version__
 from ..errors import MobiledeployError
 from . import terminal
+from .params import SEED, Finite
 from .quantize import parse_size
-from ..staging import Terminated, terminate, terminated
+from ..staging import Terminated, check_output_file, published, terminate, terminated
 
 EXIT_ERROR = 1
 
@@ -27,18 +28,29 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written", err=True)
+        except KeyboardInterrupt as exc:
+            click.echo(f"interrupted: {_what_was_written(exc)}", err=True)
             ctx.exit(130)
         except (Terminated, Exception) as exc:
             # a library may catch Terminated and raise its own error: after SIGTERM, that is one too
             if isinstance(exc, Terminated) or terminated():
-                click.echo("terminated: nothing was written", err=True)
+                click.echo(f"terminated: {_what_was_written(exc)}", err=True)
                 ctx.exit(143)
             if not isinstance(exc, MobiledeployError) or ctx.meta.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(printable(f"error: {exc}"), err=True)
             ctx.exit(exc.exit_code)
+
+
+def printable(text: str) -> str:
+    """``text`` as any terminal can print it: file names that are not UTF-8 (which Python holds as
+    lone surrogates) shown as escapes instead of failing the print."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _what_was_written(interruption: BaseException) -> str:
+    """What an interrupted run leaves: nothing, or (stopped just after publishing) its output."""
+    return "the output folder was written before it stopped" if published(interruption) else "nothing was written"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,16 +137,16 @@ def eval_command(build: Path, data: Path, labels: Path | None, batch_size: int, 
 @click.argument("build", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path), help=DATA_HELP)
 @click.option("--labels", "labels", type=click.Path(path_type=Path), help=LABELS_HELP)
-@click.option("--max-drop", default=1.0, show_default=True, type=float,
+@click.option("--max-drop", default=1.0, show_default=True, type=Finite(min=0, max=100),
               help="Fail when int8 top-1 is more than this many points below the float model.")
-@click.option("--min-agreement", default=0.90, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--min-agreement", default=0.90, show_default=True, type=Finite(0, 1),
               help="Fail when the fraction of images where int8 and float agree on top-1 is lower.")
 @click.option("--baseline", type=click.Path(path_type=Path),
               help="A baseline JSON from --update-baseline: fail when a metric regresses against it.")
-@click.option("--tolerance", default=0.5, show_default=True, type=float,
+@click.option("--tolerance", default=0.5, show_default=True, type=Finite(min=0, max=100),
               help="Points that top-1/top-5/agreement may regress against the baseline, and that "
                    "top-1/agreement may trail a --compare file.")
-@click.option("--sqnr-tolerance", default=1.0, show_default=True, type=float,
+@click.option("--sqnr-tolerance", default=1.0, show_default=True, type=Finite(min=0),
               help="dB the output SQNR may regress against the baseline.")
 @click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
               help=COMPARE_HELP + " Fail when an int8 file of the build has lower top-1 or agreement "
@@ -172,6 +184,9 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
     if update_baseline and baseline is None:
         raise click.UsageError("--update-baseline needs --baseline FILE")
     rules = GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
+    for path, option in ((json_path, "--json"), (junit_xml, "--junit-xml"),
+                         (baseline if update_baseline else None, "--baseline")):
+        check_output_file(path, option)  # before the evaluation, not after it
     json_to_stdout = json_path is not None and str(json_path) == "-"
     with terminal.Progress(enabled=not json_to_stdout) as progress:
         result = check_build(build, data, rules, labels, baseline, update_baseline, batch_size, progress.update,
@@ -208,9 +223,9 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
                    "[default: 5; 1 under arm]")
 @click.option("--num-runs", type=click.IntRange(min=1),
               help="Timed runs: at least this many ... [default: 50; 10 under arm]")
-@click.option("--min-secs", type=click.FloatRange(min=0),
+@click.option("--min-secs", type=Finite(min=0, max=3600),
               help="... and for at least this long. Raise both on a noisy machine. [default: 1; 0 under arm]")
-@click.option("--max-secs", default=150.0, show_default=True, type=click.FloatRange(min=0.001),
+@click.option("--max-secs", default=150.0, show_default=True, type=Finite(min=0.001, max=86400),
               help="Stop timing an artifact after this long, whatever --num-runs says.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Images per inference. 1 is the latency a user feels; larger shows throughput.")
@@ -220,7 +235,7 @@ def check(build: Path, data: Path, labels: Path | None, max_drop: float, min_agr
               help="Also time the folded Keras model (TensorFlow), as a reference point.")
 @click.option("--profile", is_flag=True, help="Per-operator time, top --top-ops (ONNX Runtime's profiler).")
 @click.option("--top-ops", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random inputs.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path, allow_dash=True),
               help="Write one CSV row per artifact to this file ('-' for stdout).")
@@ -238,6 +253,7 @@ def bench(target: Path, device: str, num_threads: int, warmup_runs: int | None, 
     from ..evaluation.latency import bench_build
     from ..options import BenchSettings
 
+    check_output_file(csv_path, "--csv")
     emulated = device != "cpu"
     settings = BenchSettings(
         num_threads,
@@ -258,12 +274,12 @@ def bench(target: Path, device: str, num_threads: int, warmup_runs: int | None, 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--alpha", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--alpha", default=1.0, show_default=True, type=Finite(min=0, min_open=True, max=64),
               help="What-if width multiplier, relative to this model: 0.5 halves every layer's channels "
                    "(cost falls about as alpha^2).")
-@click.option("--rho", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--rho", default=1.0, show_default=True, type=Finite(min=0, min_open=True, max=64),
               help="What-if resolution multiplier, relative to this model: 128/224 = 0.571 (cost falls as rho^2).")
-@click.option("--resolution", type=click.IntRange(min=1),
+@click.option("--resolution", type=click.IntRange(min=1, max=16384),
               help="What-if input size in pixels; sets --rho to RESOLUTION / the model's input height.")
 @click.option("--input-size", "input_size", callback=parse_size, metavar="H[xW]",
               help="For a model saved without a fixed input size: the size to count it at (as quantize).")
@@ -320,6 +336,8 @@ def analyze(build: Path, data: Path, max_images: int, top: int, html_path: Path 
     from ..evaluation.layers import analyze_build
     from ..staging import write_bytes_atomic, write_text_atomic
 
+    check_output_file(html_path, "--html")
+    check_output_file(png_path, "--png")
     with terminal.Progress(enabled=not as_json) as progress:
         report = analyze_build(build, data, max_images, progress=progress.update)
     png = plot_png(report) if (png_path or html_path) else b""

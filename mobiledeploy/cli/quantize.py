@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from . import terminal
+from .params import SEED, Finite
 from ..reports import HEADS
 
 
@@ -33,7 +34,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Images used for calibration. 100-500 is plenty for MobileNets; more costs time.")
 @click.option("--num-holdout", default=100, show_default=True, type=click.IntRange(min=0),
               help="Further images, not used for calibration, on which int8 drift is measured.")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of the calibration sampling: same seed, same files.")
 @click.option("--preprocess", default="auto", show_default=True,
               type=click.Choice(["auto", "mobilenet", "unit", "raw"]),
@@ -42,7 +43,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
                    "the model was trained with, read off the statistics of the BatchNorm after its first conv; "
                    "without them, raw when the model starts with a Rescaling/Normalization layer, else "
                    "mobilenet. Name one only to override what auto reads.")
-@click.option("--crop-fraction", default=0.875, show_default=True, type=click.FloatRange(0.1, 1.0),
+@click.option("--crop-fraction", default=0.875, show_default=True, type=Finite(0.1, 1.0),
               help="Center-crop fraction: resize the shorter side to size/fraction, then crop. 0.875 is "
                    "the ImageNet evaluation standard (256 -> 224); 1.0 keeps the whole image.")
 @click.option("--input-size", "input_size", callback=parse_size, metavar="H[xW]",
@@ -104,7 +105,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
                    "see below). More is slower and measured no better: 32, 128 and 200 gave the shared ImageNet "
                    "MobileNet 0.1-0.3 points lower top-1 than 64 (at most 0.1 dB more output SQNR) and the "
                    "reference model 0.6-1.6 dB less SQNR (docs/quantization-experiments.md).")
-@click.option("--rounding-positions-per-weight", default=64.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--rounding-positions-per-weight", default=64.0, show_default=True, type=Finite(min=0),
               help="Adaptive rounding decides each layer's weights on at least this many calibration positions "
                    "per weight of its fan-in, reading more than --rounding-samples images where the layer is "
                    "small. Layers that even all calibration images leave short (the late layers, the "
@@ -114,7 +115,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
               help="Run this convolution/Dense layer in float inside the int8 files (repeatable). For "
                    "targets with float kernels next to int8 ones (CPUs, GPUs), when one layer ruins accuracy.")
-@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+@click.option("--max-drop", type=Finite(min=0, max=100), default=None,
               help="Accuracy-aware mixed precision: while an int8 file disagrees with the float model's top-1 "
                    "on more than this many percent of the held-out images (a bound on its top-1 loss that "
                    "needs no labels), keep one more layer in float, the one that loses most SQNR. At most "

@@ -7,18 +7,18 @@ depends on the batch size, never on the size of the folder.
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from ..errors import CalibrationError
+from .arrays import open_array
+from .images import IMAGE_EXTENSIONS, list_images, load_image
 from ..reports import SCALINGS, CalibrationSet, Preprocessing
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs (PIL's default warns at 89M)
+# any real pixel, scaled or not, is far inside this; 1e30 would overflow the int8 converters
+MAX_PIXEL_MAGNITUDE = 1e6
 
 
 def preprocessing_for(model, scaling: str = "auto", crop_fraction: float = 0.875) -> Preprocessing:
@@ -136,84 +136,13 @@ def scale(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     return pixels
 
 
-def load_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
-    """Decode one image to float32 (H, W, C) pixels in 0..255: resize shorter side, center crop."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                pixels = prepare_image(image, preprocessing)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise CalibrationError(f"{path}: unreadable image ({reason})") from None
-    return pixels
-
-
-def prepare_image(image, preprocessing: Preprocessing) -> np.ndarray:
-    """A decoded PIL image -> float32 (H, W, C) pixels in 0..255, colour mode matched to the model."""
-    image = image.convert("L" if preprocessing.channels == 1 else "RGB")
-    pixels = np.asarray(_resize_and_crop(image, preprocessing), np.float32)
-    return pixels[..., None] if pixels.ndim == 2 else pixels
-
-
-def _resize_and_crop(image, preprocessing: Preprocessing):
-    from PIL import Image
-
-    height, width = preprocessing.height, preprocessing.width
-    # Scale so the crop window (model size / crop_fraction) just fits, then center-crop.
-    target_h = height / preprocessing.crop_fraction
-    target_w = width / preprocessing.crop_fraction
-    factor = max(target_h / image.height, target_w / image.width)
-    new_size = (max(width, round(image.width * factor)), max(height, round(image.height * factor)))
-    image = image.resize(new_size, Image.BILINEAR)
-    left = (image.width - width) // 2
-    top = (image.height - height) // 2
-    return image.crop((left, top, left + width, top + height))
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Every image file under ``folder``, recursively, in a stable (sorted) order."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                found.append(Path(root) / name)
-    return found
-
-
 def _open_array(path: Path) -> tuple[np.ndarray, str]:
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            if not isinstance(array, np.ndarray):  # np.load sniffs content: a zip gives an NpzFile
-                raise CalibrationError(f"{path}: not a .npy array (it holds a .npz archive); rename it to .npz")
-            return array, "npy"
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                key = "x" if "x" in archive.files else (archive.files[0] if len(archive.files) == 1 else None)
-                if key is None:
-                    raise CalibrationError(
-                        f"{path}: .npz has arrays {archive.files} but no 'x'; "
-                        "save the images as x (N, H, W, C), e.g. np.savez(file, x=images)"
-                    )
-                array = archive[key]
-                if not isinstance(array, np.ndarray):  # a member that is no .npy comes back as raw bytes
-                    raise CalibrationError(f"{path}: '{key}' in this .npz is not a .npy array; "
-                                           "save the images with np.savez(file, x=images)")
-                return array, "npz"
-    except CalibrationError:
-        raise
-    except Exception as exc:
-        raise CalibrationError(f"{path}: unreadable array file ({str(exc)[:120]})") from None
-    raise CalibrationError(
-        f"{path}: unknown calibration source '{suffix}'; expected a folder of images, .npy or .npz"
-    )
+    if suffix not in (".npy", ".npz"):
+        raise CalibrationError(
+            f"{path}: unknown calibration source '{suffix}'; expected a folder of images, .npy or .npz"
+        )
+    return open_array(path, None, CalibrationError), suffix[1:]
 
 
 def _check_array(array: np.ndarray, path: Path, preprocessing: Preprocessing) -> None:
@@ -233,6 +162,12 @@ def _check_array(array: np.ndarray, path: Path, preprocessing: Preprocessing) ->
             row = start + int(np.argwhere(~np.isfinite(chunk))[0][0])
             raise CalibrationError(
                 f"{path}: sample {row} contains NaN or Inf; expected finite pixel values"
+            )
+        if np.abs(chunk.astype(np.float64)).max(initial=0) > MAX_PIXEL_MAGNITUDE:
+            row = start + int(np.argwhere(np.abs(chunk.astype(np.float64)) > MAX_PIXEL_MAGNITUDE)[0][0])
+            raise CalibrationError(
+                f"{path}: sample {row} has values beyond ±{MAX_PIXEL_MAGNITUDE:g}; expected pixels (0..255, "
+                "or scaled as the model expects)"
             )
 
 

@@ -8,16 +8,22 @@ images has no labels: only label-free drift can be measured on it.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from .calibration import IMAGE_EXTENSIONS, list_images, read_batch
+from .arrays import npz_members, open_array
+from .calibration import MAX_PIXEL_MAGNITUDE, read_batch
+from ..inputs import is_regular
+from .images import IMAGE_EXTENSIONS, list_images
 from ..errors import CalibrationError, DataError
 from ..manifest import sha256
 from ..reports import Preprocessing
+
+MAX_LABELS_BYTES = 16 << 20  # a labels file: one class name per line
 
 
 @dataclass(frozen=True)
@@ -48,20 +54,33 @@ def open_data(source: str | Path, labels_file: str | Path | None = None) -> Eval
 
 
 def iter_batches(data: EvalData, preprocessing: Preprocessing, batch_size: int = 64) -> Iterator[np.ndarray]:
+    """Preprocessed float32 batches of the data, decoded as they are needed. An array must hold
+    images of the model's input size, checked before the first batch, and finite pixels."""
     array = None
     if data.kind == "npz":
-        with np.load(data.source, allow_pickle=False) as archive:
-            array = archive["x"]
+        array = open_array(Path(data.source), "x", DataError)
+        expected = (preprocessing.height, preprocessing.width, preprocessing.channels)
+        if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+            raise DataError(f"{data.source}: x has shape {tuple(array.shape)}; expected (N, {expected[0]}, "
+                            f"{expected[1]}, {expected[2]}) to match the model input; resize the images first")
     for start in range(0, len(data.items), batch_size):
+        items = data.items[start:start + batch_size]
+        if array is not None:
+            raw = np.asarray(array[start:start + len(items)], np.float64)
+            if not np.isfinite(raw).all() or np.abs(raw).max(initial=0) > MAX_PIXEL_MAGNITUDE:
+                row = start + int(np.argwhere(~np.isfinite(raw) | (np.abs(np.nan_to_num(raw, nan=np.inf)) >
+                                                                   MAX_PIXEL_MAGNITUDE))[0][0])
+                raise DataError(f"{data.source}: sample {row} holds NaN, Inf or values beyond "
+                                f"±{MAX_PIXEL_MAGNITUDE:g}; expected finite pixels")
         try:
-            yield read_batch(data.items[start:start + batch_size], preprocessing, array)
+            yield read_batch(items, preprocessing, array)
         except CalibrationError as exc:
             raise DataError(f"evaluation data: {exc}") from None
 
 
 def _open_folder(source: Path, names: list[str] | None, labels_file) -> EvalData:
     folders = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose = [p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
+    loose = [p for p in source.iterdir() if is_regular(p) and p.name.lower().endswith(IMAGE_EXTENSIONS)]
     if not folders or loose:
         files = list_images(source)
         if not files:
@@ -88,29 +107,28 @@ def _open_folder(source: Path, names: list[str] | None, labels_file) -> EvalData
 
 
 def _open_npz(source: Path, names: list[str] | None) -> EvalData:
-    try:
-        with np.load(source, allow_pickle=False) as archive:
-            if "x" not in archive.files:
-                raise DataError(f"{source}: .npz has {archive.files} but no 'x'; save it as np.savez(f, x=images, y=labels)")
-            x = archive["x"]
-            y = archive["y"] if "y" in archive.files else None
-            if not all(isinstance(a, np.ndarray) for a in (x, y) if a is not None):  # raw bytes: no .npy
-                raise DataError(f"{source}: x or y in this .npz is not a .npy array; "
-                                "save it as np.savez(f, x=images, y=labels)")
-            count = len(x)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{source}: unreadable .npz ({str(exc)[:120]})") from None
+    members = npz_members(source, DataError)
+    if "x" not in members:
+        raise DataError(f"{source}: .npz has {members} but no 'x'; save it as np.savez(f, x=images, y=labels)")
+    count = len(open_array(source, "x", DataError))
     labels = None
-    if y is not None:
+    if "y" in members:
+        y = np.asarray(open_array(source, "y", DataError))
         if y.shape != (count,) or not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{source}: y has shape {y.shape} dtype {y.dtype}; expected ({count},) integer class indices")
+        if count and int(y.min()) < 0:
+            raise DataError(f"{source}: y holds the class index {int(y.min())}; expected indices from 0 "
+                            "(the model's output order)")
         labels = tuple(int(v) for v in y)
     return EvalData(str(source), "npz", tuple(range(count)), labels, tuple(names or ()), sha256(source))
 
 
 def _read_labels(path: Path) -> list[str]:
+    if not is_regular(path):
+        raise DataError(f"labels file {path} is missing or not a regular file; expected one class name per line")
+    if path.stat().st_size > MAX_LABELS_BYTES:
+        raise DataError(f"labels file {path} holds {path.stat().st_size:,} bytes, more than the "
+                        f"{MAX_LABELS_BYTES:,} allowed; expected one class name per line")
     try:
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
@@ -123,7 +141,7 @@ def _read_labels(path: Path) -> list[str]:
 def _digest(files: list[Path], root: Path, labels: list[int] | None) -> str:
     digest = hashlib.sha256()
     for i, path in enumerate(files):
-        digest.update(str(path.relative_to(root)).encode())
+        digest.update(os.fsencode(path.relative_to(root)))  # the name's bytes, whatever their encoding
         digest.update(bytes.fromhex(sha256(path)))
         if labels is not None:
             digest.update(str(labels[i]).encode())

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..model.graph import WEIGHTED, layer_graph
+from .calibration import scale
 from ..reports import SCALINGS, Preprocessing, ScalingReport
 
 FIT = 0.5  # the right scaling measured 0.003 to 0.029, a wrong one 1.78 and more
@@ -49,7 +50,6 @@ def read_scaling(model, pixels: np.ndarray, requested: str, fallback: str) -> Sc
     conv, bn = pair
     import keras
 
-    from .calibration import scale
 
     probe = keras.Model(model.inputs[0], model.get_layer(conv).output)
     mean, variance = (np.asarray(w, np.float64) for w in model.get_layer(bn).get_weights()[-2:])

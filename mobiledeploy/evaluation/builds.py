@@ -9,7 +9,8 @@ from pathlib import Path
 
 from . import metrics as evaluate, gate
 from .. import manifest
-from ..errors import MobiledeployError
+from ..inputs import is_regular
+from ..errors import MobiledeployError, first_line
 from ..options import GateRules, Progress
 from ..reports import EvalReport, GateResult
 
@@ -60,6 +61,7 @@ def evaluate_build(
     runners = {entry["file"]: open_runner(entry["path"]) for entry in files}
     head = head_for(runners[reference_name].model, build.manifest.head)
     expected = runners[reference_name].input_shape
+    build.check_input(expected)
     for entry in (e for e in files if e.get("compared")):
         if runners[entry["file"]].input_shape != expected:
             raise MobiledeployError(f"{entry['file']}: input {runners[entry['file']].input_shape} differs from the "
@@ -140,11 +142,16 @@ def _compared(path: Path, taken: set[str]) -> dict:
     """The eval entry of a file to compare with the build's own (not in the manifest)."""
     from ..runtime.runners import is_quantized
 
-    if not path.is_file() or path.suffix.lower() not in (".tflite", ".onnx"):
+    if not is_regular(path) or path.suffix.lower() not in (".tflite", ".onnx"):
         raise MobiledeployError(f"--compare {path}: expected an existing .tflite or .onnx file")
+    try:
+        precision = "int8" if is_quantized(path) else "float32"
+    except Exception as exc:  # onnx and LiteRT raise their own types for bytes that are no model
+        raise MobiledeployError(f"--compare {path}: not a readable {path.suffix} model ({first_line(exc)}); "
+                                "pass the .tflite or .onnx file itself") from None
     name = str(path) if str(path) not in taken else str(path.resolve())
-    return {"file": name, "path": path.resolve(), "format": path.suffix.lower()[1:],
-            "precision": "int8" if is_quantized(path) else "float32", "compared": True}
+    return {"file": name, "path": path.resolve(), "format": path.suffix.lower()[1:], "precision": precision,
+            "compared": True}
 
 
 def _same_classes(entry: dict, outputs, classes: int):

@@ -97,7 +97,7 @@ def what_if(report: CostReport, alpha: float = 1.0, rho: float = 1.0) -> CostRep
     as keras.applications MobileNet v1 does; MobileNet v2 rounds to multiples of 8, so its
     what-if is approximate — build the variant for exact counts.
     """
-    if alpha <= 0 or rho <= 0:
+    if not (0 < alpha < math.inf and 0 < rho < math.inf):
         raise MobiledeployError(f"alpha and rho must be positive; got alpha={alpha}, rho={rho}")
     weighted = [i for i, row in enumerate(report.layers) if row.kind in WEIGHTED_KINDS]
     first, last = (weighted[0], weighted[-1]) if weighted else (-1, -1)

@@ -3,13 +3,13 @@ files it was told to compare with (``check --compare``: ours must be no worse th
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from xml.etree import ElementTree
 
 from ..errors import MobiledeployError
+from ..inputs import read_json_file
 from .metrics import change_interval, pack_hits, unpack_hits
 from ..options import GateRules
 from ..reports import EvalReport, GateResult, RuleResult
@@ -170,12 +170,9 @@ def _baseline_row(report: EvalReport, row: dict) -> dict:
 
 
 def read_baseline(path: Path, report: EvalReport) -> dict:
-    try:
-        baseline = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MobiledeployError(f"baseline {path} not found; create it with mobiledeploy check ... --update-baseline") from None
-    except (ValueError, UnicodeDecodeError, OSError):
-        raise MobiledeployError(f"baseline {path} is not valid JSON; re-create it with --update-baseline") from None
+    if not Path(path).exists():
+        raise MobiledeployError(f"baseline {path} not found; create it with mobiledeploy check ... --update-baseline")
+    baseline = read_json_file(path, f"baseline {path}", fix="re-create it with --update-baseline")
     if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA or not _valid_rows(baseline.get("rows")):
         raise MobiledeployError(f"baseline {path} has an unknown format; re-create it with --update-baseline")
     if baseline.get("data_digest") != report.data_digest:

@@ -105,6 +105,7 @@ def _precision_of(path: Path) -> str:
 def _bench_inputs(build: manifest.Build, data: str | Path, batch: int):
     import numpy as np
 
+    build.check_input(tuple(int(d) for d in float_model(build.directory).inputs[0].shape[1:]))
     dataset = datasets.open_data(data)
     first = next(datasets.iter_batches(dataset, build.manifest.preprocessing, batch))
     return np.resize(first, (batch, *first.shape[1:]))  # repeats images when there are fewer than batch

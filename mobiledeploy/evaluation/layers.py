@@ -246,6 +246,7 @@ def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200
     # the last stage that rewrote the float model's channels wrote the model the int8 files mirror
     reference = build.manifest.reference
     model = load_model(build.path(reference)).model if reference is not None else float_model(build.directory)
+    build.check_input(tuple(int(d) for d in model.inputs[0].shape[1:]))
     if build.manifest.logit_floor:  # the int8 files' logits are floored: compare them with the same floored tensor
         model = apply_floor(model, *build.manifest.logit_floor)
     int8 = {e.file: (build.path(e), e.details.get("tensor_map", {})) for e in files if e.precision == "int8"}

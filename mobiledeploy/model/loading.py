@@ -12,6 +12,7 @@ same path: config JSON -> check -> translate for Keras 3 (``keras2_config``) -> 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import zipfile
 from dataclasses import dataclass, replace
@@ -20,9 +21,10 @@ from typing import Any, Iterator
 
 from ..errors import ModelLoadError, first_line
 from .flatten import INFERENCE_IDENTITY, flatten
-from ..json_input import parse_json
+from ..inputs import is_regular, parse_json
 from ..manifest import MANIFEST, ManifestError, open_build
 from ..quiet import import_tensorflow
+from .declared import check_declared_size
 from .keras2_config import MODEL_CLASSES, to_keras3
 from .operations import KNOWN_OPERATIONS, is_operation, translated
 from ..limits import MAX_JSON_BYTES, MAX_WEIGHT_BYTES
@@ -64,7 +66,19 @@ def load_model(path: str | Path, *, trust: bool = False, input_size: tuple[int, 
     model saved without one (``input_shape=(None, None, 3)``, fully convolutional).
     """
     loaded = _load(Path(path), trust)
+    _check_finite(loaded.model, path)
     return replace(loaded, model=fixed_size(loaded.model, input_size))
+
+
+def _check_finite(model, path) -> None:
+    """Refuse weights holding NaN or Inf: every later stage would turn them into garbage files."""
+    import numpy as np
+
+    for layer in model.layers:
+        for weight in layer.weights:
+            if not np.isfinite(np.asarray(weight)).all():
+                raise ModelLoadError(f"{path}: weight '{weight.path}' of layer '{layer.name}' holds NaN or Inf; "
+                                     "the file is damaged or the training diverged: re-export a good checkpoint")
 
 
 def float_model(target: str | Path, trust: bool = False, input_size: tuple[int, int] | None = None):
@@ -88,6 +102,9 @@ def _load(path: Path, trust: bool) -> LoadedModel:
         )
     if path.is_dir():
         return _load_savedmodel(path, trust)
+    if not is_regular(path):
+        raise ModelLoadError(f"{path}: not a regular file (a FIFO, device or socket); expected a .h5 or .keras file "
+                             "or a SavedModel directory")
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         return _load_h5(path, trust)
@@ -170,7 +187,9 @@ def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
             f"{path}: not a valid .keras archive ({first_line(exc)}); "
             "re-save the model with model.save('model.keras')"
         ) from None
-    _check_config(config, path, trust)
+    with parsing(path):
+        _check_config(config, path, trust)
+        check_declared_size(config, path)
     version = str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
     if version.startswith("2."):  # tf-keras' .keras files name their weights by class, not by layer
         raise ModelLoadError(
@@ -215,6 +234,10 @@ def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
             "pass a .h5/.keras file or a SavedModel directory"
         )
     metadata_file = path / "keras_metadata.pb"
+    special = [f for f in [metadata_file, *(path / "variables").glob("*")] if f.exists() and not is_regular(f)]
+    if special:
+        raise ModelLoadError(f"{special[0]}: not a regular file (a FIFO, device or folder) inside the SavedModel; "
+                             "re-save the model")
     if not metadata_file.exists():
         raise ModelLoadError(
             f"{path}: SavedModel has no Keras metadata (keras_metadata.pb), so its layers "
@@ -291,8 +314,10 @@ def _build(config: dict, path: Path, trust: bool):
     for Keras 3 (old name -> new), whose weights the file keeps under the old name."""
     import keras
 
-    _check_config(config, path, trust)
-    config, renamed = to_keras3(config)
+    with parsing(path):
+        _check_config(config, path, trust)
+        config, renamed = to_keras3(config)
+        check_declared_size(config, path)
     class_name = config.get("class_name")
     builder = keras.Sequential if class_name == "Sequential" else keras.Model
     try:
@@ -306,6 +331,18 @@ def _build(config: dict, path: Path, trust: bool):
     return _as_functional(model), renamed
 
 
+@contextlib.contextmanager
+def parsing(path: Path) -> Iterator[None]:
+    """The boundary around code that walks a file's config: JSON of an unexpected shape (a list
+    where an object belongs, a string where a number does) is the file's fault, not a bug, and
+    becomes one line."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{path}: the model config has an unexpected structure ({type(exc).__name__}: "
+                             f"{first_line(exc)}); the file is damaged or was not written by Keras") from None
+
+
 def _safe_mode(enabled: bool):
     from keras.src.saving import serialization_lib
 
@@ -313,20 +350,27 @@ def _safe_mode(enabled: bool):
 
 
 def _check_config(config: dict, path: Path, trust: bool) -> None:
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: model config is not a JSON object; the file is corrupt")
     class_name = config.get("class_name")
     if class_name not in MODEL_CLASSES:
         raise ModelLoadError(
             f"{path}: top-level object is a '{class_name}', expected a Functional or "
             "Sequential Keras model"
         )
-    layers = config.get("config", {}).get("layers")
-    if not isinstance(layers, list):
+    inner = config.get("config")
+    if class_name == "Sequential" and isinstance(inner, list):  # Keras 2.2: the layer list itself
+        config["config"] = inner = {"name": "sequential", "layers": inner}
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
         raise ModelLoadError(f"{path}: model config has no layer list; the file is corrupt")
     for layer in layers:
         _check_layer(layer, path, trust)
 
 
 def _check_layer(layer: dict, path: Path, trust: bool) -> None:
+    if not isinstance(layer, dict) or not isinstance(layer.get("config", {}) or {}, dict):
+        raise ModelLoadError(f"{path}: a layer of the model config is not a JSON object; the file is corrupt")
     kind = layer.get("class_name")
     cfg = layer.get("config", {}) or {}
     name = cfg.get("name") or layer.get("name") or "?"

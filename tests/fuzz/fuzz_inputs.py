@@ -31,7 +31,7 @@ with atheris.instrument_imports():
 
     from mobiledeploy import manifest
 
-    from mobiledeploy.data import calibration
+    from mobiledeploy.data import calibration, images
 
     from mobiledeploy.data import datasets
 
@@ -67,7 +67,7 @@ def remove_scratch_at_exit() -> None:
 def fuzz_image(data: bytes) -> None:
     path = SCRATCH / "input.img"
     path.write_bytes(data)
-    pixels = calibration.load_image(path, PREP)
+    pixels = images.load_image(path, PREP)
     assert pixels.shape == (24, 24, 3) and pixels.dtype == np.float32
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import MobiledeployError
-from ...json_input import parse_json
+from ...inputs import parse_json
 from ..host import Process
 
 RECIPE = 1

@@ -1,17 +1,31 @@
-"""JSON from users' files, parsed within budgets: size and nesting checked, every failure one line.
+"""Users' input files, read as hostile: only regular files, and JSON within budgets.
 
-Python's parser recurses once per nesting level: a file of 100,000 ``[`` raises RecursionError,
-and code that later walks the value recursively would fail the same way. Every reader of a
-user's JSON (model configs, manifests, baselines, the ARM cache's state) goes through here.
+A FIFO, a device or a link to /dev/zero passed where a file belongs would block a reader forever
+or never end, so readers check ``is_regular`` first. Python's JSON parser recurses once per
+nesting level: a file of 100,000 ``[`` raises RecursionError, and code that later walks the value
+recursively would fail the same way. Every reader of a user's JSON (model configs, manifests,
+baselines, the ARM cache's state) goes through ``parse_json``: size and nesting checked, every
+failure one line.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
 from .errors import MobiledeployError
 from .limits import MAX_JSON_BYTES, MAX_JSON_DEPTH
+
+
+def is_regular(path) -> bool:
+    """Whether ``path`` is (or links to) a regular file: not a FIFO, device, socket or folder."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def parse_json(raw: bytes | str, source: str, error: type[MobiledeployError] = MobiledeployError,
@@ -49,12 +63,10 @@ def depth(value: Any) -> int:
 def read_json_file(path, source: str | None = None, error: type[MobiledeployError] = MobiledeployError,
                    fix: str = "re-create the file") -> Any:
     """``parse_json`` of a file's bytes, the size checked before reading."""
-    from pathlib import Path
-
     path = Path(path)
     label = source or str(path)
     try:
-        if not path.is_file():
+        if not is_regular(path):
             raise error(f"{label}: not a regular file; {fix}")
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
