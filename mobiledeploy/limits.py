@@ -14,7 +14,9 @@ MAX_JSON_DEPTH = 64  # nesting of JSON objects and lists: real Keras configs rea
 MAX_WEIGHT_BYTES = 2 << 30  # all weights of a model as declared by the file (EfficientNet-B7: 0.26 GB)
 MAX_STORED_RATIO = 64  # a weight may declare at most this many times the bytes it stores (+ 1 MiB)
 MAX_HDF5_OBJECTS = 200_000  # groups and datasets in a model's HDF5 file
-MAX_PARAMETERS = 512_000_000  # parameters a model config may declare, checked before Keras builds it
+# parameters a model config may declare, checked before Keras builds it: MobileNets have 0.5 to 7 M,
+# EfficientNet-B7 66 M; a Conv2D with 4,000,000 filters on an RGB input declares 108 M (432 MB)
+MAX_PARAMETERS = 100_000_000
 MAX_ACTIVATION_ELEMENTS = 64_000_000  # elements of one layer output for one image, checked likewise
 MAX_IMAGE_PIXELS = 64_000_000  # pixels of a decoded image, and of the image after resizing for the crop
 MAX_ARRAY_BYTES_PER_SAMPLE = 64 << 20  # one sample of a .npy/.npz array

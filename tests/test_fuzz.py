@@ -18,7 +18,7 @@ HARNESS = Path(__file__).parent / "fuzz" / "fuzz_inputs.py"
 SECONDS = int(os.environ.get("MOBILEDEPLOY_FUZZ_SECONDS", "20"))
 
 
-@pytest.mark.parametrize("target", ["image", "array", "manifest", "baseline", "labels"])
+@pytest.mark.parametrize("target", ["image", "array", "manifest", "model_config", "baseline", "labels"])
 def test_bounded_fuzz_run_finds_no_crash(target, tmp_path):
     pytest.importorskip("atheris")
     scratch = tmp_path / "tmp"  # the harness's temporary directory, to see that it cleans up

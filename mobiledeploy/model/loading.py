@@ -314,10 +314,7 @@ def _build(config: dict, path: Path, trust: bool):
     for Keras 3 (old name -> new), whose weights the file keeps under the old name."""
     import keras
 
-    with parsing(path):
-        _check_config(config, path, trust)
-        config, renamed = to_keras3(config)
-        check_declared_size(config, path)
+    config, renamed = checked_keras2_config(config, path, trust)
     class_name = config.get("class_name")
     builder = keras.Sequential if class_name == "Sequential" else keras.Model
     try:
@@ -329,6 +326,17 @@ def _build(config: dict, path: Path, trust: bool):
             "re-save it as .keras with the Keras version that trained it"
         ) from None
     return _as_functional(model), renamed
+
+
+def checked_keras2_config(config, path: Path, trust: bool = False) -> tuple[dict, dict[str, str]]:
+    """A Keras 2 model config checked (allowlist, budgets) and translated for Keras 3, with the
+    layers it renamed; everything before Keras sees it, with nothing built (what the fuzz target
+    for model configs runs)."""
+    with parsing(path):
+        _check_config(config, path, trust)
+        config, renamed = to_keras3(config)
+        check_declared_size(config, path)
+    return config, renamed
 
 
 @contextlib.contextmanager

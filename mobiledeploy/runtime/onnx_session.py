@@ -62,8 +62,19 @@ def open_session(path: str | Path, options, disabled: list[str] | None):
     default, the ones ``disabled_optimizers`` picks for the file)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+    source = str(path) if utf8_path(path) else Path(path).read_bytes()  # the runtime takes only UTF-8 names
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=disabled_optimizers(path) if disabled is None else list(disabled))
+
+
+def utf8_path(path) -> bool:
+    """Whether a path's name can be handed to a C++ runtime as UTF-8 (a file name that is not UTF-8
+    is held by Python as lone surrogates, which those bindings refuse)."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def disabled_optimizers(path_or_model) -> list[str]:

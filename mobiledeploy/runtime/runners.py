@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import MobiledeployError
 from ..model.loading import load_model
 from ..quiet import captured_output
-from .onnx_session import open_session, session_options
+from .onnx_session import open_session, session_options, utf8_path
 
 
 class Runner(Protocol):
@@ -54,7 +54,8 @@ class TFLiteRunner:
             with captured_output(), warnings.catch_warnings():  # LiteRT announces XNNPACK on stderr
                 # preserving all tensors is what per-layer analysis is for; the warning says so
                 warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
-                self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads,
+                source = {"model_path": str(path)} if utf8_path(path) else {"model_content": Path(path).read_bytes()}
+                self.interpreter = Interpreter(**source, num_threads=num_threads,
                                                experimental_preserve_all_tensors=preserve_all_tensors)
         except (ValueError, RuntimeError) as exc:
             raise MobiledeployError(
@@ -158,7 +159,8 @@ def is_quantized(path: str | Path) -> bool:
     from ai_edge_litert.interpreter import Interpreter
 
     with captured_output():
-        tensors = Interpreter(str(path)).get_tensor_details()
+        source = {"model_path": str(path)} if utf8_path(path) else {"model_content": Path(path).read_bytes()}
+        tensors = Interpreter(**source).get_tensor_details()
     return any(t["dtype"] in (np.int8, np.uint8) for t in tensors)
 
 

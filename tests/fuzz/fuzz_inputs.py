@@ -3,7 +3,9 @@
     python tests/fuzz/fuzz_inputs.py TARGET [CORPUS_DIR] -max_total_time=60
 
 Targets: image (decode + preprocess), array (.npy / .npz calibration arrays), manifest
-(manifest.json + the file checks that follow), baseline (gate baseline JSON + rule
+(manifest.json + the file checks that follow), model_config (a Keras model config as an .h5
+file carries it: parsed, checked, translated and sized, before Keras builds anything),
+baseline (gate baseline JSON + rule
 evaluation), labels (labels files + labelled folders). A target may raise MobiledeployError —
 that is the clear error users see; any other exception is a crash: libFuzzer stops, saves the
 input as crash-*, and that input becomes a regression test in tests/test_fuzz.py.
@@ -41,6 +43,9 @@ with atheris.instrument_imports():
     from mobiledeploy.reports import EvalReport, Preprocessing
 
 PREP = Preprocessing(24, 24, 3, "mobilenet")
+# the seed corpus of model_config: configs tf-keras wrote (the reference MobileNet v1, MobileNetV3Small
+# with its TFOpLambda hard-swish and "/" names, a MobileNetV2 with default layer names)
+MODEL_CONFIGS = {p.name: p for p in (Path(__file__).parent / "configs").glob("*.json")}
 SCRATCH = Path(tempfile.mkdtemp(prefix="mobiledeploy-fuzz-"))
 _AT_EXIT = []  # keeps the C callback alive until the process ends
 REPORT = EvalReport("build", "data", "d" * 64, None, 10, True, "model_folded.keras", (
@@ -91,6 +96,13 @@ def fuzz_manifest(data: bytes) -> None:
     manifest.open_build(build).verified_files()
 
 
+def fuzz_model_config(data: bytes) -> None:
+    from mobiledeploy.model.loading import _parse_json, checked_keras2_config
+
+    path = SCRATCH / "model.h5"
+    checked_keras2_config(_parse_json(data, path), path)
+
+
 def fuzz_baseline(data: bytes) -> None:
     path = SCRATCH / "baseline.json"
     path.write_bytes(data)
@@ -109,8 +121,8 @@ def fuzz_labels(data: bytes) -> None:
     datasets.open_data(folder, labels)
 
 
-TARGETS = {"image": fuzz_image, "array": fuzz_array, "manifest": fuzz_manifest, "baseline": fuzz_baseline,
-           "labels": fuzz_labels}
+TARGETS = {"image": fuzz_image, "array": fuzz_array, "manifest": fuzz_manifest, "model_config": fuzz_model_config,
+           "baseline": fuzz_baseline, "labels": fuzz_labels}
 
 
 def seeds(target: str) -> dict[str, bytes]:
@@ -148,6 +160,8 @@ def seeds(target: str) -> dict[str, bytes]:
             "fallbacks": [{"layer": "conv1", "setting": "activation range", "reason": "fused"}],
             "files": [{"file": "model_int8.tflite", "format": "tflite", "precision": "int8", "sha256": digest,
                        "size": 6, "details": {"tensor_map": {"conv1": "t0"}}}]}).encode()}
+    if target == "model_config":
+        return {name: path.read_bytes() for name, path in MODEL_CONFIGS.items() if path.is_file()}
     if target == "baseline":
         return {"baseline.json": json.dumps(gate.make_baseline(REPORT, GateRules())).encode()}
     return {"labels.txt": b"cat\ndog\n", "reversed.txt": b"dog\ncat\nbird\n"}
