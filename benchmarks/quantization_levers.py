@@ -43,7 +43,7 @@ _AS_MEASURED = [
     ("per-tensor, adaround + floor", {"per_channel": False, "equalize": "off"}),
     ("per-tensor, equalize + adaround + floor", {"per_channel": False}),
     # mixed precision needs held-out images to measure its budget on: 50 come out of calibration
-    ("mixed precision, --max-drop 2", {"max_drop": 2.0, "num_holdout": 50}),
+    ("mixed precision, --max-disagreement 2", {"max_disagreement": 2.0, "num_holdout": 50}),
     ("default + --equalize on", {"equalize": "on"}),
     ("adaround + bias (--logit-floor off)", {"logit_floor": "off", "activation_ranges": "minmax"}),
     ("default, adaround on every layer", {"rounding_positions_per_weight": 0}),

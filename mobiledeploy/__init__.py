@@ -1,6 +1,7 @@
 """mobiledeploy: make a trained Keras MobileNet ready for phones and small ARM boards.
 
-The Python API mirrors the CLI::
+The Python API mirrors the CLI: each function builds the same option objects the command does
+and returns the report it prints::
 
     import mobiledeploy
     result = mobiledeploy.quantize("model.h5", "calibration_data/", "build/")
@@ -10,75 +11,106 @@ The Python API mirrors the CLI::
     costs = mobiledeploy.inspect_model("model.h5", alpha=0.5)
     layers = mobiledeploy.analyze_build("build/", "eval_images/")
 
-(``evaluate``, ``bench`` and ``analyze`` are the stage modules, hence the ``_build`` names.)
-
-Heavy libraries (TensorFlow, ONNX Runtime) load only when a function needs them.
+Problems with the inputs raise a ``MobiledeployError`` subclass whose message is one line saying
+what was expected, what was found and what to do; anything else is a bug. Heavy libraries
+(TensorFlow, ONNX Runtime) load only when a function needs them, and importing this package
+changes no process-wide state.
 """
 
 from __future__ import annotations
 
-import os
+import warnings
+from dataclasses import replace
+from os import PathLike
+from typing import Sequence
 
-# TensorFlow logs C++ chatter to stderr on import; keep the terminal for our own output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from .errors import MobiledeployError
+from .options import PRESETS, BenchSettings, GateRules, Progress, QuantizeOptions
+from .reports import AnalyzeReport, BenchReport, CostReport, EvalReport, GateResult, QuantizeResult
 
-from .errors import MobiledeployError  # noqa: E402
-from .options import GateRules, QuantizeOptions  # noqa: E402
-from .reports import QuantizeResult  # noqa: E402
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["quantize", "evaluate_build", "check_build", "bench_build", "inspect_model", "analyze_build",
-           "QuantizeOptions", "QuantizeResult", "MobiledeployError", "__version__"]
+           "QuantizeOptions", "BenchSettings", "GateRules", "PRESETS", "QuantizeResult", "EvalReport", "GateResult",
+           "BenchReport", "CostReport", "AnalyzeReport", "MobiledeployError", "__version__"]
+
+Path = str | PathLike
+# The functions import their stages when called: the worker that runs files under ARM emulation
+# imports this package too, and there every module imported costs a hundred times more.
 
 
-def quantize(model_path, calib, output_dir="build", options: QuantizeOptions | None = None,
-             progress=None, **settings) -> QuantizeResult:
-    """Same as ``mobiledeploy quantize``. Settings are ``QuantizeOptions`` fields."""
+def quantize(model_path: Path, calib: Path, output_dir: Path = "build", options: QuantizeOptions | None = None,
+             progress: Progress | None = None, *, preset: str = "default", **settings) -> QuantizeResult:
+    """``mobiledeploy quantize``: fold BatchNorm, calibrate, refine and write the float and int8
+    TFLite and ONNX files of the model at ``model_path`` to ``output_dir`` (all at once, or not at
+    all), with the drift of each int8 file on held-out calibration images.
+
+    Start from ``options`` or the named ``preset`` ("default": every refinement; "plain": what the
+    converters give alone) and override any ``QuantizeOptions`` field by keyword, e.g.
+    ``num_calib=300, refine="bias", max_disagreement=2.0``."""
     from .pipeline import quantize as run
 
-    if settings:
-        options = QuantizeOptions(**{**(options or QuantizeOptions()).to_dict(), **settings})
+    if "max_drop" in settings:  # the old name, for one release
+        warnings.warn("quantize(max_drop=...) is now max_disagreement=...", DeprecationWarning, stacklevel=2)
+        settings["max_disagreement"] = settings.pop("max_drop")
+    if preset not in PRESETS:
+        raise MobiledeployError(f"unknown preset '{preset}'; expected one of {', '.join(PRESETS)}")
+    options = replace(options or PRESETS[preset], **settings)
     return run(model_path, calib, output_dir, options, progress)
 
 
-def evaluate_build(build_dir, data, labels=None, batch_size: int = 64, device: str = "cpu", progress=None,
-                   compare=()):
-    """Same as ``mobiledeploy eval``: an ``EvalReport`` of every artifact (and of the files in
-    ``compare``) against float."""
-    from .evaluation import builds as build_eval
+def evaluate_build(build_dir: Path, data: Path, labels: Path | None = None, batch_size: int = 64,
+                   device: str = "cpu", progress: Progress | None = None, compare: Sequence[Path] = ()) -> EvalReport:
+    """``mobiledeploy eval``: every file of the build (and the ``compare`` files) on the images in
+    ``data``, scored against the build's float model and the labels; ``device="arm:CPU"`` runs the
+    .tflite/.onnx files under ARM emulation."""
+    from .evaluation import builds
 
-    return build_eval.evaluate_build(build_dir, data, labels, batch_size, progress, device, tuple(compare))
+    return builds.evaluate_build(build_dir, data, labels, batch_size, progress, device, tuple(compare))
 
 
-def check_build(build_dir, data, labels=None, max_drop: float = 1.0, min_agreement: float = 0.90,
-                baseline=None, tolerance: float = 0.5, sqnr_tolerance: float = 1.0, compare=(),
-                update_baseline: bool = False, batch_size: int = 64, device: str = "cpu", progress=None):
-    """Same as ``mobiledeploy check``: a ``GateResult`` (the ``EvalReport``, every rule's result and
-    ``passed``). A failed rule is in the result, not raised; bad input raises ``MobiledeployError``."""
-    from .evaluation import builds as build_eval, gate
+def check_build(build_dir: Path, data: Path, labels: Path | None = None, max_drop: float = GateRules.max_drop,
+                min_agreement: float = GateRules.min_agreement, baseline: Path | None = None,
+                tolerance: float = GateRules.tolerance, sqnr_tolerance: float = GateRules.sqnr_tolerance,
+                compare: Sequence[Path] = (), update_baseline: bool = False, batch_size: int = 64,
+                device: str = "cpu", progress: Progress | None = None) -> GateResult:
+    """``mobiledeploy check``: evaluate the build, then apply the CI gate's rules (top-1 at most
+    ``max_drop`` points below float, agreement at least ``min_agreement``, no regression against
+    ``baseline``, no loss against the ``compare`` files). A failed rule is in the result
+    (``result.passed``), not raised; bad input raises ``MobiledeployError``."""
+    from .evaluation import builds
 
     rules = GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
-    return build_eval.check_build(build_dir, data, rules, labels, baseline, update_baseline, batch_size, progress,
-                                  device, tuple(compare))
+    return builds.check_build(build_dir, data, rules, labels, baseline, update_baseline, batch_size, progress,
+                              device, tuple(compare))
 
 
-def bench_build(target, data=None, include_keras: bool = False, device: str = "cpu", progress=None, **settings):
-    """Same as ``mobiledeploy bench``. Settings are ``BenchSettings`` fields (num_threads, ...)."""
+def bench_build(target: Path, data: Path | None = None, include_keras: bool = False, device: str = "cpu",
+                progress: Progress | None = None, **settings) -> BenchReport:
+    """``mobiledeploy bench``: the latency of every file of a build folder (or of one file), each
+    timed in its own process. ``settings`` are ``BenchSettings`` fields (``num_threads``,
+    ``num_runs``, ...); the ones not given take ``device``'s defaults, as the command does."""
     from .evaluation import latency
-    from .options import BenchSettings
 
-    return latency.bench_build(target, BenchSettings(**settings), data, include_keras, progress, device)
+    if "batch" in settings:  # the old name, for one release
+        warnings.warn("bench_build(batch=...) is now batch_size=...", DeprecationWarning, stacklevel=2)
+        settings["batch_size"] = settings.pop("batch")
+    return latency.bench_build(target, BenchSettings.for_device(device, **settings), data, include_keras, progress,
+                               device)
 
 
-def inspect_model(model, alpha: float = 1.0, rho: float = 1.0, trust_model_code: bool = False, input_size=None):
-    """Same as ``mobiledeploy inspect``: a ``CostReport`` of params and multiply-adds per layer."""
+def inspect_model(model: Path, alpha: float = 1.0, rho: float = 1.0, trust_model_code: bool = False,
+                  input_size: tuple[int, int] | None = None) -> CostReport:
+    """``mobiledeploy inspect``: params and multiply-adds per layer of a model file or a build's
+    float model, or of the same network at another width (``alpha``) or resolution (``rho``)."""
     from .evaluation import costs
 
     return costs.inspect_model(model, alpha, rho, trust_model_code, input_size)
 
 
-def analyze_build(build_dir, data, max_images: int = 200, progress=None):
-    """Same as ``mobiledeploy analyze``: an ``AnalyzeReport`` of per-layer drift."""
+def analyze_build(build_dir: Path, data: Path, max_images: int = 200,
+                  progress: Progress | None = None) -> AnalyzeReport:
+    """``mobiledeploy analyze``: per-layer drift of each int8 file of the build against the float
+    model it was made from, on up to ``max_images`` images of ``data``."""
     from .evaluation import layers
 
     return layers.analyze_build(build_dir, data, max_images, progress=progress)

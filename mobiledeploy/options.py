@@ -32,7 +32,9 @@ class QuantizeOptions:
     rounding_samples: int = 64  # calibration images whose statistics drive adaptive rounding (at least)
     rounding_positions_per_weight: float = 64  # fewer calibration positions per weight: check on held-out images
     keep_float: tuple[str, ...] = ()  # weighted layers to run in float (mixed precision)
-    max_drop: float | None = None  # keep more layers in float until the int8 files lose at most this
+    # percent of held-out images on which an int8 file may disagree with float's class: more layers
+    # stay in float until both files are within it (mixed precision); None: no budget
+    max_disagreement: float | None = None
     head: str = "auto"  # auto (read off the model's last activation) | a Head kind: how outputs become classes
     fold_tolerance: float = 1e-4
     batch_size: int = 16
@@ -68,13 +70,24 @@ class BenchSettings:
     num_runs: int = 50  # at least this many timed runs ...
     min_secs: float = 1.0  # ... and at least this long,
     max_secs: float = 150.0  # but stop after this long
-    batch: int = 1
+    batch_size: int = 1  # images per inference
     profile: bool = False
     top_ops: int = 10
     seed: int = 0  # of the random inputs
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def for_device(cls, device: str, warmup_runs: int | None = None, num_runs: int | None = None,
+                   min_secs: float | None = None, **given) -> "BenchSettings":
+        """The settings for ``device``, with the run counts it needs by default: an emulated ARM CPU
+        runs 100-500x slower, so it warms up once and times 10 runs (and no minimum time) where this
+        machine warms up 5 times and times 50 runs for at least a second."""
+        emulated = device != "cpu"
+        return cls(warmup_runs=warmup_runs if warmup_runs is not None else (1 if emulated else 5),
+                   num_runs=num_runs if num_runs is not None else (10 if emulated else 50),
+                   min_secs=min_secs if min_secs is not None else (0.0 if emulated else 1.0), **given)
 
 
 @dataclass(frozen=True)
@@ -83,3 +96,12 @@ class GateRules:
     min_agreement: float = 0.90  # fraction of samples where int8 top-1 == float top-1
     tolerance: float = 0.5  # points a baseline accuracy/agreement may regress, or trail a compared file
     sqnr_tolerance: float = 1.0  # dB the baseline SQNR may regress
+
+
+# Named starting points for quantize (``--preset``); options given beside a preset override it.
+PRESETS: dict[str, QuantizeOptions] = {
+    # every refinement: the int8 files closest to float (docs/quantization.md)
+    "default": QuantizeOptions(),
+    # what the converters give alone: no refinement, no logit floor, calibration min/max, no copies
+    "plain": QuantizeOptions(refine="none", logit_floor="off", activation_ranges="minmax", dither="off"),
+}

@@ -87,8 +87,8 @@ def quantize(
         cset = replace(cset, preprocessing=preprocessing)
 
     mixed.check_layers(loaded.model, options.keep_float)  # fail before any work
-    if options.max_drop is not None and not cset.holdout:
-        raise MobiledeployError("--max-drop is measured on held-out calibration images; set --num-holdout above 0")
+    if options.max_disagreement is not None and not cset.holdout:
+        raise MobiledeployError("--max-disagreement is measured on held-out calibration images; set --num-holdout above 0")
 
     def batches(which: str = "calib"):
         return calibration.iter_batches(cset, which, options.batch_size)
@@ -127,8 +127,8 @@ def quantize(
             save_keras(prepared, work / DITHERED_FILE)
         artifacts, drift, refinement, settings, keep = _build_within_budget(
             work, folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks)
-        mixed_report = mixed.describe(folded, keep, options.max_drop, drift) \
-            if keep or options.max_drop is not None else None
+        mixed_report = mixed.describe(folded, keep, options.max_disagreement, drift) \
+            if keep or options.max_disagreement is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
         fallbacks += [Fallback(layer, "refinement", why) for layer, why in (refinement.fallbacks if refinement else ())]
         fallbacks += [Fallback(**f) for a in artifacts for f in a.details.get("fallbacks", ())]
@@ -200,7 +200,7 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
         artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report,
                                                write_float)
         write_float = False  # the float files stay as the first round wrote them
-        if options.max_drop is None or mixed.worst_loss(drift) <= options.max_drop \
+        if options.max_disagreement is None or mixed.worst_loss(drift) <= options.max_disagreement \
                 or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
             return artifacts, drift, refinement, settings, keep
         report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
@@ -269,9 +269,9 @@ def _check_options(options: QuantizeOptions) -> None:
     numbers = {"num_calib": (options.num_calib, 1, None), "num_holdout": (options.num_holdout, 0, None),
                "seed": (options.seed, 0, 2**32 - 1), "batch_size": (options.batch_size, 1, 4096),
                "crop_fraction": (options.crop_fraction, 0.1, 1.0), "fold_tolerance": (options.fold_tolerance, 0.0, 1.0),
-               "max_drop": (options.max_drop, 0.0, 100.0)}
+               "max_disagreement": (options.max_disagreement, 0.0, 100.0)}
     for field, (value, low, high) in numbers.items():
-        if value is None and field == "max_drop":
+        if value is None and field == "max_disagreement":
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
                 or value < low or (high is not None and value > high):

@@ -52,9 +52,11 @@ def captured_output() -> Iterator[None]:
 
 
 def import_tensorflow():
-    """Import TensorFlow (and Keras) without its C++ start-up banner on stderr."""
+    """Import TensorFlow (and Keras) without its C++ start-up banner on stderr (unless the user
+    chose a log level of their own)."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with captured_output():
         import keras  # noqa: F401  (Keras picks the TensorFlow backend and imports it)
         import tensorflow

@@ -496,6 +496,7 @@ def test_a_build_folder_with_a_name_that_is_not_utf8(work, tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["quantize", "m.h5", "--calib", "c", "--seed", "-1"],
+    ["quantize", "m.h5", "--calib", "c", "--max-disagreement", "nan"],
     ["quantize", "m.h5", "--calib", "c", "--max-drop", "nan"],
     ["quantize", "m.h5", "--calib", "c", "--rounding-positions-per-weight", "inf"],
     ["inspect", "m.h5", "--alpha", "nan"],

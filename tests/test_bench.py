@@ -117,7 +117,7 @@ def test_single_files_and_real_images(reference_build, tmp_path):
     data = json.loads(cli("bench", reference_build / "model_float.onnx", *QUICK, "--json").output)
     assert [(r["artifact"], r["precision"]) for r in data["rows"]] == [("model_float.onnx", "float32")]
     images = ROOT / "eval_data" / "3"
-    result = cli("bench", reference_build, *QUICK, "--batch", 4, "--data", images, "--keras", "--json")
+    result = cli("bench", reference_build, *QUICK, "--batch-size", 4, "--data", images, "--keras", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["inputs"] == str(images) and len(data["rows"]) == 5 and data["rows"][0]["batch"] == 4

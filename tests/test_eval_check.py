@@ -72,7 +72,7 @@ def test_eval_reports_every_artifact(good_build, small_eval):
 
 def test_gate_passes_on_the_reference_model(good_build, tmp_path):
     result = cli("check", good_build, "--data", ROOT / "eval_data", "--junit-xml", tmp_path / "j.xml",
-                 "--json", tmp_path / "r.json")
+                 "--report", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.output
     suite = ElementTree.parse(tmp_path / "j.xml").getroot()
@@ -96,7 +96,7 @@ def test_baseline_catches_a_regression_and_refuses_other_data(good_build, blank_
     assert cli("check", good_build, "--data", small_eval, "--baseline", baseline).exit_code == 0
 
     loose = cli("check", blank_build, "--data", small_eval, "--baseline", baseline,
-                "--max-drop", 100, "--min-agreement", 0, "--json", tmp_path / "loose.json")
+                "--max-drop", 100, "--min-agreement", 0, "--report", tmp_path / "loose.json")
     assert loose.exit_code == 3 and "FAIL  baseline-top1" in loose.output
     # the baseline keeps each file's per-image hits, so the change is paired image by image
     from mobiledeploy.evaluation.metrics import change_interval, unpack_hits
@@ -141,7 +141,7 @@ def test_check_holds_the_build_to_a_compared_file(good_build, blank_build, small
 
     ours = good_build / "model_int8.tflite"
     worse = cli("check", blank_build, "--data", small_eval, "--compare", ours, "--max-drop", 100,
-                "--min-agreement", 0, "--junit-xml", tmp_path / "j.xml", "--json", tmp_path / "w.json")
+                "--min-agreement", 0, "--junit-xml", tmp_path / "j.xml", "--report", tmp_path / "w.json")
     assert worse.exit_code == 3, worse.output
     assert "FAIL  vs-compared-agreement" in worse.output and "gate failed" in worse.output
     failed = {f.get("type") for f in ElementTree.parse(tmp_path / "j.xml").getroot().findall(".//failure")}

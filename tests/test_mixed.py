@@ -111,7 +111,7 @@ def test_unknown_layer_and_budget_without_holdout_are_clear_errors(tmp_path):
     from conftest import REFERENCE_MODEL, ROOT
 
     for extra, expected in ((["--keep-float", "conv_pw_99"], "conv_pw_99 is not a convolution or Dense layer"),
-                            (["--max-drop", "1", "--num-holdout", "0"], "set --num-holdout above 0")):
+                            (["--max-disagreement", "1", "--num-holdout", "0"], "set --num-holdout above 0")):
         result = CliRunner().invoke(main, ["quantize", str(REFERENCE_MODEL), "--calib", str(ROOT / "calibration_data"),
                                            "-o", str(tmp_path / "out"), *extra])
         assert result.exit_code == 1 and expected in result.output, result.output

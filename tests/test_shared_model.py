@@ -64,7 +64,7 @@ def test_max_drop_search_keeps_layers_in_float_on_real_model(data, tmp_path):
     result = CliRunner().invoke(main, [
         "quantize", str(data / "models" / "mobilenet_v1_0.25_224.h5"),
         "--calib", str(data / "imagenet-dev" / "images"), "-o", str(out),
-        "--num-calib", "40", "--num-holdout", "25", "--refine", "none", "--dither", "off", "--max-drop", "0",
+        "--num-calib", "40", "--num-holdout", "25", "--refine", "none", "--dither", "off", "--max-disagreement", "0",
     ])
     assert result.exit_code in (0, 3), result.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -76,7 +76,7 @@ def test_max_drop_search_keeps_layers_in_float_on_real_model(data, tmp_path):
     assert chosen["agreement_loss"] == pytest.approx(worst, abs=0.01)
     assert chosen["met"] == (result.exit_code == 0) == (worst <= 0)
     if result.exit_code == 3:
-        assert len(chosen["float_layers"]) == 8 and "--max-drop 0 not met" in result.output
+        assert len(chosen["float_layers"]) == 8 and "--max-disagreement 0 not met" in result.output
 
 
 def test_analyze_reads_the_onnx_tensors_the_file_computes(real_build):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from ..runtime.arm.provisioning import setup as provision
+from ..runtime.arm.provisioning import status as installed
 from . import terminal
 
 
@@ -27,8 +29,6 @@ def arm() -> None:
 @click.option("--force", is_flag=True, help="Provision again even if the cache looks complete.")
 def setup(sysroot: Path | None, force: bool) -> None:
     """Fetch qemu-aarch64-static, an aarch64 sysroot and the ARM wheels into the user cache."""
-    from ..runtime.arm.provisioning import setup as provision
-
     state = provision(sysroot, lambda step: click.echo(f"- {step}", err=True), force)
     terminal.print_arm_status(state)
 
@@ -37,8 +37,6 @@ def setup(sysroot: Path | None, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
 def status(as_json: bool) -> None:
     """Say what is installed for ARM emulation, where, and how much disk it uses."""
-    from ..runtime.arm.provisioning import status as installed
-
     state = installed()
     if as_json:
         click.echo(json.dumps(state, indent=2))

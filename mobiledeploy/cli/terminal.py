@@ -127,7 +127,7 @@ def print_quantize(result) -> None:
         m = result.mixed_precision
         console.print(f"mixed precision: {len(m.float_layers)} layer(s) in float ({', '.join(m.float_layers) or 'none'}; "
                       f"{m.float_mac_share:.1%} of the multiply-adds); worst agreement loss {m.agreement_loss:.1f} "
-                      f"points" + (f" (budget {m.max_drop:g}: {'met' if m.met else 'NOT met'})" if m.max_drop is not None else ""))
+                      f"points" + (f" (budget {m.max_disagreement:g}: {'met' if m.met else 'NOT met'})" if m.max_disagreement is not None else ""))
     console.print(
         f"calibration: {len(cal.calib)} samples from {cal.source} (seed {cal.seed}), "
         f"{len(cal.holdout)} held out, {len(cal.skipped)} unreadable skipped"
@@ -222,7 +222,7 @@ def print_bench(report) -> None:
     settings = report.settings
     emulated = report.device != "cpu"
     title_device = f"{report.device} EMULATED by qemu (not device latency)" if emulated else report.device
-    table = Table(title=f"{title_device}: {settings.num_threads} thread(s), batch {settings.batch}, inputs "
+    table = Table(title=f"{title_device}: {settings.num_threads} thread(s), batch {settings.batch_size}, inputs "
                         f"{report.inputs}; times in ms over >= {settings.num_runs} runs / {settings.min_secs:g} s "
                         "(mean/min/max in --json and --csv)")
     columns = ("artifact", "runtime", "KiB", "init", "first", "median", "p90", "p99", "std", "inf/s", "peak MB",

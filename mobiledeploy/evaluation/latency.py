@@ -47,7 +47,7 @@ def bench_build(
     if data is not None:
         if build is None:
             raise MobiledeployError("--data needs a build folder (its manifest says how to preprocess images)")
-        inputs, source = _bench_inputs(build, data, settings.batch), str(data)
+        inputs, source = _bench_inputs(build, data, settings.batch_size), str(data)
     rows = []
     for done, (entry, path) in enumerate(entries):
         report("benchmark", done, len(entries))

@@ -1,6 +1,6 @@
 """Accuracy-aware mixed precision: which layers stay in float, and what that costs.
 
-Given a budget (``--max-drop``: points of top-1 agreement with the float model that the int8
+Given a budget (``--max-disagreement``: points of top-1 agreement with the float model that the int8
 files may lose on the held-out images), the pipeline builds full int8 first; while a file is
 over budget it keeps one more weighted layer in float: the one whose output tensors lose the
 most SQNR in the int8 files (``mobiledeploy analyze``'s "lost dB", summed over the files).
@@ -58,13 +58,13 @@ def most_sensitive(per_artifact: dict, keep) -> str | None:
     return max(lost, key=lost.get) if lost else None
 
 
-def describe(model, keep, max_drop: float | None, drift: tuple[Drift, ...]) -> MixedPrecisionReport:
+def describe(model, keep, budget: float | None, drift: tuple[Drift, ...]) -> MixedPrecisionReport:
     from ..evaluation.costs import model_costs
 
     costs = model_costs(model)
     kept_macs = sum(layer.macs for layer in costs.layers if layer.name in set(keep))
     loss = worst_loss(drift)
     return MixedPrecisionReport(
-        max_drop=max_drop, float_layers=tuple(keep), float_mac_share=kept_macs / max(costs.macs, 1),
-        agreement_loss=loss, met=max_drop is None or loss <= max_drop,
+        max_disagreement=budget, float_layers=tuple(keep), float_mac_share=kept_macs / max(costs.macs, 1),
+        agreement_loss=loss, met=budget is None or loss <= budget,
     )

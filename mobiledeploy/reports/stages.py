@@ -199,14 +199,14 @@ class LogitFloorReport:
 class MixedPrecisionReport:
     """Which weighted layers stayed in float, what that costs, and whether the budget was met."""
 
-    max_drop: float | None  # the budget, points of top-1 agreement with float (None: layers named by hand)
+    max_disagreement: float | None  # the budget: percent of images that may disagree (None: layers named by hand)
     float_layers: tuple[str, ...]  # weighted layers kept in float, in the order they were chosen
     float_mac_share: float  # share of the model's multiply-adds that run in float
     agreement_loss: float  # points of top-1 agreement lost by the worst int8 file on held-out images
     met: bool
 
     def to_dict(self) -> dict:
-        return {"max_drop": self.max_drop, "float_layers": list(self.float_layers),
+        return {"max_disagreement": self.max_disagreement, "float_layers": list(self.float_layers),
                 "float_mac_share": round(self.float_mac_share, 4),
                 "agreement_loss": round(self.agreement_loss, 2), "met": self.met}
 

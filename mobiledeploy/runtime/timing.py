@@ -80,7 +80,7 @@ def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, input
             unfused = float_ops_in(Path(tmp) / OPTIMIZED)
     return LatencyReport(
         artifact=Path(path).name, format=fmt, precision=precision, runtime=RUNTIMES[fmt], device=process.device,
-        threads=settings.num_threads, batch=settings.batch, size=Path(path).stat().st_size,
+        threads=settings.num_threads, batch=settings.batch_size, size=Path(path).stat().st_size,
         **result["timing"], peak_rss_mb=result["peak_rss_mb"],
         profile=tuple(result.get("profile", ())), profile_note=result.get("profile_note", ""),
         cpu=result.get("cpu", ""), runtime_float_ops=unfused,
@@ -104,7 +104,7 @@ def measure_here(spec: dict) -> dict:
     runner = open_artifact(spec, settings.num_threads, profile_dir=spec["workdir"] if settings.profile else None)
     init_ms = (time.perf_counter() - started) * 1000.0
     if inputs is None:
-        inputs = random_inputs(runner.input_shape, settings.batch, settings.seed)
+        inputs = random_inputs(runner.input_shape, settings.batch_size, settings.seed)
     call = runner.bind(inputs)
     started = time.perf_counter()
     call()

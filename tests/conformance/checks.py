@@ -1,0 +1,73 @@
+"""What every family must pass, whatever it is built from and however it is saved: quantize with the
+defaults exits 0, the fold is verified, the int8 TFLite file has no float tensor, every Conv/Gemm of
+the int8 ONNX file is int8, both int8 files agree with float on the held-out digits at least as
+often as the family's floor, and bench, inspect and analyze run on the build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from mobiledeploy.cli.main import main
+from mobiledeploy.runtime.onnx_session import float_compute_nodes
+
+ROOT = Path(__file__).resolve().parents[2]
+# Agreement with float of both int8 files on the 100 held-out digits, at least. Set from the
+# measured agreement of each family (the same in every save format and with either names; see
+# docs/conformance.md) less 6 points: on 100 images one image is a point, and a build on another
+# CPU (AVX2 or VNNI, ARM) rounds a few values differently.
+FLOORS = {"v1": 0.75, "v1_grey": 0.71, "fd": 0.92, "v2": 0.81, "v2_wide": 0.81, "v3small": 0.94,
+          "v3large": 0.94, "efflite": 0.86, "dense": 0.92}
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def zoo(folder: Path, matrix) -> dict[tuple[str, str, str], Path]:
+    """Each family of ``matrix`` ((family, format, names) cases) trained once, saved as each case asks."""
+    from families import save, trained
+
+    paths = {}
+    for family in dict.fromkeys(case[0] for case in matrix):
+        model = trained(family)
+        for _, fmt, names in (case for case in matrix if case[0] == family):
+            paths[family, fmt, names] = save(model, family, fmt, names, folder)
+    return paths
+
+
+def quantize_and_check(model: Path, family: str, out: Path) -> dict:
+    """quantize with the defaults, and every check of the module docstring but the measuring
+    commands; the manifest."""
+    result = cli("quantize", model, "--calib", ROOT / "calibration_data", "-o", out, "--num-calib", 64,
+                 "--num-holdout", 100, "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["folding"]["passed"] and manifest["folding"]["folded"], manifest["folding"]
+    assert _float_tensors(out / "model_int8.tflite") == [], "the int8 TFLite file holds float tensors"
+    assert float_compute_nodes(out / "model_int8.onnx") == [], "a Conv/Gemm of the int8 ONNX file is float"
+    agreement = {row["artifact"]: row["agreement"] for row in manifest["drift"]["rows"]}
+    assert min(agreement.values()) >= FLOORS[family], agreement
+    return manifest
+
+
+def measuring_commands_run(out: Path) -> None:
+    """bench, inspect and analyze on a build (what used to refuse builds quantize made)."""
+    bench = cli("bench", out, "--num-runs", 3, "--min-secs", 0, "--warmup-runs", 1, "--json")
+    assert bench.exit_code == 0, bench.output[-2000:]
+    assert len(json.loads(bench.output)["rows"]) == 4
+    inspect = cli("inspect", out, "--json")
+    assert inspect.exit_code == 0 and json.loads(inspect.output)["macs"] > 0, inspect.output[-2000:]
+    analyze = cli("analyze", out, "--data", ROOT / "eval_data" / "3", "--max-images", 16, "--json")
+    assert analyze.exit_code == 0, analyze.output[-2000:]
+    assert all(len(rows) >= 3 for rows in json.loads(analyze.output)["layers"].values())
+
+
+def _float_tensors(path: Path) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return [t["name"] for t in Interpreter(str(path)).get_tensor_details()
+            if np.issubdtype(t["dtype"], np.floating)]
