@@ -19,4 +19,5 @@ MAX_HDF5_OBJECTS = 200_000  # groups and datasets in a model's HDF5 file
 MAX_PARAMETERS = 100_000_000
 MAX_ACTIVATION_ELEMENTS = 64_000_000  # elements of one layer output for one image, checked likewise
 MAX_IMAGE_PIXELS = 64_000_000  # pixels of a decoded image, and of the image after resizing for the crop
+MAX_IMAGE_BYTES = 128 << 20  # an image file, read into memory before it is decoded
 MAX_ARRAY_BYTES_PER_SAMPLE = 64 << 20  # one sample of a .npy/.npz array

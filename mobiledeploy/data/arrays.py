@@ -15,14 +15,20 @@ import shutil
 import struct
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import MobiledeployError
+from ..errors import MobiledeployError, first_line
 from ..limits import MAX_ARRAY_BYTES_PER_SAMPLE
 from ..inputs import is_regular
 
+# what Python's zip, zlib and struct readers raise on a malformed archive (an unsupported zip
+# version or method is a NotImplementedError; a truncated member an EOFError without a message)
+ZIP_ERRORS = (OSError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error, struct.error)
+
+MAX_NPY_HEADER = 10_000  # bytes; numpy writes a few hundred
 MAX_INFLATE_RATIO = 100  # image arrays compress a few times; zeros a thousand times
 MAX_INFLATED_BYTES = 4 << 30  # a compressed member is inflated to a scratch file of at most this
 _inflated: dict[tuple, Path] = {}
@@ -49,9 +55,8 @@ def open_array(path: Path, key: str | None, error: type[MobiledeployError]) -> n
         return _npz_member(path, key, error)
     except MobiledeployError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, struct.error) as exc:
-        raise error(f"{path}: unreadable array file ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") \
-            from None
+    except ZIP_ERRORS as exc:
+        raise error(f"{path}: unreadable array file ({first_line(exc)[:120]})") from None
 
 
 def npz_members(path: Path, error: type[MobiledeployError]) -> list[str]:
@@ -59,8 +64,8 @@ def npz_members(path: Path, error: type[MobiledeployError]) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise error(f"{path}: unreadable .npz ({str(exc)[:120]})") from None
+    except ZIP_ERRORS as exc:
+        raise error(f"{path}: unreadable .npz ({first_line(exc)[:120]})") from None
 
 
 def _npz_member(path: Path, key: str | None, error) -> np.ndarray:
@@ -89,17 +94,28 @@ def _npz_member(path: Path, key: str | None, error) -> np.ndarray:
 
 
 def _header(stream, path: Path, error, what: str = "the array") -> tuple[tuple, np.dtype, bool, int]:
-    """(shape, dtype, Fortran order, header length) from a .npy header, reading only the header."""
+    """(shape, dtype, Fortran order, header length) from a .npy header, reading only the header:
+    its declared length is checked before it is read (numpy reads all of it first, and a version 2
+    header may declare 4 GB)."""
+    import io
+    from tokenize import TokenError
+
     from numpy.lib import format as npy
 
     try:
         version = npy.read_magic(stream)
-        reader = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        reader, width = {(1, 0): (npy.read_array_header_1_0, 2), (2, 0): (npy.read_array_header_2_0, 4)}.get(
+            version, (None, 0))
         if reader is None:
             raise ValueError(f"unsupported .npy version {version}")
-        shape, fortran, dtype = reader(stream, max_header_size=10000)
-    except (ValueError, SyntaxError, EOFError) as exc:
-        raise error(f"{path}: {what} is not a .npy array ({str(exc).splitlines()[0][:100]}); "
+        declared = stream.read(width)
+        length = int.from_bytes(declared, "little")
+        if len(declared) < width or length > MAX_NPY_HEADER:
+            raise ValueError(f"a header of {length:,} bytes" if len(declared) == width else "truncated header")
+        header = stream.read(length)
+        shape, fortran, dtype = reader(io.BytesIO(declared + header), max_header_size=MAX_NPY_HEADER)
+    except (ValueError, SyntaxError, EOFError, TokenError) as exc:  # numpy tokenizes the header's dict
+        raise error(f"{path}: {what} is not a .npy array ({first_line(exc)[:100]}); "
                     "save the images with np.save or np.savez(file, x=images)") from None
     return tuple(int(d) for d in shape), dtype, bool(fortran), stream.tell()
 

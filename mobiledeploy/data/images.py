@@ -9,18 +9,22 @@ link to /dev/zero never end).
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import CalibrationError
+from ..errors import CalibrationError, first_line
 from ..inputs import is_regular
-from ..limits import MAX_IMAGE_PIXELS
+from ..limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from ..reports import Preprocessing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# the decoders Pillow may pick for them (its JPEG decoder also opens a camera's MPO files); none
+# of its few dozen other plugins, some of which allocate what a header declares before reading it
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP")
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -43,9 +47,14 @@ def load_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
     if not is_regular(path):
         raise CalibrationError(f"{path}: not a regular file (a FIFO, device or broken link); skipped")
     try:
+        with path.open("rb") as handle:  # in memory: a read of what a header declares ends at the data
+            data = handle.read(MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
+            raise CalibrationError(f"{path}: over {MAX_IMAGE_BYTES:,} bytes, more than an image may have; "
+                                   "resize or recompress it")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
                 width, height = image.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise CalibrationError(f"{path}: {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
@@ -53,10 +62,11 @@ def load_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
                 pixels = prepare_image(image, preprocessing)
     except CalibrationError:
         raise
+    except Image.UnidentifiedImageError:
+        raise CalibrationError(f"{path}: unreadable image (not a JPEG, PNG or BMP file)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise CalibrationError(f"{path}: unreadable image ({reason})") from None
+        raise CalibrationError(f"{path}: unreadable image ({first_line(exc)[:120]})") from None
     return pixels
 
 

@@ -18,7 +18,9 @@ Only the config (JSON) changes, never the weights, and only where the meaning is
   hard-swish) become the equivalent Rescaling layer, and those applying relu, relu6, sigmoid or
   silu the equivalent activation layer (``operations``). They name a TensorFlow function rather
   than carry code; any other TFOpLambda is still refused by the loader;
-- layer names with '/' (tf-keras' MobileNetV3: 'Conv/BatchNorm'), which Keras 3 refuses, get '_'.
+- layer names with '/' (tf-keras' MobileNetV3: 'Conv/BatchNorm'), which Keras 3 refuses, get '_';
+- and, in .h5 files Keras 3 wrote, the arithmetic operations that lost their module on the way
+  (``x + 3`` saved as a layer Add with a number argument) become the layers that compute them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from .flatten import INFERENCE_IDENTITY
-from .operations import call_entries, translated
+from .operations import call_entries, legacy_h5_operations, translated
 
 MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
 def to_keras3(config: dict) -> tuple[dict, dict[str, str]]:
@@ -82,6 +84,7 @@ def _translate(layers: list, model: dict) -> None:
         if isinstance(entry, list) and len(entry) >= 2 and entry[0] in nested and isinstance(entry[1], int) \
                 and entry[1] >= 1:
             entry[1] -= 1
+    legacy_h5_operations(layers)
     for layer in layers:
         cfg = layer.get("config", {})
         kind = layer.get("class_name")

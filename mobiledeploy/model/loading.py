@@ -1,8 +1,9 @@
 """Read a model file safely: Keras 3 and Keras 2 ``.h5``, ``.keras``, Keras 2 SavedModel.
 
 Nothing from the file is executed. The architecture is read as JSON and checked against an
-allowlist of the MobileNet family's layers *before* Keras deserializes anything; Lambda
-layers and custom objects are refused unless the caller explicitly trusts the file.
+allowlist of the MobileNet family's layers (``allowlist``) *before* Keras deserializes
+anything; Lambda layers and custom objects are refused unless the caller explicitly trusts the
+file.
 
 Keras 2 files (most ``model.h5`` files in the wild) do not load with Keras 3's
 ``load_model`` (e.g. DepthwiseConv2D's ``groups`` key), so every format goes through the
@@ -12,40 +13,23 @@ same path: config JSON -> check -> translate for Keras 3 (``keras2_config``) -> 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ModelLoadError, first_line
-from .flatten import INFERENCE_IDENTITY, flatten
+from .flatten import flatten
 from ..inputs import is_regular, parse_json
 from ..manifest import MANIFEST, ManifestError, open_build
 from ..quiet import import_tensorflow
+from .allowlist import check_config, checked_keras2_config, parsing
 from .declared import check_declared_size
-from .keras2_config import MODEL_CLASSES, to_keras3
-from .operations import KNOWN_OPERATIONS, is_operation, translated
 from ..limits import MAX_JSON_BYTES, MAX_WEIGHT_BYTES
 from .sizing import fixed_size
-
-# Layer classes the pipeline (folding, converters, cost model) knows how to handle.
-SUPPORTED_LAYERS = frozenset(
-    {
-        "InputLayer", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
-        "ReLU", "LeakyReLU", "Softmax", "Activation", "ZeroPadding2D", "MaxPooling2D",
-        "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Add",
-        "Multiply", "Concatenate", "Dropout", "Flatten", "Reshape", "Dense", "Rescaling",
-        "Normalization",
-    }
-) | INFERENCE_IDENTITY  # data augmentation: dropped when the model is loaded
-SUPPORTED_ACTIVATIONS = frozenset(
-    {"linear", "relu", "relu6", "softmax", "sigmoid", "hard_sigmoid", "swish", "silu",
-     "hard_swish", "hard_silu", "tanh", "elu", "gelu"}
-)
-CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
-
+from .h5_input import check_tree, text_attribute
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -122,8 +106,6 @@ def _load(path: Path, trust: bool) -> LoadedModel:
 def _load_h5(path: Path, trust: bool) -> LoadedModel:
     import h5py
 
-    from .h5_input import check_tree, text_attribute
-
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
@@ -182,13 +164,13 @@ def _load_keras_zip(path: Path, trust: bool) -> LoadedModel:
                                   ModelLoadError, "re-save the model") if "metadata.json" in names else {}
             if "model.weights.h5" in names:
                 _check_zipped_weights(archive, path)
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, NotImplementedError, zlib.error) as exc:
         raise ModelLoadError(
             f"{path}: not a valid .keras archive ({first_line(exc)}); "
             "re-save the model with model.save('model.keras')"
         ) from None
     with parsing(path):
-        _check_config(config, path, trust)
+        check_config(config, path, trust)
         check_declared_size(config, path)
     version = str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
     if version.startswith("2."):  # tf-keras' .keras files name their weights by class, not by layer
@@ -220,8 +202,6 @@ def _zip_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
 def _check_zipped_weights(archive: zipfile.ZipFile, path: Path) -> None:
     """The archive's weights file is HDF5: vetted like an .h5 model before Keras reads it."""
     import h5py
-
-    from .h5_input import check_tree
 
     with archive.open("model.weights.h5") as member, h5py.File(member, "r") as handle:
         check_tree(handle, path)
@@ -328,109 +308,10 @@ def _build(config: dict, path: Path, trust: bool):
     return _as_functional(model), renamed
 
 
-def checked_keras2_config(config, path: Path, trust: bool = False) -> tuple[dict, dict[str, str]]:
-    """A Keras 2 model config checked (allowlist, budgets) and translated for Keras 3, with the
-    layers it renamed; everything before Keras sees it, with nothing built (what the fuzz target
-    for model configs runs)."""
-    with parsing(path):
-        _check_config(config, path, trust)
-        config, renamed = to_keras3(config)
-        check_declared_size(config, path)
-    return config, renamed
-
-
-@contextlib.contextmanager
-def parsing(path: Path) -> Iterator[None]:
-    """The boundary around code that walks a file's config: JSON of an unexpected shape (a list
-    where an object belongs, a string where a number does) is the file's fault, not a bug, and
-    becomes one line."""
-    try:
-        yield
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError) as exc:
-        raise ModelLoadError(f"{path}: the model config has an unexpected structure ({type(exc).__name__}: "
-                             f"{first_line(exc)}); the file is damaged or was not written by Keras") from None
-
-
 def _safe_mode(enabled: bool):
     from keras.src.saving import serialization_lib
 
     return serialization_lib.SafeModeScope(enabled)
-
-
-def _check_config(config: dict, path: Path, trust: bool) -> None:
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{path}: model config is not a JSON object; the file is corrupt")
-    class_name = config.get("class_name")
-    if class_name not in MODEL_CLASSES:
-        raise ModelLoadError(
-            f"{path}: top-level object is a '{class_name}', expected a Functional or "
-            "Sequential Keras model"
-        )
-    inner = config.get("config")
-    if class_name == "Sequential" and isinstance(inner, list):  # Keras 2.2: the layer list itself
-        config["config"] = inner = {"name": "sequential", "layers": inner}
-    layers = inner.get("layers") if isinstance(inner, dict) else None
-    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
-        raise ModelLoadError(f"{path}: model config has no layer list; the file is corrupt")
-    for layer in layers:
-        _check_layer(layer, path, trust)
-
-
-def _check_layer(layer: dict, path: Path, trust: bool) -> None:
-    if not isinstance(layer, dict) or not isinstance(layer.get("config", {}) or {}, dict):
-        raise ModelLoadError(f"{path}: a layer of the model config is not a JSON object; the file is corrupt")
-    kind = layer.get("class_name")
-    cfg = layer.get("config", {}) or {}
-    name = cfg.get("name") or layer.get("name") or "?"
-    if translated(layer) is not None:  # a TFOpLambda x/127.5, relu6(x) etc.: becomes its layer
-        return
-    if is_operation(layer):  # a Keras 3 operation of the graph (x + 3): becomes its layer
-        if kind in KNOWN_OPERATIONS:
-            return
-        raise ModelLoadError(
-            f"{path}: '{name}' is the operation {layer.get('module')}.{kind}, which has no equivalent layer; "
-            f"supported operations: {', '.join(sorted(KNOWN_OPERATIONS))}. Rebuild the model with Keras layers"
-        )
-    if kind in MODEL_CLASSES:  # a nested model (a base inside a fine-tuned classifier): check its layers
-        for inner in cfg.get("layers") or []:
-            _check_layer(inner, path, trust)
-        return
-    if kind in CODE_LAYERS or _has_custom_object(cfg):
-        if trust:
-            return
-        what = "a Lambda layer" if kind in CODE_LAYERS else "a custom object"
-        raise ModelLoadError(
-            f"{path}: layer '{name}' is {what}, which would run code stored in the file; "
-            "refused. Replace it with built-in layers, or pass --trust-model-code if you "
-            "wrote or vetted this file"
-        )
-    if kind not in SUPPORTED_LAYERS:
-        if trust and layer.get("module") not in (None, "keras.layers"):
-            return
-        raise ModelLoadError(
-            f"{path}: layer '{name}' has unsupported type {kind}; supported: "
-            f"{', '.join(sorted(SUPPORTED_LAYERS))}"
-        )
-    activation = cfg.get("activation")
-    if isinstance(activation, str) and activation not in SUPPORTED_ACTIVATIONS:
-        raise ModelLoadError(
-            f"{path}: layer '{name}' uses unsupported activation '{activation}'; "
-            f"supported: {', '.join(sorted(SUPPORTED_ACTIVATIONS))}"
-        )
-
-
-def _has_custom_object(value: Any) -> bool:
-    """True when a config holds a serialized Python function or a class from outside Keras."""
-    if isinstance(value, dict):
-        if value.get("class_name") == "__lambda__":
-            return True
-        module = value.get("module")
-        if isinstance(module, str) and module and not module.startswith(("keras", "builtins")):
-            return True
-        return any(_has_custom_object(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_custom_object(v) for v in value)
-    return False
 
 
 def _as_functional(model):

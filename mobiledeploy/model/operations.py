@@ -88,6 +88,30 @@ def _refused(name: str, kind: str, what: str) -> ModelLoadError:
                           "model with Keras layers (Rescaling, Add, Multiply, Activation) in its place")
 
 
+def legacy_h5_operations(layers: list) -> None:
+    """Keras 3's .h5 files drop an operation's module, so MobileNetV3's ``x + 3`` reads as a layer
+    ``Add`` with a number among its arguments, which Keras itself then fails to rebuild. Such
+    entries become the layer that computes them (in place): a Rescaling for a tensor and a
+    number, an Add/Subtract/Multiply layer (its inputs as one list) for two tensors."""
+    for layer in layers:
+        kind, nodes = layer.get("class_name"), layer.get("inbound_nodes")
+        if kind not in ARITHMETIC or not isinstance(nodes, list) or len(nodes) != 1 or not isinstance(nodes[0], dict):
+            continue
+        args = nodes[0].get("args")
+        if not isinstance(args, list) or len(args) != 2:
+            continue
+        tensors = [a for a in args if isinstance(a, dict) and a.get("class_name") == "__keras_tensor__"]
+        numbers = [a for a in args if isinstance(a, Real) and not isinstance(a, bool)]
+        name = (layer.get("config") or {}).get("name", layer.get("name"))
+        if len(tensors) == 1 and len(numbers) == 1:
+            scale, offset = _rescaling(kind, float(numbers[0]), tensor_first=args[0] is tensors[0], name=name)
+            layer.update(class_name="Rescaling", config={"name": name, "dtype": "float32", "trainable": False,
+                                                         "scale": scale, "offset": offset})
+            nodes[0]["args"] = [tensors[0]]
+        elif len(tensors) == 2 and kind in ("Add", "Subtract", "Multiply"):
+            nodes[0]["args"] = [tensors]
+
+
 # --- tf-keras TFOpLambda layers (config level) ------------------------------------------
 
 

@@ -171,7 +171,7 @@ def main() -> None:
     target = sys.argv[1]
     args = [sys.argv[0], *sys.argv[2:]]
     corpus = next((Path(a) for a in args[1:] if not a.startswith("-")), None)
-    if corpus is not None:
+    if corpus is not None and not corpus.is_file():  # a file: one input to run again
         corpus.mkdir(parents=True, exist_ok=True)
         if not any(corpus.iterdir()):
             for name, data in seeds(target).items():

@@ -1,4 +1,4 @@
-"""Every malformed input of tests/corpus.py through the real CLI: promises 2 and 3 of issue 7.
+"""Every malformed input of tests/security/corpus.py through the real CLI: promises 2 and 3 of issue 7.
 
 error cases: exit 1 (bad input) or 2 (bad usage), a clear message, no traceback, and no file
 written anywhere (no output folder, no leftover staging folder). ok cases: handled.
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import messages
 from corpus import build
 from mobiledeploy.cli.main import main
 
@@ -63,7 +64,8 @@ def test_corpus_case(corpus, name, tiny_model_file, calib_folder, reference_buil
         return
     assert result.exit_code in (1, 2), f"exit {result.exit_code}: {text} {result.exception!r}"
     if result.exit_code == 1:
-        assert text.startswith("error: ") and len(text.strip().splitlines()) == 1, text
+        lines = messages(text)
+        assert len(lines) == 1 and lines[0].startswith("error: "), text
     else:
         assert "Error:" in text
     assert spec["message"] in text
