@@ -26,7 +26,7 @@ on the shared model the float model's top-1 is 56 to 59% on every view, yet the 
 files agree with float about 3 points more on the exact centre crop than on the other views,
 more than builds that round differently do, and its settings were chosen on these centre crops:
 for it the other views are the better estimate of images it has not seen
-(docs/quantization-experiments.md, "Ten views per image").
+(docs/experiments/, "Ten views per image").
 
 --seeds S [S ...] cross-fits once per seed, each a different partition of the images into folds
 (the builds go to --work/seedS), and with --views ends with every view pooled over the
@@ -109,7 +109,7 @@ def _partition(args, model: Path, images: list[Path], seed: int, work: Path):
     the other folds. (float outputs, int8 outputs, float classes per view, int8 classes per view).
     Each fold's outputs for each lever are saved beside its build; with --reuse a later run takes
     them from there instead of building again, when nothing they depend on has changed."""
-    from crossfit_saved import load_outputs, save_outputs, sources_digest
+    from helpers.crossfit_saved import load_outputs, save_outputs, sources_digest
     from quantization_levers import LEVERS
     from shared_imagenet_drift import link_images
 
@@ -164,7 +164,6 @@ def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out) -> di
     from mobiledeploy.data import datasets
     from mobiledeploy.evaluation.metrics import collect
     from mobiledeploy.runtime.runners import open_runner
-    from mobiledeploy.reports import Preprocessing
 
     fields = {"num_holdout": 0, **fields}
     result = mobiledeploy.quantize(model, calib, out, num_calib=200 - fields["num_holdout"], overwrite=True, **fields)
@@ -209,7 +208,6 @@ def _view_pixels(out: Path, evaluation: Path, count: int):
     preprocessing)."""
     from mobiledeploy import manifest
     from mobiledeploy.data import datasets
-    from mobiledeploy.reports import Preprocessing
 
     preprocessing = manifest.read(out).preprocessing
     files = [Path(item) for item in datasets.open_data(evaluation).items]

@@ -40,7 +40,6 @@ def main() -> None:
     from mobiledeploy.data import datasets
     from mobiledeploy.evaluation.metrics import agreement, collect, sqnr_db
     from mobiledeploy.runtime.runners import open_runner
-    from mobiledeploy.reports import Preprocessing
 
     model = args.model or args.shared / "models" / "mobilenet_v1_0.25_224.h5"
     calib, evaluation, labels = shared_split(args.shared, args.work / "split", args.seed)

@@ -25,7 +25,7 @@ import numpy as np
 
 
 def main() -> None:
-    from openvino_run import median_times  # this folder: the same alternated timing
+    from helpers.openvino_run import median_times  # this folder: the same alternated timing
     from shared_imagenet_drift import shared_split, split_arguments
 
     parser = split_arguments(__doc__.splitlines()[0], "/tmp/mobiledeploy-x86-kernels")

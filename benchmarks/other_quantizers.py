@@ -116,7 +116,6 @@ def _compare(model, calib, evaluation, labels, work: Path, pythons: dict, iterat
     from mobiledeploy.evaluation.builds import evaluate_build
     from mobiledeploy.data.calibration import read_batch
     from mobiledeploy.data.images import list_images
-    from mobiledeploy.reports import Preprocessing
 
     build = work / "build"
     started = time.perf_counter()
@@ -135,7 +134,7 @@ def _compare(model, calib, evaluation, labels, work: Path, pythons: dict, iterat
         for variant in variants:
             source = model if reads_file == "model" else build / reads_file
             out = work / f"{tool}-{variant}{'.tflite' if reads_file == 'model' else Path(reads_file).suffix}"
-            command = [python, HERE / "quantizer_tools.py", tool, variant, source, calib_npy, out]
+            command = [python, HERE / "helpers" / "quantizer_tools.py", tool, variant, source, calib_npy, out]
             if tool == "aimet":
                 command.append(str(iterations))
             print(f"split {seed}: {tool} {variant} ...", flush=True)
@@ -164,7 +163,6 @@ def _on_openvino(build: Path, evaluation, labels, files: list[Path], python: Pat
     from mobiledeploy.data import datasets
     from mobiledeploy.evaluation import metrics as evaluate
     from mobiledeploy.runtime.runners import open_runner
-    from mobiledeploy.reports import Preprocessing
 
     preprocessing = manifest.read(build).preprocessing
     data = datasets.open_data(evaluation, labels)
@@ -174,7 +172,7 @@ def _on_openvino(build: Path, evaluation, labels, files: list[Path], python: Pat
     np.save(inputs, x, allow_pickle=False)
     out_dir.mkdir(exist_ok=True)
     ours = build / "model_int8.onnx"
-    done = subprocess.run([python, HERE / "openvino_run.py", inputs, out_dir, ours, *files],
+    done = subprocess.run([python, HERE / "helpers" / "openvino_run.py", inputs, out_dir, ours, *files],
                           capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  OpenVINO failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}", flush=True)
@@ -213,7 +211,7 @@ def _on_openvino(build: Path, evaluation, labels, files: list[Path], python: Pat
 def _latencies(files: list[Path], calib_npy: Path) -> dict[str, float]:
     """Median time of one image on one thread per file, the files alternated in rounds (a
     shared machine drifts: only ratios within one run mean something)."""
-    from openvino_run import median_times  # this folder; the same timing as on OpenVINO
+    from helpers.openvino_run import median_times  # this folder; the same timing as on OpenVINO
 
     from mobiledeploy.runtime.runners import open_runner
 

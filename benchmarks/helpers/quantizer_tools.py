@@ -1,6 +1,6 @@
 """Run one other post-training quantizer on a float file: the worker of other_quantizers.py.
 
-    <tool's venv>/bin/python benchmarks/quantizer_tools.py TOOL VARIANT FLOAT_FILE CALIB_NPY OUT_FILE [ITERATIONS]
+    <tool's venv>/bin/python benchmarks/helpers/quantizer_tools.py TOOL VARIANT FLOAT_FILE CALIB_NPY OUT_FILE [ITERATIONS]
 
 Runs in the tool's own virtualenv (other_quantizers.py makes it), so it imports only the tool,
 numpy and onnx, never mobiledeploy. CALIB_NPY holds the calibration images exactly as

@@ -1,7 +1,7 @@
 """Run ONNX files on OpenVINO, the runtime NNCF's files are made for: the worker of
 other_quantizers.py.
 
-    <openvino venv>/bin/python benchmarks/openvino_run.py INPUTS_NPY OUT_DIR OURS_ONNX FILE...
+    <openvino venv>/bin/python benchmarks/helpers/openvino_run.py INPUTS_NPY OUT_DIR OURS_ONNX FILE...
 
 Runs in a virtualenv of its own (other_quantizers.py makes it), so it imports only OpenVINO,
 ONNX Runtime and numpy, never mobiledeploy. For each FILE and for OURS_ONNX (mobiledeploy's int8
