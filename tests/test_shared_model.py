@@ -11,6 +11,8 @@ from mobiledeploy.data.calibration import iter_batches, preprocessing_for, scan
 from mobiledeploy.cli.main import main
 from mobiledeploy.model.loading import load_model
 
+pytestmark = pytest.mark.shared_data
+
 
 @pytest.fixture(scope="module")
 def data():
