@@ -27,8 +27,8 @@ from typing import Sequence
 from .errors import MobiledeployError
 from .options import PRESETS, BenchSettings, GateRules, Progress, QuantizeOptions
 from .reports import AnalyzeReport, BenchReport, CostReport, EvalReport, GateResult, QuantizeResult
+from .version import __version__
 
-__version__ = "0.2.0"
 __all__ = ["quantize", "evaluate_build", "check_build", "bench_build", "inspect_model", "analyze_build",
            "QuantizeOptions", "BenchSettings", "GateRules", "PRESETS", "QuantizeResult", "EvalReport", "GateResult",
            "BenchReport", "CostReport", "AnalyzeReport", "MobiledeployError", "__version__"]

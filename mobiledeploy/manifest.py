@@ -13,7 +13,6 @@ The schema is documented in docs/manifest.md and docs/manifest.schema.json.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import stat
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from .errors import MobiledeployError
 from .inputs import read_json_file
+from .jsonout import dumps
 from .reports import HEADS, SCALINGS, Artifact, Fallback, Preprocessing
 
 MANIFEST = "manifest.json"
@@ -92,10 +92,12 @@ class Manifest:
         return (record["layer"], record["split_softmax"], record["floor"]) if record else None
 
     @property
-    def calibration_items(self) -> tuple[str, ...]:
-        """The calibration and held-out samples quantize read (relative to its source)."""
+    def calibrated_on(self) -> tuple[str, ...]:
+        """The samples the int8 files were calibrated on, as quantize listed them (paths relative
+        to its source, or row numbers); what a manifest holds there that is no name is left out."""
         record = self.records.get("calibration") or {}
-        return tuple(record.get("calib_items", ())) + tuple(record.get("holdout_items", ()))
+        items = record.get("calib_items", ()) if isinstance(record, dict) else ()
+        return tuple(item for item in items if isinstance(item, str)) if isinstance(items, list) else ()
 
     def entry(self, file: str) -> Artifact | None:
         return next((a for a in self.files if a.file == file), None)
@@ -175,7 +177,7 @@ def library_versions() -> dict[str, str]:
 
 def write(directory: Path, manifest: Manifest) -> Path:
     path = directory / MANIFEST
-    path.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    path.write_text(dumps(manifest.to_dict()) + "\n")
     return path
 
 

@@ -24,7 +24,9 @@ from .data import calibration
 from .data.input_scaling import SAMPLES, read_scaling
 from .errors import FoldingError, MobiledeployError, first_line
 from .evaluation import layers as analyze
+from .evaluation.costs import model_costs
 from .evaluation import metrics as evaluate
+from .evaluation import sanity
 from .export import onnx as onnx_export
 from .export import tflite as tflite_export
 from .manifest import Manifest, ModelSource
@@ -125,9 +127,11 @@ def quantize(
             save_keras(equalized, work / EQUALIZED_FILE)
         if dither:
             save_keras(prepared, work / DITHERED_FILE)
+        warnings: list[str] = []
         artifacts, drift, refinement, settings, keep = _build_within_budget(
-            work, folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks)
-        mixed_report = mixed.describe(folded, keep, options.max_disagreement, drift) \
+            work, folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks, warnings)
+        warnings += sanity.int8_files(drift)
+        mixed_report = mixed.describe(model_costs(folded), keep, options.max_disagreement, drift) \
             if keep or options.max_disagreement is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
         fallbacks += [Fallback(layer, "refinement", why) for layer, why in (refinement.fallbacks if refinement else ())]
@@ -156,7 +160,8 @@ def quantize(
             }))
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
                           equalization, mixed_report, floor, scaling, head,
-                          tuple((name, *r) for name, r in sorted(ranges.items())), dither, tuple(fallbacks))
+                          tuple((name, *r) for name, r in sorted(ranges.items())), dither, tuple(fallbacks),
+                          tuple(warnings))
 
 
 def _optional(fallbacks: list[Fallback], setting: str, plain, stage, *args):
@@ -181,11 +186,12 @@ def _reference_entry(work: Path, stage_report, file: str) -> dict | None:
 
 
 def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict, batches, samples, which: str,
-                         options: QuantizeOptions, report: Progress, fallbacks: list[Fallback]):
+                         options: QuantizeOptions, report: Progress, fallbacks: list[Fallback], warnings: list[str]):
     """Refine (and floor the logits), export and measure; with ``--max-drop``, keep one more
     layer in float and do it again while an int8 file is over budget (``mixed``). The last
     round's files stay in ``work``. The logit floor is applied to the refined model: what the
-    int8 converters see, and what analyze compares the int8 tensors with."""
+    int8 converters see, and what analyze compares the int8 tensors with. What the first round's
+    float outputs say about the model goes to ``warnings``."""
     keep = list(dict.fromkeys(options.keep_float))
     write_float = True
     while True:
@@ -198,7 +204,7 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
                                   per_channel=options.per_channel, float_layers=tuple(sorted(float_layers)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
         artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report,
-                                               write_float)
+                                               write_float, warnings if write_float else None)
         write_float = False  # the float files stay as the first round wrote them
         if options.max_disagreement is None or mixed.worst_loss(drift) <= options.max_disagreement \
                 or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
@@ -214,7 +220,7 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
 
 
 def _export_and_measure(work: Path, folded, head, int8_model, batches, which: str, settings: ExportSettings,
-                        report: Progress, write_float: bool = True):
+                        report: Progress, write_float: bool = True, warnings: list[str] | None = None):
     """Write the four TFLite/ONNX files to ``work`` (the int8 files only, ``write_float=False``:
     a later round of the mixed-precision search, whose float files do not change); the int8
     files' drift against ``folded``, their outputs read as ``head`` says."""
@@ -228,6 +234,8 @@ def _export_and_measure(work: Path, folded, head, int8_model, batches, which: st
     runners.update({a.file: open_runner(work / a.file) for a in artifacts if a.precision == "int8"})
     outputs = evaluate.collect(runners, batches(which))
     reference = outputs.pop(FOLDED_FILE)
+    if warnings is not None:
+        warnings += sanity.float_model(reference, head, f"{'held-out' if which == 'holdout' else 'calibration'} images")
     return artifacts, tuple(evaluate.drift(name, reference, out, head) for name, out in outputs.items())
 
 

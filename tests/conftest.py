@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_MODEL = ROOT / "models" / "mnist_mobilenet_v1_0.25_32.h5"
 SHARED_DATA = Path(os.environ.get("MOBILEDEPLOY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+PROGRESS_LINE = re.compile(r"^\[ *\d+\.\d s\] ")  # what Progress logs when stderr is not a terminal
+
+
+def messages(output: str) -> list[str]:
+    """The lines of a command's output other than its progress log."""
+    return [line for line in output.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
+
+
+def strict_json(text: str, kind: str) -> dict:
+    """``text`` parsed as JavaScript's JSON.parse would (Infinity and NaN are errors), checked against
+    its published schema, docs/schemas/KIND.schema.json."""
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    data = json.loads(text, parse_constant=refuse)
+    assert data["schema"] == {"kind": kind, "version": 1}
+    jsonschema = pytest.importorskip("jsonschema")  # a dev dependency
+    jsonschema.validate(data, json.loads((ROOT / "docs" / "schemas" / f"{kind}.schema.json").read_text()))
+    return data
+
+
+def cli(*args):
+    """The real CLI, in this process (exceptions that are not user errors propagate)."""
+    from click.testing import CliRunner
+
+    from mobiledeploy.cli.main import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def randomize_batchnorm(model, seed: int = 0) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..runtime.arm.provisioning import setup as provision
 from ..runtime.arm.provisioning import status as installed
+from ..jsonout import dumps
 from . import terminal
 
 
@@ -39,6 +39,6 @@ def status(as_json: bool) -> None:
     """Say what is installed for ARM emulation, where, and how much disk it uses."""
     state = installed()
     if as_json:
-        click.echo(json.dumps(state, indent=2))
+        click.echo(dumps(state, "arm-status"))
     else:
         terminal.print_arm_status(state)

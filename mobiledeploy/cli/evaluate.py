@@ -3,17 +3,18 @@ against its float model; check applies the CI gate's rules."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..evaluation import gate
 from ..evaluation.builds import check_build, evaluate_build
+from ..jsonout import dumps
 from ..options import GateRules
 from ..staging import check_output_file, write_text_atomic
 from . import terminal
-from .params import (PATH, Finite, Renamed, batch_size_option, compare_option, data_options, device_option,
+from .console import Progress
+from .params import (PATH, Finite, batch_size_option, compare_option, data_options, device_option,
                      json_option, renamed)
 
 BATCH_HELP = "Images per runtime call; larger is faster, smaller uses less memory."
@@ -35,11 +36,11 @@ def eval_command(ctx: click.Context, build: Path, data: Path, labels: Path | Non
     longer matches is refused. Each top-1 change comes with the half-width of its 95% interval on
     these images: a change inside it is not resolved by the data.
     """
-    with terminal.Progress(enabled=not as_json) as progress:
+    with Progress(enabled=not as_json) as progress:
         report = evaluate_build(build, data, labels, renamed(ctx, "batch_size", batch_size), progress.update,
                                 device, compare)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(dumps(report.to_dict(), "eval"))
     else:
         terminal.print_eval(report)
 
@@ -49,8 +50,8 @@ def eval_command(ctx: click.Context, build: Path, data: Path, labels: Path | Non
 @data_options
 @click.option("--max-drop", default=GateRules.max_drop, show_default=True, type=Finite(min=0, max=100),
               metavar="POINTS", help="Fail when int8 top-1 is more than this many points below float.")
-@click.option("--min-agreement", default=GateRules.min_agreement, show_default=True, type=Finite(0, 1),
-              help="Fail when int8 and float agree on the class of a smaller share of the images (0..1).")
+@click.option("--min-agreement", default=100 * GateRules.min_agreement, show_default=True, type=Finite(0, 100),
+              metavar="PERCENT", help="Fail when int8 and float agree on the class of fewer than PERCENT of the images.")
 @click.option("--baseline", type=PATH, help="A baseline from --update-baseline: fail when a metric regresses.")
 @click.option("--tolerance", default=GateRules.tolerance, show_default=True, type=Finite(min=0, max=100),
               metavar="POINTS", help="Points top-1/top-5/agreement may trail the baseline or a --compare file.")
@@ -85,15 +86,20 @@ def check(ctx: click.Context, build: Path, data: Path, labels: Path | None, max_
     for path, option in ((report_path, "--report"), (junit_xml, "--junit-xml"),
                          (baseline if update_baseline else None, "--baseline")):
         check_output_file(path, option)  # before the evaluation, not after it
-    rules = GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
-    with terminal.Progress(enabled=as_json is None) as progress:
+    if 0 < min_agreement <= 1:  # the old unit: a share
+        click.echo(f"warning: --min-agreement {min_agreement:g} is read as a share ({min_agreement:.0%}); it takes "
+                   f"a percent now (--min-agreement {100 * min_agreement:g}); shares will not be read from the next "
+                   "release", err=True)
+        min_agreement *= 100
+    rules = GateRules(max_drop, min_agreement / 100, tolerance, sqnr_tolerance)
+    with Progress(enabled=as_json is None) as progress:
         result = check_build(build, data, rules, labels, baseline, update_baseline, renamed(ctx, "batch_size", batch_size),
                              progress.update, device, compare)
-    text = json.dumps({**gate.results_json(result), "report": result.report.to_dict()}, indent=2)
+    text = dumps({**gate.results_json(result), "report": result.report.to_dict()}, "check")
     if report_path is not None:
         write_text_atomic(report_path, text + "\n")
     if junit_xml is not None:
-        write_text_atomic(junit_xml, gate.junit_xml(result.rules))
+        write_text_atomic(junit_xml, gate.junit_xml(result.rules, result.report.seconds))
     if as_json is not None:
         click.echo(text)
     else:

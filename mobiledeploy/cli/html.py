@@ -1,12 +1,9 @@
-"""Render ``mobiledeploy analyze`` results: a PNG of SQNR by layer depth and an HTML report.
-
-Drawn with Pillow (already a dependency for image decoding) so no plotting stack is needed.
-"""
+"""``analyze --png``: a static picture of SQNR by layer depth, drawn with Pillow (already a
+dependency for image decoding), and the number formats the reports share. The interactive page
+is report_page.py."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
 
@@ -48,42 +45,12 @@ def plot_png(report: AnalyzeReport) -> bytes:
             draw.line(points, fill=colour, width=2)
         for px, py in points:
             draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
-        draw.text((WIDTH - MARGIN - 200, MARGIN + 8 + 14 * k), name, fill=colour)
+        legend_y = MARGIN + 8 + 14 * k
+        draw.rectangle([WIDTH - MARGIN - 222, legend_y + 3, WIDTH - MARGIN - 206, legend_y + 7], fill=colour)
+        draw.text((WIDTH - MARGIN - 200, legend_y), name, fill=colour)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
-
-
-def html_report(report: AnalyzeReport, png: bytes, worst: int = 10) -> str:
-    """A self-contained HTML page: the plot, the worst layers, and every layer's numbers."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>mobiledeploy analyze</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child"
-        "{text-align:left}</style></head><body>",
-        f"<h1>Per-layer int8 drift: {html.escape(report.build_dir)}</h1>",
-        f"<p>{report.samples} images from {html.escape(report.data_source)}. SQNR is accumulated up to each "
-        "tensor; <em>lost</em> is the SQNR dropped at that layer. Weight spread: largest / 10th-percentile "
-        "per-channel weight range of the producing layer (high spread is what per-tensor int8 cannot hold).</p>",
-        f"<img alt='SQNR by layer depth' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
-    ]
-    for name, rows in report.layers.items():
-        parts.append(f"<h2>{html.escape(name)}: worst {worst} layers</h2>")
-        parts.append(_table(report.worst(name, worst)))
-        parts.append(f"<details><summary>all {len(rows)} layers in depth order</summary>{_table(rows)}</details>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _table(rows) -> str:
-    head = "<tr><th>layer</th><th>type</th><th>SQNR dB</th><th>lost dB</th><th>int8 levels used</th>" \
-           "<th>weight spread</th></tr>"
-    body = "".join(
-        f"<tr><td>{html.escape(r.layer)}</td><td>{r.kind}</td><td>{format_db(r.sqnr_db)}</td><td>{r.lost_db:+.1f}</td>"
-        f"<td>{r.levels_used:.0%}</td><td>{format_spread(r.weight_spread)}</td></tr>"
-        for r in rows
-    )
-    return f"<table>{head}{body}</table>"
 
 
 def format_db(value: float) -> str:

@@ -11,7 +11,7 @@ import threading
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import MobiledeployError
 from ..staging import Terminated, published, terminate, terminated
 from .arm import arm

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..evaluation.costs import inspect_model, separable_blocks
 from ..evaluation.latency import bench_build
+from ..inputs import read_json_file
+from ..jsonout import dumps
+from ..manifest import open_build
 from ..evaluation.layers import analyze_build
 from ..options import BenchSettings
 from ..staging import check_output_file, write_bytes_atomic, write_text_atomic
 from . import terminal
-from .html import html_report, plot_png
+from .console import Progress
+from .html import plot_png
+from .report_page import build_summary, html_report
 from .params import PATH, SEED, Finite, batch_size_option, device_option, input_size_option, json_option, renamed, \
     trust_option
 
@@ -50,12 +54,12 @@ def bench(ctx: click.Context, target: Path, device: str, num_threads: int, warmu
     settings = BenchSettings.for_device(device, warmup_runs, num_runs, min_secs, num_threads=num_threads,
                                         max_secs=max_secs, batch_size=renamed(ctx, "batch_size", batch_size),
                                         profile=profile, top_ops=top_ops, seed=seed)
-    with terminal.Progress(enabled=not as_json) as progress:
+    with Progress(enabled=not as_json) as progress:
         report = bench_build(target, settings, data, include_keras, progress.update, device)
     if csv_path is not None:
         terminal.write_csv(report, csv_path)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(dumps(report.to_dict(), "bench"))
     elif not (csv_path is not None and str(csv_path) == "-"):
         terminal.print_bench(report)
 
@@ -86,7 +90,7 @@ def inspect(model: Path, alpha: float, rho: float, resolution: int | None, input
         rho = rho * resolution / base.input_shape[0]
     report = inspect_model(model, alpha, rho, trust_model_code, input_size)
     if as_json:
-        click.echo(json.dumps({**report.to_dict(), "separable_blocks": separable_blocks(report)}, indent=2))
+        click.echo(dumps({**report.to_dict(), "separable_blocks": separable_blocks(report)}, "inspect"))
     else:
         terminal.print_costs(report)
 
@@ -100,9 +104,11 @@ def inspect(model: Path, alpha: float, rho: float, resolution: int | None, input
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Worst layers to list.")
 @click.option("--html", "html_path", type=PATH, help="Write a self-contained HTML report to this file.")
 @click.option("--png", "png_path", type=PATH, help="Write the plot of SQNR by layer to this PNG file.")
+@click.option("--bench", "bench_path", type=PATH,
+              help="A `bench BUILD --json` report of this build: the HTML summary shows each file's latency.")
 @json_option("every layer's numbers")
 def analyze(build: Path, data: Path, max_images: int, top: int, html_path: Path | None, png_path: Path | None,
-            as_json: bool) -> None:
+            bench_path: Path | None, as_json: bool) -> None:
     """Which layer hurts: per-layer drift of each int8 file against the float model.
 
     For every activation tensor of the int8 TFLite and ONNX files: the SQNR against the same tensor
@@ -111,15 +117,17 @@ def analyze(build: Path, data: Path, max_images: int, top: int, html_path: Path 
     """
     check_output_file(html_path, "--html")
     check_output_file(png_path, "--png")
-    with terminal.Progress(enabled=not as_json) as progress:
+    bench = read_json_file(bench_path, f"--bench {bench_path}", fix="give the output of `mobiledeploy bench BUILD "
+                           "--json`") if bench_path is not None else None
+    with Progress(enabled=not as_json) as progress:
         report = analyze_build(build, data, max_images, progress=progress.update)
-    png = plot_png(report) if (png_path or html_path) else b""
     if png_path:
-        write_bytes_atomic(png_path, png)
+        write_bytes_atomic(png_path, plot_png(report))
     if html_path:
-        write_text_atomic(html_path, html_report(report, png, top))
+        summary = build_summary(open_build(build).manifest, bench if isinstance(bench, dict) else None)
+        write_text_atomic(html_path, html_report(report, summary, top))
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        click.echo(dumps(report.to_dict(), "analyze", default=str))
         return
     terminal.print_analyze(report, top)
     for label, path in (("plot", png_path), ("report", html_path)):

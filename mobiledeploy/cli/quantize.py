@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields, replace
 from pathlib import Path
 
 import click
 
 from ..evaluation.gate import GateFailed
+from ..jsonout import dumps
 from ..options import PRESETS
 from ..pipeline import quantize as run
 from ..reports import HEADS
 from . import terminal
+from .console import Progress
 from .params import PATH, SEED, Finite, Renamed, input_size_option, json_option, renamed, trust_option
 
 DEFAULTS = PRESETS["default"]  # the defaults --help shows: the dataclass's own
@@ -87,10 +88,10 @@ def quantize(ctx: click.Context, model: Path, calib: Path, output: Path, preset:
     options = replace(PRESETS[preset], **chosen, per_channel=not per_tensor and PRESETS[preset].per_channel)
     if options.trust_model_code:
         click.echo("warning: --trust-model-code: code stored in the model file may run", err=True)
-    with terminal.Progress(enabled=not as_json) as progress:
+    with Progress(enabled=not as_json) as progress:
         result = run(model, calib, output, options, progress.update)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(dumps(result.to_dict(), "quantize"))
     else:
         terminal.print_quantize(result)
     if result.mixed_precision is not None and not result.mixed_precision.met:

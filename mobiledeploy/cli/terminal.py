@@ -6,26 +6,25 @@ Kept apart from ``cli`` so the command definitions stay a thin layer over the li
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import click
 
 from ..reports import HEADS, SCALINGS, Head
+from ..evaluation.costs import separable_blocks
+from ..staging import write_text_atomic
+from .console import fitted_table, make_console
+from .html import format_db, format_spread
 
 
 def print_eval(report) -> None:
-    from rich.table import Table
-
     labelled = report.labelled
     arm = report.device != "cpu"
     where = f"; .tflite/.onnx on {report.device} (emulated)" if arm else ""
-    table = Table(title=f"{report.samples} images from {report.data_source} (reference: {report.reference}{where})")
     columns = ["artifact", *(["device", "same as x86", "max |diff| vs x86"] if arm else []),
                *(["top-1", "vs float (95%)", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
                *(["classes changed"] if labelled else [])]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "artifact" else "right")
+    rows = []
     for row in report.rows:
         sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
         cells = [Path(row["artifact"]).name + " *" if row.get("compared") else row["artifact"]]
@@ -36,14 +35,16 @@ def print_eval(report) -> None:
         if labelled:
             cells += [f"{row['top1']:.2%}", _change(row, report.row(report.reference)),
                       f"{row['top5']:.2%}" if "top5" in row else "-"]
-        cells += [f"{row['agreement']:.2%}", sqnr, f"{row['mean_kl']:.4f}"]
+        cells += [f"{row['agreement']:.2%}", sqnr, f"{max(row['mean_kl'], 0.0):.4f}"]
         if labelled:
             changes = row["per_class_change"]
             worst = min(changes.items(), key=lambda kv: kv[1], default=None)
             cells.append(f"{len(changes)}" + (f" (worst {worst[0]}: {worst[1]:+.1%})" if worst and worst[1] < 0 else ""))
-        table.add_row(*cells)
-    console = make_console((170 if arm else 110) + (16 if labelled else 0))
-    console.print(table)
+        rows.append(cells)
+    console = make_console()
+    console.print(fitted_table(console, f"{report.samples} images from {report.data_source} (reference: "
+                               f"{report.reference}{where})", columns, rows, names=("device",),
+                               optional=("classes changed", "top-5", "mean KL", "max |diff| vs x86")))
     compared = [row for row in report.rows if row.get("compared")]
     if compared:
         dropped = any(row.get("background_dropped") for row in compared)
@@ -54,6 +55,14 @@ def print_eval(report) -> None:
                       f"{report.samples} images (paired image by image); a change inside it is not resolved by them")
     if report.head != "classes":
         console.print(_head_note(report.head))
+    _warn(console, report.warnings)
+
+
+def _warn(console, warnings) -> None:
+    from rich.markup import escape
+
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def _change(row: dict, reference: dict) -> str:
@@ -78,8 +87,6 @@ FALLBACK_LINES = 8  # optional refinements that fell back, printed one per line;
 
 
 def print_quantize(result) -> None:
-    from rich.table import Table
-
     console = make_console()
     fold = result.fold
     cal = result.calibration
@@ -132,9 +139,7 @@ def print_quantize(result) -> None:
         f"calibration: {len(cal.calib)} samples from {cal.source} (seed {cal.seed}), "
         f"{len(cal.holdout)} held out, {len(cal.skipped)} unreadable skipped"
     )
-    files = Table(title=f"artifacts in {result.output_dir}")
-    for column in ("file", "format", "precision", "size (KiB)", "check"):
-        files.add_column(column, justify="right" if column.startswith("size") else "left")
+    files = []
     for artifact in result.artifacts:
         check = ""
         if artifact.format == "tflite" and artifact.precision == "int8":
@@ -144,8 +149,10 @@ def print_quantize(result) -> None:
             kept = artifact.details.get("float_nodes", 0)
             kind = "QDQ U8S8" if artifact.details.get("activations") == "uint8" else "QDQ S8S8"
             check = f"{kind}, {kept} float nodes" if kept else f"{kind}, all Conv/Gemm int8 in the file"
-        files.add_row(artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check)
-    console.print(files)
+        files.append([artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check])
+    console.print(fitted_table(console, f"artifacts in {result.output_dir}",
+                               ["file", "format", "precision", "size (KiB)", "check"], files,
+                               left=("format", "precision", "check")))
     for artifact in result.artifacts:
         if artifact.details.get("session_options"):
             options = ", ".join(f"{k}={v!r}" for k, v in artifact.details["session_options"].items())
@@ -169,18 +176,18 @@ def print_quantize(result) -> None:
     if len(result.fallbacks) > FALLBACK_LINES:
         console.print(f"[yellow]fell back:[/] {len(result.fallbacks) - FALLBACK_LINES} more (manifest.json: fallbacks)")
     held = "held-out" if cal.holdout else "calibration (no images held out)"
-    drift = Table(title=f"int8 vs float model on {result.drift[0].samples if result.drift else 0} {held} images")
     agreement = ("label agreement" if result.head.multi_label
                  else "top-1 agreement" if result.head.kind == "classes" else "class agreement")
-    for column in ("artifact", f"{agreement} (95%)", "SQNR (dB)", "max |diff|"):
-        drift.add_column(column, justify="left" if column == "artifact" else "right")
+    drift = []
     for row in result.drift:
         sqnr = "inf" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f}"
         low, high = row.agreement_ci95
-        drift.add_row(row.artifact, f"{row.agreement:.1%} ({low:.1%} to {high:.1%})", sqnr, f"{row.max_abs_diff:.4f}")
-    console.print(drift)
+        drift.append([row.artifact, f"{row.agreement:.1%} ({low:.1%} to {high:.1%})", sqnr, f"{row.max_abs_diff:.4f}"])
+    console.print(fitted_table(console, f"int8 vs float model on {result.drift[0].samples if result.drift else 0} "
+                               f"{held} images", ["artifact", f"{agreement} (95%)", "SQNR (dB)", "max |diff|"], drift))
     if result.head.kind != "classes":
         console.print(_head_note(result.head.kind))
+    _warn(console, result.warnings)
     console.print(f"done in {result.seconds:.1f} s")
 
 
@@ -199,48 +206,43 @@ def print_arm_status(state: dict) -> None:
 
 
 def print_analyze(report, top: int) -> None:
-    from rich.table import Table
-
-    from .html import format_db, format_spread
-
     console = make_console()
-    for name, rows in report.layers.items():
-        final = rows[-1].sqnr_db if rows else float("nan")
-        table = Table(title=f"{name}: {top} layers that lose the most SQNR ({report.samples} images; "
-                            f"last tensor {format_db(final)} dB)")
-        for column in ("layer", "type", "SQNR dB", "lost dB", "int8 levels used", "weight layer", "weight spread"):
-            table.add_column(column, justify="left" if column in ("layer", "type", "weight layer") else "right")
-        for r in report.worst(name, top):
-            table.add_row(r.layer, r.kind, format_db(r.sqnr_db), f"{r.lost_db:+.1f}", f"{r.levels_used:.0%}",
-                          r.weight_layer or "-", format_spread(r.weight_spread))
-        console.print(table)
+    for name, layers in report.layers.items():
+        final = layers[-1].sqnr_db if layers else float("nan")
+        rows = [[r.layer, r.kind, format_db(r.sqnr_db), f"{r.lost_db:+.1f}", f"{r.levels_used:.0%}",
+                 r.weight_layer or "-", format_spread(r.weight_spread)] for r in report.worst(name, top)]
+        console.print(fitted_table(console, f"{name}: {top} layers that lose the most SQNR ({report.samples} images; "
+                                   f"last tensor {format_db(final)} dB)",
+                                   ["layer", "type", "SQNR dB", "lost dB", "levels used", "weight layer",
+                                    "weight spread"], rows, names=("type", "weight layer"),
+                                   optional=("weight spread", "weight layer")))
 
 
 def print_bench(report) -> None:
-    from rich.table import Table
-
     settings = report.settings
     emulated = report.device != "cpu"
     title_device = f"{report.device} EMULATED by qemu (not device latency)" if emulated else report.device
-    table = Table(title=f"{title_device}: {settings.num_threads} thread(s), batch {settings.batch_size}, inputs "
-                        f"{report.inputs}; times in ms over >= {settings.num_runs} runs / {settings.min_secs:g} s "
-                        "(mean/min/max in --json and --csv)")
-    columns = ("artifact", "runtime", "KiB", "init", "first", "median", "p90", "p99", "std", "inf/s", "peak MB",
-               "GMAC/s", "vs float")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("artifact", "runtime") else "right")
+    columns = ["artifact", "runtime", "KiB", "init", "first", "median", "p90", "p99", "std", "inf/s", "peak MB",
+               "GMAC/s", "vs float"]
+    rows = []
     for r in report.rows:
         gmacs = r.gmacs_per_second
         speed = f"{r.speedup_vs_float:.2f}x" if r.speedup_vs_float is not None else "-"
-        table.add_row(r.artifact, r.runtime.split(" (")[0], f"{r.size / 1024:.0f}", f"{r.init_ms:.1f}",
-                      f"{r.first_ms:.2f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
-                      f"{r.std_ms:.3f}", f"{r.per_second:.0f}", f"{r.peak_rss_mb:.1f}",
-                      "-" if gmacs is None else f"{gmacs:.1f}", speed)
-    console = make_console(150)
-    console.print(table)
+        rows.append([r.artifact, r.runtime.split(" (")[0], f"{r.size / 1024:.0f}", f"{r.init_ms:.1f}",
+                     f"{r.first_ms:.2f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
+                     f"{r.std_ms:.3f}", f"{r.per_second:.0f}", f"{r.peak_rss_mb:.1f}",
+                     "-" if gmacs is None else f"{gmacs:.1f}", speed])
+    console = make_console()
+    console.print(fitted_table(console, f"{title_device}: {settings.num_threads} thread(s), batch {settings.batch_size}, "
+                               f"inputs {report.inputs}; times in ms over >= {settings.num_runs} runs / "
+                               f"{settings.min_secs:g} s (mean/min/max in --json and --csv)", columns, rows,
+                               names=("runtime",), optional=("init", "first", "p99", "std", "peak MB", "GMAC/s", "KiB",
+                                                            "inf/s", "p90")))
+    cpu = report.rows[0].cpu if report.rows else ""
+    if not emulated and cpu:
+        console.print(f"CPU: {cpu} (the features that pick the int8 kernels)")
     if emulated:
-        cpu = report.rows[0].cpu if report.rows else ""
-        console.print(f"emulated CPU features: {cpu}. Trust from emulation: the kernel family those features "
+        console.print(f"emulated CPU: {cpu}. Trust from emulation: the kernel family those features "
                       "select, MACs, file sizes and outputs; not the times, which are 100-500x slower than "
                       "hardware and rank float vs int8 differently.")
     for r in report.rows:
@@ -258,12 +260,9 @@ def print_bench(report) -> None:
                           "float kernels (node units it did not fuse into integer ones)")
     for r in report.rows:
         if r.profile:
-            ops = Table(title=f"{r.artifact}: top {len(r.profile)} operators")
-            for column in ("node", "op", "ms/run", "share"):
-                ops.add_column(column, justify="left" if column in ("node", "op") else "right")
-            for op in r.profile:
-                ops.add_row(op["node"], op["op"], f"{op['ms_per_run']:.4f}", f"{op['share']:.1%}")
-            console.print(ops)
+            rows = [[op["node"], op["op"], f"{op['ms_per_run']:.4f}", f"{op['share']:.1%}"] for op in r.profile]
+            console.print(fitted_table(console, f"{r.artifact}: top {len(r.profile)} operators",
+                                       ["node", "op", "ms/run", "share"], rows, names=("op",)))
         elif r.profile_note:
             console.print(f"{r.artifact}: {r.profile_note}")
 
@@ -283,29 +282,23 @@ def write_csv(report, path: Path) -> None:
     if str(path) == "-":
         click.echo(buffer.getvalue(), nl=False)
     else:
-        from ..staging import write_text_atomic
-
         write_text_atomic(path, buffer.getvalue())
 
 
 def print_costs(report) -> None:
-    from rich.table import Table
-
-    from ..evaluation.costs import separable_blocks
-
     blocks = {b["pointwise"]: b for b in separable_blocks(report)}
     what_if = "" if (report.alpha, report.rho) == (1.0, 1.0) else f" (what-if alpha x{report.alpha:g}, rho x{report.rho:.3g})"
-    table = Table(title=f"{report.model}: input {'x'.join(map(str, report.input_shape))}{what_if}")
-    for column in ("layer", "type", "kernel", "M -> N", "output", "params", "mult-adds", "vs standard conv"):
-        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    rows = []
     for row in (r for r in report.layers if r.params or r.macs):  # the rest are in the element-ops total
         block = blocks.get(row.name)
         saving = f"{block['ratio']:.3f} = 1/{block['n']} + 1/{block['dk2']}" if block else ""
         params = f"({row.params:,} folded)" if row.kind == "batchnorm" else f"{row.params:,}"
-        table.add_row(row.name, row.kind, "x".join(map(str, row.kernel)), f"{row.in_channels} -> {row.out_channels}",
-                      "x".join(map(str, row.out_size)), params, f"{row.macs:,}", saving)
+        rows.append([row.name, row.kind, "x".join(map(str, row.kernel)), f"{row.in_channels} -> {row.out_channels}",
+                     "x".join(map(str, row.out_size)), params, f"{row.macs:,}", saving])
     console = make_console()
-    console.print(table)
+    console.print(fitted_table(console, f"{report.model}: input {'x'.join(map(str, report.input_shape))}{what_if}",
+                               ["layer", "type", "kernel", "M -> N", "output", "params", "mult-adds",
+                                "vs standard conv"], rows, names=("type",), optional=("kernel", "output", "vs standard conv")))
     console.print(f"total: {report.params:,} params as deployed ({report.params / 1e6:.2f}M), "
                   f"{report.macs:,} mult-adds per image ({report.macs / 1e6:.1f}M)")
     if report.ops:
@@ -315,43 +308,3 @@ def print_costs(report) -> None:
         ratio = sum(b["macs"] for b in blocks.values()) / sum(b["standard_macs"] for b in blocks.values())
         console.print(f"{len(blocks)} depthwise-separable blocks cost {ratio:.3f} of standard convolutions "
                       f"({1 / ratio:.1f}x fewer mult-adds)")
-
-
-def make_console(min_width: int = 110):
-    """A console at least ``min_width`` columns wide, so tables stay readable in CI logs and pipes."""
-    from rich.console import Console
-
-    console = Console()
-    return Console(width=max(console.width, min_width)) if not console.is_terminal else console
-
-
-class Progress:
-    """A rich progress bar on stderr, one task per pipeline step."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-        self._bar = None
-        self._tasks: dict[str, int] = {}
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-            self._bar.start()
-        return self
-
-    def update(self, step: str, done: int, total: int) -> None:
-        if self._bar is None:
-            return
-        if step not in self._tasks:
-            for task in self._tasks.values():  # a new step means the earlier ones are done
-                self._bar.update(task, completed=self._bar.tasks[task].total)
-            self._tasks[step] = self._bar.add_task(step, total=max(total, 1))
-        self._bar.update(self._tasks[step], completed=done, total=max(total, 1))
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.stop()

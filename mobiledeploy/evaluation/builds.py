@@ -3,16 +3,25 @@ images, scored against the build's float model and the labels."""
 
 from __future__ import annotations
 
-import json
 import tempfile
+import time
 from pathlib import Path
 
 from . import metrics as evaluate, gate
 from .. import manifest
+from . import sanity
+from ..jsonout import dumps
 from ..inputs import is_regular
 from ..errors import MobiledeployError, first_line
 from ..options import GateRules, Progress
 from ..reports import EvalReport, GateResult
+from ..data import datasets
+from ..model.heads import head_for
+from ..quiet import import_tensorflow
+from ..runtime.arm import provisioning
+from ..runtime.host import outputs_of
+from ..runtime.runners import is_quantized, open_runner
+from ..staging import write_text_atomic
 
 
 def evaluate_build(
@@ -34,13 +43,6 @@ def evaluate_build(
     tool's) to the same run and table, scored against the same float model and labels.
     """
     import numpy as np
-
-    from ..data import datasets
-    from ..runtime.arm import provisioning
-    from ..model.heads import head_for
-    from ..quiet import import_tensorflow
-    from ..runtime.runners import open_runner
-    from ..runtime.host import outputs_of
 
     report = progress or (lambda step, done, total: None)
     build = manifest.open_build(build_dir)
@@ -72,13 +74,16 @@ def evaluate_build(
         batches = datasets.iter_batches(dataset, preprocessing, batch_size)
         if arm is not None:  # the emulated runs read the very same preprocessed batches
             batches = _saving(batches, Path(tmp), saved)
-        outputs = evaluate.collect(runners, batches, lambda done: report(step, done, total))
+        seconds: dict[str, float] = {}
+        outputs = evaluate.collect(runners, batches, lambda done: report(step, done, total), seconds)
         x86 = dict(outputs)
         if arm is not None:
             for done, entry in enumerate(e for e in files if e["format"] != "keras"):
                 report(f"run on {arm.device} (emulated)", done, len(files) - 1)
+                started = time.perf_counter()
                 outputs[entry["file"]] = outputs_of(entry["path"], entry["format"], saved, Path(tmp),
                                                     arm.process())
+                seconds[entry["file"]] = time.perf_counter() - started
     for entry in (e for e in files if e.get("compared")):
         outputs[entry["file"]] = _same_classes(entry, outputs[entry["file"]], outputs[reference_name].shape[1])
         x86[entry["file"]] = _same_classes(entry, x86[entry["file"]], outputs[reference_name].shape[1])
@@ -107,9 +112,14 @@ def evaluate_build(
     for row in (r for r in rows if r.get("compared")):
         row["paired_ci95"] = {ours: evaluate.paired_intervals(hits[ours], hits[row["artifact"]]) for ours in own_int8}
     per_sample = {e["file"]: hits[e["file"]] for e in files if not e.get("compared")}
+    warnings = sanity.calibrated_on(dataset.items, build.manifest.calibrated_on)
+    warnings += sanity.float_model(reference, head, "evaluation images")
+    warnings += sanity.int8_files(tuple(evaluate.drift(e["file"], reference, outputs[e["file"]], head)
+                                        for e in files if e["precision"] == "int8"))
     return EvalReport(str(build_dir), str(data), dataset.digest, build.manifest.model.sha256,
                       total, dataset.labelled, reference_name, tuple(rows), preprocessing.to_dict(),
-                      arm.device if arm is not None else "cpu", head.kind, per_sample)
+                      arm.device if arm is not None else "cpu", head.kind, per_sample,
+                      {name: round(spent, 3) for name, spent in seconds.items()}, tuple(warnings))
 
 
 def check_build(
@@ -126,22 +136,18 @@ def check_build(
 ) -> GateResult:
     """The CI gate: evaluate the build (and the ``compare`` files), then apply ``rules``, against
     ``baseline`` when given. ``update_baseline`` writes the baseline instead of reading it."""
-    from ..staging import write_text_atomic
-
     if update_baseline and baseline is None:
         raise MobiledeployError("updating a baseline needs its path (--baseline FILE)")
     report = evaluate_build(build_dir, data, labels_file, batch_size, progress, device, compare)
     stored = gate.read_baseline(Path(baseline), report) if baseline is not None and not update_baseline else None
     result = GateResult(report, tuple(gate.evaluate_rules(report, rules, stored)))
     if update_baseline:
-        write_text_atomic(Path(baseline), json.dumps(gate.make_baseline(report, rules), indent=2) + "\n")
+        write_text_atomic(Path(baseline), dumps(gate.make_baseline(report, rules)) + "\n")
     return result
 
 
 def _compared(path: Path, taken: set[str]) -> dict:
     """The eval entry of a file to compare with the build's own (not in the manifest)."""
-    from ..runtime.runners import is_quantized
-
     if not is_regular(path) or path.suffix.lower() not in (".tflite", ".onnx"):
         raise MobiledeployError(f"--compare {path}: expected an existing .tflite or .onnx file")
     try:

@@ -4,7 +4,7 @@ files it was told to compare with (``check --compare``: ours must be no worse th
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -52,7 +52,7 @@ def evaluate_rules(report: EvalReport, rules: GateRules, baseline: dict | None =
             f"top-1 agreement with float {100 * row['agreement']:.2f}%"
             + (f" (95%: {100 * low:.2f}% to {100 * high:.2f}%;" if interval else " (")
             + f" required {100 * rules.min_agreement:.2f}%)",
-            interval=interval,
+            interval=interval, unit="share",
         ), report.samples))
     if baseline is not None:
         results += _baseline_rules(report, rules, baseline)
@@ -131,7 +131,7 @@ def _baseline_rules(report: EvalReport, rules: GateRules, baseline: dict) -> lis
                 f"baseline-{metric}", row["artifact"], change >= -allowed, change, -allowed,
                 f"{metric} changed by {change:+.2f}{_plus_minus(half)} {unit} against the baseline "
                 f"(allowed -{allowed:g}){rounding}",
-                interval=_interval(change, half),
+                interval=_interval(change, half), unit=unit,
             ), report.samples))
     return results
 
@@ -173,6 +173,9 @@ def read_baseline(path: Path, report: EvalReport) -> dict:
     if not Path(path).exists():
         raise MobiledeployError(f"baseline {path} not found; create it with mobiledeploy check ... --update-baseline")
     baseline = read_json_file(path, f"baseline {path}", fix="re-create it with --update-baseline")
+    for row in baseline.get("rows", []) if isinstance(baseline, dict) and isinstance(baseline.get("rows"), list) else []:
+        if isinstance(row, dict) and "sqnr_db" in row and row["sqnr_db"] is None:
+            row["sqnr_db"] = math.inf  # strict JSON writes +inf as null
     if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA or not _valid_rows(baseline.get("rows")):
         raise MobiledeployError(f"baseline {path} has an unknown format; re-create it with --update-baseline")
     if baseline.get("data_digest") != report.data_digest:
@@ -202,15 +205,17 @@ def _valid_rows(rows) -> bool:
     return True
 
 
-def junit_xml(results: list[RuleResult]) -> str:
+def junit_xml(results: list[RuleResult], seconds: dict[str, float] | None = None) -> str:
     """One test case per rule per artifact (and per compared file), as CI systems read them: each
     named once, since CI reports merge cases of the same class and name."""
     failures = sum(not r.passed for r in results)
+    seconds = seconds or {}
     suite = ElementTree.Element("testsuite", name="mobiledeploy-check", tests=str(len(results)),
-                                failures=str(failures), errors="0")
+                                failures=str(failures), errors="0", time=f"{sum(seconds.values()):.3f}")
     for r in results:
         name = r.rule if r.against is None else f"{r.rule} vs {r.against}"
-        case = ElementTree.SubElement(suite, "testcase", classname=f"mobiledeploy.{r.artifact}", name=name)
+        case = ElementTree.SubElement(suite, "testcase", classname=r.artifact.replace(".", "_"), name=name,
+                                      time=f"{seconds.get(r.artifact, 0.0):.3f}")
         if not r.passed:
             ElementTree.SubElement(case, "failure", message=r.message, type=r.rule).text = r.message
     return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"

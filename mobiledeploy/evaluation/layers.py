@@ -32,6 +32,8 @@ from ..model.loading import float_model, load_model
 from ..options import Progress
 from ..passes.logit_floor import apply_floor
 from ..reports import AnalyzeReport, LayerDrift
+from ..runtime.onnx_session import disabled_optimizers, session_options
+from ..runtime.runners import TFLiteRunner, quantize
 
 
 
@@ -40,8 +42,6 @@ class TFLiteTaps:
     ``tensor_map`` (the build's record, ``export.tensor_map``) names the tensor of each layer."""
 
     def __init__(self, path: Path, tensor_map: dict[str, str]):
-        from ..runtime.runners import TFLiteRunner
-
         self.runner = TFLiteRunner(path, preserve_all_tensors=True)
         interpreter = self.runner.interpreter
         produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
@@ -73,8 +73,6 @@ class OnnxTaps:
     def __init__(self, path: Path, tensor_map: dict[str, str]):
         import onnx
         import onnxruntime as ort
-
-        from ..runtime.onnx_session import disabled_optimizers, session_options
 
         model = onnx.load(str(path))
         initializers = {i.name: i for i in model.graph.initializer}
@@ -110,8 +108,6 @@ class OnnxTaps:
 
     def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """layer -> (dequantized values, int8 codes), in the Keras (channels-last) layout."""
-        from ..runtime.runners import quantize
-
         feed = {self.input_name: batch.astype(np.float32)}
         out = {}
         for layer, session in self.sessions.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+import time
 from typing import Callable, Iterable
 
 import numpy as np
@@ -17,18 +18,22 @@ from ..reports import Drift, Head
 ARGMAX = Head("classes")
 
 
-def collect(runners: dict, batches: Iterable[np.ndarray],
-            on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+def collect(runners: dict, batches: Iterable[np.ndarray], on_batch: Callable[[int], None] | None = None,
+            seconds: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """Every runner's outputs, flattened to (N, features), from ONE pass over the batches.
 
     Decoding images costs more than running a small model, so each batch is read once and
-    fed to all runners. ``on_batch(samples_done)`` reports progress.
+    fed to all runners. ``on_batch(samples_done)`` reports progress; ``seconds``, when given, gets
+    each runner's time spent running.
     """
     outputs: dict[str, list] = {name: [] for name in runners}
     done = 0
     for batch in batches:
         for name, runner in runners.items():
+            started = time.perf_counter()
             outputs[name].append(runner.run(batch).reshape(len(batch), -1))
+            if seconds is not None:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
         done += len(batch)
         if on_batch:
             on_batch(done)

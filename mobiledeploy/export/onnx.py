@@ -135,7 +135,7 @@ def _range_overrides(ranges: tuple[tuple[str, float, float], ...], mapping: tens
     for layer, low, high in ranges:
         tensor = mapping.tensors.get(layer)
         if tensor is None:
-            fallbacks.append(Fallback(layer, "activation range", mapping.why_missing(layer) + "; kept its calibration range"))
+            fallbacks.append(Fallback(layer, "activation range", tensor_map.FUSED + "; kept its calibration range"))
             continue
         overrides[tensor] = [{"rmin": np.float32(low), "rmax": np.float32(high)}]
     return {"TensorQuantOverrides": overrides} if overrides else {}

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..model.graph import layer_graph
 from ..reports import Fallback
+from ..quiet import captured_output
 
 # a tensor holds a layer's output when it differs from it by at most this share (root mean
 # square of the difference over that of the values): float kernels of the converters differ from
@@ -33,6 +34,8 @@ TOLERANCE = 1e-2
 PROBE_IMAGES = 2
 # layers that can hand their input on unchanged: never the name of a tensor another layer computed
 PASSING_ON = frozenset({"Dropout", "Reshape", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D"})
+# why a per-tensor setting could not apply to a layer no tensor holds (a fallback's note)
+FUSED = "the converter fused or rewrote its output (no tensor of the file holds it)"
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,9 @@ class TensorMap:
         owners = {}
         for tensor, layers in holders.items():
             active = [layer for layer in layers if kinds.get(layer) not in PASSING_ON]
-            owners[(active or layers)[-1 if active else 0]] = tensor
+            owners[active[-1] if active else layers[0]] = tensor
         return owners
 
-    def why_missing(self, layer: str) -> str:
-        """Why ``layer`` has no tensor, for a fallback's note."""
-        return "the converter fused or rewrote its output (no tensor of the file holds it)"
 
 
 def uncovered_float_layers(model, float_layers, mapping: TensorMap) -> list[Fallback]:
@@ -217,8 +217,6 @@ def tflite_graph(content: bytes, batch: np.ndarray) -> ConvertedGraph:
     import warnings
 
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    from ..quiet import captured_output
 
     with captured_output(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")

@@ -128,7 +128,7 @@ def _with_ranges(calibrated: bytes, ranges: tuple[tuple[str, float, float], ...]
     for layer, low, high in ranges:
         name = mapping.tensors.get(layer)
         if name is None or name not in index:
-            fallbacks.append(Fallback(layer, "activation range", mapping.why_missing(layer) + "; kept its calibration range"))
+            fallbacks.append(Fallback(layer, "activation range", tensor_map.FUSED + "; kept its calibration range"))
             continue
         statistics = graph.tensors[index[name]].quantization
         statistics.min, statistics.max = [float(low)], [float(high)]

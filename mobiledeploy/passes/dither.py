@@ -47,6 +47,7 @@ import numpy as np
 from .folding import output_change, plain_config
 from ..model.graph import RELU_PASS_THROUGH, activation_name, follow, layer_graph, only_consumer, relu_cap, run_layer
 from ..reports import DitherReport
+from .refine import fake_quantize
 
 LINEAR_SHARE = 0.999  # a channel is copied when this share of its calibration values is linear
 MAX_CHANGE = 1e-3  # the copies must leave the float model's outputs within this (relative to max |output|)
@@ -232,8 +233,6 @@ def _rounding_costs(model, relu: str, channels: np.ndarray, step: float, images:
     """{channel: squared error of the model's output when only that channel of ``relu``'s output
     is rounded to its int8 grid}, the rest float: what a channel's rounding costs the output,
     which later layers weigh very differently from channel to channel."""
-    from .refine import fake_quantize
-
     graph = layer_graph(model)
     order = list(graph)
     start, output = order.index(relu) + 1, model.outputs[0]._keras_history.operation.name

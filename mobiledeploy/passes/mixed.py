@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..errors import MobiledeployError
 from ..model.graph import WEIGHTED, layer_graph
-from ..reports import MixedPrecisionReport
+from ..reports import CostReport, MixedPrecisionReport
 from ..reports import Drift
 
 MAX_FLOAT_LAYERS = 8  # a search that needs more has found a model int8 does not suit
@@ -58,10 +58,9 @@ def most_sensitive(per_artifact: dict, keep) -> str | None:
     return max(lost, key=lost.get) if lost else None
 
 
-def describe(model, keep, budget: float | None, drift: tuple[Drift, ...]) -> MixedPrecisionReport:
-    from ..evaluation.costs import model_costs
-
-    costs = model_costs(model)
+def describe(costs: CostReport, keep, budget: float | None, drift: tuple[Drift, ...]) -> MixedPrecisionReport:
+    """What keeping ``keep`` in float costs (``costs``: the folded model's, evaluation.costs) and
+    whether the int8 files met ``budget``."""
     kept_macs = sum(layer.macs for layer in costs.layers if layer.name in set(keep))
     loss = worst_loss(drift)
     return MixedPrecisionReport(

@@ -178,7 +178,7 @@ def rounding_images(layer, output_shape: tuple[int, ...], available: int, minimu
     MobileNetV2 (160x160, fan-in up to 1,280) adaptive rounding of every layer from 64 images
     agreed with float on 90.6% of 500 cross-fitted images (TFLite); with this rule at 4, 16 and
     64 positions per weight 92.0%, 93.2% and 94.8% (benchmarks/crossfit_levers.py --model;
-    docs/quantization-experiments.md)."""
+    docs/experiments/rounding-images.md)."""
     per_image = int(np.prod(output_shape[1:-1]))  # output positions per image; 1 for Dense
     kernel_shape = tuple(layer.weights[0].shape)  # the kernel; its shape without copying its values
     fan_in = int(np.prod(kernel_shape[:2] if type(layer).__name__ == "DepthwiseConv2D" else kernel_shape[:-1]))

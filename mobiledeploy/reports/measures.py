@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..options import BenchSettings
@@ -27,12 +27,16 @@ class EvalReport:
     # {artifact: {metric: per-sample hits (bool array)}} of the build's own files: what a baseline
     # stores (packed, evaluate.pack_hits) so that a later check can pair its change sample by sample
     per_sample: dict = field(default_factory=dict)
+    # {artifact: seconds spent running it}: for a JUnit report's times, kept out of the JSON report
+    # so that the same build and data give the same report
+    seconds: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # results that mean little (evaluation/sanity.py)
 
     def row(self, artifact: str) -> dict:
         return next(r for r in self.rows if r["artifact"] == artifact)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "per_sample"}
+        return {k: v for k, v in asdict(self).items() if k not in ("per_sample", "seconds")}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class RuleResult:
     # vs-compared: paired image by image); a threshold inside it is a pass or fail that more
     # samples could turn
     interval: tuple[float, float] | None = None
+    # of value, threshold and interval: "points" (percentage points of a share's change), "share"
+    # (a fraction of the images, 0 to 1) or "dB"
+    unit: str = "points"
 
     @property
     def within_noise(self) -> bool:

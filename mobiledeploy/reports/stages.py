@@ -231,10 +231,12 @@ class QuantizeResult:
     activation_ranges: tuple[tuple[str, float, float, float, float], ...] = ()
     dither: DitherReport | None = None
     fallbacks: tuple[Fallback, ...] = ()  # optional refinements that fell back, per layer
+    warnings: tuple[str, ...] = ()  # results that mean little (evaluation/sanity.py)
 
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
+            "warnings": list(self.warnings),
             "fallbacks": [f.to_dict() for f in self.fallbacks],
             "dither": self.dither.to_dict() if self.dither else None,
             "head": self.head.to_dict(),

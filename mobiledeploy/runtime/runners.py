@@ -17,6 +17,7 @@ from ..errors import MobiledeployError
 from ..model.loading import load_model
 from ..quiet import captured_output
 from .onnx_session import open_session, session_options, utf8_path
+from ..quiet import import_tensorflow
 
 
 class Runner(Protocol):
@@ -126,8 +127,6 @@ def open_runner(path: str | Path, num_threads: int | None = None, profile_prefix
     if suffix == ".onnx":
         return OnnxRunner(path, num_threads, profile_prefix, onnx_disabled)
     if suffix == ".keras":
-        from ..quiet import import_tensorflow
-
         tf = import_tensorflow()
         if num_threads:  # only before TensorFlow's first op: fine in the benchmark's own process
             tf.config.threading.set_intra_op_parallelism_threads(num_threads)

@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from click.testing import CliRunner
 
-from mobiledeploy.cli.main import main
 from mobiledeploy.runtime.onnx_session import float_compute_nodes
+from conftest import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 # Agreement with float of both int8 files on the 100 held-out digits, at least. Set from the
@@ -21,10 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # CPU (AVX2 or VNNI, ARM) rounds a few values differently.
 FLOORS = {"v1": 0.75, "v1_grey": 0.71, "fd": 0.92, "v2": 0.81, "v2_wide": 0.81, "v3small": 0.94,
           "v3large": 0.94, "efflite": 0.86, "dense": 0.92}
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def zoo(folder: Path, matrix) -> dict[tuple[str, str, str], Path]:

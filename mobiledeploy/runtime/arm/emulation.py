@@ -12,7 +12,6 @@ prefix of its own: symlinks to the shared sysroot plus a ``/proc/cpuinfo`` descr
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from importlib import metadata
