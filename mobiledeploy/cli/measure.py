@@ -35,7 +35,8 @@ from .params import PATH, SEED, Finite, batch_size_option, device_option, input_
 @batch_size_option(BenchSettings.batch_size, "Images per inference: 1 is the latency a user feels, more shows throughput.")
 @click.option("--data", type=PATH, help="Time real images from this folder instead of random inputs (a build only).")
 @click.option("--keras", "include_keras", is_flag=True, help="Also time the folded Keras model (TensorFlow).")
-@click.option("--profile", is_flag=True, help="Per-operator time, the top --top-ops (ONNX Runtime's profiler).")
+@click.option("--profile", is_flag=True, help="Per-operator time, the top --top-ops, and for a build's ONNX "
+              "files each layer's time (ONNX Runtime's profiler).")
 @click.option("--top-ops", default=BenchSettings.top_ops, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=BenchSettings.seed, show_default=True, type=SEED, help="Seed of the random inputs.")
 @json_option("the report")

@@ -1,7 +1,10 @@
 """``analyze --html``: one self-contained page per build (nothing fetched at view time) with a
 summary of the model, its settings, accuracy, sizes and latency, an interactive chart of SQNR by
 layer (an inline SVG that scales with the window; hovering a point names the layer and gives each
-file's numbers), the worst layers with what to do about them, and every layer's numbers."""
+file's numbers), the worst layers with what to do about them, and every layer's numbers. Given a
+``bench --profile --json`` report of the build, each layer's row also says what it costs in time:
+the operators ONNX Runtime ran for it (``LatencyReport.layer_ms``), so a layer that loses the most
+and costs little is the one to keep in float."""
 
 from __future__ import annotations
 
@@ -47,12 +50,13 @@ def html_report(report: AnalyzeReport, summary: dict, worst: int = 10) -> str:
              "<p>Each point is one activation tensor of an int8 file against the same tensor of the float "
              "model, with the error of every layer before it. Hover a point for the layer.</p>",
              _chart(report), "<p id='readout'></p>"]
+    times = summary.get("layer_ms", {})
     for name in report.layers:
         parts.append(f"<h2>{html.escape(name)}: the {worst} layers that lose the most</h2>")
-        parts.append(_table(report.worst(name, worst), with_advice=True))
+        parts.append(_table(report.worst(name, worst), times.get(name), with_advice=True))
     for name, rows in report.layers.items():
         parts.append(f"<details><summary>{html.escape(name)}: all {len(rows)} layers in graph order</summary>"
-                     f"{_table(rows)}</details>")
+                     f"{_table(rows, times.get(name))}</details>")
     parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"
 
@@ -62,10 +66,14 @@ def build_summary(manifest, bench: dict | None = None) -> dict:
     ``bench --json`` report of the same build."""
     settings = manifest.records.get("settings") or {}
     drift = (manifest.records.get("drift") or {}).get("rows") or []
-    latency = {}
+    latency, layer_ms = {}, {}
     for row in (bench or {}).get("rows", []):
         if isinstance(row, dict) and isinstance(row.get("median_ms"), (int, float)):
             latency[str(row.get("artifact"))] = (float(row["median_ms"]), str(row.get("device", "")))
+        times = row.get("layer_ms") if isinstance(row, dict) else None
+        if isinstance(times, dict) and times:
+            layer_ms[str(row.get("artifact"))] = {str(layer): float(ms) for layer, ms in times.items()
+                                                  if isinstance(ms, (int, float)) and math.isfinite(ms) and ms >= 0}
     return {
         "model": f"{manifest.model.name} ({manifest.model.format}, input "
                  f"{'x'.join(str(d) for d in manifest.model.input_shape[1:])})",
@@ -76,6 +84,7 @@ def build_summary(manifest, bench: dict | None = None) -> dict:
                       for r in drift if isinstance(r, dict)},
         "sizes": {entry.file: (entry.precision, entry.size) for entry in manifest.files},
         "latency": latency,
+        "layer_ms": layer_ms,
     }
 
 
@@ -91,6 +100,8 @@ def _summary(summary: dict) -> str:
                       + (f"; median {timing[0]:.3f} ms on {timing[1]}" if timing else "")))
     body = "".join(f"<div class='card'><b>{html.escape(title)}</b>{html.escape(text)}</div>" for title, text in cards)
     note = "" if summary["latency"] else "<p>Latency: give <code>--bench</code> a <code>bench --json</code> report.</p>"
+    if summary["latency"] and not summary.get("layer_ms"):
+        note = "<p>Time per layer: give <code>--bench</code> a <code>bench --profile --json</code> report.</p>"
     return f"<div class='summary'>{body}</div>{note}"
 
 
@@ -160,12 +171,21 @@ def what_to_do(row: LayerDrift) -> str:
     return "within int8's usual loss"
 
 
-def _table(rows, with_advice: bool = False) -> str:
+def _table(rows, times: dict[str, float] | None = None, with_advice: bool = False) -> str:
+    """The layers' numbers; ``times``: layer -> ms per run from a profile of the same file."""
+    total = sum(times.values()) if times else 0.0
+
+    def cost(layer: str) -> str:
+        ms = (times or {}).get(layer)
+        return "-" if ms is None else f"{ms:.4f} ({ms / total:.0%})" if total > 0 else f"{ms:.4f}"
+
     head = ("<tr><th>layer</th><th>type</th><th>SQNR dB</th><th>lost dB</th><th>int8 levels used</th>"
-            "<th>weight spread</th>" + ("<th style='text-align:left'>what to do</th>" if with_advice else "") + "</tr>")
+            "<th>weight spread</th>" + ("<th>ms per run (share)</th>" if times else "")
+            + ("<th style='text-align:left'>what to do</th>" if with_advice else "") + "</tr>")
     body = "".join(
         f"<tr><td>{html.escape(r.layer)}</td><td>{html.escape(r.kind)}</td><td>{format_db(r.sqnr_db)}</td>"
         f"<td>{r.lost_db:+.1f}</td><td>{r.levels_used:.0%}</td><td>{format_spread(r.weight_spread)}</td>"
+        + (f"<td>{cost(r.layer)}</td>" if times else "")
         + (f"<td style='text-align:left'>{html.escape(what_to_do(r))}</td>" if with_advice else "") + "</tr>"
         for r in rows)
     return f"<div class='scroll'><table>{head}{body}</table></div>"

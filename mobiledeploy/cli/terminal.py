@@ -263,6 +263,10 @@ def print_bench(report) -> None:
             rows = [[op["node"], op["op"], f"{op['ms_per_run']:.4f}", f"{op['share']:.1%}"] for op in r.profile]
             console.print(fitted_table(console, f"{r.artifact}: top {len(r.profile)} operators",
                                        ["node", "op", "ms/run", "share"], rows, names=("op",)))
+            if r.layer_ms:
+                console.print(f"{r.artifact}: time of {len(r.layer_ms)} layers in --json's layer_ms "
+                              f"({r.layer_ms_unattributed or 0:.0%} after the last layer); "
+                              "analyze --bench puts it beside each layer's error")
         elif r.profile_note:
             console.print(f"{r.artifact}: {r.profile_note}")
 

@@ -52,7 +52,7 @@ def bench_build(
     for done, (entry, path) in enumerate(entries):
         report("benchmark", done, len(entries))
         row = timing.measure(path, entry.format, entry.precision, settings, inputs,
-                             arm.process() if arm is not None else None)
+                             arm.process() if arm is not None else None, entry.details.get("tensor_map"))
         rows.append(dataclasses.replace(row, macs=macs))
     report("benchmark", len(entries), len(entries))
     return BenchReport(str(target), arm.device if arm is not None else "cpu", source, settings,

@@ -167,6 +167,10 @@ class LatencyReport:
     profile_note: str = ""
     cpu: str = ""  # as the runtime saw it (on ARM: the HWCAP features that pick kernels)
     runtime_float_ops: dict = field(default_factory=dict)  # int8 ONNX: op -> count the runtime left in float
+    # with --profile on a build's ONNX file: Keras layer -> ms per run of the operators it became,
+    # and the share of the operators' time no layer took (after the last layer's tensor)
+    layer_ms: dict = field(default_factory=dict)
+    layer_ms_unattributed: float | None = None
 
     @property
     def per_second(self) -> float:

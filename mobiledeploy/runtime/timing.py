@@ -21,6 +21,7 @@ from ..options import BenchSettings
 from ..reports import LatencyReport
 from .host import Process, artifact_spec, run_worker
 from .onnx_session import float_ops_in, save_optimized_onnx
+from .profile_layers import attribute, layer_times
 from .runners import open_artifact
 
 OPTIMIZED = "optimized.onnx"  # the graph ONNX Runtime runs, written by the benchmark process
@@ -63,27 +64,31 @@ def timed_runs(call: Callable[[], object], settings: BenchSettings,
 
 
 def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, inputs: np.ndarray | None = None,
-            process: Process | None = None) -> LatencyReport:
+            process: Process | None = None, tensor_map: dict[str, str] | None = None) -> LatencyReport:
     """Time one artifact in a process of its own: this machine's Python by default, or the
-    emulated ARM interpreter that ``process`` describes."""
+    emulated ARM interpreter that ``process`` describes. With ``settings.profile`` and the
+    build's ``tensor_map`` of an ONNX file, also each layer's share of the operators' time."""
     process = process or Process()
     with tempfile.TemporaryDirectory(prefix="mobiledeploy-bench-") as tmp:
         # an int8 ONNX file: also what the runtime there leaves in float kernels (unfused node units)
+        by_layer = bool(settings.profile and fmt == "onnx" and tensor_map)
         spec = {"mode": "bench", **artifact_spec(path, fmt), "settings": settings.to_dict(),
-                "inputs": None, "workdir": tmp, "optimized_graph": fmt == "onnx" and precision == "int8"}
+                "inputs": None, "workdir": tmp, "optimized_graph": fmt == "onnx" and (precision == "int8" or by_layer)}
         if inputs is not None:
             np.save(Path(tmp) / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
             spec["inputs"] = str(Path(tmp) / "inputs.npy")
         result = run_worker(spec, Path(tmp), process, str(path))
-        unfused = {}
-        if spec["optimized_graph"]:
+        unfused, layers, unplaced = {}, {}, None
+        if spec["optimized_graph"] and precision == "int8":
             unfused = float_ops_in(Path(tmp) / OPTIMIZED)
+        if by_layer and result.get("node_ms"):
+            layers, unplaced = layer_times(result["node_ms"], attribute(Path(path), Path(tmp) / OPTIMIZED, tensor_map))
     return LatencyReport(
         artifact=Path(path).name, format=fmt, precision=precision, runtime=RUNTIMES[fmt], device=process.device,
         threads=settings.num_threads, batch=settings.batch_size, size=Path(path).stat().st_size,
         **result["timing"], peak_rss_mb=result["peak_rss_mb"],
         profile=tuple(result.get("profile", ())), profile_note=result.get("profile_note", ""),
-        cpu=result.get("cpu", ""), runtime_float_ops=unfused,
+        cpu=result.get("cpu", ""), runtime_float_ops=unfused, layer_ms=layers, layer_ms_unattributed=unplaced,
     )
 
 
@@ -140,7 +145,18 @@ def _profile(runner, top: int) -> dict:
         return {"profile_note": "no per-operator profiler in this runtime's Python API "
                                 "(for LiteRT use benchmark_model --enable_op_profiling=true)"}
     events = json.loads(Path(session.end_profiling()).read_text())
-    return {"profile": summarize_ort_profile(events, top)}
+    return {"profile": summarize_ort_profile(events, top), "node_ms": node_times(events)}
+
+
+def node_times(events: list[dict]) -> dict[str, float]:
+    """Every node's mean time per run (ms) from an ONNX Runtime profile."""
+    runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run") or 1
+    times: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time"):
+            name = event["name"][: -len("_kernel_time")]
+            times[name] = times.get(name, 0.0) + int(event.get("dur", 0)) / runs / 1000.0
+    return times
 
 
 def summarize_ort_profile(events: list[dict], top: int) -> list[dict]:

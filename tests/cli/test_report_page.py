@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, strict_json
 from mobiledeploy.cli.report_page import COLOURS, what_to_do
 from mobiledeploy.reports import LayerDrift
 
@@ -20,12 +20,33 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 def page(reference_build, tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     bench = folder / "bench.json"
-    result = cli("bench", reference_build, "--warmup-runs", 1, "--num-runs", 3, "--min-secs", 0, "--json")
+    result = cli("bench", reference_build, "--warmup-runs", 1, "--num-runs", 3, "--min-secs", 0, "--profile", "--json")
+    strict_json(result.stdout, "bench")  # layer_ms as its schema says
     bench.write_text(result.stdout)
     result = cli("analyze", reference_build, "--data", ROOT / "eval_data" / "3", "--max-images", 20,
                  "--html", folder / "report.html", "--bench", bench)
     assert result.exit_code == 0, result.output
     return folder / "report.html"
+
+
+def test_the_profile_gives_each_layer_its_time_by_structure(page, reference_build):
+    """Each ONNX Runtime node is placed on a layer by the weights it reads (names change in its
+    optimizer): every layer with weights gets time, none takes most of it, little is left over."""
+    import json
+
+    rows = {r["artifact"]: r for r in json.loads((page.parent / "bench.json").read_text())["rows"]}
+    onnx_int8 = rows["model_int8.onnx"]
+    layers = next(f for f in json.loads((reference_build / "manifest.json").read_text())["files"]
+                  if f["file"] == "model_int8.onnx")["details"]["tensor_map"]
+    times = onnx_int8["layer_ms"]
+    assert set(times) <= set(layers)
+    assert {f"conv_{kind}_{i}_relu" for kind in ("dw", "pw") for i in range(1, 14)} <= set(times)
+    assert all(ms > 0 for ms in times.values()) and max(times.values()) < 0.5 * sum(times.values())
+    assert 0 <= onnx_int8["layer_ms_unattributed"] < 0.2
+    assert not rows["model_int8.tflite"]["layer_ms"]  # LiteRT has no per-operator profiler here
+    text = page.read_text()
+    assert "<th>ms per run (share)</th>" in text
+    assert re.search(r"<td>conv_pw_13_relu</td>(<td>[^<]*</td>){5}<td>\d+\.\d{4} \(\d+%\)</td>", text)
 
 
 def test_the_page_is_self_contained_and_says_what_the_build_is(page):
