@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REFERENCE_MODEL, ROOT
 
 
@@ -24,6 +26,7 @@ def _quantize(model, calib, out, seed: str, *extra):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # separate processes, each importing TensorFlow: the full tier (.ci/run)
 def test_two_processes_write_identical_files(tiny_model_file, calib_folder, tmp_path):
     """Different string-hash seeds (which reorder tf2onnx's internal sets) and still the same bytes."""
     runs = [_quantize(tiny_model_file, calib_folder, tmp_path / seed, seed) for seed in ("1", "2")]
@@ -44,6 +47,7 @@ def _wait_for_staging(parent: Path, name: str, process, limit: float = 120.0) ->
     return False
 
 
+@pytest.mark.slow  # separate processes, each importing TensorFlow: the full tier (.ci/run)
 def test_sigterm_mid_conversion_leaves_no_output(tmp_path):
     out = tmp_path / "build"
     run = _quantize(REFERENCE_MODEL, ROOT / "calibration_data", out, "0")
@@ -54,6 +58,7 @@ def test_sigterm_mid_conversion_leaves_no_output(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".build.partial-*"))
 
 
+@pytest.mark.slow  # separate processes, each importing TensorFlow: the full tier (.ci/run)
 def test_sigterm_keeps_the_previous_complete_result(reference_build, tmp_path):
     out = tmp_path / "build"
     shutil.copytree(reference_build, out)

@@ -72,6 +72,7 @@ def bench_json(reference_build):
     return json.loads(result.output)
 
 
+@pytest.mark.slow  # whole builds: the full tier (.ci/run)
 def test_bench_times_every_artifact_consistently(bench_json):
     rows = {r["artifact"]: r for r in bench_json["rows"]}
     assert set(rows) == {"model_float.tflite", "model_int8.tflite", "model_float.onnx", "model_int8.onnx"}

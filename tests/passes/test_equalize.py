@@ -99,6 +99,7 @@ def per_tensor_builds(tmp_path_factory):
     return builds
 
 
+@pytest.mark.slow  # whole builds: the full tier (.ci/run)
 def test_equalization_rescues_per_tensor_int8(per_tensor_builds):
     from conftest import eval_sqnr
 
@@ -110,6 +111,7 @@ def test_equalization_rescues_per_tensor_int8(per_tensor_builds):
     assert json.loads((per_tensor_builds["off"][0] / "manifest.json").read_text())["equalization"] is None
 
 
+@pytest.mark.slow  # whole builds: the full tier (.ci/run)
 def test_analyze_compares_the_int8_tensors_with_the_equalized_model(per_tensor_builds, tmp_path):
     import shutil
 

@@ -35,6 +35,7 @@ def mixed_builds(tmp_path_factory):
     return builds
 
 
+@pytest.mark.slow  # whole builds: the full tier (.ci/run)
 def test_kept_layers_run_in_float_in_both_files(mixed_builds):
     import keras
 
@@ -56,12 +57,14 @@ def test_kept_layers_run_in_float_in_both_files(mixed_builds):
     assert json.loads((mixed_builds["int8"][0] / "manifest.json").read_text())["mixed_precision"] is None
 
 
+@pytest.mark.slow  # whole builds: the full tier (.ci/run)
 def test_float_layers_lower_the_drift(mixed_builds):
     sqnr = {k: {d["artifact"]: d["sqnr_db"] for d in data["drift"]} for k, (_, data) in mixed_builds.items()}
     for artifact in ("model_int8.tflite", "model_int8.onnx"):
         assert sqnr["mixed"][artifact] > sqnr["int8"][artifact] + 1.0  # measured 31.1 -> 37.0 (tflite), 32.7 (onnx)
 
 
+@pytest.mark.slow  # whole builds: the full tier (.ci/run)
 def test_mixed_onnx_keeps_its_float_weights_when_loaded(tmp_path):
     """A float Conv between a DequantizeLinear and a QuantizeLinear: ONNX Runtime's
     WeightBiasQuantization would quantize its weights per tensor at load time (measured here: up

@@ -204,6 +204,7 @@ def lever_builds(tmp_path_factory):
     return builds
 
 
+@pytest.mark.slow  # whole builds: the full tier (.ci/run)
 def test_levers_lower_int8_error_end_to_end(lever_builds):
     sqnr = {refine: {d["artifact"]: d["sqnr_db"] for d in data["drift"]} for refine, (_, data) in lever_builds.items()}
     # measured: 31.7, 34.6, 43.6 dB on an AVX-512 VNNI CPU; 31.7, 34.7, 36.4 dB on an AVX2 CPU,
