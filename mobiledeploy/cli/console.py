@@ -30,6 +30,7 @@ def fitted_table(console, title: str, columns: list[str], rows: list[list[str]],
     from rich.table import Table
 
     whole = {columns[0], *names}
+    text = whole | set(left)  # aligned left, also when they have to fold
 
     def width(i: int) -> int:  # cell + padding + border
         header = len(columns[i]) if columns[i] in whole else max(len(word) for word in columns[i].split())
@@ -49,7 +50,7 @@ def fitted_table(console, title: str, columns: list[str], rows: list[list[str]],
         whole = set()
     for i in keep:
         table.add_column(escape(columns[i]), overflow="fold", no_wrap=columns[i] in whole,
-                         justify="left" if columns[i] in whole or columns[i] in left else "right")
+                         justify="left" if columns[i] in text else "right")
     for row in rows:
         table.add_row(*(escape(cell) for cell in (row[i] for i in keep)))
     return table
