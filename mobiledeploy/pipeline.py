@@ -69,7 +69,7 @@ def quantize(
     """
     import_tensorflow()
     options = options or QuantizeOptions()
-    report = progress or (lambda step, done, total: None)
+    report = StageClock(progress)
     output_dir = Path(output_dir)
     inputs = (Path(model_path), Path(calib))
     staging.check_destination(output_dir, options.overwrite, inputs)
@@ -122,6 +122,7 @@ def quantize(
     ranges = _optional(fallbacks, "activation ranges", {}, _tensor_ranges, prepared, floor, samples, options, report)
     which = "holdout" if cset.holdout else "calib"
     with staging.staged_directory(output_dir, options.overwrite, inputs) as work:
+        report("save the folded model", 0, 1)
         save_keras(folded, work / FOLDED_FILE)
         if equalization:
             save_keras(equalized, work / EQUALIZED_FILE)
@@ -137,6 +138,7 @@ def quantize(
         fallbacks += [Fallback(layer, "refinement", why) for layer, why in (refinement.fallbacks if refinement else ())]
         fallbacks += [Fallback(**f) for a in artifacts for f in a.details.get("fallbacks", ())]
         fallbacks = list(dict.fromkeys(fallbacks))  # the same fallback in both int8 files: once
+        report("write the manifest", 0, 1)
         manifest.write(work, Manifest(
             created_by="mobiledeploy quantize",
             model=ModelSource(str(model_path), manifest.sha256(Path(model_path)) if Path(model_path).is_file() else None,
@@ -161,7 +163,39 @@ def quantize(
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
                           equalization, mixed_report, floor, scaling, head,
                           tuple((name, *r) for name, r in sorted(ranges.items())), dither, tuple(fallbacks),
-                          tuple(warnings))
+                          tuple(warnings), report.stages())
+
+
+class StageClock:
+    """The progress callback the stages report to, which also times them: a step runs from the
+    first report of its name until another step reports (a step that comes back adds up). The
+    times go to ``QuantizeResult.stages`` (``--json``), never into the build's files, which stay
+    the same bytes run to run."""
+
+    def __init__(self, progress: Progress | None):
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self._step: str | None = None
+        self._since = time.perf_counter()
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if step != self._step:
+            self._stop()
+            self._step = step
+        if self.progress is not None:
+            self.progress(step, done, total)
+
+    def _stop(self) -> None:
+        now = time.perf_counter()
+        if self._step is not None:
+            self.seconds[self._step] = self.seconds.get(self._step, 0.0) + now - self._since
+        self._since = now
+
+    def stages(self) -> tuple[tuple[str, float], ...]:
+        """(step, seconds) in the order the steps first ran, up to now."""
+        self._stop()
+        self._step = None
+        return tuple(self.seconds.items())
 
 
 def _optional(fallbacks: list[Fallback], setting: str, plain, stage, *args):

@@ -232,6 +232,7 @@ class QuantizeResult:
     dither: DitherReport | None = None
     fallbacks: tuple[Fallback, ...] = ()  # optional refinements that fell back, per layer
     warnings: tuple[str, ...] = ()  # results that mean little (evaluation/sanity.py)
+    stages: tuple[tuple[str, float], ...] = ()  # (step, seconds) as the progress reported them
 
     def to_dict(self) -> dict:
         return {
@@ -251,4 +252,5 @@ class QuantizeResult:
             "calibration": {k: v for k, v in self.calibration.summary().items() if not k.endswith("_items")},
             "drift": [d.to_dict() for d in self.drift],
             "seconds": round(self.seconds, 2),
+            "stages": [{"step": step, "seconds": round(seconds, 3)} for step, seconds in self.stages],
         }

@@ -143,9 +143,17 @@ def test_json_output_and_python_api_agree(tmp_path, tiny_model_file, calib_folde
     # 10 held-out images bound agreement loosely: even 10 of 10 leaves (72%, 100%) at 95%
     assert all(d["agreement_ci95"][0] < d["agreement"] <= d["agreement_ci95"][1] and d["agreement_ci95"][0] < 0.8
                for d in data["drift"])
+    steps = [stage["step"] for stage in data["stages"]]  # every stage timed, in order, adding up to the run
+    for first, then in [("load model", "fold BatchNorm"), ("fold BatchNorm", "export TFLite"),
+                        ("export TFLite", "export ONNX"), ("export ONNX", "measure drift"),
+                        ("measure drift", "write the manifest")]:
+        assert steps.index(first) < steps.index(then), steps
+    assert any(step.startswith("refine: ") for step in steps) and len(set(steps)) == len(steps)
+    assert 0.9 * data["seconds"] <= sum(stage["seconds"] for stage in data["stages"]) <= data["seconds"] + 0.05
     runner = open_runner(tmp_path / "a" / "model_int8.tflite")
     assert runner.input["dtype"] == np.float32  # --io float
     api = mobiledeploy.quantize(tiny_model_file, calib_folder, tmp_path / "b", num_calib=20, num_holdout=10, io="float")
+    assert [step for step, _ in api.stages] == steps
     assert [a.sha256 for a in api.artifacts if a.format == "tflite"] == [
         f["sha256"] for f in data["artifacts"] if f["format"] == "tflite"
     ]
