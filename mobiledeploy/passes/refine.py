@@ -61,8 +61,20 @@ def fake_quantize(x: np.ndarray, low: float, high: float) -> np.ndarray:
         return x
     scale = (high - low) / 255.0
     zero_point = np.round(-128 - low / scale)
-    q = np.clip(np.round(x / scale) + zero_point, -128, 127)
-    return ((q - zero_point) * scale).astype(np.float32)
+    if np.asarray(x).dtype != np.float32:
+        q = np.clip(np.round(x / scale) + zero_point, -128, 127)
+        return ((q - zero_point) * scale).astype(np.float32)
+    # float32 values (every activation): the codes in place in float32 (they and the zero point
+    # are integers, exact in float32), then each of the 256 codes' value, computed once as the
+    # float64 lines above compute it, looked up: the same values without float64 temporaries
+    q = np.divide(x, np.float32(scale), dtype=np.float32)
+    np.round(q, out=q)
+    q += np.float32(zero_point)
+    np.clip(q, -128, 127, out=q)
+    values = ((np.arange(-128, 128, dtype=np.float64) - zero_point) * scale).astype(np.float32)
+    codes = q.astype(np.int16)
+    codes += 128
+    return values[codes]
 
 
 def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], None] | None = None,
@@ -282,11 +294,18 @@ def _descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, sweeps: int) -> np.nda
             take = (delta < -1e-12) & (step != 0)
             if not take.any():
                 continue
-            step = np.where(take, step, 0.0)
-            alternative[k] = np.where(take, q[k], alternative[k])
-            q[k] += step
-            grad += (a[:, k][:, None] * step) if shared else a[:, :, k].T * step
-            changed += int(take.sum())
+            columns = np.flatnonzero(take)
+            if len(columns) * 8 > len(take):  # many channels flip: update all (adding 0 changes nothing)
+                step = np.where(take, step, 0.0)
+                alternative[k] = np.where(take, q[k], alternative[k])
+                q[k] += step
+                grad += (a[:, k][:, None] * step) if shared else a[:, :, k].T * step
+            else:  # few flip (most sweeps after the first): only their gradients move
+                step = step[columns]
+                alternative[k, columns] = q[k, columns]
+                q[k, columns] += step
+                grad[:, columns] += (a[:, k][:, None] * step) if shared else a[columns, :, k].T * step
+            changed += len(columns)
         if changed == 0:
             break
     return q
@@ -323,12 +342,15 @@ def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk:
 
 
 def _patches(layer, x: np.ndarray) -> np.ndarray:
-    """Input patches of a convolution, (positions, kh*kw*C) in the kernel's (kh, kw, C) order."""
+    """Input patches of a convolution, (positions, kh*kw*C) in the kernel's (kh, kw, C) order.
+    A 1x1 kernel's patches are its input's pixels (every ``stride``-th, no padding either way)."""
     import tensorflow as tf
 
     kh, kw = layer.kernel_size
     sh, sw = layer.strides
     dh, dw = layer.dilation_rate
+    if kh == kw == 1:
+        return np.ascontiguousarray(np.asarray(x, np.float32)[:, ::sh, ::sw, :]).reshape(-1, x.shape[-1])
     patches = tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1],
                                        rates=[1, dh, dw, 1], padding=layer.padding.upper())
     return np.asarray(patches, np.float32).reshape(-1, kh * kw * x.shape[-1])

@@ -244,3 +244,69 @@ def test_rounded_outputs_are_the_tensors_the_converters_round(tiny_model):
     folded, _ = fold_batchnorm(tiny_model)
     assert rounded_outputs(layer_graph(folded)) == {
         "image", "stem_relu", "dw_relu", "pw_relu", "sep", "residual", "pool", "logits", "probs"}
+
+
+@pytest.mark.parametrize("height, width, stride, padding", [(14, 14, 1, "same"), (15, 13, 2, "same"),
+                                                             (16, 16, 2, "valid"), (7, 9, 2, "valid")])
+def test_pointwise_patches_are_the_pixels_tensorflow_extracts(height, width, stride, padding):
+    """A 1x1 kernel's patches are read off the input directly (no TensorFlow call): they must be
+    exactly what tf.image.extract_patches gives, in the same order."""
+    import keras
+    import tensorflow as tf
+
+    from mobiledeploy.passes.refine import _patches
+
+    x = np.random.default_rng(0).normal(size=(3, height, width, 5)).astype(np.float32)
+    layer = keras.layers.Conv2D(4, 1, strides=stride, padding=padding)
+    layer.build((None, height, width, 5))
+    expected = tf.image.extract_patches(x, sizes=[1, 1, 1, 1], strides=[1, stride, stride, 1], rates=[1, 1, 1, 1],
+                                        padding=padding.upper())
+    assert np.array_equal(_patches(layer, x), np.asarray(expected, np.float32).reshape(-1, 5))
+
+
+def test_fake_quantize_in_float32_rounds_as_in_float64():
+    """Activations are rounded in place in float32; the result must be the float64 formula's,
+    value for value, also at ranges that do not hold 0 and for values far outside the range."""
+    values = (np.random.default_rng(1).normal(size=(4, 9, 9, 6)) * 4).astype(np.float32)
+    for low, high in [(-3.1, 6.0), (0.0, 5.7), (1.0, 3.0), (-20.0, -2.0), (-1e-3, 2e-3)]:
+        low, high = min(low, 0.0), max(high, 0.0)
+        scale = (high - low) / 255.0
+        zero_point = np.round(-128 - low / scale)  # the formula with numpy's own promotions
+        expected = ((np.clip(np.round(values / scale) + zero_point, -128, 127) - zero_point) * scale).astype(np.float32)
+        assert np.array_equal(fake_quantize(values, low, high), expected)
+
+
+def _descend_reference(w, a, b, sweeps):
+    """Coordinate descent as first written: every output channel's gradient moves at each step."""
+    q = np.round(w)
+    alternative = np.where(q > w, np.floor(w), np.ceil(w))
+    shared = a.ndim == 2
+    grad = ((a @ q) if shared else np.einsum("okl,lo->ko", a, q)) - \
+        ((b @ w) if shared else np.einsum("okl,lo->ko", b, w))
+    diag = np.diag(a)[:, None] if shared else np.einsum("okk->ko", a)
+    for _ in range(sweeps):
+        changed = 0
+        for k in range(w.shape[0]):
+            step = alternative[k] - q[k]
+            take = (step * step * diag[k] + 2 * step * grad[k] < -1e-12) & (step != 0)
+            step = np.where(take, step, 0.0)
+            alternative[k] = np.where(take, q[k], alternative[k])
+            q[k] += step
+            grad += (a[:, k][:, None] * step) if shared else a[:, :, k].T * step
+            changed += int(take.sum())
+        if not changed:
+            break
+    return q
+
+
+@pytest.mark.parametrize("fan_in, channels, shared", [(48, 64, True), (9, 24, False), (200, 16, True)])
+def test_descent_that_updates_only_flipped_channels_finds_the_same_rounding(fan_in, channels, shared):
+    rng = np.random.default_rng(fan_in)
+    if shared:
+        x = rng.normal(size=(2000, fan_in))
+        a = x.T @ x / len(x)
+    else:
+        a = np.stack([np.cov(rng.normal(size=(fan_in, 100))) for _ in range(channels)])
+    b = a + 0.01 * rng.normal(size=a.shape)
+    w = rng.normal(size=(fan_in, channels)) * 20
+    assert np.array_equal(_descend(w, a, b, 6), _descend_reference(w, a, b, 6))
