@@ -139,7 +139,7 @@ def _nearest(model):
     import keras
 
     from mobiledeploy.model.graph import WEIGHTED
-    from mobiledeploy.passes.refine import quantize_weights
+    from mobiledeploy.passes.rounding import quantize_weights
 
     copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def _downstream_owners(nodes, seeds: dict[str, str]) -> dict[int, str]:
     """node index -> the layer whose tensor the node computes, or the first layer downstream of it.
@@ -28,8 +30,8 @@ def _downstream_owners(nodes, seeds: dict[str, str]) -> dict[int, str]:
         node = nodes[index]
         own = next((seeds[o] for o in node.output if o in seeds), None)
         if own is None:
-            later = sorted(c for o in node.output for c in consumers.get(o, ()) if c in owners)
-            own = owners[later[0]] if later else None
+            later = [c for o in node.output for c in consumers.get(o, ()) if c in owners]
+            own = owners[min(later)] if later else None
         if own is not None:
             owners[index] = own
     return owners
@@ -38,25 +40,22 @@ def _downstream_owners(nodes, seeds: dict[str, str]) -> dict[int, str]:
 def attribute(original: Path, optimized: Path, tensor_map: dict[str, str]) -> dict[str, str]:
     """Node name of the optimized graph -> layer, for every node that can be placed."""
     import onnx
+    from onnx.numpy_helper import to_array
 
     file_graph = onnx.load(str(original), load_external_data=False).graph
     run_graph = onnx.load(str(optimized), load_external_data=False).graph
     file_nodes = list(file_graph.node)
     file_owner = _downstream_owners(file_nodes, {tensor: layer for layer, tensor in tensor_map.items()})
-    readers: dict[str, set[str]] = {}  # a weight's or bias's content -> the layers whose operators read it
-    weights = {i.name: key for i in file_graph.initializer if (key := _content(i)) is not None}
+    readers: dict[bytes, set[str]] = {}  # a weight's or bias's content -> the layers whose operators read it
+    weights = {i.name: key for i in file_graph.initializer if (key := _key(to_array(i))) is not None}
     for index, node in enumerate(file_nodes):
         for name in node.input:
             if name in weights and index in file_owner:
                 readers.setdefault(weights[name], set()).add(file_owner[index])
+    run_keys = {i.name: _keys(to_array(i)) for i in run_graph.initializer}
     placed = {}  # an output tensor of each optimized node whose weights say its layer -> layer
-    run_weights = {i.name: i for i in run_graph.initializer}
     for node in run_graph.node:
-        layers = set()
-        for name in node.input:
-            if name in run_weights:
-                for key in _contents(run_weights[name]):
-                    layers |= readers.get(key, set())
+        layers = {layer for name in node.input for key in run_keys.get(name, ()) for layer in readers.get(key, ())}
         if len(layers) == 1 and node.output:
             placed[node.output[0]] = layers.pop()
     run_nodes = list(run_graph.node)
@@ -64,32 +63,21 @@ def attribute(original: Path, optimized: Path, tensor_map: dict[str, str]) -> di
     return {node.name: owners[i] for i, node in enumerate(run_nodes) if i in owners}
 
 
-def _content(initializer) -> bytes | None:
+def _key(values: np.ndarray) -> bytes | None:
     """A weight's or bias's values as a key (int8, uint8 and int32 tensors holding more than one
     value; scales and zero points, shared between layers, say nothing)."""
-    import numpy as np
-    from onnx import numpy_helper
-
-    values = numpy_helper.to_array(initializer)
     if values.dtype not in (np.int8, np.uint8, np.int32) or values.size < 2 or (values == values.flat[0]).all():
         return None
     return values.dtype.str.encode() + bytes(str(values.shape), "ascii") + values.tobytes()
 
 
-def _contents(initializer) -> list[bytes]:
+def _keys(values: np.ndarray) -> list[bytes]:
     """The keys an optimized graph's initializer may match: as it is, and a uint8 tensor as the
     int8 one it was shifted from."""
-    import numpy as np
-    from onnx import numpy_helper
-
-    key = _content(initializer)
+    key = _key(values)
     if key is None:
         return []
-    values = numpy_helper.to_array(initializer)
-    if values.dtype == np.uint8:
-        shifted = (values.astype(np.int16) - 128).astype(np.int8)
-        return [key, shifted.dtype.str.encode() + bytes(str(shifted.shape), "ascii") + shifted.tobytes()]
-    return [key]
+    return [key, _key((values.astype(np.int16) - 128).astype(np.int8))] if values.dtype == np.uint8 else [key]
 
 
 def layer_times(node_ms: dict[str, float], owners: dict[str, str]) -> tuple[dict[str, float], float]:

@@ -148,19 +148,9 @@ def _profile(runner, top: int) -> dict:
     return {"profile": summarize_ort_profile(events, top), "node_ms": node_times(events)}
 
 
-def node_times(events: list[dict]) -> dict[str, float]:
-    """Every node's mean time per run (ms) from an ONNX Runtime profile."""
-    runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run") or 1
-    times: dict[str, float] = {}
-    for event in events:
-        if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time"):
-            name = event["name"][: -len("_kernel_time")]
-            times[name] = times.get(name, 0.0) + int(event.get("dur", 0)) / runs / 1000.0
-    return times
-
-
-def summarize_ort_profile(events: list[dict], top: int) -> list[dict]:
-    """Top-N nodes by mean time per run from an ONNX Runtime profile (Chrome trace events)."""
+def _kernel_times(events: list[dict]) -> tuple[int, dict[str, dict]]:
+    """(the number of runs, node -> its operator and total kernel microseconds) of an ONNX
+    Runtime profile (Chrome trace events)."""
     runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run") or 1
     nodes: dict[str, dict] = {}
     for event in events:
@@ -169,6 +159,18 @@ def summarize_ort_profile(events: list[dict], top: int) -> list[dict]:
         name = event["name"][: -len("_kernel_time")]
         node = nodes.setdefault(name, {"node": name, "op": event.get("args", {}).get("op_name", "?"), "us": 0})
         node["us"] += int(event.get("dur", 0))
+    return runs, nodes
+
+
+def node_times(events: list[dict]) -> dict[str, float]:
+    """Every node's mean time per run (ms) from an ONNX Runtime profile."""
+    runs, nodes = _kernel_times(events)
+    return {name: node["us"] / runs / 1000.0 for name, node in nodes.items()}
+
+
+def summarize_ort_profile(events: list[dict], top: int) -> list[dict]:
+    """Top-N nodes by mean time per run from an ONNX Runtime profile (Chrome trace events)."""
+    runs, nodes = _kernel_times(events)
     total = sum(n["us"] for n in nodes.values()) or 1
     ranked = sorted(nodes.values(), key=lambda n: (-n["us"], n["node"]))[:top]
     return [{"node": n["node"], "op": n["op"], "ms_per_run": n["us"] / runs / 1000.0, "share": n["us"] / total}

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mobiledeploy.runtime.onnx_session import float_compute_nodes
 from conftest import cli
@@ -66,3 +67,22 @@ def _float_tensors(path: Path) -> list[str]:
 
     return [t["name"] for t in Interpreter(str(path)).get_tensor_details()
             if np.issubdtype(t["dtype"], np.floating)]
+
+
+def conformance_tests(matrix: list[tuple[str, str, str]]):
+    """The module fixture building ``matrix``'s zoo once and the test that quantizes each file of
+    it with the defaults (and runs the measuring commands on each family's Keras 3 file with
+    Keras' names), for a test module to bind at its top level."""
+
+    @pytest.fixture(scope="module")
+    def models(tmp_path_factory):
+        return zoo(tmp_path_factory.mktemp("zoo"), matrix)
+
+    @pytest.mark.parametrize("family, fmt, names", matrix, ids=["-".join(case) for case in matrix])
+    def test_quantizes_to_full_int8_with_the_defaults(models, tmp_path, family, fmt, names):
+        out = tmp_path / "build"
+        quantize_and_check(models[family, fmt, names], family, out)
+        if fmt == "keras3.keras" and names == "keras":
+            measuring_commands_run(out)
+
+    return models, test_quantizes_to_full_int8_with_the_defaults

@@ -3,7 +3,7 @@ not), each in every save format with Keras' default layer names, and with names 
 
 import pytest
 
-from checks import measuring_commands_run, quantize_and_check, zoo
+from checks import conformance_tests
 from families import FORMATS
 
 pytestmark = pytest.mark.slow
@@ -12,15 +12,4 @@ FAMILIES = ("v1", "fd", "v2", "v1_grey", "v2_wide")
 MATRIX = [(f, fmt, "keras") for f in FAMILIES[:3] for fmt in FORMATS] + \
          [(f, "keras3.keras", "keras") for f in FAMILIES[3:]] + [(f, "keras3.keras", "own") for f in FAMILIES]
 
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return zoo(tmp_path_factory.mktemp("zoo"), MATRIX)
-
-
-@pytest.mark.parametrize("family, fmt, names", MATRIX, ids=["-".join(case) for case in MATRIX])
-def test_quantizes_to_full_int8_with_the_defaults(models, tmp_path, family, fmt, names):
-    out = tmp_path / "build"
-    quantize_and_check(models[family, fmt, names], family, out)
-    if fmt == "keras3.keras" and names == "keras":
-        measuring_commands_run(out)
+models, test_quantizes_to_full_int8_with_the_defaults = conformance_tests(MATRIX)

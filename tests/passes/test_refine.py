@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from mobiledeploy.passes.refine import (_descend, adaround, fake_quantize, mse_clip, quantize_kernel, refine_for_int8,
-                                        rounding_images)
+from mobiledeploy.passes.refine import fake_quantize, mse_clip, refine_for_int8
+from mobiledeploy.passes.rounding import _descend, adaround, quantize_kernel, rounding_images
 
 
 def test_kernels_land_on_a_grid_the_converters_reproduce():
@@ -254,7 +254,7 @@ def test_pointwise_patches_are_the_pixels_tensorflow_extracts(height, width, str
     import keras
     import tensorflow as tf
 
-    from mobiledeploy.passes.refine import _patches
+    from mobiledeploy.passes.rounding import _patches
 
     x = np.random.default_rng(0).normal(size=(3, height, width, 5)).astype(np.float32)
     layer = keras.layers.Conv2D(4, 1, strides=stride, padding=padding)
