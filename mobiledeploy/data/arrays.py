@@ -48,9 +48,12 @@ def open_array(path: Path, key: str | None, error: type[MobiledeployError]) -> n
                 handle.seek(0)
                 shape, dtype, order, offset = _header(handle, path, error)
             _check(shape, dtype, path, error)
-            if _nbytes(shape, dtype) > path.stat().st_size - offset:
-                raise error(f"{path}: declares {_nbytes(shape, dtype):,} bytes of data but holds "
+            declared = _nbytes(shape, dtype)
+            if declared > path.stat().st_size - offset:
+                raise error(f"{path}: declares {declared:,} bytes of data but holds "
                             f"{path.stat().st_size - offset:,}; the file is truncated")
+            if declared == 0:  # nothing to map (mmap refuses a length of 0); the caller says what is missing
+                return np.empty(shape, dtype)
             return np.load(path, mmap_mode="r", allow_pickle=False)
         return _npz_member(path, key, error)
     except MobiledeployError:
@@ -84,6 +87,8 @@ def _npz_member(path: Path, key: str | None, error) -> np.ndarray:
         declared = _nbytes(shape, dtype)
         if declared > info.file_size - offset:
             raise error(f"{path}: '{key}' declares {declared:,} bytes of data but holds {info.file_size - offset:,}")
+        if declared == 0:  # nothing to map or inflate; the caller says what is missing
+            return np.empty(shape, dtype)
         if info.compress_type == zipfile.ZIP_STORED:
             start = _data_start(path, info) + offset
             return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape, order="F" if order else "C")
@@ -121,6 +126,8 @@ def _header(stream, path: Path, error, what: str = "the array") -> tuple[tuple, 
 
 
 def _check(shape: tuple, dtype: np.dtype, path: Path, error) -> None:
+    if any(int(d) < 0 for d in shape):
+        raise error(f"{path}: the array's header declares shape {shape}, with a negative size; the file is corrupt")
     if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
         raise error(f"{path}: array dtype is {dtype}; expected uint8 or float pixels")
     per_sample = _nbytes(shape[1:], dtype) if shape else dtype.itemsize

@@ -146,3 +146,17 @@ def test_regression_png_chunk_longer_than_the_file(tmp_path):
     run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)))
     assert run.returncode == 0 and "unreadable image" in run.stdout, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_regression_array_header_with_a_negative_size(tmp_path, suffix):
+    """Found by the array target: numpy reads a header's shape (3, -4, 24, 3) without complaint,
+    its byte count comes out negative and passes every budget, and mapping it raised an
+    OverflowError."""
+    buffer = io.BytesIO()
+    (np.save if suffix == ".npy" else lambda b, a: np.savez(b, x=a))(buffer, np.zeros((3, 24, 24, 3), np.uint8))
+    data = buffer.getvalue().replace(b"(3, 24, 24, 3)", b"(3, -4, 24, 3)")
+    path = tmp_path / f"images{suffix}"
+    path.write_bytes(data)
+    with pytest.raises(MobiledeployError, match="negative size"):
+        calibration.scan(path, Preprocessing(24, 24, 3, "mobilenet"), num_calib=1)
