@@ -171,7 +171,7 @@ def _quantize_and_predict(model, calib, evaluation, out, fields, int8_out) -> di
     data = datasets.open_data(evaluation)
     names = [Path(item).name for item in data.items]
     runners = {"float": open_runner(out / "model_folded.keras")}
-    runners.update({a.file: open_runner(out / a.file) for a in result.artifacts if a.precision == "int8"})
+    runners.update({a.file: open_runner(out / a.file) for a in result.artifacts if a.quantized})
     outputs = collect(runners, datasets.iter_batches(data, preprocessing, 50))
     for name, rows in outputs.items():
         if name != "float":

@@ -55,6 +55,12 @@ _AS_MEASURED = [
     ("default, --rounding-samples 32", {"rounding_samples": 32}),
     ("default, --rounding-samples 128", {"rounding_samples": 128}),
     ("default (adaround+bias+floor + --dither spare)", {"dither": "spare"}),
+    # --precision: the int8-only refinements are off for these (QuantizeOptions.resolved)
+    ("--precision int16x8", {"precision": "int16x8"}),
+    ("--precision float16", {"precision": "float16"}),
+    ("--precision dynamic", {"precision": "dynamic"}),
+    ("--precision int16x8 --refine none", {"precision": "int16x8", "refine": "none"}),
+    ("--precision dynamic --refine none", {"precision": "dynamic", "refine": "none"}),
 ]
 LEVERS = [(label, {"dither": "off", **fields}) for label, fields in _AS_MEASURED]
 

@@ -3,10 +3,17 @@ ones, so defaults live here and nowhere else. Unknown settings are errors (datac
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Literal
 
 IoType = Literal["int8", "float"]
+# what the quantized files hold: int8 weights and activations (the default); int8 weights with 16-bit
+# activations; float16 weights; int8 weights with float activations (no calibration ranges in the file)
+PRECISIONS = ("int8", "int16x8", "float16", "dynamic")
+# the precisions whose files hold quantized weights alone: no calibration ranges in them
+WEIGHT_ONLY = ("float16", "dynamic")
+# the activation bits each precision computes with (None: float activations)
+ACTIVATION_BITS = {"int8": 8, "int16x8": 16, "float16": None, "dynamic": None}
 # progress(step, done, total): the CLI draws it; the library stays silent without it.
 Progress = Callable[[str, int, int], None]
 
@@ -15,6 +22,7 @@ Progress = Callable[[str, int, int], None]
 class QuantizeOptions:
     """Every setting of ``mobiledeploy quantize``; written, resolved, into the manifest."""
 
+    precision: str = "int8"  # one of PRECISIONS
     num_calib: int = 200
     num_holdout: int = 100
     seed: int = 0
@@ -44,11 +52,21 @@ class QuantizeOptions:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def resolved(self) -> QuantizeOptions:
+        """The options each stage runs with: the refinements made for int8 activations (dithered
+        copies, the logit floor, narrowed ranges, int8 I/O, layers kept in float) apply to the int8
+        precision only; float16 weights have no int8 grid to round to, so nothing is refined."""
+        if self.precision == "int8":
+            return self
+        return replace(self, io="float", dither="off", logit_floor="off", activation_ranges="minmax",
+                       refine="none" if self.precision == "float16" else self.refine)
+
 
 @dataclass(frozen=True)
 class ExportSettings:
     """What the exporters are asked to produce. Unknown keys are errors (a dataclass)."""
 
+    precision: str = "int8"  # of the quantized files: one of PRECISIONS
     io: IoType = "int8"  # int8 I/O for the TFLite int8 file (ONNX QDQ keeps float I/O)
     onnx_activations: str = "int8"  # the int8 ONNX file's activation type: int8 | uint8 (weights stay int8)
     per_channel: bool = True  # per-tensor collapses MobileNets; only for accelerators that need it

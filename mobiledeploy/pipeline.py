@@ -32,7 +32,7 @@ from .export import tflite as tflite_export
 from .manifest import Manifest, ModelSource
 from .model.heads import head_for
 from .model.loading import load_model
-from .options import ExportSettings, Progress, QuantizeOptions
+from .options import ACTIVATION_BITS, PRECISIONS, ExportSettings, Progress, QuantizeOptions
 from .passes import mixed, refine
 from .passes.dither import AUTO_MAX_CHANNELS, dither_first_layer
 from .passes.equalize import equalize
@@ -74,6 +74,7 @@ def quantize(
     inputs = (Path(model_path), Path(calib))
     staging.check_destination(output_dir, options.overwrite, inputs)
     _check_options(options)
+    options = options.resolved()
     started = time.perf_counter()
 
     report("load model", 0, 1)
@@ -234,7 +235,7 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
         refined, refinement = _optional(fallbacks, "refinement", (prepared, None), _refine, prepared, samples,
                                         options, report, frozenset(keep), int8_ranges)
         refined = floored(refined, floor)
-        settings = ExportSettings(io=options.io, onnx_activations=options.onnx_activations,
+        settings = ExportSettings(precision=options.precision, io=options.io, onnx_activations=options.onnx_activations,
                                   per_channel=options.per_channel, float_layers=tuple(sorted(float_layers)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
         artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report,
@@ -244,7 +245,7 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
                 or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
             return artifacts, drift, refinement, settings, keep
         report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
-        int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in artifacts if a.precision == "int8"}
+        int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in artifacts if a.quantized}
         per_layer = _optional(fallbacks, "mixed precision search", {}, analyze.analyze, floored(prepared, floor),
                               int8_files, batches(which))
         candidate = mixed.most_sensitive(per_layer, keep)
@@ -265,7 +266,7 @@ def _export_and_measure(work: Path, folded, head, int8_model, batches, which: st
     artifacts += onnx_export.export(folded, batches, work, settings, int8_model, write_float)
     report("measure drift", 0, 1)
     runners = {FOLDED_FILE: KerasRunner(folded)}
-    runners.update({a.file: open_runner(work / a.file) for a in artifacts if a.precision == "int8"})
+    runners.update({a.file: open_runner(work / a.file) for a in artifacts if a.quantized})
     outputs = evaluate.collect(runners, batches(which))
     reference = outputs.pop(FOLDED_FILE)
     if warnings is not None:
@@ -299,11 +300,16 @@ def _check_options(options: QuantizeOptions) -> None:
     """Refuse settings no stage can run, before any work (the CLI's choices catch them first)."""
     choices = {"refine": ("adaround", "bias", "none"), "equalize": ("auto", "on", "off"), "logit_floor": ("auto", "off"),
                "activation_ranges": ("auto", "minmax", "mse"), "head": ("auto", *HEADS),
-               "onnx_activations": ("int8", "uint8"), "dither": ("spare", "auto", "on", "off")}
+               "onnx_activations": ("int8", "uint8"), "dither": ("spare", "auto", "on", "off"),
+               "precision": PRECISIONS}
     for field, allowed in choices.items():
         value = getattr(options, field)
         if value not in allowed:
             raise MobiledeployError(f"unknown {field.replace('_', ' ')} setting '{value}'; expected {', '.join(allowed)}")
+    if options.precision != "int8" and (options.keep_float or options.max_disagreement is not None):
+        raise MobiledeployError(
+            f"--keep-float and --max-disagreement keep layers in float within int8 files; with --precision "
+            f"{options.precision} there are none: drop them, or use --precision int8")
     if options.rounding_samples < 1 or not 0 <= options.rounding_positions_per_weight < math.inf:
         raise MobiledeployError(
             f"rounding_samples {options.rounding_samples} and rounding_positions_per_weight "
@@ -381,7 +387,7 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
         adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
         positions_per_weight=options.rounding_positions_per_weight,
         clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
-        keep_float=keep_float, ranges=ranges,
+        keep_float=keep_float, ranges=ranges, activation_bits=ACTIVATION_BITS[options.precision],
     )
 
 

@@ -9,7 +9,7 @@ import click
 
 from ..evaluation.gate import GateFailed
 from ..jsonout import dumps
-from ..options import PRESETS
+from ..options import PRECISIONS, PRESETS
 from ..pipeline import quantize as run
 from ..reports import HEADS
 from . import terminal
@@ -30,6 +30,11 @@ CHOICES = {"preprocess": ("auto", "mobilenet", "unit", "raw"), "refine": ("adaro
               help="Output folder, written all at once.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="default", show_default=True,
               help="default: every refinement; plain: the converters alone.")
+@click.option("--precision", default=DEFAULTS.precision, show_default=True, type=click.Choice(PRECISIONS),
+              help="int8: the smallest, fastest files. int16x8: 16-bit activations, int8 weights, for when int8 "
+                   "drifts too far (often slower: reference kernels). float16: half-size float weights, for GPU "
+                   "delegates. dynamic: int8 weights, float activations. The int8-only refinements (dither, logit "
+                   "floor, narrowed ranges, int8 I/O) are off for the others.")
 @click.option("--num-calib", default=DEFAULTS.num_calib, show_default=True, type=click.IntRange(min=1),
               help="Calibration images; 100-500 is plenty.")
 @click.option("--num-holdout", default=DEFAULTS.num_holdout, show_default=True, type=click.IntRange(min=0),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..options import WEIGHT_ONLY
 from ..reports import HEADS, SCALINGS, Head
 from ..evaluation.costs import separable_blocks
 from ..staging import write_text_atomic
@@ -116,7 +117,7 @@ def print_quantize(result) -> None:
                       + f"; +{d.added_macs / 1e6:.2f}M multiply-adds per image; float outputs within {d.max_change:.1e}")
     if result.refinement is not None:
         r = result.refinement
-        console.print(f"refined for int8 ({r.method}): {r.layers} layers on {r.samples} images in {r.seconds:.1f} s; "
+        console.print(f"refined for {result.precision} ({r.method}): {r.layers} layers on {r.samples} images in {r.seconds:.1f} s; "
                       f"largest bias shift {r.max_shift:.3g}"
                       + (f"; {len(r.validated)} layers short of calibration positions checked on held-out "
                          f"folds, {len(r.rounded_to_nearest)} of them rounded to nearest" if r.validated else "")
@@ -142,13 +143,16 @@ def print_quantize(result) -> None:
     files = []
     for artifact in result.artifacts:
         check = ""
-        if artifact.format == "tflite" and artifact.precision == "int8":
+        if artifact.precision in WEIGHT_ONLY:
+            check = f"{artifact.details['weights']} weights, float activations"
+        elif artifact.format == "tflite" and artifact.quantized:
             floats = artifact.details["float_ops"]
-            check = f"{'mixed' if floats else 'full int8'}, {floats} float ops, io {artifact.details['io']}"
-        elif artifact.format == "onnx" and artifact.precision == "int8":
+            full = "full int8" if artifact.precision == "int8" else "int16 activations, int8 weights"
+            check = f"{'mixed' if floats else full}, {floats} float ops, io {artifact.details['io']}"
+        elif artifact.format == "onnx" and artifact.quantized:
             kept = artifact.details.get("float_nodes", 0)
-            kind = "QDQ U8S8" if artifact.details.get("activations") == "uint8" else "QDQ S8S8"
-            check = f"{kind}, {kept} float nodes" if kept else f"{kind}, all Conv/Gemm int8 in the file"
+            kind = {"uint8": "QDQ U8S8", "int16": "QDQ S16S8"}.get(artifact.details.get("activations"), "QDQ S8S8")
+            check = f"{kind}, {kept} float nodes" if kept else f"{kind}, all Conv/Gemm weights int8 in the file"
         files.append([artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check])
     console.print(fitted_table(console, f"artifacts in {result.output_dir}",
                                ["file", "format", "precision", "size (KiB)", "check"], files,
@@ -163,7 +167,11 @@ def print_quantize(result) -> None:
                           f"{value!r}): on x86-64 CPUs without VNNI ONNX Runtime's default int8 kernels "
                           "saturate and lose most of the accuracy; other CPUs ignore it")
         unfused = artifact.details.get("runtime_float_ops")
-        if unfused:
+        if unfused and artifact.precision == "int16x8":
+            console.print(f"[yellow]note:[/] {artifact.details['runtime_checked_on']} has no 16-bit integer kernels: "
+                          f"it runs {_op_counts(unfused)} of {artifact.file} in float between its dequantize and "
+                          "quantize steps (the results are the 16-bit ones; the speed is float's or slower)")
+        elif unfused:
             console.print(f"[yellow]note:[/] {artifact.details['runtime_checked_on']} runs "
                           f"{_op_counts(unfused)} of {artifact.file} in float: "
                           "the file is int8 there, but this runtime does not fuse those node units on this CPU "
@@ -183,7 +191,7 @@ def print_quantize(result) -> None:
         sqnr = "inf" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f}"
         low, high = row.agreement_ci95
         drift.append([row.artifact, f"{row.agreement:.1%} ({low:.1%} to {high:.1%})", sqnr, f"{row.max_abs_diff:.4f}"])
-    console.print(fitted_table(console, f"int8 vs float model on {result.drift[0].samples if result.drift else 0} "
+    console.print(fitted_table(console, f"{result.precision} vs float model on {result.drift[0].samples if result.drift else 0} "
                                f"{held} images", ["artifact", f"{agreement} (95%)", "SQNR (dB)", "max |diff|"], drift))
     if result.head.kind != "classes":
         console.print(_head_note(result.head.kind))
@@ -246,7 +254,7 @@ def print_bench(report) -> None:
                       "select, MACs, file sizes and outputs; not the times, which are 100-500x slower than "
                       "hardware and rank float vs int8 differently.")
     for r in report.rows:
-        if r.precision == "int8" and r.speedup_vs_float and not emulated:
+        if r.precision != "float32" and r.speedup_vs_float and not emulated:
             word = "faster" if r.speedup_vs_float >= 1 else "slower"
             factor = r.speedup_vs_float if r.speedup_vs_float >= 1 else 1 / r.speedup_vs_float
             console.print(f"{r.artifact} is {factor:.2f}x {word} than the float {r.format} file")

@@ -108,14 +108,14 @@ def evaluate_build(
             if e["format"] != "keras":
                 row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]], head))
         rows.append(row)
-    own_int8 = [e["file"] for e in files if e["precision"] == "int8" and not e.get("compared")]
+    own_int8 = [e["file"] for e in files if e["precision"] != "float32" and not e.get("compared")]
     for row in (r for r in rows if r.get("compared")):
         row["paired_ci95"] = {ours: evaluate.paired_intervals(hits[ours], hits[row["artifact"]]) for ours in own_int8}
     per_sample = {e["file"]: hits[e["file"]] for e in files if not e.get("compared")}
     warnings = sanity.calibrated_on(dataset.items, build.manifest.calibrated_on)
     warnings += sanity.float_model(reference, head, "evaluation images")
     warnings += sanity.int8_files(tuple(evaluate.drift(e["file"], reference, outputs[e["file"]], head)
-                                        for e in files if e["precision"] == "int8"))
+                                        for e in files if e["precision"] != "float32"))
     return EvalReport(str(build_dir), str(data), dataset.digest, build.manifest.model.sha256,
                       total, dataset.labelled, reference_name, tuple(rows), preprocessing.to_dict(),
                       arm.device if arm is not None else "cpu", head.kind, per_sample,

@@ -28,6 +28,7 @@ import numpy as np
 from ..model.graph import WEIGHTED
 from .. import manifest
 from ..data import calibration, datasets
+from ..errors import MobiledeployError
 from ..model.loading import float_model, load_model
 from ..options import Progress
 from ..passes.logit_floor import apply_floor
@@ -46,7 +47,7 @@ class TFLiteTaps:
         interpreter = self.runner.interpreter
         produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
         by_name = {d["name"]: d for d in interpreter.get_tensor_details()
-                   if d["index"] in produced and d["dtype"] == np.int8}
+                   if d["index"] in produced and d["dtype"] in (np.int8, np.int16)}
         self.taps: dict[str, dict] = {layer: by_name[name] for layer, name in tensor_map.items() if name in by_name}
 
     def run(self, batch: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -155,7 +156,8 @@ def analyze(float_model, artifacts: dict[str, tuple[Path, dict]], batches: Itera
         taps[name] = TFLiteTaps(path, tensors) if path.suffix == ".tflite" else OnnxTaps(path, tensors)
     wanted = [layer.name for layer in float_model.layers if any(layer.name in t.taps for t in taps.values())]
     probe = keras.Model(float_model.inputs[0], [float_model.get_layer(n).output for n in wanted])
-    sums = {artifact: {layer: [0.0, 0.0, 127, -128] for layer in t.taps} for artifact, t in taps.items()}
+    # per layer: signal, error, lowest and highest code, and how many codes its type has
+    sums = {artifact: {layer: [0.0, 0.0, 1 << 31, -(1 << 31), 256] for layer in t.taps} for artifact, t in taps.items()}
     done = 0
     for batch in batches:
         reference = dict(zip(wanted, (np.asarray(o, np.float32) for o in _as_list(probe(batch, training=False)))))
@@ -172,6 +174,7 @@ def analyze(float_model, artifacts: dict[str, tuple[Path, dict]], batches: Itera
                 acc[0] += float(np.sum(ref.astype(np.float64) ** 2))
                 acc[1] += float(np.sum((values.astype(np.float64) - ref) ** 2))
                 acc[2], acc[3] = min(acc[2], int(codes.min())), max(acc[3], int(codes.max()))
+                acc[4] = 2 ** (8 * codes.dtype.itemsize)
         done += len(batch)
         if on_batch:
             on_batch(done)
@@ -183,13 +186,13 @@ def analyze(float_model, artifacts: dict[str, tuple[Path, dict]], batches: Itera
         for layer in sorted(per_layer, key=lambda n: order.get(n, 1 << 30)):
             if layer not in order:
                 continue
-            signal, error, low, high = per_layer[layer]
+            signal, error, low, high, levels = per_layer[layer]
             sqnr = math.inf if error == 0 else 10 * math.log10(max(signal, 1e-30) / error)
             source, spread = spreads.get(layer, (None, None))
             rows.append(LayerDrift(
                 layer=layer, depth=order[layer], kind=type(float_model.get_layer(layer)).__name__,
                 sqnr_db=sqnr, lost_db=(previous - sqnr) if math.isfinite(previous) and math.isfinite(sqnr) else 0.0,
-                levels_used=(high - low + 1) / 256 if high >= low else 0.0,
+                levels_used=(high - low + 1) / levels if high >= low else 0.0,
                 weight_layer=source, weight_spread=spread,
             ))
             previous = sqnr
@@ -245,7 +248,14 @@ def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200
     build.check_input(tuple(int(d) for d in model.inputs[0].shape[1:]))
     if build.manifest.logit_floor:  # the int8 files' logits are floored: compare them with the same floored tensor
         model = apply_floor(model, *build.manifest.logit_floor)
-    int8 = {e.file: (build.path(e), e.details.get("tensor_map", {})) for e in files if e.precision == "int8"}
+    int8 = {e.file: (build.path(e), e.details.get("tensor_map", {})) for e in files if e.quantized and e.details.get("tensor_map")}
+    if not int8:
+        quantized = [e for e in files if e.quantized]
+        raise MobiledeployError(
+            f"{build_dir}: analyze compares the quantized activations of a build's files with float's, and "
+            f"{', '.join(e.file for e in quantized) or 'no file'} hold float activations "
+            f"({quantized[0].precision if quantized else 'no quantized file'}); use mobiledeploy eval for their "
+            "drift, or quantize with --precision int8 or int16x8")
     total = min(max_images, len(dataset.items))
     batches = datasets.iter_batches(dataset, build.manifest.preprocessing, batch_size)
     limited = calibration.first_samples(batches, total)

@@ -1,6 +1,7 @@
-"""ONNX export: tf2onnx float model, then ONNX Runtime static quantization (QDQ, S8S8), with
-the nodes of chosen layers left in float (mixed precision) when asked. The graph edits between
-the two are in ``onnx_edits``."""
+"""ONNX export: tf2onnx float model, then the quantized file of the precision asked for: ONNX
+Runtime static quantization (QDQ: int8 weights with int8 activations, the nodes of chosen layers
+left in float when asked, or with int16 activations), or the weights alone stored as float16 or
+int8 (``onnx_weights``). The graph edits between the two are in ``onnx_edits``."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from ..errors import ExportError
 from ..quiet import captured_output
 from ..runtime.onnx_session import (ORT_DISABLED_OPTIMIZERS, ORT_SESSION_CONFIG, float_compute_nodes,
                                     runtime_float_ops)
-from ..options import ExportSettings
+from ..options import WEIGHT_ONLY, ExportSettings
 from ..reports import Artifact, Fallback
 from . import tensor_map
 from .onnx_edits import canonical, clips_as_one_node, fixed_reshapes, own_constants
+from .onnx_weights import weight_only
 
 FLOAT_FILE = "model_float.onnx"
-INT8_FILE = "model_int8.onnx"
 INPUT_NAME = "input"  # the exported graphs' input, named in tf2onnx's input signature
 
 
@@ -36,7 +37,16 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     float_path = directory / FLOAT_FILE
     if write_float:
         onnx.save(canonical(_to_onnx(model, settings.opset)), str(float_path))
-    int8_path = directory / INT8_FILE
+    int8_path = directory / quantized_file(settings.precision)
+    if settings.precision in WEIGHT_ONLY:
+        proto = canonical(_to_onnx(int8_model, settings.opset)) if int8_model is not None else onnx.load(str(float_path))
+        onnx.save(weight_only(proto, settings.precision), str(int8_path))
+        return [_float_artifact(settings), Artifact(int8_path.name, "onnx", settings.precision, details={
+            "runtime": "ONNX Runtime", "opset": _opset(int8_path), "format": "weights only",
+            "weights": "float16" if settings.precision == "float16" else "int8", "activations": "float32",
+            "io": "float32", "per_channel": settings.precision == "dynamic"})]
+    activations = {"int16x8": QuantType.QInt16, "int8": QuantType.QUInt8 if settings.onnx_activations == "uint8"
+                   else QuantType.QInt8}[settings.precision]
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         source = Path(scratch) / "source.onnx"
         proto = canonical(_to_onnx(int8_model, settings.opset)) if int8_model is not None else onnx.load(str(float_path))
@@ -60,7 +70,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
                 quantize_static(
                     str(prepared), str(int8_path), _reader(INPUT_NAME, representative),
                     quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8 if settings.onnx_activations == "uint8" else QuantType.QInt8,
+                    activation_type=activations,
                     weight_type=QuantType.QInt8,
                     per_channel=settings.per_channel,
                     calibrate_method=CalibrationMethod.MinMax,
@@ -74,14 +84,15 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     unquantized = [name for name in float_nodes if name not in kept]
     if unquantized:
         raise ExportError(
-            f"{INT8_FILE}: {len(unquantized)} compute node(s) were left in float ({', '.join(unquantized[:5])})"
+            f"{int8_path.name}: {len(unquantized)} compute node(s) were left in float ({', '.join(unquantized[:5])})"
         )
     quantized = {node.input[0] for node in onnx.load(str(int8_path), load_external_data=False).graph.node
                  if node.op_type == "QuantizeLinear"}
     return [
-        Artifact(FLOAT_FILE, "onnx", "float32", details={"runtime": "ONNX Runtime", "opset": settings.opset}),
-        Artifact(INT8_FILE, "onnx", "int8", details={
-            "runtime": "ONNX Runtime", "opset": settings.opset, "format": "QDQ", "activations": settings.onnx_activations,
+        _float_artifact(settings),
+        Artifact(int8_path.name, "onnx", settings.precision, details={
+            "runtime": "ONNX Runtime", "opset": _opset(int8_path), "format": "QDQ",
+            "activations": "int16" if settings.precision == "int16x8" else settings.onnx_activations,
             "weights": "int8", "per_channel": settings.per_channel, "io": "float32",
             "float_layers": sorted(settings.float_layers), "float_nodes": len(float_nodes),
             # what this machine's ONNX Runtime still runs in float after fusing the QDQ node units
@@ -89,13 +100,31 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
             # without this, ONNX Runtime re-quantizes the float layers (see runners)
             "session_options": {"disabled_optimizers": ORT_DISABLED_OPTIMIZERS} if float_nodes else {},
             # without these, ONNX Runtime's int8 kernels saturate on x86-64 CPUs without VNNI (see runners)
-            "session_config": dict(ORT_SESSION_CONFIG),
+            "session_config": dict(ORT_SESSION_CONFIG) if settings.precision == "int8" else {},
             # which quantized tensor of this file holds each layer's output (analyze reads it)
             "tensor_map": mapping.recorded(keras_model, quantized),
             "kept_nodes": kept,
             "fallbacks": [f.to_dict() for f in fallbacks],
         }),
     ]
+
+
+def quantized_file(precision: str) -> str:
+    """The quantized file's name: model_int8.onnx, model_int16x8.onnx, ..."""
+    return f"model_{precision}.onnx"
+
+
+def _float_artifact(settings: ExportSettings) -> Artifact:
+    return Artifact(FLOAT_FILE, "onnx", "float32", details={"runtime": "ONNX Runtime", "opset": settings.opset})
+
+
+def _opset(path: Path) -> int:
+    """The default-domain opset a file declares (ONNX Runtime's quantizer raises it to 21 for
+    16-bit activations)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _to_onnx(model, opset: int):

@@ -1,5 +1,7 @@
-"""TFLite export: float32 and full-integer int8 (TFLITE_BUILTINS_INT8 only), or int8 with the
-operators of chosen layers left in float (mixed precision)."""
+"""TFLite export: float32, and the quantized file of the precision asked for: full-integer int8
+(TFLITE_BUILTINS_INT8 only, or with the operators of chosen layers left in float), int16x8 (16-bit
+activations, int8 weights: the converter's 16x8 mode), float16 weights, or int8 weights with float
+activations (the converter's dynamic range mode)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,17 @@ import numpy as np
 
 from ..errors import ExportError
 from ..quiet import captured_output
-from ..options import ExportSettings
+from ..options import WEIGHT_ONLY, ExportSettings
 from ..reports import Artifact, Fallback
 from . import tensor_map
 from .tensor_map import TensorMap, uncovered_float_layers
 
 FLOAT_FILE = "model_float.tflite"
-INT8_FILE = "model_int8.tflite"
+
+
+def quantized_file(precision: str) -> str:
+    """The quantized file's name: model_int8.tflite, model_int16x8.tflite, ..."""
+    return f"model_{precision}.tflite"
 BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
 
@@ -40,13 +46,15 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         (directory / FLOAT_FILE).write_bytes(_convert(tf.lite.TFLiteConverter.from_keras_model(model)))
 
     source = int8_model if int8_model is not None else model
+    if settings.precision in WEIGHT_ONLY:
+        return [_float_artifact(), _weight_only(source, directory, settings.precision)]
     converter = tf.lite.TFLiteConverter.from_keras_model(source)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.representative_dataset = lambda: (
         [batch[i:i + 1]] for batch in representative() for i in range(len(batch))
     )
-    if settings.io == "int8":
+    if settings.io == "int8" and settings.precision == "int8":
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     if not settings.per_channel:
@@ -61,8 +69,11 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     kept_ops = mapping.ops_of(settings.float_layers)
     fallbacks += uncovered_float_layers(source, settings.float_layers, mapping)
     float_head = _softmax_output(model) in set(settings.float_layers)
-    int8_path = directory / INT8_FILE
-    int8_path.write_bytes(_quantize(calibrated, settings, kept_ops, float_head))
+    int8_path = directory / quantized_file(settings.precision)
+    if settings.precision == "int16x8":
+        int8_path.write_bytes(_int16x8(source, representative, settings))
+    else:
+        int8_path.write_bytes(_quantize(calibrated, settings, kept_ops, float_head))
 
     ops = _ops(int8_path)
     floats = _float_ops(ops)
@@ -70,20 +81,58 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     offenders = [name for op, name in floats if name not in kept_ops and not (float_head and op == "SOFTMAX")]
     if offenders:
         raise ExportError(
-            f"{INT8_FILE}: {len(offenders)} op(s) still compute in float ({', '.join(offenders[:5])}); "
-            "the model uses a layer the int8 kernels do not cover"
+            f"{int8_path.name}: {len(offenders)} op(s) still compute in float ({', '.join(offenders[:5])}); "
+            f"the model uses a layer the {settings.precision} kernels do not cover"
         )
     produced = {name for _, name, _ in ops}
     return [
-        Artifact(FLOAT_FILE, "tflite", "float32", details={"runtime": "LiteRT"}),
-        Artifact(INT8_FILE, "tflite", "int8", details={
-            "runtime": "LiteRT", "io": settings.io, "per_channel": settings.per_channel,
+        _float_artifact(),
+        Artifact(int8_path.name, "tflite", settings.precision, details={
+            "runtime": "LiteRT", "io": "int8" if settings.io == "int8" and settings.precision == "int8" else "float32",
+            "per_channel": settings.per_channel,
             "float_ops": len(floats), "float_layers": sorted(settings.float_layers), "ops": _op_counts(ops),
             # which tensor of this file holds each layer's output (analyze reads it)
             "tensor_map": mapping.recorded(source, produced),
             "fallbacks": [f.to_dict() for f in fallbacks],
         }),
     ]
+
+
+def _float_artifact() -> Artifact:
+    return Artifact(FLOAT_FILE, "tflite", "float32", details={"runtime": "LiteRT"})
+
+
+def _int16x8(source, representative: Callable[[], Iterable[np.ndarray]], settings: ExportSettings) -> bytes:
+    """The converter's 16x8 mode: int16 activations (symmetric), int8 weights, float I/O. Only the
+    converter's own calibrate-and-quantize path makes it (the MLIR quantizer writes int32 biases
+    that LiteRT's 16x8 depthwise kernel refuses), so it calibrates again on the same images."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(source)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    converter.representative_dataset = lambda: (
+        [batch[i:i + 1]] for batch in representative() for i in range(len(batch))
+    )
+    if not settings.per_channel:
+        converter._experimental_disable_per_channel = True
+    return _convert(converter)
+
+
+def _weight_only(source, directory: Path, precision: str) -> Artifact:
+    """float16 weights (dequantized to float32 where the CPU computes), or int8 weights with float
+    activations (the converter's dynamic range mode: its kernels quantize activations on the fly)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(source)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    path = directory / quantized_file(precision)
+    path.write_bytes(_convert(converter))
+    return Artifact(path.name, "tflite", precision, details={
+        "runtime": "LiteRT", "io": "float32", "weights": "float16" if precision == "float16" else "int8",
+        "activations": "float32", "ops": _op_counts(_ops(path))})
 
 
 def _convert(converter) -> bytes:

@@ -60,11 +60,27 @@ def fake_quantize(x: np.ndarray, low: float, high: float) -> np.ndarray:
     return values[codes]
 
 
+def round_activations(x: np.ndarray, low: float, high: float, bits: int | None = 8) -> np.ndarray:
+    """An activation tensor as the quantized files hold it: asymmetric int8 over [low, high]
+    (``fake_quantize``), symmetric int16 over the larger of |low| and |high| (TFLite's 16x8 mode), or
+    float (``bits=None``: int8 weights with float activations)."""
+    if bits == 8:
+        return fake_quantize(x, low, high)
+    if bits is None:
+        return x
+    levels = 2 ** (bits - 1) - 1
+    scale = max(abs(float(low)), abs(float(high))) / levels
+    if scale <= 0:
+        return x
+    return (np.clip(np.round(np.asarray(x, np.float64) / scale), -levels, levels) * scale).astype(np.float32)
+
+
 def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], None] | None = None,
                  chunk: int = 32, adaptive_rounding: bool = True,
                  rounding_samples: int = 64, positions_per_weight: float = 64, clip_activations: bool = False,
                  per_channel: bool = True, keep_float: frozenset[str] = frozenset(),
-                 ranges: dict[str, tuple[float, float]] | None = None) -> tuple[Any, RefineReport]:
+                 ranges: dict[str, tuple[float, float]] | None = None,
+                 activation_bits: int | None = 8) -> tuple[Any, RefineReport]:
     """A copy of the folded ``model`` with int8-grid weights and empirically corrected biases.
 
     With ``adaptive_rounding`` each weight is rounded up or down (not to nearest) so that the
@@ -86,7 +102,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     Weighted layers in ``keep_float`` (mixed precision) keep their float weights; the layers
     after them are corrected for the error that still reaches them. ``ranges`` gives the int8
     range of a layer's output where the exporters are told to use it instead of the
-    calibration min/max (ranges.py)."""
+    calibration min/max (ranges.py). ``activation_bits`` is how the files hold activations
+    (``round_activations``): 16 for int16x8, None for int8 weights with float activations."""
     import keras
 
     started = time.perf_counter()
@@ -108,7 +125,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
         layer, twin = model.get_layer(name), refined.get_layer(name)
         if node["kind"] == "InputLayer":
             x_float = np.asarray(calib, np.float32)
-            x_quant = fake_quantize(x_float, x_float.min(), x_float.max())
+            x_quant = round_activations(x_float, x_float.min(), x_float.max(), activation_bits)
         else:
             x_float = run_layer(layer, [float_out[p] for p in node["inputs"]], chunk)
             if node["kind"] in WEIGHTED and name in keep_float:
@@ -146,7 +163,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             if name in rounded:
                 low, high = (ranges or {}).get(name, (x_float.min(), min(x_float.max(), clips.get(name, np.inf))))
-                x_quant = fake_quantize(x_quant, low, high)
+                x_quant = round_activations(x_quant, low, high, activation_bits)
         float_out[name], quant_out[name] = x_float, x_quant
         for parent in node["inputs"]:  # free what no later layer needs
             remaining[parent] -= 1

@@ -234,9 +234,15 @@ class QuantizeResult:
     warnings: tuple[str, ...] = ()  # results that mean little (evaluation/sanity.py)
     stages: tuple[tuple[str, float], ...] = ()  # (step, seconds) as the progress reported them
 
+    @property
+    def precision(self) -> str:
+        """The quantized files' precision (``--precision``)."""
+        return next((a.precision for a in self.artifacts if a.quantized), "float32")
+
     def to_dict(self) -> dict:
         return {
             "output_dir": self.output_dir,
+            "precision": self.precision,
             "warnings": list(self.warnings),
             "fallbacks": [f.to_dict() for f in self.fallbacks],
             "dither": self.dither.to_dict() if self.dither else None,

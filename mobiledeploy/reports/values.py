@@ -77,10 +77,15 @@ class Artifact:
 
     file: str
     format: Literal["keras", "tflite", "onnx"]
-    precision: Literal["float32", "int8"]
+    precision: Literal["float32", "int8", "int16x8", "float16", "dynamic"]
     sha256: str = ""
     size: int = 0
     details: dict = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        """A file made for the device (any precision but the float32 reference's)."""
+        return self.precision != "float32"
 
     def to_dict(self) -> dict:
         return asdict(self)

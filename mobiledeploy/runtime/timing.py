@@ -73,13 +73,13 @@ def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, input
         # an int8 ONNX file: also what the runtime there leaves in float kernels (unfused node units)
         by_layer = bool(settings.profile and fmt == "onnx" and tensor_map)
         spec = {"mode": "bench", **artifact_spec(path, fmt), "settings": settings.to_dict(),
-                "inputs": None, "workdir": tmp, "optimized_graph": fmt == "onnx" and (precision == "int8" or by_layer)}
+                "inputs": None, "workdir": tmp, "optimized_graph": fmt == "onnx" and (precision != "float32" or by_layer)}
         if inputs is not None:
             np.save(Path(tmp) / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
             spec["inputs"] = str(Path(tmp) / "inputs.npy")
         result = run_worker(spec, Path(tmp), process, str(path))
         unfused, layers, unplaced = {}, {}, None
-        if spec["optimized_graph"] and precision == "int8":
+        if spec["optimized_graph"] and precision != "float32":
             unfused = float_ops_in(Path(tmp) / OPTIMIZED)
         if by_layer and result.get("node_ms"):
             layers, unplaced = layer_times(result["node_ms"], attribute(Path(path), Path(tmp) / OPTIMIZED, tensor_map))

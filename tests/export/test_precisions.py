@@ -1,0 +1,205 @@
+"""--precision int16x8, float16 and dynamic: the files each mode writes (what they store, that both
+runtimes load and run them, how close they stay to float), and that eval, check and analyze take them.
+
+The weight-only ONNX transform and the 16-bit activation rounding are tested on their own (fast);
+the whole builds on the bundled reference model are the full tier's."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REFERENCE_MODEL, ROOT, cli, messages
+
+
+def _tiny_onnx():
+    """Conv 3->4 (3x3), depthwise Conv (group 4), global pool, MatMul 4->5: float weights with
+    per-channel ranges that differ by 100x, as a folded MobileNet's do."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    conv = rng.normal(0, 1, (4, 3, 3, 3)).astype(np.float32) * np.array([1, 0.1, 0.01, 3], np.float32)[:, None, None, None]
+    depthwise = rng.normal(0, 1, (4, 1, 3, 3)).astype(np.float32) * np.array([0.02, 1, 5, 0.3], np.float32)[:, None, None, None]
+    dense = rng.normal(0, 1, (4, 5)).astype(np.float32)
+    bias = rng.normal(0, 0.1, 4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2"], ["c2"], group=4, pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["c2"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("MatMul", ["f", "w3"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
+        [numpy_helper.from_array(conv, "w1"), numpy_helper.from_array(bias, "b1"),
+         numpy_helper.from_array(depthwise, "w2"), numpy_helper.from_array(dense, "w3")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, {"w1": conv, "b1": bias, "w2": depthwise, "w3": dense}
+
+
+def _run(model, x, basic: bool = False):
+    """``model`` run by ONNX Runtime; ``basic``: without the fusions that pick other kernels (at its
+    default level it runs a DequantizeLinear + MatMul as MatMulNBits, whose kernel rounds differently)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if basic:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def _with_weights(model, weights):
+    from onnx import numpy_helper
+
+    copy = type(model)()
+    copy.CopyFrom(model)
+    for tensor in copy.graph.initializer:
+        if tensor.name in weights:
+            tensor.CopyFrom(numpy_helper.from_array(weights[tensor.name].astype(np.float32), tensor.name))
+    return copy
+
+
+def test_dynamic_onnx_stores_per_channel_int8_weights_that_onnx_runtime_runs_exactly():
+    from onnx import numpy_helper
+
+    from mobiledeploy.export.onnx_weights import weight_only
+
+    model, weights = _tiny_onnx()
+    stored = weight_only(model, "dynamic")
+    initializers = {t.name: numpy_helper.to_array(t) for t in stored.graph.initializer}
+    assert initializers["w1"].dtype == np.int8 and initializers["w2"].dtype == np.int8
+    assert initializers["w3"].dtype == np.int8 and initializers["b1"].dtype == np.float32  # biases stay float
+    # one scale per output channel: each channel's largest weight lands on +-127, however small the channel
+    assert initializers["w1_scale"].shape == (4,) and initializers["w3_scale"].shape == (5,)
+    assert (np.abs(initializers["w2"]).reshape(4, -1).max(axis=1) == 127).all()
+    # ONNX Runtime computes with exactly the weights on that grid: the float graph fed them gives the same
+    rounded = {}
+    for name, axis in (("w1", 0), ("w2", 0), ("w3", 1)):
+        shape = [1] * weights[name].ndim
+        shape[axis] = -1
+        rounded[name] = initializers[name].astype(np.float32) * initializers[f"{name}_scale"].reshape(shape)
+    x = np.random.default_rng(1).normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    on_grid = _run(_with_weights(model, rounded), x, basic=True)
+    np.testing.assert_allclose(_run(stored, x, basic=True), on_grid, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(on_grid, _run(model, x, basic=True), rtol=1e-6, atol=1e-7)  # the weights did change
+    # as the runtime runs it by default (its own weight-only kernels): still close to those weights
+    np.testing.assert_allclose(_run(stored, x), on_grid, atol=0.01 * np.abs(on_grid).max())
+
+
+def test_float16_onnx_stores_half_weights_and_computes_in_float32():
+    from onnx import TensorProto, numpy_helper
+
+    from mobiledeploy.export.onnx_weights import weight_only
+
+    model, weights = _tiny_onnx()
+    stored = weight_only(model, "float16")
+    types = {t.name: t.data_type for t in stored.graph.initializer}
+    assert types == {"w1": TensorProto.FLOAT16, "b1": TensorProto.FLOAT16, "w2": TensorProto.FLOAT16,
+                     "w3": TensorProto.FLOAT16}
+    halves = {name: numpy_helper.to_array(t).astype(np.float32) for name, t in
+              ((t.name, t) for t in stored.graph.initializer)}
+    x = np.random.default_rng(2).normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(stored, x), _run(_with_weights(model, halves), x), rtol=1e-5, atol=1e-6)
+    assert _run(stored, x).dtype == np.float32
+
+
+def test_sixteen_bit_activations_round_symmetrically_on_a_grid_256_times_finer():
+    from mobiledeploy.passes.refine import fake_quantize, round_activations
+
+    x = np.random.default_rng(3).normal(0, 2, 10_000).astype(np.float32)
+    low, high = float(x.min()), float(x.max())
+    sixteen = round_activations(x, low, high, 16)
+    scale = max(abs(low), abs(high)) / 32767
+    codes = sixteen / scale
+    np.testing.assert_allclose(codes, np.round(codes), atol=2e-3)  # on the symmetric grid, zero point 0
+    assert np.max(np.abs(sixteen - x)) <= scale / 2 * 1.001
+    eight = round_activations(x, low, high, 8)
+    np.testing.assert_array_equal(eight, fake_quantize(x, low, high))
+    assert np.mean((eight - x) ** 2) > 1000 * np.mean((sixteen - x) ** 2)
+    assert round_activations(x, low, high, None) is x  # float activations: untouched
+
+
+def test_int8_only_settings_are_refused_with_another_precision(tmp_path):
+    result = cli("quantize", REFERENCE_MODEL, "--calib", ROOT / "calibration_data", "-o", tmp_path / "b",
+                 "--precision", "float16", "--keep-float", "conv_pw_1")
+    assert result.exit_code == 1
+    (line,) = messages(result.output)
+    assert "--precision float16" in line and "--keep-float" in line
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module", params=["int16x8", "float16", "dynamic"])
+def mode_build(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param) / "build"
+    result = cli("quantize", REFERENCE_MODEL, "--calib", ROOT / "calibration_data", "-o", out, "--num-calib", "64",
+                 "--num-holdout", "32", "--precision", request.param, "--json")
+    assert result.exit_code == 0, result.output
+    return request.param, out, json.loads(result.output[result.output.index("{"):])
+
+
+@pytest.mark.slow
+def test_each_precision_writes_its_files_and_records_the_mode(mode_build):
+    from mobiledeploy import manifest
+    from mobiledeploy.data import datasets
+    from mobiledeploy.runtime.runners import open_runner
+
+    precision, out, result = mode_build
+    assert result["precision"] == precision
+    recorded = manifest.read(out)
+    assert recorded.records["settings"]["precision"] == precision
+    quantized = [a for a in recorded.files if a.quantized]
+    assert sorted(a.file for a in quantized) == [f"model_{precision}.onnx", f"model_{precision}.tflite"]
+    assert all(a.precision == precision for a in quantized)
+    float_size = (out / "model_float.tflite").stat().st_size
+    # int8 weights take about a quarter of float's bytes, float16 about half
+    assert (out / f"model_{precision}.tflite").stat().st_size < (0.6 if precision == "float16" else 0.45) * float_size
+    data = datasets.open_data(ROOT / "eval_data")
+    x = next(datasets.iter_batches(data, recorded.preprocessing, 16))
+    reference = open_runner(out / "model_folded.keras").run(x)
+    for artifact in quantized:  # both runtimes load and run them, close to float
+        outputs = open_runner(out / artifact.file).run(x)
+        assert outputs.shape == reference.shape
+        np.testing.assert_allclose(outputs, reference, atol=0.05)
+    assert all(d["agreement"] >= 0.96 for d in result["drift"])
+    # the int8-activation refinements are off, and the weights are refined unless they are float16
+    assert recorded.records["dither"] is None and recorded.records["logit_floor"] is None
+    assert (recorded.records["refinement"] is None) == (precision == "float16")
+
+
+@pytest.mark.slow
+def test_eval_and_the_gate_run_every_precision(mode_build):
+    from mobiledeploy.evaluation.builds import check_build
+    from mobiledeploy.options import GateRules
+
+    precision, out, _ = mode_build
+    result = check_build(out, ROOT / "eval_data", GateRules(max_drop=1.0, min_agreement=0.95))
+    rows = {r["artifact"]: r for r in result.report.rows}
+    assert {rows[f"model_{precision}.tflite"]["precision"], rows[f"model_{precision}.onnx"]["precision"]} == {precision}
+    gated = {r.artifact for r in result.rules}
+    assert {f"model_{precision}.tflite", f"model_{precision}.onnx"} <= gated  # the mode asked for is what is checked
+    assert result.passed
+    strict = check_build(out, ROOT / "eval_data", GateRules(max_drop=-0.5, min_agreement=0.95))
+    assert not strict.passed  # a rule no file meets fails the gate
+
+
+@pytest.mark.slow
+def test_analyze_reads_sixteen_bit_tensors_and_explains_float_activations(mode_build):
+    precision, out, _ = mode_build
+    result = cli("analyze", out, "--data", ROOT / "eval_data", "--max-images", "32", "--json")
+    if precision != "int16x8":
+        assert result.exit_code == 1
+        (line,) = messages(result.output)
+        assert "float activations" in line and "mobiledeploy eval" in line
+        return
+    assert result.exit_code == 0, result.output
+    layers = json.loads(result.output[result.output.index("{"):])["layers"]
+    assert sorted(layers) == ["model_int16x8.onnx", "model_int16x8.tflite"]
+    rows = [row for per_file in layers.values() for row in per_file]
+    assert min(len(per_file) for per_file in layers.values()) > 10  # every layer's tensor found in both files
+    # 16-bit codes: a share of the 65,536 levels, never more than all of them
+    assert all(0 < row["levels_used"] <= 1 for row in rows)
+    assert all(row["sqnr_db"] > 25 for row in rows)
