@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Literal
 
-IoType = Literal["int8", "float"]
+IoType = Literal["int8", "uint8", "float"]
 # what the quantized files hold: int8 weights and activations (the default); int8 weights with 16-bit
 # activations; float16 weights; int8 weights with float activations (no calibration ranges in the file)
 PRECISIONS = ("int8", "int16x8", "float16", "dynamic")
@@ -67,7 +67,9 @@ class ExportSettings:
     """What the exporters are asked to produce. Unknown keys are errors (a dataclass)."""
 
     precision: str = "int8"  # of the quantized files: one of PRECISIONS
-    io: IoType = "int8"  # int8 I/O for the TFLite int8 file (ONNX QDQ keeps float I/O)
+    io: IoType = "int8"  # int8 I/O for the TFLite int8 file (ONNX QDQ keeps float I/O); uint8: camera pixels in
+    # with io uint8: the input range the pixel scaling gives 0..255 (the input codes are then the pixels)
+    input_range: tuple[float, float] | None = None
     onnx_activations: str = "int8"  # the int8 ONNX file's activation type: int8 | uint8 (weights stay int8)
     per_channel: bool = True  # per-tensor collapses MobileNets; only for accelerators that need it
     opset: int = 17

@@ -131,7 +131,8 @@ def quantize(
             save_keras(prepared, work / DITHERED_FILE)
         warnings: list[str] = []
         artifacts, drift, refinement, settings, keep = _build_within_budget(
-            work, folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks, warnings)
+            work, folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks, warnings,
+            _pixel_range(preprocessing) if options.io == "uint8" else None)
         warnings += sanity.int8_files(drift)
         mixed_report = mixed.describe(model_costs(folded), keep, options.max_disagreement, drift) \
             if keep or options.max_disagreement is not None else None
@@ -221,7 +222,8 @@ def _reference_entry(work: Path, stage_report, file: str) -> dict | None:
 
 
 def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict, batches, samples, which: str,
-                         options: QuantizeOptions, report: Progress, fallbacks: list[Fallback], warnings: list[str]):
+                         options: QuantizeOptions, report: Progress, fallbacks: list[Fallback], warnings: list[str],
+                         input_range: tuple[float, float] | None):
     """Refine (and floor the logits), export and measure; with ``--max-drop``, keep one more
     layer in float and do it again while an int8 file is over budget (``mixed``). The last
     round's files stay in ``work``. The logit floor is applied to the refined model: what the
@@ -235,7 +237,7 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
         refined, refinement = _optional(fallbacks, "refinement", (prepared, None), _refine, prepared, samples,
                                         options, report, frozenset(keep), int8_ranges)
         refined = floored(refined, floor)
-        settings = ExportSettings(precision=options.precision, io=options.io, onnx_activations=options.onnx_activations,
+        settings = ExportSettings(precision=options.precision, io=options.io, input_range=input_range, onnx_activations=options.onnx_activations,
                                   per_channel=options.per_channel, float_layers=tuple(sorted(float_layers)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
         artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report,
@@ -274,6 +276,14 @@ def _export_and_measure(work: Path, folded, head, int8_model, batches, which: st
     return artifacts, tuple(evaluate.drift(name, reference, out, head) for name, out in outputs.items())
 
 
+def _pixel_range(preprocessing) -> tuple[float, float]:
+    """What the pixel scaling makes of 0 and 255: the input range of a file that takes camera pixels."""
+    import numpy as np
+
+    low, high = calibration.scale(np.array([0.0, 255.0], np.float32), preprocessing)
+    return float(low), float(high)
+
+
 def save_keras(model, path: Path) -> None:
     """``model.save``, made reproducible: the same model gives the same bytes. Keras stamps
     metadata.json with the save time and the weights' zip entry with the current date."""
@@ -301,7 +311,7 @@ def _check_options(options: QuantizeOptions) -> None:
     choices = {"refine": ("adaround", "bias", "none"), "equalize": ("auto", "on", "off"), "logit_floor": ("auto", "off"),
                "activation_ranges": ("auto", "minmax", "mse"), "head": ("auto", *HEADS),
                "onnx_activations": ("int8", "uint8"), "dither": ("spare", "auto", "on", "off"),
-               "precision": PRECISIONS}
+               "precision": PRECISIONS, "io": ("int8", "uint8", "float")}
     for field, allowed in choices.items():
         value = getattr(options, field)
         if value not in allowed:

@@ -45,8 +45,9 @@ CHOICES = {"preprocess": ("auto", "mobilenet", "unit", "raw"), "refine": ("adaro
 @click.option("--crop-fraction", default=DEFAULTS.crop_fraction, show_default=True, type=Finite(0.1, 1.0),
               help="Resize to size/fraction, then center-crop.")
 @input_size_option("Size for a model saved without one (224, 192x160).")
-@click.option("--io", default=DEFAULTS.io, show_default=True, type=click.Choice(["int8", "float"]),
-              help="I/O type of the int8 TFLite file.")
+@click.option("--io", default=DEFAULTS.io, show_default=True, type=click.Choice(["int8", "uint8", "float"]),
+              help="I/O type of the int8 TFLite file. uint8: camera pixels (0..255) go in as they are, "
+                   "the output is uint8 with its scale.")
 @click.option("--onnx-activations", default=DEFAULTS.onnx_activations, show_default=True, type=click.Choice(["int8", "uint8"]),
               help="uint8 for x86-64 with residual Adds; int8 for ARM.")
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor (some accelerators need it).")

@@ -54,9 +54,8 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     converter.representative_dataset = lambda: (
         [batch[i:i + 1]] for batch in representative() for i in range(len(batch))
     )
-    if settings.io == "int8" and settings.precision == "int8":
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+    if settings.io in ("int8", "uint8") and settings.precision == "int8":
+        converter.inference_input_type = converter.inference_output_type = getattr(tf, settings.io)
     if not settings.per_channel:
         converter._experimental_disable_per_channel = True  # no public switch exists
     converter._experimental_calibrate_only = True
@@ -65,7 +64,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     mapping = tensor_map.build_map(source, tensor_map.layer_outputs(source, probe),
                                    tensor_map.tflite_graph(calibrated, probe))
     fallbacks: list[Fallback] = []
-    calibrated = _with_ranges(calibrated, settings.tensor_ranges, mapping, fallbacks)
+    calibrated = _with_ranges(calibrated, settings.tensor_ranges, mapping, fallbacks, settings.input_range)
     kept_ops = mapping.ops_of(settings.float_layers)
     fallbacks += uncovered_float_layers(source, settings.float_layers, mapping)
     float_head = _softmax_output(model) in set(settings.float_layers)
@@ -88,7 +87,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     return [
         _float_artifact(),
         Artifact(int8_path.name, "tflite", settings.precision, details={
-            "runtime": "LiteRT", "io": "int8" if settings.io == "int8" and settings.precision == "int8" else "float32",
+            "runtime": "LiteRT", "io": settings.io if settings.io != "float" and settings.precision == "int8" else "float32",
             "per_channel": settings.per_channel,
             "float_ops": len(floats), "float_layers": sorted(settings.float_layers), "ops": _op_counts(ops),
             # which tensor of this file holds each layer's output (analyze reads it)
@@ -151,28 +150,36 @@ def _quantize(calibrated: bytes, settings: ExportSettings, kept_ops: list[str], 
     import tensorflow as tf
     from tensorflow.lite.python import convert
 
-    io_type = tf.int8 if settings.io == "int8" else tf.float32
+    from tensorflow.lite.python.util import modify_model_io_type
+
+    io_type = tf.int8 if settings.io == "int8" else tf.float32  # uint8: float, then the converter's own I/O edit
     try:
         with captured_output(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-            return convert.mlir_quantize(
+            quantized = convert.mlir_quantize(
                 calibrated, disable_per_channel=not settings.per_channel, fully_quantize=settings.io == "int8",
                 input_data_type=io_type, output_data_type=io_type, denylisted_nodes=list(kept_ops),
                 denylisted_ops=["SOFTMAX"] if float_head else [])
+            return bytes(modify_model_io_type(quantized, tf.uint8, tf.uint8)) if settings.io == "uint8" else quantized
     except Exception as exc:  # the quantizer raises plain exceptions
         raise ExportError(f"TFLite quantization of the calibrated model failed: {str(exc).strip()[:200]}") from None
 
 
 def _with_ranges(calibrated: bytes, ranges: tuple[tuple[str, float, float], ...], mapping: TensorMap,
-                 fallbacks: list[Fallback]) -> bytes:
+                 fallbacks: list[Fallback], input_range: tuple[float, float] | None = None) -> bytes:
     """The calibrated model with the min/max statistics of each layer's output tensor set to its
-    range in ``ranges``; a layer no tensor holds keeps its calibration range (a fallback)."""
+    range in ``ranges``; a layer no tensor holds keeps its calibration range (a fallback). With
+    ``input_range`` the model's input gets it (the graph's first input, found by position): the
+    range the pixel scaling gives 0..255, so that uint8 input codes are the pixels themselves."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    if not ranges:
+    if not ranges and input_range is None:
         return calibrated
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     graph = model.subgraphs[0]
+    if input_range is not None:
+        statistics = graph.tensors[graph.inputs[0]].quantization
+        statistics.min, statistics.max = [float(input_range[0])], [float(input_range[1])]
     index = {tensor.name.decode(): i for i, tensor in enumerate(graph.tensors)}
     for layer, low, high in ranges:
         name = mapping.tensors.get(layer)
