@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Literal
 
+
 IoType = Literal["int8", "uint8", "float"]
 # what the quantized files hold: int8 weights and activations (the default); int8 weights with 16-bit
 # activations; float16 weights; int8 weights with float activations (no calibration ranges in the file)
@@ -44,6 +45,8 @@ class QuantizeOptions:
     # stay in float until both files are within it (mixed precision); None: no budget
     max_disagreement: float | None = None
     head: str = "auto"  # auto (read off the model's last activation) | a Head kind: how outputs become classes
+    metadata: bool = False  # embed TFLite metadata (input normalization, image size, labels) in the .tflite files
+    labels: str | None = None  # the class names for the metadata: a labels file, or an eval folder's class folders
     fold_tolerance: float = 1e-4
     batch_size: int = 16
     trust_model_code: bool = False

@@ -14,13 +14,12 @@ int8 checks of the exported files.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from . import manifest, staging
-from .data import calibration
+from .data import calibration, datasets
 from .data.input_scaling import SAMPLES, read_scaling
 from .errors import FoldingError, MobiledeployError, first_line
 from .evaluation import layers as analyze
@@ -29,10 +28,12 @@ from .evaluation import metrics as evaluate
 from .evaluation import sanity
 from .export import onnx as onnx_export
 from .export import tflite as tflite_export
+from .export import tflite_metadata
 from .manifest import Manifest, ModelSource
 from .model.heads import head_for
 from .model.loading import load_model
-from .options import ACTIVATION_BITS, PRECISIONS, ExportSettings, Progress, QuantizeOptions
+from .option_checks import check_options
+from .options import ACTIVATION_BITS, ExportSettings, Progress, QuantizeOptions
 from .passes import mixed, refine
 from .passes.dither import AUTO_MAX_CHANNELS, dither_first_layer
 from .passes.equalize import equalize
@@ -40,8 +41,9 @@ from .passes.folding import fold_batchnorm, verify_fold
 from .passes.logit_floor import floor_logits, floored
 from .passes.ranges import mse_ranges
 from .quiet import import_tensorflow
-from .reports import HEADS, Artifact, Fallback, QuantizeResult
+from .reports import Artifact, Fallback, QuantizeResult
 from .runtime.runners import KerasRunner, open_runner
+from .stage_clock import StageClock
 
 FOLDED_FILE = "model_folded.keras"
 # the equalized float model: the same function as the folded one, with rescaled channels; the
@@ -71,10 +73,12 @@ def quantize(
     options = options or QuantizeOptions()
     report = StageClock(progress)
     output_dir = Path(output_dir)
-    inputs = (Path(model_path), Path(calib))
+    inputs = (Path(model_path), Path(calib), *((Path(options.labels),) if options.labels else ()))
     staging.check_destination(output_dir, options.overwrite, inputs)
-    _check_options(options)
+    check_options(options)
     options = options.resolved()
+    if options.labels is not None:
+        options = replace(options, labels=str(options.labels))  # a path as the manifest writes it
     started = time.perf_counter()
 
     report("load model", 0, 1)
@@ -90,6 +94,7 @@ def quantize(
         cset = replace(cset, preprocessing=preprocessing)
 
     mixed.check_layers(loaded.model, options.keep_float)  # fail before any work
+    labels = _labels(loaded.model, options)
     if options.max_disagreement is not None and not cset.holdout:
         raise MobiledeployError("--max-disagreement is measured on held-out calibration images; set --num-holdout above 0")
 
@@ -134,6 +139,8 @@ def quantize(
             work, folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks, warnings,
             _pixel_range(preprocessing) if options.io == "uint8" else None)
         warnings += sanity.int8_files(drift)
+        if options.metadata:
+            artifacts = tflite_metadata.embed_in_build(work, artifacts, loaded.model.name, preprocessing, labels)
         mixed_report = mixed.describe(model_costs(folded), keep, options.max_disagreement, drift) \
             if keep or options.max_disagreement is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
@@ -166,38 +173,6 @@ def quantize(
                           equalization, mixed_report, floor, scaling, head,
                           tuple((name, *r) for name, r in sorted(ranges.items())), dither, tuple(fallbacks),
                           tuple(warnings), report.stages())
-
-
-class StageClock:
-    """The progress callback the stages report to, which also times them: a step runs from the
-    first report of its name until another step reports (a step that comes back adds up). The
-    times go to ``QuantizeResult.stages`` (``--json``), never into the build's files, which stay
-    the same bytes run to run."""
-
-    def __init__(self, progress: Progress | None):
-        self.progress = progress
-        self.seconds: dict[str, float] = {}
-        self._step: str | None = None
-        self._since = time.perf_counter()
-
-    def __call__(self, step: str, done: int, total: int) -> None:
-        if step != self._step:
-            self._stop()
-            self._step = step
-        if self.progress is not None:
-            self.progress(step, done, total)
-
-    def _stop(self) -> None:
-        now = time.perf_counter()
-        if self._step is not None:
-            self.seconds[self._step] = self.seconds.get(self._step, 0.0) + now - self._since
-        self._since = now
-
-    def stages(self) -> tuple[tuple[str, float], ...]:
-        """(step, seconds) in the order the steps first ran, up to now."""
-        self._stop()
-        self._step = None
-        return tuple(self.seconds.items())
 
 
 def _optional(fallbacks: list[Fallback], setting: str, plain, stage, *args):
@@ -276,6 +251,20 @@ def _export_and_measure(work: Path, folded, head, int8_model, batches, which: st
     return artifacts, tuple(evaluate.drift(name, reference, out, head) for name, out in outputs.items())
 
 
+def _labels(model, options: QuantizeOptions) -> tuple[str, ...]:
+    """The class names the metadata embeds (``--labels``), one per model output, or none."""
+    if options.labels is None:
+        return ()
+    if not options.metadata:
+        raise MobiledeployError("--labels names the classes in the TFLite metadata; add --metadata")
+    names = tuple(datasets.class_names(options.labels))
+    classes = int(model.outputs[0].shape[-1])
+    if len(names) != classes:
+        raise MobiledeployError(f"--labels {options.labels}: {len(names)} class names, but the model has {classes} "
+                                "outputs; expected one name per output, in output order")
+    return names
+
+
 def _pixel_range(preprocessing) -> tuple[float, float]:
     """What the pixel scaling makes of 0 and 255: the input range of a file that takes camera pixels."""
     import numpy as np
@@ -304,37 +293,6 @@ def save_keras(model, path: Path) -> None:
             fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
             target.writestr(fixed, data)
     stable.replace(path)
-
-
-def _check_options(options: QuantizeOptions) -> None:
-    """Refuse settings no stage can run, before any work (the CLI's choices catch them first)."""
-    choices = {"refine": ("adaround", "bias", "none"), "equalize": ("auto", "on", "off"), "logit_floor": ("auto", "off"),
-               "activation_ranges": ("auto", "minmax", "mse"), "head": ("auto", *HEADS),
-               "onnx_activations": ("int8", "uint8"), "dither": ("spare", "auto", "on", "off"),
-               "precision": PRECISIONS, "io": ("int8", "uint8", "float")}
-    for field, allowed in choices.items():
-        value = getattr(options, field)
-        if value not in allowed:
-            raise MobiledeployError(f"unknown {field.replace('_', ' ')} setting '{value}'; expected {', '.join(allowed)}")
-    if options.precision != "int8" and (options.keep_float or options.max_disagreement is not None):
-        raise MobiledeployError(
-            f"--keep-float and --max-disagreement keep layers in float within int8 files; with --precision "
-            f"{options.precision} there are none: drop them, or use --precision int8")
-    if options.rounding_samples < 1 or not 0 <= options.rounding_positions_per_weight < math.inf:
-        raise MobiledeployError(
-            f"rounding_samples {options.rounding_samples} and rounding_positions_per_weight "
-            f"{options.rounding_positions_per_weight}: expected at least 1 image and a finite ratio of 0 or more")
-    numbers = {"num_calib": (options.num_calib, 1, None), "num_holdout": (options.num_holdout, 0, None),
-               "seed": (options.seed, 0, 2**32 - 1), "batch_size": (options.batch_size, 1, 4096),
-               "crop_fraction": (options.crop_fraction, 0.1, 1.0), "fold_tolerance": (options.fold_tolerance, 0.0, 1.0),
-               "max_disagreement": (options.max_disagreement, 0.0, 100.0)}
-    for field, (value, low, high) in numbers.items():
-        if value is None and field == "max_disagreement":
-            continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                or value < low or (high is not None and value > high):
-            raise MobiledeployError(f"{field} {value!r}: expected a finite number from {low}"
-                                    + (f" to {high}" if high is not None else " up"))
 
 
 def _input_scaling(model, cset, options: QuantizeOptions, report: Progress):

@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "mobiledeploy"
 # a module may import modules of its own rank or lower; never higher
 RANKS = [
-    ("version", "errors", "limits", "inputs", "jsonout", "reports", "options", "quiet"),
+    ("version", "errors", "limits", "inputs", "jsonout", "reports", "options", "option_checks", "stage_clock", "quiet"),
     ("manifest", "staging"),
     ("model",),
     ("data",),

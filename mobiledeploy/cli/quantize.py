@@ -48,6 +48,12 @@ CHOICES = {"preprocess": ("auto", "mobilenet", "unit", "raw"), "refine": ("adaro
 @click.option("--io", default=DEFAULTS.io, show_default=True, type=click.Choice(["int8", "uint8", "float"]),
               help="I/O type of the int8 TFLite file. uint8: camera pixels (0..255) go in as they are, "
                    "the output is uint8 with its scale.")
+@click.option("--metadata", is_flag=True,
+              help="Embed TFLite metadata (input normalization, image size, labels) so Android's Task Library "
+                   "and ML Kit load the .tflite files without glue code.")
+@click.option("--labels", type=PATH, metavar="PATH",
+              help="Class names for --metadata: a file with one per line, or a folder of class folders "
+                   "(sorted, as eval reads them).")
 @click.option("--onnx-activations", default=DEFAULTS.onnx_activations, show_default=True, type=click.Choice(["int8", "uint8"]),
               help="uint8 for x86-64 with residual Adds; int8 for ARM.")
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor (some accelerators need it).")

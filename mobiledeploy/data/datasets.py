@@ -123,6 +123,19 @@ def _open_npz(source: Path, names: list[str] | None) -> EvalData:
     return EvalData(str(source), "npz", tuple(range(count)), labels, tuple(names or ()), sha256(source))
 
 
+def class_names(source: str | Path) -> list[str]:
+    """The class names in model output order: a labels file's lines, or the class folders of an
+    evaluation folder in the order eval reads them (sorted)."""
+    source = Path(source)
+    if source.is_dir():
+        folders = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise DataError(f"{source}: no class folders; expected a labels file (one class name per line) or a "
+                            "folder with one sub-folder per class")
+        return folders
+    return _read_labels(source)
+
+
 def _read_labels(path: Path) -> list[str]:
     if not is_regular(path):
         raise DataError(f"labels file {path} is missing or not a regular file; expected one class name per line")
