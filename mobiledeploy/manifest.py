@@ -30,7 +30,7 @@ SCHEMA = 2
 LIBRARIES = ("mobiledeploy", "tensorflow", "keras", "ai-edge-litert", "onnx", "onnxruntime",
              "tf2onnx", "numpy", "pillow")
 FORMATS = ("keras", "tflite", "onnx")
-PRECISIONS = ("float32", "int8", "int16x8", "float16", "dynamic")
+PRECISIONS = ("float32", "int8", "int16x8", "mixed", "float16", "dynamic")
 # what each stage that rewrote the float model's channels recorded, with the model it wrote
 STAGES_WITH_REFERENCE = ("equalization", "dither")
 RECORDS = ("input_scaling", "calibration", "settings", "folding", "equalization", "dither", "refinement",

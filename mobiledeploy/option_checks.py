@@ -20,10 +20,12 @@ def check_options(options: QuantizeOptions) -> None:
         value = getattr(options, field)
         if value not in allowed:
             raise MobiledeployError(f"unknown {field.replace('_', ' ')} setting '{value}'; expected {', '.join(allowed)}")
-    if options.precision != "int8" and (options.keep_float or options.max_disagreement is not None):
-        raise MobiledeployError(
-            f"--keep-float and --max-disagreement keep layers in float within int8 files; with --precision "
-            f"{options.precision} there are none: drop them, or use --precision int8")
+    if options.precision != "int8" and options.keep_float:
+        raise MobiledeployError(f"--keep-float keeps layers in float within int8 files; --precision {options.precision} "
+                                "has none: drop it, or use --precision int8")
+    if options.precision not in ("int8", "mixed") and options.max_disagreement is not None:
+        raise MobiledeployError(f"--max-disagreement is the budget of the int8 and mixed precisions' layer search; "
+                                f"--precision {options.precision} has none: drop it")
     if options.rounding_samples < 1 or not 0 <= options.rounding_positions_per_weight < math.inf:
         raise MobiledeployError(
             f"rounding_samples {options.rounding_samples} and rounding_positions_per_weight "

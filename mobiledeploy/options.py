@@ -9,12 +9,15 @@ from typing import Callable, Literal
 
 IoType = Literal["int8", "uint8", "float"]
 # what the quantized files hold: int8 weights and activations (the default); int8 weights with 16-bit
-# activations; float16 weights; int8 weights with float activations (no calibration ranges in the file)
-PRECISIONS = ("int8", "int16x8", "float16", "dynamic")
+# activations; int8 with 16-bit activations where int8 hurts most (a budget decides how many layers);
+# float16 weights; int8 weights with float activations (no calibration ranges in the file)
+PRECISIONS = ("int8", "int16x8", "mixed", "float16", "dynamic")
 # the precisions whose files hold quantized weights alone: no calibration ranges in them
 WEIGHT_ONLY = ("float16", "dynamic")
 # the activation bits each precision computes with (None: float activations)
-ACTIVATION_BITS = {"int8": 8, "int16x8": 16, "float16": None, "dynamic": None}
+ACTIVATION_BITS = {"int8": 8, "int16x8": 16, "mixed": 8, "float16": None, "dynamic": None}
+# --precision mixed without --max-disagreement: points of top-1 agreement with float its files may lose
+MIXED_BUDGET = 1.0
 # progress(step, done, total): the CLI draws it; the library stays silent without it.
 Progress = Callable[[str, int, int], None]
 
@@ -57,10 +60,14 @@ class QuantizeOptions:
 
     def resolved(self) -> QuantizeOptions:
         """The options each stage runs with: the refinements made for int8 activations (dithered
-        copies, the logit floor, narrowed ranges, int8 I/O, layers kept in float) apply to the int8
-        precision only; float16 weights have no int8 grid to round to, so nothing is refined."""
+        copies, the logit floor, narrowed ranges) apply to the precisions with int8 activations
+        (int8, mixed); int8 I/O to int8 only; float16 weights have no int8 grid to round to, so
+        nothing is refined; mixed has a budget (``MIXED_BUDGET`` unless one is given)."""
         if self.precision == "int8":
             return self
+        if self.precision == "mixed":  # int8 with some layers' activations in 16 bits: the int8 refinements stay
+            return replace(self, io="float", max_disagreement=MIXED_BUDGET if self.max_disagreement is None
+                           else self.max_disagreement)
         return replace(self, io="float", dither="off", logit_floor="off", activation_ranges="minmax",
                        refine="none" if self.precision == "float16" else self.refine)
 
@@ -77,6 +84,7 @@ class ExportSettings:
     per_channel: bool = True  # per-tensor collapses MobileNets; only for accelerators that need it
     opset: int = 17
     float_layers: tuple[str, ...] = ()  # Keras layers whose operators stay float (mixed precision)
+    int16_layers: tuple[str, ...] = ()  # Keras layers whose outputs are 16-bit (--precision mixed)
     # (layer, low, high): int8 ranges that replace the calibration min/max of these layers' outputs
     tensor_ranges: tuple[tuple[str, float, float], ...] = ()
 

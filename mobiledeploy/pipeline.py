@@ -141,7 +141,8 @@ def quantize(
         warnings += sanity.int8_files(drift)
         if options.metadata:
             artifacts = tflite_metadata.embed_in_build(work, artifacts, loaded.model.name, preprocessing, labels)
-        mixed_report = mixed.describe(model_costs(folded), keep, options.max_disagreement, drift) \
+        mixed_report = mixed.describe(model_costs(folded), keep, options.max_disagreement, drift,
+                                      "int16" if options.precision == "mixed" else "float") \
             if keep or options.max_disagreement is not None else None
         artifacts = tuple(manifest.describe(work, a) for a in artifacts)
         fallbacks += [Fallback(layer, "refinement", why) for layer, why in (refinement.fallbacks if refinement else ())]
@@ -199,21 +200,26 @@ def _reference_entry(work: Path, stage_report, file: str) -> dict | None:
 def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict, batches, samples, which: str,
                          options: QuantizeOptions, report: Progress, fallbacks: list[Fallback], warnings: list[str],
                          input_range: tuple[float, float] | None):
-    """Refine (and floor the logits), export and measure; with ``--max-drop``, keep one more
-    layer in float and do it again while an int8 file is over budget (``mixed``). The last
+    """Refine (and floor the logits), export and measure; with ``--max-disagreement``, keep one more
+    layer in float (with --precision mixed: give its output 16-bit activations) and do it again
+    while a quantized file is over budget (``mixed``). The last
     round's files stay in ``work``. The logit floor is applied to the refined model: what the
     int8 converters see, and what analyze compares the int8 tensors with. What the first round's
     float outputs say about the model goes to ``warnings``."""
     keep = list(dict.fromkeys(options.keep_float))
     write_float = True
     while True:
-        float_layers = mixed.float_layers(folded, keep)
-        int8_ranges = {name: r[:2] for name, r in ranges.items() if name not in float_layers}
+        # a kept layer's output (and the weightless layers after it) leaves int8: float, or 16 bits
+        left = mixed.float_layers(folded, keep)
+        wide = left if options.precision == "mixed" else frozenset()
+        float_layers = frozenset() if wide else left
+        int8_ranges = {name: r[:2] for name, r in ranges.items() if name not in left}
         refined, refinement = _optional(fallbacks, "refinement", (prepared, None), _refine, prepared, samples,
-                                        options, report, frozenset(keep), int8_ranges)
+                                        options, report, frozenset() if wide else frozenset(keep), int8_ranges, wide)
         refined = floored(refined, floor)
-        settings = ExportSettings(precision=options.precision, io=options.io, input_range=input_range, onnx_activations=options.onnx_activations,
-                                  per_channel=options.per_channel, float_layers=tuple(sorted(float_layers)),
+        settings = ExportSettings(precision=options.precision, io=options.io, input_range=input_range,
+                                  onnx_activations=options.onnx_activations, per_channel=options.per_channel,
+                                  float_layers=tuple(sorted(float_layers)), int16_layers=tuple(sorted(wide)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
         artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report,
                                                write_float, warnings if write_float else None)
@@ -221,7 +227,8 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
         if options.max_disagreement is None or mixed.worst_loss(drift) <= options.max_disagreement \
                 or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
             return artifacts, drift, refinement, settings, keep
-        report(f"mixed precision: find the layer that loses most ({len(keep) + 1} in float)", 0, 1)
+        report(f"mixed precision: find the layer that loses most ({len(keep) + 1} "
+               f"{'with 16-bit activations' if options.precision == 'mixed' else 'in float'})", 0, 1)
         int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in artifacts if a.quantized}
         per_layer = _optional(fallbacks, "mixed precision search", {}, analyze.analyze, floored(prepared, floor),
                               int8_files, batches(which))
@@ -345,7 +352,7 @@ def _tensor_ranges(model, floor, samples, options: QuantizeOptions, report: Prog
 
 
 def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_float: frozenset[str],
-            ranges: dict[str, tuple[float, float]]):
+            ranges: dict[str, tuple[float, float]], sixteen_bit: frozenset[str] = frozenset()):
     """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
     if options.refine == "none":
         return folded, None
@@ -356,6 +363,7 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
         positions_per_weight=options.rounding_positions_per_weight,
         clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
         keep_float=keep_float, ranges=ranges, activation_bits=ACTIVATION_BITS[options.precision],
+        sixteen_bit=sixteen_bit,
     )
 
 

@@ -32,9 +32,10 @@ CHOICES = {"preprocess": ("auto", "mobilenet", "unit", "raw"), "refine": ("adaro
               help="default: every refinement; plain: the converters alone.")
 @click.option("--precision", default=DEFAULTS.precision, show_default=True, type=click.Choice(PRECISIONS),
               help="int8: the smallest, fastest files. int16x8: 16-bit activations, int8 weights, for when int8 "
-                   "drifts too far (often slower: reference kernels). float16: half-size float weights, for GPU "
-                   "delegates. dynamic: int8 weights, float activations. The int8-only refinements (dither, logit "
-                   "floor, narrowed ranges, int8 I/O) are off for the others.")
+                   "drifts too far (often much slower: reference kernels). mixed: int8, with 16-bit activations "
+                   "in the layers int8 hurts most until --max-disagreement is met. float16: half-size float "
+                   "weights, for GPU delegates. dynamic: int8 weights, float activations. The int8 refinements "
+                   "(dither, logit floor, narrowed ranges) apply to int8 and mixed; --io to int8.")
 @click.option("--num-calib", default=DEFAULTS.num_calib, show_default=True, type=click.IntRange(min=1),
               help="Calibration images; 100-500 is plenty.")
 @click.option("--num-holdout", default=DEFAULTS.num_holdout, show_default=True, type=click.IntRange(min=0),
@@ -74,8 +75,9 @@ CHOICES = {"preprocess": ("auto", "mobilenet", "unit", "raw"), "refine": ("adaro
 @click.option("--keep-float", multiple=True, metavar="LAYER",
               help="Keep this conv/Dense layer in float (repeatable).")
 @click.option("--max-disagreement", type=Finite(min=0, max=100), metavar="PERCENT",
-              help="Keep layers in float until int8 disagrees with float on at most PERCENT of the held-out "
-                   "images.")
+              help="Keep layers in float (with --precision mixed: give them 16-bit activations) until the "
+                   "quantized files disagree with float on at most PERCENT of the held-out images "
+                   "[mixed's default: 1].")
 @click.option("--max-drop", "max_drop_old", type=Finite(min=0, max=100), cls=Renamed, new="--max-disagreement",
               target="max_disagreement", note=" (a share of disagreeing images, not check's top-1 drop)")
 @click.option("--head", default=DEFAULTS.head, show_default=True, type=click.Choice(["auto", *HEADS]),
@@ -106,8 +108,10 @@ def quantize(ctx: click.Context, model: Path, calib: Path, output: Path, preset:
         click.echo(dumps(result.to_dict(), "quantize"))
     else:
         terminal.print_quantize(result)
-    if result.mixed_precision is not None and not result.mixed_precision.met:
+    mixed = result.mixed_precision
+    if mixed is not None and not mixed.met:
+        where = "with 16-bit activations" if mixed.kept_in == "int16" else "in float"
         raise GateFailed(
-            f"--max-disagreement {options.max_disagreement:g} not met: with {len(result.mixed_precision.float_layers)} "
-            f"layers in float the int8 files still disagree with float on {result.mixed_precision.agreement_loss:.1f}% "
+            f"--max-disagreement {mixed.max_disagreement:g} not met: with {len(mixed.float_layers)} layers {where} "
+            f"the quantized files still disagree with float on {mixed.agreement_loss:.1f}% "
             "of the held-out images; the files were written (raise the budget, or check the calibration images)")

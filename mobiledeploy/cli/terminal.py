@@ -133,7 +133,8 @@ def print_quantize(result) -> None:
                       f"{max(shrink):.0%} of their calibration range")
     if result.mixed_precision is not None:
         m = result.mixed_precision
-        console.print(f"mixed precision: {len(m.float_layers)} layer(s) in float ({', '.join(m.float_layers) or 'none'}; "
+        where = "with 16-bit activations" if m.kept_in == "int16" else "in float"
+        console.print(f"mixed precision: {len(m.float_layers)} layer(s) {where} ({', '.join(m.float_layers) or 'none'}; "
                       f"{m.float_mac_share:.1%} of the multiply-adds); worst agreement loss {m.agreement_loss:.1f} "
                       f"points" + (f" (budget {m.max_disagreement:g}: {'met' if m.met else 'NOT met'})" if m.max_disagreement is not None else ""))
     console.print(
@@ -147,12 +148,16 @@ def print_quantize(result) -> None:
             check = f"{artifact.details['weights']} weights, float activations"
         elif artifact.format == "tflite" and artifact.quantized:
             floats = artifact.details["float_ops"]
-            full = "full int8" if artifact.precision == "int8" else "int16 activations, int8 weights"
+            wide = artifact.details.get("int16_layers", ())
+            full = {"int8": "full int8", "int16x8": "int16 activations, int8 weights",
+                    "mixed": f"int8, {len(wide)} layers' activations int16"}[artifact.precision]
             check = f"{'mixed' if floats else full}, {floats} float ops, io {artifact.details['io']}"
         elif artifact.format == "onnx" and artifact.quantized:
             kept = artifact.details.get("float_nodes", 0)
             kind = {"uint8": "QDQ U8S8", "int16": "QDQ S16S8"}.get(artifact.details.get("activations"), "QDQ S8S8")
             check = f"{kind}, {kept} float nodes" if kept else f"{kind}, all Conv/Gemm weights int8 in the file"
+            if artifact.details.get("int16_layers"):
+                check += f", {len(artifact.details['int16_layers'])} layers' activations int16"
         files.append([artifact.file, artifact.format, artifact.precision, f"{artifact.size / 1024:.1f}", check])
     console.print(fitted_table(console, f"artifacts in {result.output_dir}",
                                ["file", "format", "precision", "size (KiB)", "check"], files,
@@ -167,10 +172,11 @@ def print_quantize(result) -> None:
                           f"{value!r}): on x86-64 CPUs without VNNI ONNX Runtime's default int8 kernels "
                           "saturate and lose most of the accuracy; other CPUs ignore it")
         unfused = artifact.details.get("runtime_float_ops")
-        if unfused and artifact.precision == "int16x8":
+        if unfused and artifact.precision in ("int16x8", "mixed"):
             console.print(f"[yellow]note:[/] {artifact.details['runtime_checked_on']} has no 16-bit integer kernels: "
                           f"it runs {_op_counts(unfused)} of {artifact.file} in float between its dequantize and "
-                          "quantize steps (the results are the 16-bit ones; the speed is float's or slower)")
+                          "quantize steps (the results are the 16-bit ones; the speed is float's or slower)"
+                          + (" where activations are 16-bit" if artifact.precision == "mixed" else ""))
         elif unfused:
             console.print(f"[yellow]note:[/] {artifact.details['runtime_checked_on']} runs "
                           f"{_op_counts(unfused)} of {artifact.file} in float: "

@@ -45,8 +45,8 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
             "runtime": "ONNX Runtime", "opset": _opset(int8_path), "format": "weights only",
             "weights": "float16" if settings.precision == "float16" else "int8", "activations": "float32",
             "io": "float32", "per_channel": settings.precision == "dynamic"})]
-    activations = {"int16x8": QuantType.QInt16, "int8": QuantType.QUInt8 if settings.onnx_activations == "uint8"
-                   else QuantType.QInt8}[settings.precision]
+    activations = QuantType.QInt16 if settings.precision == "int16x8" else \
+        QuantType.QUInt8 if settings.onnx_activations == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         source = Path(scratch) / "source.onnx"
         proto = canonical(_to_onnx(int8_model, settings.opset)) if int8_model is not None else onnx.load(str(float_path))
@@ -63,6 +63,8 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
                                        tensor_map.onnx_graph(onnx.load(str(prepared)), probe))
         fallbacks: list[Fallback] = []
         overrides = _range_overrides(settings.tensor_ranges, mapping, fallbacks)
+        if settings.int16_layers:  # --precision mixed: these layers' output tensors in 16 bits
+            overrides = _sixteen_bit(overrides, settings.int16_layers, mapping, fallbacks)
         kept = [name for name in mapping.ops_of(settings.float_layers) if name]
         fallbacks += tensor_map.uncovered_float_layers(keras_model, settings.float_layers, mapping)
         try:
@@ -93,6 +95,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         Artifact(int8_path.name, "onnx", settings.precision, details={
             "runtime": "ONNX Runtime", "opset": _opset(int8_path), "format": "QDQ",
             "activations": "int16" if settings.precision == "int16x8" else settings.onnx_activations,
+            **({"int16_layers": sorted(settings.int16_layers)} if settings.precision == "mixed" else {}),
             "weights": "int8", "per_channel": settings.per_channel, "io": "float32",
             "float_layers": sorted(settings.float_layers), "float_nodes": len(float_nodes),
             # what this machine's ONNX Runtime still runs in float after fusing the QDQ node units
@@ -168,6 +171,23 @@ def _range_overrides(ranges: tuple[tuple[str, float, float], ...], mapping: tens
             continue
         overrides[tensor] = [{"rmin": np.float32(low), "rmax": np.float32(high)}]
     return {"TensorQuantOverrides": overrides} if overrides else {}
+
+
+def _sixteen_bit(overrides: dict, layers: tuple[str, ...], mapping: tensor_map.TensorMap,
+                 fallbacks: list[Fallback]) -> dict:
+    """ONNX Runtime's per-tensor overrides with the output tensors of ``layers`` quantized to int16
+    (its mixed-precision QDQ: the node units reading them compute from 16-bit inputs)."""
+    from onnxruntime.quantization import QuantType
+
+    tensors = dict(overrides.get("TensorQuantOverrides", {}))
+    wide = sorted({mapping.tensors[layer] for layer in layers if mapping.tensors.get(layer)})
+    if not wide:
+        fallbacks.append(Fallback(",".join(layers), "16-bit activations", tensor_map.FUSED + "; left in int8"))
+    for tensor in wide:
+        entry = dict(tensors.get(tensor, [{}])[0])
+        entry.pop("rmin", None), entry.pop("rmax", None)  # a narrowed int8 range does not apply to 16 bits
+        tensors[tensor] = [{**entry, "quant_type": QuantType.QInt16}]
+    return {**overrides, "TensorQuantOverrides": tensors}
 
 
 def _this_runtime() -> str:

@@ -1,4 +1,5 @@
-"""Accuracy-aware mixed precision: which layers stay in float, and what that costs.
+"""Accuracy-aware mixed precision: which layers leave int8 (for float, or for 16-bit activations
+with ``--precision mixed``), and what that costs.
 
 Given a budget (``--max-disagreement``: points of top-1 agreement with the float model that the int8
 files may lose on the held-out images), the pipeline builds full int8 first; while a file is
@@ -58,12 +59,13 @@ def most_sensitive(per_artifact: dict, keep) -> str | None:
     return max(lost, key=lost.get) if lost else None
 
 
-def describe(costs: CostReport, keep, budget: float | None, drift: tuple[Drift, ...]) -> MixedPrecisionReport:
-    """What keeping ``keep`` in float costs (``costs``: the folded model's, evaluation.costs) and
-    whether the int8 files met ``budget``."""
+def describe(costs: CostReport, keep, budget: float | None, drift: tuple[Drift, ...],
+             kept_in: str = "float") -> MixedPrecisionReport:
+    """What keeping ``keep`` in float (or with 16-bit activations: ``kept_in="int16"``) costs
+    (``costs``: the folded model's, evaluation.costs) and whether the quantized files met ``budget``."""
     kept_macs = sum(layer.macs for layer in costs.layers if layer.name in set(keep))
     loss = worst_loss(drift)
     return MixedPrecisionReport(
         max_disagreement=budget, float_layers=tuple(keep), float_mac_share=kept_macs / max(costs.macs, 1),
-        agreement_loss=loss, met=budget is None or loss <= budget,
+        agreement_loss=loss, met=budget is None or loss <= budget, kept_in=kept_in,
     )

@@ -80,7 +80,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                  rounding_samples: int = 64, positions_per_weight: float = 64, clip_activations: bool = False,
                  per_channel: bool = True, keep_float: frozenset[str] = frozenset(),
                  ranges: dict[str, tuple[float, float]] | None = None,
-                 activation_bits: int | None = 8) -> tuple[Any, RefineReport]:
+                 activation_bits: int | None = 8, sixteen_bit: frozenset[str] = frozenset()) -> tuple[Any, RefineReport]:
     """A copy of the folded ``model`` with int8-grid weights and empirically corrected biases.
 
     With ``adaptive_rounding`` each weight is rounded up or down (not to nearest) so that the
@@ -103,7 +103,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     after them are corrected for the error that still reaches them. ``ranges`` gives the int8
     range of a layer's output where the exporters are told to use it instead of the
     calibration min/max (ranges.py). ``activation_bits`` is how the files hold activations
-    (``round_activations``): 16 for int16x8, None for int8 weights with float activations."""
+    (``round_activations``): 16 for int16x8, None for int8 weights with float activations; the
+    outputs of the layers in ``sixteen_bit`` round at 16 bits whatever it says (--precision mixed)."""
     import keras
 
     started = time.perf_counter()
@@ -163,7 +164,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             if name in rounded:
                 low, high = (ranges or {}).get(name, (x_float.min(), min(x_float.max(), clips.get(name, np.inf))))
-                x_quant = round_activations(x_quant, low, high, activation_bits)
+                x_quant = round_activations(x_quant, low, high, 16 if name in sixteen_bit else activation_bits)
         float_out[name], quant_out[name] = x_float, x_quant
         for parent in node["inputs"]:  # free what no later layer needs
             remaining[parent] -= 1

@@ -197,17 +197,19 @@ class LogitFloorReport:
 
 @dataclass(frozen=True)
 class MixedPrecisionReport:
-    """Which weighted layers stayed in float, what that costs, and whether the budget was met."""
+    """Which weighted layers left int8 (to float, or to 16-bit activations with --precision mixed),
+    what that costs, and whether the budget was met."""
 
     max_disagreement: float | None  # the budget: percent of images that may disagree (None: layers named by hand)
-    float_layers: tuple[str, ...]  # weighted layers kept in float, in the order they were chosen
-    float_mac_share: float  # share of the model's multiply-adds that run in float
-    agreement_loss: float  # points of top-1 agreement lost by the worst int8 file on held-out images
+    float_layers: tuple[str, ...]  # weighted layers taken out of int8, in the order they were chosen
+    float_mac_share: float  # share of the model's multiply-adds those layers do
+    agreement_loss: float  # points of top-1 agreement lost by the worst quantized file on held-out images
     met: bool
+    kept_in: str = "float"  # what those layers run in: float, or int16 (16-bit activations, --precision mixed)
 
     def to_dict(self) -> dict:
         return {"max_disagreement": self.max_disagreement, "float_layers": list(self.float_layers),
-                "float_mac_share": round(self.float_mac_share, 4),
+                "float_mac_share": round(self.float_mac_share, 4), "kept_in": self.kept_in,
                 "agreement_loss": round(self.agreement_loss, 2), "met": self.met}
 
 

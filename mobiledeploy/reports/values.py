@@ -77,7 +77,7 @@ class Artifact:
 
     file: str
     format: Literal["keras", "tflite", "onnx"]
-    precision: Literal["float32", "int8", "int16x8", "float16", "dynamic"]
+    precision: Literal["float32", "int8", "int16x8", "mixed", "float16", "dynamic"]
     sha256: str = ""
     size: int = 0
     details: dict = field(default_factory=dict)

@@ -132,11 +132,16 @@ def test_int8_only_settings_are_refused_with_another_precision(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-@pytest.fixture(scope="module", params=["int16x8", "float16", "dynamic"])
+# mixed: a budget of 0 on 100 held-out images, which full int8 misses on the reference model (99% with the
+# default 200 calibration images)
+EXTRA = {"mixed": ["--max-disagreement", "0", "--num-calib", "200", "--num-holdout", "100"]}
+
+
+@pytest.fixture(scope="module", params=["int16x8", "mixed", "float16", "dynamic"])
 def mode_build(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "build"
     result = cli("quantize", REFERENCE_MODEL, "--calib", ROOT / "calibration_data", "-o", out, "--num-calib", "64",
-                 "--num-holdout", "32", "--precision", request.param, "--json")
+                 "--num-holdout", "32", "--precision", request.param, "--json", *EXTRA.get(request.param, ()))
     assert result.exit_code == 0, result.output
     return request.param, out, json.loads(result.output[result.output.index("{"):])
 
@@ -165,9 +170,37 @@ def test_each_precision_writes_its_files_and_records_the_mode(mode_build):
         assert outputs.shape == reference.shape
         np.testing.assert_allclose(outputs, reference, atol=0.05)
     assert all(d["agreement"] >= 0.96 for d in result["drift"])
-    # the int8-activation refinements are off, and the weights are refined unless they are float16
-    assert recorded.records["dither"] is None and recorded.records["logit_floor"] is None
+    # the int8-activation refinements are off but for mixed, and the weights are refined unless they are float16
+    assert (recorded.records["logit_floor"] is None) == (precision != "mixed")
     assert (recorded.records["refinement"] is None) == (precision == "float16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode_build", ["mixed"], indirect=True)
+def test_mixed_gives_the_layers_the_search_chose_16_bit_activations_and_meets_its_budget(mode_build):
+    import onnx
+    from ai_edge_litert.interpreter import Interpreter
+
+    from mobiledeploy import manifest
+
+    _, out, result = mode_build
+    search = result["mixed_precision"]
+    assert search["kept_in"] == "int16" and search["met"] and search["agreement_loss"] == 0
+    chosen = search["float_layers"]
+    assert 1 <= len(chosen) <= 8
+    files = {a.file: a for a in manifest.read(out).files}
+    tflite = files["model_mixed.tflite"]
+    assert set(chosen) <= set(tflite.details["int16_layers"])
+    dtypes = {d["name"]: d["dtype"] for d in Interpreter(model_path=str(out / tflite.file)).get_tensor_details()}
+    tensors = tflite.details["tensor_map"]
+    wide = {tensors[layer] for layer in tflite.details["int16_layers"] if layer in tensors}
+    assert wide and all(dtypes[name] == np.int16 for name in wide)  # the chosen layers' outputs: 16-bit
+    others = [name for layer, name in tensors.items() if name not in wide]
+    assert others and all(dtypes[name] == np.int8 for name in others)  # every other layer's: int8
+    graph = onnx.load(str(out / "model_mixed.onnx")).graph
+    constants = {t.name: t.data_type for t in graph.initializer}
+    zero_points = [constants[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points.count(onnx.TensorProto.INT16) == len(wide) and onnx.TensorProto.INT8 in zero_points
 
 
 @pytest.mark.slow
@@ -190,14 +223,14 @@ def test_eval_and_the_gate_run_every_precision(mode_build):
 def test_analyze_reads_sixteen_bit_tensors_and_explains_float_activations(mode_build):
     precision, out, _ = mode_build
     result = cli("analyze", out, "--data", ROOT / "eval_data", "--max-images", "32", "--json")
-    if precision != "int16x8":
+    if precision not in ("int16x8", "mixed"):
         assert result.exit_code == 1
         (line,) = messages(result.output)
         assert "float activations" in line and "mobiledeploy eval" in line
         return
     assert result.exit_code == 0, result.output
     layers = json.loads(result.output[result.output.index("{"):])["layers"]
-    assert sorted(layers) == ["model_int16x8.onnx", "model_int16x8.tflite"]
+    assert sorted(layers) == [f"model_{precision}.onnx", f"model_{precision}.tflite"]
     rows = [row for per_file in layers.values() for row in per_file]
     assert min(len(per_file) for per_file in layers.values()) > 10  # every layer's tensor found in both files
     # 16-bit codes: a share of the 65,536 levels, never more than all of them
