@@ -322,7 +322,9 @@ def _table(levers, catalogue, labels, float_out, int8_out) -> None:
     for (index, artifact), rows in sorted(int8_out.items(), key=lambda kv: (levers.index(kv[0][0]), kv[0][1])):
         output = np.stack([rows[n] for n in names])
         top = output.argmax(axis=1)
-        base = np.stack([int8_out[(levers[0], artifact)][n] for n in names]).argmax(axis=1)
+        # the first lever's file of the same format (another --precision names its files differently)
+        base_file = next(a for i, a in int8_out if i == levers[0] and Path(a).suffix == Path(artifact).suffix)
+        base = np.stack([int8_out[(levers[0], base_file)][n] for n in names]).argmax(axis=1)
         right, base_right = top == truth, base == truth
         only_this, only_base = int(np.sum(right & ~base_right)), int(np.sum(base_right & ~right))
         sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2))
@@ -345,13 +347,15 @@ def _between_files(levers, catalogue, names, truth, int8_out) -> None:
     those each file gets right (without ImageNet labels: agrees with float on), the SQNR of the
     ONNX file's outputs against the TFLite file's, and how many images have a tie at the top of
     each file's outputs (argmax then takes the lower class index)."""
-    pairs = [index for index in levers if {(index, "model_int8.tflite"), (index, "model_int8.onnx")} <= set(int8_out)]
+    stems = {index: Path(a).stem for i, a in int8_out for index in [i]}  # model_int8, model_int16x8, ...
+    pairs = [index for index in levers
+             if {(index, f"{stems.get(index)}.tflite"), (index, f"{stems.get(index)}.onnx")} <= set(int8_out)]
     if not pairs:
         return
     print(f"{'TFLite vs ONNX, same lever':<42}{'classes differ':>15}{'TFLite right':>13}{'ONNX right':>11}"
           f"{'SQNR between':>13}{'ties at top':>12}")
     for index in pairs:
-        tflite, onnx = (np.stack([int8_out[(index, f"model_int8.{kind}")][n] for n in names])
+        tflite, onnx = (np.stack([int8_out[(index, f"{stems[index]}.{kind}")][n] for n in names])
                         for kind in ("tflite", "onnx"))
         differ = tflite.argmax(axis=1) != onnx.argmax(axis=1)
         right = [int(np.sum(differ & (o.argmax(axis=1) == truth))) for o in (tflite, onnx)]

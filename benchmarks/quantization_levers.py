@@ -61,6 +61,9 @@ _AS_MEASURED = [
     ("--precision dynamic", {"precision": "dynamic"}),
     ("--precision int16x8 --refine none", {"precision": "int16x8", "refine": "none"}),
     ("--precision dynamic --refine none", {"precision": "dynamic", "refine": "none"}),
+    # mixed measures its budget on held-out images: 50 come out of calibration, as for lever 8
+    ("--precision mixed (budget 1 point)", {"precision": "mixed", "num_holdout": 50}),
+    ("--precision mixed --max-disagreement 0", {"precision": "mixed", "max_disagreement": 0.0, "num_holdout": 50}),
 ]
 LEVERS = [(label, {"dither": "off", **fields}) for label, fields in _AS_MEASURED]
 

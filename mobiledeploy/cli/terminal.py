@@ -237,7 +237,7 @@ def print_bench(report) -> None:
     emulated = report.device != "cpu"
     title_device = f"{report.device} EMULATED by qemu (not device latency)" if emulated else report.device
     columns = ["artifact", "runtime", "KiB", "init", "first", "median", "p90", "p99", "std", "inf/s", "peak MB",
-               "GMAC/s", "vs float"]
+               "GMAC/s", "vs float", "agreement"]
     rows = []
     for r in report.rows:
         gmacs = r.gmacs_per_second
@@ -245,13 +245,17 @@ def print_bench(report) -> None:
         rows.append([r.artifact, r.runtime.split(" (")[0], f"{r.size / 1024:.0f}", f"{r.init_ms:.1f}",
                      f"{r.first_ms:.2f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
                      f"{r.std_ms:.3f}", f"{r.per_second:.0f}", f"{r.peak_rss_mb:.1f}",
-                     "-" if gmacs is None else f"{gmacs:.1f}", speed])
+                     "-" if gmacs is None else f"{gmacs:.1f}", speed,
+                     "-" if r.agreement is None else f"{r.agreement:.1%}"])
     console = make_console()
     console.print(fitted_table(console, f"{title_device}: {settings.num_threads} thread(s), batch {settings.batch_size}, "
                                f"inputs {report.inputs}; times in ms over >= {settings.num_runs} runs / "
                                f"{settings.min_secs:g} s (mean/min/max in --json and --csv)", columns, rows,
                                names=("runtime",), optional=("init", "first", "p99", "std", "peak MB", "GMAC/s", "KiB",
                                                             "inf/s", "p90")))
+    if any(r.agreement is not None for r in report.rows):
+        console.print("agreement: top-1 agreement with float on the build's held-out images, as quantize "
+                      "measured it (eval measures it on your data)")
     cpu = report.rows[0].cpu if report.rows else ""
     if not emulated and cpu:
         console.print(f"CPU: {cpu} (the features that pick the int8 kernels)")
@@ -264,6 +268,13 @@ def print_bench(report) -> None:
             word = "faster" if r.speedup_vs_float >= 1 else "slower"
             factor = r.speedup_vs_float if r.speedup_vs_float >= 1 else 1 / r.speedup_vs_float
             console.print(f"{r.artifact} is {factor:.2f}x {word} than the float {r.format} file")
+    for r in report.rows:
+        if r.precision in ("int16x8", "mixed"):
+            console.print(f"[yellow]note:[/] {r.artifact}: " + (
+                "LiteRT has no optimized kernels for 16-bit activations (its reference ones run them) and its "
+                "hardware delegates do not take them" if r.format == "tflite" else
+                "ONNX Runtime has no 16-bit integer kernels: it computes those node units in float between "
+                "their dequantize and quantize steps") + "; the time is that, not the device's best")
     if report.fastest is not None and not emulated:
         console.print(f"fastest: {report.fastest.artifact} ({report.fastest.runtime}), "
                       f"median {report.fastest.median_ms:.3f} ms")
@@ -291,7 +302,7 @@ def write_csv(report, path: Path) -> None:
 
     fields = ["artifact", "format", "precision", "runtime", "device", "threads", "batch", "size", "init_ms",
               "first_ms", "runs", "median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms",
-              "per_second", "peak_rss_mb", "macs", "gmacs_per_second", "speedup_vs_float"]
+              "per_second", "peak_rss_mb", "macs", "gmacs_per_second", "speedup_vs_float", "agreement"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

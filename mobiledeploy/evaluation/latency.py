@@ -55,8 +55,18 @@ def bench_build(
                              arm.process() if arm is not None else None, entry.details.get("tensor_map"))
         rows.append(dataclasses.replace(row, macs=macs))
     report("benchmark", len(entries), len(entries))
+    agreement = _agreements(build)
+    rows = [dataclasses.replace(r, agreement=agreement.get(r.artifact)) for r in rows]
     return BenchReport(str(target), arm.device if arm is not None else "cpu", source, settings,
                        _with_speedups(rows))
+
+
+def _agreements(build: manifest.Build | None) -> dict[str, float]:
+    """File -> its top-1 agreement with float as quantize measured it (the manifest's drift rows)."""
+    drift = build.manifest.records.get("drift") if build is not None else None
+    rows = drift.get("rows", []) if isinstance(drift, dict) else []
+    return {row["artifact"]: float(row["agreement"]) for row in rows
+            if isinstance(row, dict) and isinstance(row.get("agreement"), (int, float))}
 
 
 def _with_speedups(rows: list[LatencyReport]) -> tuple[LatencyReport, ...]:

@@ -163,6 +163,9 @@ class LatencyReport:
     peak_rss_mb: float  # resident memory the runtime added at its peak
     macs: int | None = None  # per image, from the folded model
     speedup_vs_float: float | None = None  # float median / this median, same format
+    # top-1 agreement with float on the build's held-out images (its manifest's drift): the accuracy
+    # this latency buys; None for float files and files without a build
+    agreement: float | None = None
     profile: tuple[dict, ...] = ()
     profile_note: str = ""
     cpu: str = ""  # as the runtime saw it (on ARM: the HWCAP features that pick kernels)

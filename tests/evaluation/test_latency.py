@@ -73,7 +73,9 @@ def bench_json(reference_build):
 
 
 @pytest.mark.slow  # whole builds: the full tier (.ci/run)
-def test_bench_times_every_artifact_consistently(bench_json):
+def test_bench_times_every_artifact_consistently(bench_json, reference_build):
+    from mobiledeploy import manifest
+
     rows = {r["artifact"]: r for r in bench_json["rows"]}
     assert set(rows) == {"model_float.tflite", "model_int8.tflite", "model_float.onnx", "model_int8.onnx"}
     for row in rows.values():
@@ -89,6 +91,10 @@ def test_bench_times_every_artifact_consistently(bench_json):
         assert int8_row["size"] < float_row["size"] / 2
     assert bench_json["fastest"] == min(rows.values(), key=lambda r: r["median_ms"])["artifact"]
     assert all(row["runtime_float_ops"] == {} for row in rows.values())  # v1: no Add, everything fuses
+    # each quantized file's latency next to the agreement quantize measured for it (the manifest's drift)
+    drift = {row["artifact"]: row["agreement"] for row in manifest.read(reference_build).records["drift"]["rows"]}
+    assert set(drift) == {"model_int8.tflite", "model_int8.onnx"}
+    assert {name: row["agreement"] for name, row in rows.items()} == {**{name: None for name in rows}, **drift}
 
 
 def test_table_csv_and_profile(reference_build, tmp_path):
