@@ -34,7 +34,7 @@ PRECISIONS = ("float32", "int8", "int16x8", "mixed", "float16", "dynamic")
 # what each stage that rewrote the float model's channels recorded, with the model it wrote
 STAGES_WITH_REFERENCE = ("equalization", "dither")
 RECORDS = ("input_scaling", "calibration", "settings", "folding", "equalization", "dither", "refinement",
-           "logit_floor", "activation_ranges", "mixed_precision", "drift", "versions")
+           "logit_floor", "activation_ranges", "mixed_precision", "quantization_aware", "drift", "versions")
 
 
 class ManifestError(MobiledeployError):
@@ -109,7 +109,8 @@ class Manifest:
             "preprocessing": self.preprocessing.to_dict(), "input_scaling": record("input_scaling"),
             "head": {"kind": self.head, "meaning": HEADS[self.head]},
             **{name: record(name) for name in ("calibration", "settings", "folding", "equalization", "dither",
-                                               "refinement", "logit_floor", "activation_ranges", "mixed_precision")},
+                                               "refinement", "logit_floor", "activation_ranges", "mixed_precision",
+                                               "quantization_aware")},
             "fallbacks": [f.to_dict() for f in self.fallbacks], "files": [a.to_dict() for a in self.files],
             "drift": record("drift"), "versions": record("versions"),
         }

@@ -83,6 +83,9 @@ def quantize(
 
     report("load model", 0, 1)
     loaded = load_model(model_path, trust=options.trust_model_code, input_size=options.input_size)
+    learned = loaded.learned_ranges  # quantization-aware training's ranges, used instead of calibrated ones
+    if learned is not None:
+        options = _quantization_aware(options)
     preprocessing = calibration.preprocessing_for(loaded.model, options.preprocess, options.crop_fraction)
     cset = calibration.scan(
         calib, preprocessing, options.num_calib, options.num_holdout, options.seed,
@@ -126,6 +129,8 @@ def quantize(
                                  _dither, equalized, samples, options, report)
     floor = _optional(fallbacks, "logit floor", None, _logit_floor, prepared, samples, options, report)
     ranges = _optional(fallbacks, "activation ranges", {}, _tensor_ranges, prepared, floor, samples, options, report)
+    if learned is not None:
+        ranges = {name: (low, high, low, high) for name, (low, high) in learned.layers.items()}
     which = "holdout" if cset.holdout else "calib"
     with staging.staged_directory(output_dir, options.overwrite, inputs) as work:
         report("save the folded model", 0, 1)
@@ -137,7 +142,7 @@ def quantize(
         warnings: list[str] = []
         artifacts, drift, refinement, settings, keep = _build_within_budget(
             work, folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks, warnings,
-            _pixel_range(preprocessing) if options.io == "uint8" else None)
+            learned.input if learned is not None else _pixel_range(preprocessing) if options.io == "uint8" else None)
         warnings += sanity.int8_files(drift)
         if options.metadata:
             artifacts = tflite_metadata.embed_in_build(work, artifacts, loaded.model.name, preprocessing, labels)
@@ -167,13 +172,14 @@ def quantize(
                 "activation_ranges": {name: {"range": [low, high], "calibrated": [cal_low, cal_high]}
                                       for name, (low, high, cal_low, cal_high) in ranges.items()} or None,
                 "mixed_precision": mixed_report.to_dict() if mixed_report else None,
+                "quantization_aware": learned.to_dict() if learned is not None else None,
                 "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
                 "versions": manifest.library_versions(),
             }))
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
                           equalization, mixed_report, floor, scaling, head,
                           tuple((name, *r) for name, r in sorted(ranges.items())), dither, tuple(fallbacks),
-                          tuple(warnings), report.stages())
+                          tuple(warnings), report.stages(), learned.to_dict() if learned is not None else None)
 
 
 def _optional(fallbacks: list[Fallback], setting: str, plain, stage, *args):
@@ -270,6 +276,16 @@ def _labels(model, options: QuantizeOptions) -> tuple[str, ...]:
         raise MobiledeployError(f"--labels {options.labels}: {len(names)} class names, but the model has {classes} "
                                 "outputs; expected one name per output, in output order")
     return names
+
+
+def _quantization_aware(options: QuantizeOptions) -> QuantizeOptions:
+    """A quantization-aware trained model's settings: its trained weights as they are (no
+    refinement) and its learned ranges (none narrowed or floored, no copies); int8 only, the
+    precision it trained for."""
+    if options.precision != "int8":
+        raise MobiledeployError(f"the model was trained for int8 (quantization-aware); --precision {options.precision} "
+                                "would not use what it learned: drop --precision")
+    return replace(options, refine="none", dither="off", logit_floor="off", activation_ranges="minmax", equalize="off")
 
 
 def _pixel_range(preprocessing) -> tuple[float, float]:

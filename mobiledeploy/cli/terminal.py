@@ -126,7 +126,12 @@ def print_quantize(result) -> None:
         f = result.logit_floor
         console.print(f"logit floor: int8 {f.layer} floored at {f.floor:.3g} (was {f.calibrated_range[0]:.3g}), "
                       f"{f.step_ratio:.2f}x finer step; {f.share_below:.0%} of logits raised")
-    if result.activation_ranges:
+    if result.quantization_aware is not None:
+        learned = result.quantization_aware
+        console.print(f"quantization-aware trained: the ranges training learned for {len(learned['layers'])} layer "
+                      f"outputs{' and the input' if learned['input_range'] else ''} replace calibrated ones; the "
+                      "weights stay as trained (no refinement)")
+    elif result.activation_ranges:
         shrink = [(high - low) / (max(cal_high, 0) - min(cal_low, 0))
                   for _, low, high, cal_low, cal_high in result.activation_ranges]
         console.print(f"int8 ranges: {len(shrink)} tensor(s) no ReLU bounds narrowed to {min(shrink):.0%} to "

@@ -30,6 +30,8 @@ SUPPORTED_ACTIVATIONS = frozenset(
      "hard_swish", "hard_silu", "tanh", "elu", "gelu"}
 )
 CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
+# TensorFlow Model Optimization's wrappers: .h5 files unwrap them first (qat.py), other formats stop here
+QUANTIZATION_AWARE = frozenset({"QuantizeWrapperV2", "QuantizeWrapper", "QuantizeLayer"})
 
 
 
@@ -96,6 +98,10 @@ def _check_layer(layer: dict, path: Path, trust: bool) -> None:
         for inner in cfg.get("layers") or []:
             _check_layer(inner, path, trust)
         return
+    if kind in QUANTIZATION_AWARE:
+        raise ModelLoadError(
+            f"{path}: layer '{name}' is a {kind} of quantization-aware training, read from .h5 files only; "
+            "save the model with tf-keras as model.save('model.h5') and quantize that")
     if kind in CODE_LAYERS or _has_custom_object(cfg):
         if trust:
             return

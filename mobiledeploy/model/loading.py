@@ -13,7 +13,6 @@ same path: config JSON -> check -> translate for Keras 3 (``keras2_config``) -> 
 
 from __future__ import annotations
 
-import math
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -27,8 +26,10 @@ from ..manifest import MANIFEST, ManifestError, open_build
 from ..quiet import import_tensorflow
 from .allowlist import check_config, checked_keras2_config, parsing
 from .declared import check_declared_size
-from ..limits import MAX_JSON_BYTES, MAX_WEIGHT_BYTES
+from ..limits import MAX_JSON_BYTES
+from . import qat
 from .sizing import fixed_size
+from .checkpoint_input import checkpoint_weights
 from .h5_input import check_tree, text_attribute
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class LoadedModel:
     source_format: str  # "h5", "keras", "savedmodel"
     saved_by: str  # Keras version that wrote the file, when known
     trusted: bool
+    # a quantization-aware trained model: the ranges its training learned (None for any other model)
+    learned_ranges: qat.LearnedRanges | None = None
 
 
 def load_model(path: str | Path, *, trust: bool = False, input_size: tuple[int, int] | None = None) -> LoadedModel:
@@ -123,12 +126,16 @@ def _load_h5(path: Path, trust: bool) -> LoadedModel:
                 "save the whole model with model.save('model.h5'), not save_weights()"
             )
         config = _parse_json(raw, path)
+        quantization_aware = qat.is_quantization_aware(config)
+        if quantization_aware:  # the float model inside the wrappers, with the ranges they learned
+            config = qat.unwrap(config, path)
         saved_by = text_attribute(handle, "keras_version", path) or "unknown"
         model, renamed = _build(config, path, trust)
         group = handle["model_weights"] if "model_weights" in handle else handle
         weights = {renamed.get(name, name): values for name, values in _h5_weights(group, path)}
-    _assign_weights(model, weights, path)
-    return LoadedModel(flatten(model), str(path), "h5", saved_by, trust)
+    learned = qat.learned_ranges(weights, path) if quantization_aware else None
+    _assign_weights(model, qat.layer_weights(weights) if quantization_aware else weights, path)
+    return LoadedModel(flatten(model), str(path), "h5", saved_by, trust, learned)
 
 
 def _h5_weights(group, path: Path) -> Iterator[tuple[str, list]]:
@@ -242,48 +249,9 @@ def _load_savedmodel(path: Path, trust: bool) -> LoadedModel:
             "re-save the model with model.save('model.keras')"
         ) from None
     model, renamed = _build(config, path, trust)
-    weights = _checkpoint_weights(path / "variables" / "variables", path)
+    weights = checkpoint_weights(path / "variables" / "variables", path)
     _assign_weights(model, {renamed.get(name, name): values for name, values in weights.items()}, path)
     return LoadedModel(flatten(model), str(path), "savedmodel", str(meta.get("keras_version", "unknown")), trust)
-
-
-def _checkpoint_weights(prefix: Path, path: Path) -> dict[str, list]:
-    """The SavedModel's variables, read from its checkpoint files as data: layer name -> [(weight
-    name, array)]. ``tf.saved_model.load`` would restore the graph's functions and run their
-    initializers, which are code stored in the file; the checkpoint's object graph names each
-    variable (``conv1/kernel``) without running anything."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-    try:
-        reader = tf.train.load_checkpoint(str(prefix))
-        graph = trackable_object_graph_pb2.TrackableObjectGraph()
-        graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-        shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
-        names = [(a.full_name, a.checkpoint_key) for node in graph.nodes for a in node.attributes
-                 if a.name == "VARIABLE_VALUE" and a.checkpoint_key in shapes]
-        _check_declared_bytes(sum(math.prod(shapes[key]) * dtypes[key].size for _, key in names), prefix, path)
-        weights: dict[str, list] = {}
-        for full_name, key in names:
-            layer_name, _, weight_name = full_name.rpartition("/")
-            weights.setdefault(layer_name, []).append((weight_name, reader.get_tensor(key)))
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # TensorFlow raises several types for damaged checkpoints
-        raise ModelLoadError(
-            f"{path}: the SavedModel's variables are unreadable ({first_line(exc)}); "
-            "re-save the model with model.save('model.keras')"
-        ) from None
-    return weights
-
-
-def _check_declared_bytes(declared: int, prefix: Path, path: Path) -> None:
-    """A checkpoint stores its tensors uncompressed: what its index declares must fit in its data
-    files (and the budget) before a tensor is read."""
-    stored = sum(f.stat().st_size for f in prefix.parent.glob(prefix.name + ".data-*") if f.is_file())
-    if declared > min(stored + (1 << 20), MAX_WEIGHT_BYTES):
-        raise ModelLoadError(f"{path}: refused: its variables declare {declared:,} bytes but the checkpoint "
-                             f"stores {stored:,} (budget {MAX_WEIGHT_BYTES:,}); re-save the model")
 
 
 # --- config checks and model building ---------------------------------------------------

@@ -235,6 +235,8 @@ class QuantizeResult:
     fallbacks: tuple[Fallback, ...] = ()  # optional refinements that fell back, per layer
     warnings: tuple[str, ...] = ()  # results that mean little (evaluation/sanity.py)
     stages: tuple[tuple[str, float], ...] = ()  # (step, seconds) as the progress reported them
+    # a quantization-aware trained model: the ranges its training learned (model.qat.LearnedRanges.to_dict())
+    quantization_aware: dict | None = None
 
     @property
     def precision(self) -> str:
@@ -253,6 +255,7 @@ class QuantizeResult:
             "input_scaling": self.input_scaling.to_dict() if self.input_scaling else None,
             "logit_floor": self.logit_floor.to_dict() if self.logit_floor else None,
             "mixed_precision": self.mixed_precision.to_dict() if self.mixed_precision else None,
+            "quantization_aware": self.quantization_aware,
             "equalization": self.equalization.to_dict() if self.equalization else None,
             "artifacts": [a.to_dict() for a in self.artifacts],
             "folding": self.fold.to_dict(),
