@@ -78,7 +78,8 @@ class ExportSettings:
 
     precision: str = "int8"  # of the quantized files: one of PRECISIONS
     io: IoType = "int8"  # int8 I/O for the TFLite int8 file (ONNX QDQ keeps float I/O); uint8: camera pixels in
-    # with io uint8: the input range the pixel scaling gives 0..255 (the input codes are then the pixels)
+    # the int8 range of the model's input instead of its calibrated one: what the pixel scaling gives
+    # 0..255 (io uint8: the input codes are then the pixels), or a quantization-aware model's learned one
     input_range: tuple[float, float] | None = None
     onnx_activations: str = "int8"  # the int8 ONNX file's activation type: int8 | uint8 (weights stay int8)
     per_channel: bool = True  # per-tensor collapses MobileNets; only for accelerators that need it

@@ -30,7 +30,7 @@ from .. import manifest
 from ..data import calibration, datasets
 from ..errors import MobiledeployError
 from ..model.loading import float_model, load_model
-from ..options import Progress
+from ..options import WEIGHT_ONLY, Progress
 from ..passes.logit_floor import apply_floor
 from ..reports import AnalyzeReport, LayerDrift
 from ..runtime.onnx_session import disabled_optimizers, session_options
@@ -251,11 +251,13 @@ def analyze_build(build_dir: str | Path, data: str | Path, max_images: int = 200
     int8 = {e.file: (build.path(e), e.details.get("tensor_map", {})) for e in files if e.quantized and e.details.get("tensor_map")}
     if not int8:
         quantized = [e for e in files if e.quantized]
-        raise MobiledeployError(
-            f"{build_dir}: analyze compares the quantized activations of a build's files with float's, and "
-            f"{', '.join(e.file for e in quantized) or 'no file'} hold float activations "
-            f"({quantized[0].precision if quantized else 'no quantized file'}); use mobiledeploy eval for their "
-            "drift, or quantize with --precision int8 or int16x8")
+        if quantized and all(e.precision in WEIGHT_ONLY for e in quantized):
+            raise MobiledeployError(
+                f"{build_dir}: analyze compares the quantized activations of a build's files with float's, and "
+                f"{', '.join(e.file for e in quantized)} hold float activations ({quantized[0].precision}); use "
+                "mobiledeploy eval for their drift, or quantize with --precision int8, int16x8 or mixed")
+        raise MobiledeployError(f"{build_dir}: no quantized file records which tensor holds each layer's output; "
+                                "re-run mobiledeploy quantize")
     total = min(max_images, len(dataset.items))
     batches = datasets.iter_batches(dataset, build.manifest.preprocessing, batch_size)
     limited = calibration.first_samples(batches, total)

@@ -20,13 +20,13 @@ from . import tensor_map
 from .tensor_map import TensorMap, uncovered_float_layers
 
 FLOAT_FILE = "model_float.tflite"
+BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+SHAPE_OPS = frozenset({"SHAPE"})  # read a tensor's shape, not its values: nothing computes in float
 
 
 def quantized_file(precision: str) -> str:
     """The quantized file's name: model_int8.tflite, model_int16x8.tflite, ..."""
     return f"model_{precision}.tflite"
-BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
-SHAPE_OPS = frozenset({"SHAPE"})  # read a tensor's shape, not its values: nothing computes in float
 
 
 def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
