@@ -236,3 +236,44 @@ def test_analyze_reads_sixteen_bit_tensors_and_explains_float_activations(mode_b
     # 16-bit codes: a share of the 65,536 levels, never more than all of them
     assert all(0 < row["levels_used"] <= 1 for row in rows)
     assert all(row["sqnr_db"] > 25 for row in rows)
+
+
+@pytest.mark.slow
+def test_bench_times_every_precision_next_to_its_agreement(mode_build):
+    precision, out, result = mode_build
+    quick = ["--warmup-runs", 1, "--num-runs", 3, "--min-secs", 0]
+    timed = cli("bench", out, *quick, "--json")
+    assert timed.exit_code == 0, timed.output
+    rows = {r["artifact"]: r for r in json.loads(timed.output[timed.output.index("{"):])["rows"]}
+    drift = {d["artifact"]: d["agreement"] for d in result["drift"]}
+    for fmt in ("tflite", "onnx"):
+        row = rows[f"model_{precision}.{fmt}"]
+        assert row["precision"] == precision and row["median_ms"] > 0
+        assert row["agreement"] == drift[row["artifact"]]
+        assert row["speedup_vs_float"] == pytest.approx(rows[f"model_float.{fmt}"]["median_ms"] / row["median_ms"])
+    table = cli("bench", out, *quick)
+    says_slow = "no optimized kernels for 16-bit activations" in " ".join(table.output.split())  # unwrapped
+    assert says_slow == (precision in ("int16x8", "mixed"))  # where runtimes run reference kernels, bench says so
+
+
+@pytest.mark.arm
+@pytest.mark.slow
+def test_every_precision_runs_under_arm_emulation(mode_build, tmp_path):
+    import shutil
+
+    from mobiledeploy.runtime.arm import provisioning
+
+    provisioning.setup()
+    precision, out, _ = mode_build
+    for folder in sorted(p for p in (ROOT / "eval_data").iterdir() if p.is_dir()):
+        (tmp_path / folder.name).mkdir()
+        for image in sorted(folder.iterdir())[:4]:
+            shutil.copy(image, tmp_path / folder.name / image.name)
+    result = cli("eval", out, "--data", tmp_path, "--device", "arm:cortex-a76", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["artifact"]: r for r in json.loads(result.output[result.output.index("{"):])["rows"]}
+    for fmt in ("tflite", "onnx"):
+        row = rows[f"model_{precision}.{fmt}"]
+        assert row["device"] == "arm:cortex-a76" and row["precision"] == precision
+        assert row["x86_top1_agreement"] >= 0.95  # the emulated ARM kernels give this CPU's classes
+        assert row["agreement"] >= 0.9
