@@ -78,8 +78,13 @@ def iter_batches(data: EvalData, preprocessing: Preprocessing, batch_size: int =
             raise DataError(f"evaluation data: {exc}") from None
 
 
+def _class_folders(source: Path) -> list[str]:
+    """The class folders of an evaluation folder, in the order they map to outputs (sorted)."""
+    return sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _open_folder(source: Path, names: list[str] | None, labels_file) -> EvalData:
-    folders = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = _class_folders(source)
     loose = [p for p in source.iterdir() if is_regular(p) and p.name.lower().endswith(IMAGE_EXTENSIONS)]
     if not folders or loose:
         files = list_images(source)
@@ -128,7 +133,7 @@ def class_names(source: str | Path) -> list[str]:
     evaluation folder in the order eval reads them (sorted)."""
     source = Path(source)
     if source.is_dir():
-        folders = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = _class_folders(source)
         if not folders:
             raise DataError(f"{source}: no class folders; expected a labels file (one class name per line) or a "
                             "folder with one sub-folder per class")

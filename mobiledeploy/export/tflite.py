@@ -49,16 +49,9 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     source = int8_model if int8_model is not None else model
     if settings.precision in WEIGHT_ONLY:
         return [_float_artifact(), _weight_only(source, directory, settings.precision)]
-    converter = tf.lite.TFLiteConverter.from_keras_model(source)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.representative_dataset = lambda: (
-        [batch[i:i + 1]] for batch in representative() for i in range(len(batch))
-    )
+    converter = _calibrating(source, representative, settings, tf.lite.OpsSet.TFLITE_BUILTINS_INT8)
     if settings.io in ("int8", "uint8") and settings.precision == "int8":
         converter.inference_input_type = converter.inference_output_type = getattr(tf, settings.io)
-    if not settings.per_channel:
-        converter._experimental_disable_per_channel = True  # no public switch exists
     converter._experimental_calibrate_only = True
     calibrated = _convert(converter)
     probe = tensor_map.probe_batch(representative)
@@ -111,15 +104,24 @@ def _int16x8(source, representative: Callable[[], Iterable[np.ndarray]], setting
     that LiteRT's 16x8 depthwise kernel refuses), so it calibrates again on the same images."""
     import tensorflow as tf
 
+    ops = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+    return _convert(_calibrating(source, representative, settings, ops))
+
+
+def _calibrating(source, representative: Callable[[], Iterable[np.ndarray]], settings: ExportSettings, ops):
+    """A converter of ``source`` to the integer operator set ``ops``, calibrated one image at a time
+    on the representative batches, with one weight scale per channel unless settings say per tensor."""
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_keras_model(source)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    converter.target_spec.supported_ops = [ops]
     converter.representative_dataset = lambda: (
         [batch[i:i + 1]] for batch in representative() for i in range(len(batch))
     )
     if not settings.per_channel:
-        converter._experimental_disable_per_channel = True
-    return _convert(converter)
+        converter._experimental_disable_per_channel = True  # no public switch exists
+    return converter
 
 
 def _mixed(source, representative: Callable[[], Iterable[np.ndarray]], calibrated: bytes, mapping: TensorMap,

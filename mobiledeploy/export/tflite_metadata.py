@@ -59,13 +59,13 @@ def embed(path: Path, metadata: Metadata) -> None:
     entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
     model.metadata = [*entries, entry]
     content = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-    if metadata.labels:
-        archive = io.BytesIO()
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as files:
+    if metadata.labels:  # a zip archive appended after the model: the whole file reads as both
+        result = io.BytesIO(content)
+        with zipfile.ZipFile(result, "a", zipfile.ZIP_STORED) as files:
             # a fixed date: the same inputs give the same bytes
             files.writestr(zipfile.ZipInfo(LABELS_FILE, date_time=(1980, 1, 1, 0, 0, 0)),
                            "".join(f"{label}\n" for label in metadata.labels))
-        content = _appended_zip(content, archive.getvalue())
+        content = result.getvalue()
     path.write_bytes(content)
 
 
@@ -104,7 +104,7 @@ def read(path: Path) -> Metadata | None:
         return None
     if data[4:8] != IDENTIFIER:
         raise ValueError(f"{path}: TFLITE_METADATA is not a ModelMetadata buffer (identifier {data[4:8]!r})")
-    root = _table(Table, data, int.from_bytes(data[:4], "little"))
+    root = Table(bytearray(data), int.from_bytes(data[:4], "little"))
     graph = _tables(root, 3)[0]  # subgraph_metadata
     source = _tables(graph, 2)[0]  # input_tensor_metadata
     content_table = _table_at(source, 3)
@@ -131,16 +131,6 @@ def _model_bytes(content: bytes) -> bytes:
     with zipfile.ZipFile(io.BytesIO(content)) as files:
         start = min((info.header_offset for info in files.infolist()), default=len(content))
     return content[:start]
-
-
-def _appended_zip(model: bytes, archive: bytes) -> bytes:
-    """``archive`` after ``model``, its offsets moved so that the whole is a valid zip file."""
-    result = io.BytesIO()
-    result.write(model)
-    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(result, "a", zipfile.ZIP_STORED) as target:
-        for info in source.infolist():
-            target.writestr(info, source.read(info))
-    return result.getvalue()
 
 
 def _model_metadata(m: Metadata) -> bytes:
@@ -205,10 +195,6 @@ def _model_metadata(m: Metadata) -> bytes:
                   (3, "offset", vector([graph])), (7, "offset", string(MIN_PARSER_VERSION))])
     b.Finish(root, file_identifier=IDENTIFIER)
     return bytes(b.Output())
-
-
-def _table(table_class, data: bytes, position: int):
-    return table_class(bytearray(data), position)
 
 
 def _field(table, slot: int) -> int:
