@@ -103,7 +103,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
             # without this, ONNX Runtime re-quantizes the float layers (see runners)
             "session_options": {"disabled_optimizers": ORT_DISABLED_OPTIMIZERS} if float_nodes else {},
             # without these, ONNX Runtime's int8 kernels saturate on x86-64 CPUs without VNNI (see runners)
-            "session_config": dict(ORT_SESSION_CONFIG) if settings.precision == "int8" else {},
+            "session_config": dict(ORT_SESSION_CONFIG) if settings.precision != "int16x8" else {},  # int8 node units
             # which quantized tensor of this file holds each layer's output (analyze reads it)
             "tensor_map": mapping.recorded(keras_model, quantized),
             "kept_nodes": kept,
