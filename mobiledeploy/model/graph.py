@@ -66,12 +66,14 @@ def activation_name(layer) -> str:
 
 
 def run_layer(layer, inputs: list, chunk: int):
-    """Run one layer over a set of images in chunks (eager, inference mode)."""
+    """Run one layer over a set of images in chunks (eager, inference mode): a new float32 array."""
     import numpy as np
 
-    parts = []
+    result = None
     for start in range(0, len(inputs[0]), chunk):
         args = [x[start:start + chunk] for x in inputs]
-        out = layer(args[0] if len(args) == 1 else args, training=False)
-        parts.append(np.asarray(out, np.float32))
-    return np.concatenate(parts)
+        out = np.asarray(layer(args[0] if len(args) == 1 else args, training=False), np.float32)
+        if result is None:
+            result = np.empty((len(inputs[0]), *out.shape[1:]), np.float32)
+        result[start:start + len(out)] = out
+    return result

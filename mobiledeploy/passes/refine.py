@@ -35,10 +35,12 @@ from .rounding import adaround, quantize_weights, rounding_images
 
 ACTIVATIONS = {"ReLU", "Activation"}
 PASS_THROUGH = {"Dropout", "InputLayer"}  # identity at inference; no new quantization point
+SLICE = 1 << 16  # fake_quantize rounds an activation tensor this many values at a time
 
 
-def fake_quantize(x: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Asymmetric int8 rounding over [low, high] (widened to hold 0), as the converters do."""
+def fake_quantize(x: np.ndarray, low: float, high: float, in_place: bool = False) -> np.ndarray:
+    """Asymmetric int8 rounding over [low, high] (widened to hold 0), as the converters do.
+    ``in_place``: ``x`` is a float32 array nobody else reads; its memory takes the result."""
     low, high = min(float(low), 0.0), max(float(high), 0.0)
     if high - low <= 0:
         return x
@@ -47,25 +49,33 @@ def fake_quantize(x: np.ndarray, low: float, high: float) -> np.ndarray:
     if np.asarray(x).dtype != np.float32:
         q = np.clip(np.round(x / scale) + zero_point, -128, 127)
         return ((q - zero_point) * scale).astype(np.float32)
-    # float32 values (every activation): the codes in place in float32 (they and the zero point
-    # are integers, exact in float32), then each of the 256 codes' value, computed once as the
-    # float64 lines above compute it, looked up: the same values without float64 temporaries
-    q = np.divide(x, np.float32(scale), dtype=np.float32)
-    np.round(q, out=q)
-    q += np.float32(zero_point)
-    np.clip(q, -128, 127, out=q)
+    # float32 values (every activation): a slice at a time (one that stays in the CPU's cache), the
+    # codes in place in float32 (they and the zero point are integers, exact in float32), then each
+    # of the 256 codes' value, computed once as the float64 lines above compute it, looked up: the
+    # same values without float64 temporaries
     values = ((np.arange(-128, 128, dtype=np.float64) - zero_point) * scale).astype(np.float32)
-    codes = q.astype(np.int16)
-    codes += 128
-    return values[codes]
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = flat if in_place else np.empty_like(flat)  # a slice is read before its result is written
+    q, codes = np.empty(min(SLICE, flat.size), np.float32), np.empty(min(SLICE, flat.size), np.int16)
+    for start in range(0, flat.size, SLICE):
+        part = flat[start:start + SLICE]
+        qs, cs = q[:len(part)], codes[:len(part)]
+        np.divide(part, np.float32(scale), out=qs)
+        np.round(qs, out=qs)
+        qs += np.float32(zero_point + 128)  # the code's index in ``values``
+        np.clip(qs, 0, 255, out=qs)
+        cs[...] = qs
+        np.take(values, cs, out=out[start:start + len(part)])
+    return out.reshape(np.shape(x))
 
 
-def round_activations(x: np.ndarray, low: float, high: float, bits: int | None = 8) -> np.ndarray:
+def round_activations(x: np.ndarray, low: float, high: float, bits: int | None = 8,
+                      in_place: bool = False) -> np.ndarray:
     """An activation tensor as the quantized files hold it: asymmetric int8 over [low, high]
     (``fake_quantize``), symmetric int16 over the larger of |low| and |high| (TFLite's 16x8 mode), or
-    float (``bits=None``: int8 weights with float activations)."""
+    float (``bits=None``: int8 weights with float activations). ``in_place`` as ``fake_quantize``'s."""
     if bits == 8:
-        return fake_quantize(x, low, high)
+        return fake_quantize(x, low, high, in_place)
     if bits is None:
         return x
     levels = 2 ** (bits - 1) - 1
@@ -153,7 +163,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                     weights = twin.get_weights()
                     weights[-1] = (weights[-1] - error).astype(np.float32)
                     twin.set_weights(weights)
-                    x_quant = x_quant - error.astype(np.float32)
+                    x_quant -= error.astype(np.float32)
                     shifts[name] = float(np.max(np.abs(error)))
                 done += 1
                 if progress:
@@ -164,7 +174,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             if name in rounded:
                 low, high = (ranges or {}).get(name, (x_float.min(), min(x_float.max(), clips.get(name, np.inf))))
-                x_quant = round_activations(x_quant, low, high, 16 if name in sixteen_bit else activation_bits)
+                x_quant = round_activations(x_quant, low, high, 16 if name in sixteen_bit else activation_bits,
+                                            in_place=True)  # run_layer's own array
         float_out[name], quant_out[name] = x_float, x_quant
         for parent in node["inputs"]:  # free what no later layer needs
             remaining[parent] -= 1

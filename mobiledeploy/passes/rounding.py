@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 LEVELS = 127  # symmetric int8 weights: the converters' scale is max|w| / 127
+BLOCK = 64  # coordinates whose flips _descend hands to the other gradient rows in one product
 VALIDATION_FOLDS = 4  # a layer short of calibration positions keeps adaptive rounding only if it wins on every fold
 
 
@@ -139,33 +140,49 @@ def _held_out_error(wq: np.ndarray, w: np.ndarray, moments: list[np.ndarray]) ->
 
 def _descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, sweeps: int) -> np.ndarray:
     """Coordinate descent over q_k in {floor(w_k), ceil(w_k)} for f(q) = qᵀAq - 2qᵀBw (in
-    units of the grid). ``a``/``b`` are (d, d) shared by all output channels, or (O, d, d)."""
+    units of the grid). ``a``/``b`` are (d, d) shared by all output channels, or (O, d, d).
+
+    Each flip of q_k moves the gradient of every coordinate by a column of A. With A shared the
+    coordinates go in blocks of ``BLOCK``: a flip moves the gradient of its own block's rows at
+    once (the next decisions read them), and the other rows take the whole block's flips in one
+    matrix product after it, so every decision reads the same gradient as one row at a time."""
     q = np.round(w)
     alternative = np.where(q > w, np.floor(w), np.ceil(w))
     shared = a.ndim == 2
     target = (b @ w) if shared else np.einsum("okl,lo->ko", b, w)  # (d, O)
     grad = ((a @ q) if shared else np.einsum("okl,lo->ko", a, q)) - target
     diag = np.diag(a)[:, None] if shared else np.einsum("okk->ko", a)
+    size = w.shape[0]
+    block = BLOCK if shared else size  # one A per channel: a kernel's few taps, one block
     for _ in range(sweeps):
         changed = 0
-        for k in range(w.shape[0]):
-            step = alternative[k] - q[k]
-            delta = step * step * diag[k] + 2 * step * grad[k]
-            take = (delta < -1e-12) & (step != 0)
-            if not take.any():
-                continue
-            columns = np.flatnonzero(take)
-            if len(columns) * 8 > len(take):  # many channels flip: update all (adding 0 changes nothing)
-                step = np.where(take, step, 0.0)
-                alternative[k] = np.where(take, q[k], alternative[k])
-                q[k] += step
-                grad += (a[:, k][:, None] * step) if shared else a[:, :, k].T * step
-            else:  # few flip (most sweeps after the first): only their gradients move
-                step = step[columns]
-                alternative[k, columns] = q[k, columns]
-                q[k, columns] += step
-                grad[:, columns] += (a[:, k][:, None] * step) if shared else a[columns, :, k].T * step
-            changed += len(columns)
+        for start in range(0, size, block):
+            end = min(start + block, size)
+            rows = slice(start, end) if shared else slice(None)  # the gradient rows a flip moves at once
+            steps = np.zeros((end - start, w.shape[1]))
+            for k in range(start, end):
+                step = alternative[k] - q[k]
+                delta = step * step * diag[k] + 2 * step * grad[k]
+                take = (delta < -1e-12) & (step != 0)
+                if not take.any():
+                    continue
+                columns = np.flatnonzero(take)
+                if len(columns) * 8 > len(take):  # many channels flip: update all (adding 0 changes nothing)
+                    step = np.where(take, step, 0.0)
+                    alternative[k] = np.where(take, q[k], alternative[k])
+                    q[k] += step
+                    steps[k - start] = step
+                    grad[rows] += (a[rows, k][:, None] * step) if shared else a[:, :, k].T * step
+                else:  # few flip (most sweeps after the first): only their gradients move
+                    step = step[columns]
+                    alternative[k, columns] = q[k, columns]
+                    q[k, columns] += step
+                    steps[k - start, columns] = step
+                    grad[rows, columns] += (a[rows, k][:, None] * step) if shared else a[columns, :, k].T * step
+                changed += len(columns)
+            if shared and steps.any():  # the rows outside the block: its flips in one product each side
+                grad[:start] += a[:start, start:end] @ steps
+                grad[end:] += a[end:, start:end] @ steps
         if changed == 0:
             break
     return q

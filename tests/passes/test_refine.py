@@ -276,6 +276,23 @@ def test_fake_quantize_in_float32_rounds_as_in_float64():
         assert np.array_equal(fake_quantize(values, low, high), expected)
 
 
+def test_fake_quantize_of_a_tensor_larger_than_a_slice_in_place_or_not():
+    """Rounded a slice at a time (refine.SLICE values): every slice, the last one short, gives the
+    float64 formula's values, in a new array or in the tensor's own memory."""
+    from mobiledeploy.passes.refine import SLICE
+
+    values = (np.random.default_rng(2).normal(size=(5, 61, 67, 9)) * 3).astype(np.float32)
+    assert values.size > 2 * SLICE and values.size % SLICE
+    low, high = -2.5, 7.0
+    scale = (high - low) / 255.0
+    zero_point = np.round(-128 - low / scale)
+    expected = ((np.clip(np.round(values / scale) + zero_point, -128, 127) - zero_point) * scale).astype(np.float32)
+    copy = fake_quantize(values, low, high)
+    assert np.array_equal(copy, expected) and not np.shares_memory(copy, values)
+    in_place = fake_quantize(values, low, high, in_place=True)
+    assert np.array_equal(in_place, expected) and np.shares_memory(in_place, values)
+
+
 def _descend_reference(w, a, b, sweeps):
     """Coordinate descent as first written: every output channel's gradient moves at each step."""
     q = np.round(w)
@@ -299,8 +316,9 @@ def _descend_reference(w, a, b, sweeps):
     return q
 
 
-@pytest.mark.parametrize("fan_in, channels, shared", [(48, 64, True), (9, 24, False), (200, 16, True)])
-def test_descent_that_updates_only_flipped_channels_finds_the_same_rounding(fan_in, channels, shared):
+@pytest.mark.parametrize("fan_in, channels, shared", [(48, 64, True), (9, 24, False), (200, 16, True), (150, 90, True)])
+def test_descent_in_blocks_that_updates_only_flipped_channels_finds_the_same_rounding(fan_in, channels, shared):
+    """Fan-ins over rounding.BLOCK (64) take several blocks, the last one short."""
     rng = np.random.default_rng(fan_in)
     if shared:
         x = rng.normal(size=(2000, fan_in))
