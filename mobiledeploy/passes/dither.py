@@ -45,7 +45,7 @@ import time
 import numpy as np
 
 from .folding import output_change, plain_config
-from ..model.graph import RELU_PASS_THROUGH, activation_name, follow, layer_graph, only_consumer, relu_cap, run_layer
+from ..model.graph import RELU_PASS_THROUGH, activation_name, follow, layer_graph, only_consumer, relu_cap
 from ..reports import DitherReport
 from .refine import fake_quantize
 
@@ -55,6 +55,7 @@ CHANNEL_BLOCK = 8  # the first conv's channel count after the copies is a multip
 MAX_COPIES = 4  # copies of one channel at most (measured up to 4 on the shared model); block
 # channels left over copy other channels exactly
 COST_IMAGES = 64  # calibration images that measure what rounding each channel costs the output
+VARIANT_BATCH = 128  # images in one batch of those measurements: a few channels' variants together
 # --dither auto copies only while the first conv keeps at most this many channels: measured on
 # this x86-64 CPU, 8 -> 16 channels cost no time in either runtime (0.25 MobileNet: TFLite
 # 1.00-1.02x, ONNX Runtime 0.89-0.93x; emulated cortex-a76: 1.17x and 1.14x), 16 -> 32 cost
@@ -237,26 +238,37 @@ def _rounding_costs(model, relu: str, channels: np.ndarray, step: float, images:
     order = list(graph)
     start, output = order.index(relu) + 1, model.outputs[0]._keras_history.operation.name
     errors = dict.fromkeys((int(c) for c in channels), 0.0)
+    per_run = max(1, VARIANT_BATCH // chunk)  # variants of a chunk that run through the model together
     for begin in range(0, len(images), chunk):  # a chunk at a time: 112x112 tensors of many images are large
-        values = _run(model, graph, order, 1, start, {order[0]: images[begin:begin + chunk]}, chunk)
-        exact = _run(model, graph, order, start, len(order), dict(values), chunk)[output]
+        values = {name: np.asarray(value, np.float32) for name, value in
+                  _run(model, graph, order, 1, start, {order[0]: images[begin:begin + chunk]}).items()}
+        count = len(images[begin:begin + chunk])
         rounded = fake_quantize(values[relu], 0.0, 255 * step)
-        for channel in errors:
-            changed = dict(values)
-            changed[relu] = values[relu].copy()
-            changed[relu][..., channel] = rounded[..., channel]
-            result = _run(model, graph, order, start, len(order), changed, chunk)[output]
+        variants: list[int | None] = [None, *errors]  # None: every channel exact
+        results = []
+        for group in range(0, len(variants), per_run):  # each variant's images one after the other in a batch
+            batch = variants[group:group + per_run]
+            changed = {name: np.concatenate([value] * len(batch)) for name, value in values.items()}
+            for i, channel in enumerate(batch):
+                if channel is not None:
+                    changed[relu][i * count:(i + 1) * count, ..., channel] = rounded[..., channel]
+            out = _run(model, graph, order, start, len(order), changed)[output]
+            results += np.split(np.asarray(out, np.float32), len(batch))
+        exact = results[0]
+        for channel, result in zip(errors, results[1:]):
             errors[channel] += float(np.sum((result - exact) ** 2))
     return errors
 
 
-def _run(model, graph: dict, order: list[str], begin: int, end: int, values: dict, chunk: int) -> dict:
+def _run(model, graph: dict, order: list[str], begin: int, end: int, values: dict) -> dict:
     """``values`` (the outputs of every earlier layer that a later one reads) with the layers
-    ``order[begin:end]`` run; a value is dropped once no later layer reads it (memory)."""
+    ``order[begin:end]`` run on them in one batch, their outputs left as the framework's tensors
+    (no copy between layers); a value is dropped once no later layer reads it (memory)."""
     last_read = {parent: i for i, name in enumerate(order) for parent in graph[name]["inputs"]}
     for i in range(begin, end):
         name = order[i]
-        values[name] = run_layer(model.get_layer(name), [values[p] for p in graph[name]["inputs"]], chunk)
+        inputs = [values[p] for p in graph[name]["inputs"]]
+        values[name] = model.get_layer(name)(inputs[0] if len(inputs) == 1 else inputs, training=False)
         for parent in graph[name]["inputs"]:
             if last_read[parent] == i:
                 values.pop(parent, None)
