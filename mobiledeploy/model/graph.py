@@ -77,3 +77,33 @@ def run_layer(layer, inputs: list, chunk: int):
             result = np.empty((len(inputs[0]), *out.shape[1:]), np.float32)
         result[start:start + len(out)] = out
     return result
+
+
+def layer_outputs(model, images, chunk: int):
+    """(layer name, its output on ``images``) for every layer of ``model``, in graph order (the
+    input layer's output is ``images``). The next layer runs in a background thread while the
+    caller works on the current one (the framework's kernels and numpy release the interpreter),
+    so a caller that does as much work per layer as the layer itself hides the forward pass. A
+    layer's output is released here once every layer that reads it has run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    graph = layer_graph(model)
+    order = list(graph.items())
+    remaining = {name: len(node["consumers"]) for name, node in order}
+    values: dict = {}
+
+    def run(name: str, node: dict, inputs: list):
+        return images if node["kind"] == "InputLayer" else run_layer(model.get_layer(name), inputs, chunk)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="forward") as pool:
+        pending = pool.submit(run, *order[0], [])
+        for i, (name, node) in enumerate(order):
+            values[name] = output = pending.result()
+            for parent in node["inputs"]:
+                remaining[parent] -= 1
+                if remaining[parent] == 0:
+                    values.pop(parent)
+            if i + 1 < len(order):
+                following, its_node = order[i + 1]
+                pending = pool.submit(run, following, its_node, [values[p] for p in its_node["inputs"]])
+            yield name, output

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..model.graph import WEIGHTED, layer_graph, run_layer
+from ..model.graph import WEIGHTED, layer_graph, layer_outputs, run_layer
 from ..reports import RefineReport
 from .rounding import adaround, quantize_weights, rounding_images
 
@@ -132,13 +132,12 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     fallbacks: list[tuple[str, str]] = []
     weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED and name not in keep_float]
     done = 0
-    for name, node in graph.items():
-        layer, twin = model.get_layer(name), refined.get_layer(name)
+    # the float model's layers run a layer ahead in a thread: their outputs do not depend on the refinement
+    for (name, node), (_, x_float) in zip(graph.items(), layer_outputs(model, np.asarray(calib, np.float32), chunk)):
+        twin = refined.get_layer(name)
         if node["kind"] == "InputLayer":
-            x_float = np.asarray(calib, np.float32)
             x_quant = round_activations(x_float, x_float.min(), x_float.max(), activation_bits)
         else:
-            x_float = run_layer(layer, [float_out[p] for p in node["inputs"]], chunk)
             if node["kind"] in WEIGHTED and name in keep_float:
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             elif node["kind"] in WEIGHTED:
