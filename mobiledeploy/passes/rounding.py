@@ -9,7 +9,6 @@ import numpy as np
 
 LEVELS = 127  # symmetric int8 weights: the converters' scale is max|w| / 127
 BLOCK = 64  # coordinates whose flips _descend hands to the other gradient rows in one product
-MOMENT_POSITIONS = 784  # a layer's moments read every s-th row and column of a larger output, keeping this many per image
 VALIDATION_FOLDS = 4  # a layer short of calibration positions keeps adaptive rounding only if it wins on every fold
 
 
@@ -116,28 +115,14 @@ def _flat(kernel: np.ndarray, kind: str) -> np.ndarray:
 
 def _layer_moments(layer, xq: np.ndarray, xf: np.ndarray) -> list[np.ndarray]:
     """[E[xq xqᵀ], E[xq xfᵀ], E[xq], E[xf]] over the layer's input vectors (patches): shared
-    by all output channels, or one set per output channel for a depthwise layer. A convolution
-    whose output has more than ``MOMENT_POSITIONS`` positions per image reads the patches of every
-    s-th row and column (``moment_stride``): neighbouring patches overlap and say little more,
-    and the early layers' full grids would cost most of the refinement's time."""
+    by all output channels, or one set per output channel for a depthwise layer."""
     kind = type(layer).__name__
     if kind == "Dense":
         return _moments(xq.reshape(-1, xq.shape[-1]), xf.reshape(-1, xf.shape[-1]))
-    every = moment_stride(layer.compute_output_shape((None, *xq.shape[1:]))[1:3])
     if kind == "DepthwiseConv2D":
         return [np.repeat(m, layer.depth_multiplier, axis=0)  # one per output channel
-                for m in _conv_moments(layer, xq, xf, depthwise=True, every=every)]
-    return _conv_moments(layer, xq, xf, depthwise=False, every=every)
-
-
-def moment_stride(grid: tuple[int, int]) -> int:
-    """The largest s whose every s-th row and column of an output ``grid`` (height, width) keeps
-    at least ``MOMENT_POSITIONS`` positions; 1 for grids smaller than that."""
-    height, width = grid
-    every = 1
-    while -(-height // (every + 1)) * -(-width // (every + 1)) >= MOMENT_POSITIONS:
-        every += 1
-    return every
+                for m in _conv_moments(layer, xq, xf, depthwise=True)]
+    return _conv_moments(layer, xq, xf, depthwise=False)
 
 
 def _held_out_error(wq: np.ndarray, w: np.ndarray, moments: list[np.ndarray]) -> float:
@@ -211,17 +196,15 @@ def _moments(xq: np.ndarray, xf: np.ndarray) -> list[np.ndarray]:
     return [xq.T @ xq / len(xq), xq.T @ xf / len(xq), xq.mean(axis=0), xf.mean(axis=0)]
 
 
-def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk: int = 4,
-                  every: int = 1) -> list[np.ndarray]:
-    """``_moments`` over the input patches at every ``every``-th row and column of the output,
-    accumulated ``chunk`` x every² images at a time (patches of a whole calibration set would take
-    gigabytes). Depthwise: one (k, k) pair and (k,) means per channel."""
+def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk: int = 4) -> list[np.ndarray]:
+    """``_moments`` over all input patches, accumulated a few images at a time (patches of a
+    whole calibration set would take gigabytes). Depthwise: one (k, k) pair and (k,) means
+    per channel."""
     sums = None
     count = 0
-    chunk *= every * every
     for start in range(0, len(xq), chunk):
-        pq = _patches(layer, xq[start:start + chunk], every)
-        pf = _patches(layer, xf[start:start + chunk], every)
+        pq = _patches(layer, xq[start:start + chunk])
+        pf = _patches(layer, xf[start:start + chunk])
         if depthwise:
             channels = xq.shape[-1]
             pq, pf = pq.reshape(len(pq), -1, channels), pf.reshape(len(pf), -1, channels)
@@ -235,17 +218,16 @@ def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk:
     return [s / count for s in sums]
 
 
-def _patches(layer, x: np.ndarray, every: int = 1) -> np.ndarray:
-    """Input patches of a convolution, (positions, kh*kw*C) in the kernel's (kh, kw, C) order, at
-    every ``every``-th row and column of its output. A 1x1 kernel's patches are its input's
-    pixels (every ``stride``-th, no padding either way)."""
+def _patches(layer, x: np.ndarray) -> np.ndarray:
+    """Input patches of a convolution, (positions, kh*kw*C) in the kernel's (kh, kw, C) order.
+    A 1x1 kernel's patches are its input's pixels (every ``stride``-th, no padding either way)."""
     import tensorflow as tf
 
     kh, kw = layer.kernel_size
     sh, sw = layer.strides
     dh, dw = layer.dilation_rate
     if kh == kw == 1:
-        return np.ascontiguousarray(np.asarray(x, np.float32)[:, ::sh * every, ::sw * every, :]).reshape(-1, x.shape[-1])
+        return np.ascontiguousarray(np.asarray(x, np.float32)[:, ::sh, ::sw, :]).reshape(-1, x.shape[-1])
     patches = tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1],
                                        rates=[1, dh, dw, 1], padding=layer.padding.upper())
-    return np.ascontiguousarray(np.asarray(patches, np.float32)[:, ::every, ::every]).reshape(-1, kh * kw * x.shape[-1])
+    return np.asarray(patches, np.float32).reshape(-1, kh * kw * x.shape[-1])

@@ -262,38 +262,6 @@ def test_pointwise_patches_are_the_pixels_tensorflow_extracts(height, width, str
     expected = tf.image.extract_patches(x, sizes=[1, 1, 1, 1], strides=[1, stride, stride, 1], rates=[1, 1, 1, 1],
                                         padding=padding.upper())
     assert np.array_equal(_patches(layer, x), np.asarray(expected, np.float32).reshape(-1, 5))
-    grid = np.asarray(expected, np.float32)
-    assert np.array_equal(_patches(layer, x, every=2), grid[:, ::2, ::2].reshape(-1, 5))  # every 2nd row and column
-
-
-@pytest.mark.parametrize("kind, stride", [("DepthwiseConv2D", 1), ("DepthwiseConv2D", 2), ("Conv2D", 2)])
-def test_patches_of_every_sth_output_position(kind, stride):
-    """Large early layers' moments read the patches of every s-th output row and column: the
-    patches at exactly those positions of the full grid, for 3x3 kernels with 'same' padding."""
-    import keras
-    import tensorflow as tf
-
-    from mobiledeploy.passes.rounding import _patches
-
-    x = np.random.default_rng(1).normal(size=(2, 17, 15, 3)).astype(np.float32)
-    layer = getattr(keras.layers, kind)(3, strides=stride, padding="same") if kind == "DepthwiseConv2D" \
-        else keras.layers.Conv2D(4, 3, strides=stride, padding="same")
-    layer.build((None, 17, 15, 3))
-    full = np.asarray(tf.image.extract_patches(x, sizes=[1, 3, 3, 1], strides=[1, stride, stride, 1],
-                                               rates=[1, 1, 1, 1], padding="SAME"), np.float32)
-    for every in (1, 3):
-        assert np.array_equal(_patches(layer, x, every), full[:, ::every, ::every].reshape(-1, 27))
-
-
-def test_moment_stride_keeps_at_least_the_positions_it_promises():
-    from mobiledeploy.passes.rounding import MOMENT_POSITIONS, moment_stride
-
-    assert [moment_stride((n, n)) for n in (112, 56, 28, 14, 7)] == [4, 2, 1, 1, 1]
-    for grid in [(112, 112), (150, 100), (57, 57), (30, 27), (1, 1)]:
-        every = moment_stride(grid)
-        kept = -(-grid[0] // every) * -(-grid[1] // every)
-        assert kept >= MOMENT_POSITIONS or every == 1
-        assert -(-grid[0] // (every + 1)) * -(-grid[1] // (every + 1)) < MOMENT_POSITIONS  # the largest such
 
 
 def test_fake_quantize_in_float32_rounds_as_in_float64():
