@@ -5,7 +5,8 @@ file list from here, so the user states them once. The manifest is an input like
 is read within size and depth budgets, every key is checked (unknown keys are errors, so an
 entry cannot smuggle in a ``path`` to somewhere else), and ``Build.path`` is the only way any
 command opens a file it lists: a plain name inside the folder, a regular file (no symlink, no
-FIFO), whose size and sha256 match. No timestamps: the same inputs give the same manifest.
+FIFO), whose size and sha256 match. No timestamps: the same inputs give the same manifest, but for
+``timings`` (each stage's seconds), which no file's bytes depend on.
 
 The schema is documented in docs/manifest.md and docs/manifest.schema.json.
 """
@@ -34,7 +35,8 @@ PRECISIONS = ("float32", "int8", "int16x8", "mixed", "float16", "dynamic")
 # what each stage that rewrote the float model's channels recorded, with the model it wrote
 STAGES_WITH_REFERENCE = ("equalization", "dither")
 RECORDS = ("input_scaling", "calibration", "settings", "folding", "equalization", "dither", "refinement",
-           "logit_floor", "activation_ranges", "mixed_precision", "quantization_aware", "drift", "versions")
+           "logit_floor", "activation_ranges", "mixed_precision", "quantization_aware", "drift", "versions", "timings")
+TIMINGS = "timings"  # the one record that differs run to run: how long each stage took
 
 
 class ManifestError(MobiledeployError):
@@ -112,7 +114,7 @@ class Manifest:
                                                "refinement", "logit_floor", "activation_ranges", "mixed_precision",
                                                "quantization_aware")},
             "fallbacks": [f.to_dict() for f in self.fallbacks], "files": [a.to_dict() for a in self.files],
-            "drift": record("drift"), "versions": record("versions"),
+            "drift": record("drift"), "versions": record("versions"), TIMINGS: record(TIMINGS),
         }
 
 

@@ -154,6 +154,7 @@ def quantize(
         fallbacks += [Fallback(**f) for a in artifacts for f in a.details.get("fallbacks", ())]
         fallbacks = list(dict.fromkeys(fallbacks))  # the same fallback in both int8 files: once
         report("write the manifest", 0, 1)
+        stages = report.stages()  # every step's seconds; writing the manifest itself takes milliseconds
         manifest.write(work, Manifest(
             created_by="mobiledeploy quantize",
             model=ModelSource(str(model_path), manifest.sha256(Path(model_path)) if Path(model_path).is_file() else None,
@@ -175,11 +176,13 @@ def quantize(
                 "quantization_aware": learned.to_dict() if learned is not None else None,
                 "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
                 "versions": manifest.library_versions(),
+                manifest.TIMINGS: {"stages": [{"step": step, "seconds": round(seconds, 3)} for step, seconds in stages],
+                                   "total_seconds": round(time.perf_counter() - started, 3)},
             }))
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,
                           equalization, mixed_report, floor, scaling, head,
                           tuple((name, *r) for name, r in sorted(ranges.items())), dither, tuple(fallbacks),
-                          tuple(warnings), report.stages(), learned.to_dict() if learned is not None else None)
+                          tuple(warnings), stages, learned.to_dict() if learned is not None else None)
 
 
 def _optional(fallbacks: list[Fallback], setting: str, plain, stage, *args):

@@ -150,6 +150,8 @@ def test_json_output_and_python_api_agree(tmp_path, tiny_model_file, calib_folde
         assert steps.index(first) < steps.index(then), steps
     assert any(step.startswith("refine: ") for step in steps) and len(set(steps)) == len(steps)
     assert 0.9 * data["seconds"] <= sum(stage["seconds"] for stage in data["stages"]) <= data["seconds"] + 0.05
+    timings = json.loads((tmp_path / "a" / "manifest.json").read_text())["timings"]  # the same times in the manifest
+    assert timings["stages"] == data["stages"] and sum(s["seconds"] for s in data["stages"]) <= timings["total_seconds"] + 0.01
     runner = open_runner(tmp_path / "a" / "model_int8.tflite")
     assert runner.input["dtype"] == np.float32  # --io float
     api = mobiledeploy.quantize(tiny_model_file, calib_folder, tmp_path / "b", num_calib=20, num_holdout=10, io="float")

@@ -16,7 +16,12 @@ from conftest import REFERENCE_MODEL, ROOT
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    """Each file's sha256; the manifest's without its timings, the one record that differs run to run."""
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest.pop("timings")["stages"]
+    digests["manifest.json"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return digests
 
 
 def _quantize(model, calib, out, seed: str, *extra):
