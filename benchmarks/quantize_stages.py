@@ -1,6 +1,6 @@
 """Where quantize spends its time: each stage of the default pipeline beside the plain one.
 
-    python benchmarks/quantize_stages.py [--work /tmp/md-stages] [--model shared|v1_100 ...] [--num-calib 200]
+    python benchmarks/quantize_stages.py [--work /tmp/md-stages] [--model shared|v1_100 ...] [--num-calib 200] [--search]
 
 Runs ``mobiledeploy quantize MODEL --calib IMAGES --num-calib N --json`` with ``--preset plain``
 (the converters alone: no refinement, logit floor, narrowed ranges or dither) and with the
@@ -10,6 +10,10 @@ images: ``keras_applications.build``). Prints, per model, each stage's seconds i
 (``QuantizeResult.stages``), the totals and their ratio. Calibration images are decoded inside
 the stages that read them (fold verification, refinement, export, drift), not in "read
 calibration images", which only lists and checks them. ~6 minutes on 2 cores.
+
+--search also builds with ``--max-disagreement 1`` (the mixed-precision search: one more layer in
+float per round while an int8 file disagrees with float on more than 1% of the held-out images)
+and prints its stages and its time against the default build's.
 """
 
 from __future__ import annotations
@@ -39,11 +43,11 @@ def model_path(name: str, work: Path) -> Path:
     return path
 
 
-def quantize(model: Path, out: Path, num_calib: int, preset: str) -> tuple[float, dict[str, float]]:
+def quantize(model: Path, out: Path, num_calib: int, preset: str, *extra: str) -> tuple[float, dict[str, float]]:
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "mobiledeploy", "quantize", str(model), "--calib", str(IMAGES),
-                          "-o", str(out), "--overwrite", "--num-calib", str(num_calib), "--preset", preset, "--json"],
-                         capture_output=True, text=True, cwd=ROOT)
+                          "-o", str(out), "--overwrite", "--num-calib", str(num_calib), "--preset", preset, *extra,
+                          "--json"], capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - started
     if run.returncode != 0:
         sys.exit(f"quantize {model.name} --preset {preset} failed: {run.stderr.strip().splitlines()[-1]}")
@@ -55,6 +59,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/md-stages"))
     parser.add_argument("--model", action="append", choices=("shared", "v1_100"))
     parser.add_argument("--num-calib", type=int, default=200)
+    parser.add_argument("--search", action="store_true", help="also time a --max-disagreement 1 build")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for name in args.model or ("shared", "v1_100"):
@@ -68,6 +73,14 @@ def main() -> None:
         print(f"| process (with imports) | {plain_wall:.1f} | {default_wall:.1f} |")
         print(f"\ndefault / plain: {default_wall / plain_wall:.2f}x (process), "
               f"{sum(default.values()) / sum(plain.values()):.2f}x (stages)", flush=True)
+        if args.search:
+            search_wall, search = quantize(model, args.work / f"{name}-search", args.num_calib, "default",
+                                           "--max-disagreement", "1")
+            print(f"\n--max-disagreement 1\n\n| stage | default s | search s |\n|---|---|---|")
+            for step in dict.fromkeys([*default, *search]):
+                print(f"| {step} | {default.get(step, 0):.1f} | {search.get(step, 0):.1f} |")
+            print(f"| process (with imports) | {default_wall:.1f} | {search_wall:.1f} |")
+            print(f"\nsearch / default: {search_wall / default_wall:.2f}x (process)", flush=True)
 
 
 if __name__ == "__main__":

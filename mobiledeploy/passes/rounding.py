@@ -199,22 +199,26 @@ def _moments(xq: np.ndarray, xf: np.ndarray) -> list[np.ndarray]:
 def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk: int = 4) -> list[np.ndarray]:
     """``_moments`` over all input patches, accumulated a few images at a time (patches of a
     whole calibration set would take gigabytes). Depthwise: one (k, k) pair and (k,) means
-    per channel."""
+    per channel, E[xq xfᵀ]'s in a second thread while this one computes E[xq xqᵀ] (numpy's
+    einsum runs on one core and lets the other thread run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     sums = None
     count = 0
-    for start in range(0, len(xq), chunk):
-        pq = _patches(layer, xq[start:start + chunk])
-        pf = _patches(layer, xf[start:start + chunk])
-        if depthwise:
-            channels = xq.shape[-1]
-            pq, pf = pq.reshape(len(pq), -1, channels), pf.reshape(len(pf), -1, channels)
-            parts = [np.einsum("pkc,plc->ckl", pq, pq), np.einsum("pkc,plc->ckl", pq, pf),
-                     pq.sum(axis=0).T, pf.sum(axis=0).T]
-        else:
-            parts = [pq.T @ pq, pq.T @ pf, pq.sum(axis=0), pf.sum(axis=0)]
-        parts = [np.asarray(x, np.float64) for x in parts]
-        sums = parts if sums is None else [s + x for s, x in zip(sums, parts)]
-        count += len(pq)
+    with ThreadPoolExecutor(1, thread_name_prefix="moments") as pool:
+        for start in range(0, len(xq), chunk):
+            pq = _patches(layer, xq[start:start + chunk])
+            pf = _patches(layer, xf[start:start + chunk])
+            if depthwise:
+                channels = xq.shape[-1]
+                pq, pf = pq.reshape(len(pq), -1, channels), pf.reshape(len(pf), -1, channels)
+                cross = pool.submit(np.einsum, "pkc,plc->ckl", pq, pf)
+                parts = [np.einsum("pkc,plc->ckl", pq, pq), cross.result(), pq.sum(axis=0).T, pf.sum(axis=0).T]
+            else:  # matrix products: the BLAS library uses every core itself
+                parts = [pq.T @ pq, pq.T @ pf, pq.sum(axis=0), pf.sum(axis=0)]
+            parts = [np.asarray(x, np.float64) for x in parts]
+            sums = parts if sums is None else [s + x for s, x in zip(sums, parts)]
+            count += len(pq)
     return [s / count for s in sums]
 
 
