@@ -217,6 +217,7 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
     float outputs say about the model goes to ``warnings``."""
     keep = list(dict.fromkeys(options.keep_float))
     write_float = True
+    rounding_cache: dict = {}  # a layer's rounding, fitted once for the settings before it (refine.py)
     while True:
         # a kept layer's output (and the weightless layers after it) leaves int8: float, or 16 bits
         left = mixed.float_layers(folded, keep)
@@ -224,7 +225,8 @@ def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict
         float_layers = frozenset() if wide else left
         int8_ranges = {name: r[:2] for name, r in ranges.items() if name not in left}
         refined, refinement = _optional(fallbacks, "refinement", (prepared, None), _refine, prepared, samples,
-                                        options, report, frozenset() if wide else frozenset(keep), int8_ranges, wide)
+                                        options, report, frozenset() if wide else frozenset(keep), int8_ranges, wide,
+                                        rounding_cache)
         refined = floored(refined, floor)
         settings = ExportSettings(precision=options.precision, io=options.io, input_range=input_range,
                                   onnx_activations=options.onnx_activations, per_channel=options.per_channel,
@@ -371,7 +373,8 @@ def _tensor_ranges(model, floor, samples, options: QuantizeOptions, report: Prog
 
 
 def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_float: frozenset[str],
-            ranges: dict[str, tuple[float, float]], sixteen_bit: frozenset[str] = frozenset()):
+            ranges: dict[str, tuple[float, float]], sixteen_bit: frozenset[str] = frozenset(),
+            rounding_cache: dict | None = None):
     """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
     if options.refine == "none":
         return folded, None
@@ -382,7 +385,7 @@ def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_fl
         positions_per_weight=options.rounding_positions_per_weight,
         clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
         keep_float=keep_float, ranges=ranges, activation_bits=ACTIVATION_BITS[options.precision],
-        sixteen_bit=sixteen_bit,
+        sixteen_bit=sixteen_bit, rounding_cache=rounding_cache,
     )
 
 

@@ -90,7 +90,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                  rounding_samples: int = 64, positions_per_weight: float = 64, clip_activations: bool = False,
                  per_channel: bool = True, keep_float: frozenset[str] = frozenset(),
                  ranges: dict[str, tuple[float, float]] | None = None,
-                 activation_bits: int | None = 8, sixteen_bit: frozenset[str] = frozenset()) -> tuple[Any, RefineReport]:
+                 activation_bits: int | None = 8, sixteen_bit: frozenset[str] = frozenset(),
+                 rounding_cache: dict | None = None) -> tuple[Any, RefineReport]:
     """A copy of the folded ``model`` with int8-grid weights and empirically corrected biases.
 
     With ``adaptive_rounding`` each weight is rounded up or down (not to nearest) so that the
@@ -114,7 +115,12 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     range of a layer's output where the exporters are told to use it instead of the
     calibration min/max (ranges.py). ``activation_bits`` is how the files hold activations
     (``round_activations``): 16 for int16x8, None for int8 weights with float activations; the
-    outputs of the layers in ``sixteen_bit`` round at 16 bits whatever it says (--precision mixed)."""
+    outputs of the layers in ``sixteen_bit`` round at 16 bits whatever it says (--precision mixed).
+
+    ``rounding_cache`` (a dict the caller keeps between calls on the same model and images: the
+    rounds of the mixed-precision search) holds each layer's rounding under the settings of it and
+    the layers before it; a later call whose settings there are the same takes it from there
+    instead of fitting it again (the same weights: the fit reads only those layers' outputs)."""
     import keras
 
     started = time.perf_counter()
@@ -131,6 +137,17 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     nearest: list[str] = []
     fallbacks: list[tuple[str, str]] = []
     weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED and name not in keep_float]
+    cache = rounding_cache if rounding_cache is not None else {}
+    ancestors: dict[str, frozenset[str]] = {}
+    for name, node in graph.items():
+        ancestors[name] = frozenset({name}).union(*(ancestors[p] for p in node["inputs"]))
+
+    def settings_before(name: str) -> frozenset:
+        """What a layer's rounding depends on besides the model and the images: how the layer and
+        every layer before it are kept, rounded and ranged."""
+        return frozenset((a, a in keep_float, a in sixteen_bit, (ranges or {}).get(a)) for a in ancestors[name]
+                         if a in keep_float or a in sixteen_bit or a in (ranges or {}))
+
     done = 0
     # the float model's layers run a layer ahead in a thread: their outputs do not depend on the refinement
     for (name, node), (_, x_float) in zip(graph.items(), layer_outputs(model, np.asarray(calib, np.float32), chunk)):
@@ -142,18 +159,17 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             elif node["kind"] in WEIGHTED:
                 if adaptive_rounding and len(node["inputs"]) == 1 and node["kind"] != "SeparableConv2D":
-                    images = rounding_images(twin, x_float.shape, len(calib), rounding_samples, positions_per_weight)
-                    parent = node["inputs"][0]
-                    if not images:
-                        validated.append(name)
-                    try:
-                        if not adaround(twin, quant_out[parent][:images or None], float_out[parent][:images or None],
-                                        per_channel=per_channel, validate=not images):
-                            nearest.append(name)
-                    except Exception as exc:  # noqa: BLE001 - an optional refinement: this layer falls back
-                        quantize_weights(twin, per_channel)
-                        fallbacks.append((name, f"adaptive rounding: {type(exc).__name__}: {str(exc)[:120]}; "
-                                                "rounded to nearest"))
+                    key = (name, settings_before(name))
+                    if key not in cache:
+                        parent = node["inputs"][0]
+                        outcome = _round_adaptively(twin, x_float.shape, quant_out[parent], float_out[parent],
+                                                    rounding_samples, positions_per_weight, per_channel)
+                        cache[key] = (twin.get_weights(), outcome)
+                    weights, (checked, to_nearest, failure) = cache[key]
+                    twin.set_weights(weights)
+                    validated += [name] if checked else []
+                    nearest += [name] if to_nearest else []
+                    fallbacks += [(name, failure)] if failure else []
                 else:
                     quantize_weights(twin, per_channel)
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
@@ -187,6 +203,22 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
         per_layer=tuple(sorted(shifts.items())), clips=tuple(sorted(clips.items())),
         validated=tuple(validated), rounded_to_nearest=tuple(nearest), fallbacks=tuple(fallbacks),
     )
+
+
+def _round_adaptively(twin, output_shape: tuple[int, ...], x_quant: np.ndarray, x_float: np.ndarray,
+                      rounding_samples: int, positions_per_weight: float,
+                      per_channel: bool) -> tuple[bool, bool, str | None]:
+    """Adaptive rounding of ``twin``'s kernel from its input on the int8 side and the float side
+    (``rounding_images`` of them): (checked on held-out folds, rounded to nearest after all, why
+    it fell back to nearest rounding or None)."""
+    images = rounding_images(twin, output_shape, len(x_quant), rounding_samples, positions_per_weight)
+    try:
+        adaptive = adaround(twin, x_quant[:images or None], x_float[:images or None], per_channel=per_channel,
+                            validate=not images)
+        return not images, not adaptive, None
+    except Exception as exc:  # noqa: BLE001 - an optional refinement: this layer falls back
+        quantize_weights(twin, per_channel)
+        return not images, False, f"adaptive rounding: {type(exc).__name__}: {str(exc)[:120]}; rounded to nearest"
 
 
 def mse_clip(values: np.ndarray, current: float, samples: int = 200_000, seed: int = 0) -> float:

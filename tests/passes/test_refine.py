@@ -140,6 +140,34 @@ def test_refine_checks_rounding_where_calibration_is_too_small(tiny_model):
         assert np.array_equal(guarded.get_layer(name).get_weights()[0], everywhere.get_layer(name).get_weights()[0])
 
 
+def test_rounding_cache_gives_what_a_fresh_refinement_gives(tiny_model):
+    """The mixed-precision search refines again with one more layer kept in float: the layers
+    before it take their rounding from the cache, the others are fitted again, and the model and
+    report are a fresh refinement's, value for value."""
+    from mobiledeploy.model.graph import layer_graph
+    from mobiledeploy.passes.folding import fold_batchnorm
+
+    folded, _ = fold_batchnorm(tiny_model)
+    calib = np.random.default_rng(6).uniform(-1, 1, (48, 24, 24, 3)).astype(np.float32)
+    cache: dict = {}
+    refine_for_int8(folded, calib, rounding_cache=cache)
+    fitted = {name for name, _ in cache}
+    assert {"stem", "pw", "logits"} <= fitted and "sep" not in fitted  # separable layers round to nearest
+    for keep in ({"pw"}, {"pw", "stem"}):
+        before = len(cache)
+        cached, report = refine_for_int8(folded, calib, keep_float=frozenset(keep), rounding_cache=cache)
+        fresh, fresh_report = refine_for_int8(folded, calib, keep_float=frozenset(keep))
+        assert all(np.array_equal(a, b) for a, b in zip(cached.get_weights(), fresh.get_weights()))
+        assert report.per_layer == fresh_report.per_layer and report.validated == fresh_report.validated
+        graph = layer_graph(folded)
+        after: set[str] = set()
+        for name, node in graph.items():  # the layers downstream of a kept one
+            if any(p in keep or p in after for p in node["inputs"]):
+                after.add(name)
+        refitted = {name for name in fitted if name in after and name not in keep}
+        assert len(cache) - before == len(refitted) > 0  # only they were fitted again
+
+
 def test_adaround_layer_output_error_below_nearest(tiny_model):
     import keras
 
