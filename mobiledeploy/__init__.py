@@ -25,6 +25,7 @@ from os import PathLike
 from typing import Sequence
 
 from .errors import MobiledeployError
+from .limits import MAX_WORKERS
 from .options import PRESETS, BenchSettings, GateRules, Progress, QuantizeOptions
 from .reports import AnalyzeReport, BenchReport, CostReport, EvalReport, GateResult, QuantizeResult
 from .version import __version__
@@ -59,20 +60,23 @@ def quantize(model_path: Path, calib: Path, output_dir: Path = "build", options:
 
 
 def evaluate_build(build_dir: Path, data: Path, labels: Path | None = None, batch_size: int = 64,
-                   device: str = "cpu", progress: Progress | None = None, compare: Sequence[Path] = ()) -> EvalReport:
+                   device: str = "cpu", progress: Progress | None = None, compare: Sequence[Path] = (),
+                   workers: int = 1) -> EvalReport:
     """``mobiledeploy eval``: every file of the build (and the ``compare`` files) on the images in
     ``data``, scored against the build's float model and the labels; ``device="arm:CPU"`` runs the
-    .tflite/.onnx files under ARM emulation."""
+    .tflite/.onnx files under ARM emulation; ``workers`` runs them in that many processes, each on
+    a share of the images (the same results)."""
     from .evaluation import builds
 
-    return builds.evaluate_build(build_dir, data, labels, batch_size, progress, device, tuple(compare))
+    return builds.evaluate_build(build_dir, data, labels, batch_size, progress, device, tuple(compare),
+                                 _workers(workers))
 
 
 def check_build(build_dir: Path, data: Path, labels: Path | None = None, max_drop: float = GateRules.max_drop,
                 min_agreement: float = GateRules.min_agreement, baseline: Path | None = None,
                 tolerance: float = GateRules.tolerance, sqnr_tolerance: float = GateRules.sqnr_tolerance,
                 compare: Sequence[Path] = (), update_baseline: bool = False, batch_size: int = 64,
-                device: str = "cpu", progress: Progress | None = None) -> GateResult:
+                device: str = "cpu", progress: Progress | None = None, workers: int = 1) -> GateResult:
     """``mobiledeploy check``: evaluate the build, then apply the CI gate's rules (top-1 at most
     ``max_drop`` points below float, agreement at least ``min_agreement``, no regression against
     ``baseline``, no loss against the ``compare`` files). A failed rule is in the result
@@ -81,7 +85,15 @@ def check_build(build_dir: Path, data: Path, labels: Path | None = None, max_dro
 
     rules = GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
     return builds.check_build(build_dir, data, rules, labels, baseline, update_baseline, batch_size, progress,
-                              device, tuple(compare))
+                              device, tuple(compare), _workers(workers))
+
+
+def _workers(workers: int) -> int:
+    """``workers`` checked as the CLI's --workers is: a whole number from 1 to MAX_WORKERS."""
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise MobiledeployError(f"workers={workers!r}: expected a whole number of processes from 1 to {MAX_WORKERS}")
+    return workers
 
 
 def bench_build(target: Path, data: Path | None = None, include_keras: bool = False, device: str = "cpu",

@@ -21,3 +21,4 @@ MAX_ACTIVATION_ELEMENTS = 64_000_000  # elements of one layer output for one ima
 MAX_IMAGE_PIXELS = 64_000_000  # pixels of a decoded image, and of the image after resizing for the crop
 MAX_IMAGE_BYTES = 128 << 20  # an image file, read into memory before it is decoded
 MAX_ARRAY_BYTES_PER_SAMPLE = 64 << 20  # one sample of a .npy/.npz array
+MAX_WORKERS = 256  # worker processes eval and check start at once (--workers)

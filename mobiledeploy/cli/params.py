@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import MobiledeployError
+from ..limits import MAX_WORKERS
 from ..runtime.arm.emulation import CPUS, DEFAULT_CPU, parse_device
 
 
@@ -88,6 +89,15 @@ def data_options(command):
 
 def device_option(extra: str = ""):
     return click.option("--device", default="cpu", show_default=True, callback=_device, help=DEVICE_HELP + extra)
+
+
+def workers_option():
+    """--workers: eval's and check's files in N worker processes, each on a share of the images."""
+    return click.option(
+        "--workers", default=1, show_default=True, type=click.IntRange(min=1, max=MAX_WORKERS), metavar="N",
+        help="Run the .tflite/.onnx files in N processes at once, each on a share of the images; the results "
+             "are the same as with 1. Worth it under ARM emulation (--device arm:...), where each process uses "
+             "one core: pick the number of cores. On this CPU the runtimes already use every core.")
 
 
 def batch_size_option(default: int, about: str):

@@ -19,7 +19,7 @@ from ..data import datasets
 from ..model.heads import head_for
 from ..quiet import import_tensorflow
 from ..runtime.arm import provisioning
-from ..runtime.host import outputs_of
+from ..runtime.host import Process, outputs_of
 from ..runtime.runners import is_quantized, open_runner
 from ..staging import write_text_atomic
 
@@ -32,6 +32,7 @@ def evaluate_build(
     progress: Progress | None = None,
     device: str = "cpu",
     compare: tuple[str | Path, ...] = (),
+    workers: int = 1,
 ) -> EvalReport:
     """Run every artifact listed in ``build_dir/manifest.json`` on ``data``; compare with float.
 
@@ -41,6 +42,10 @@ def evaluate_build(
     outputs, and each row says how many outputs were bit-identical to this CPU's. ``compare``
     adds .tflite/.onnx files from elsewhere (an int8 file published with the model, another
     tool's) to the same run and table, scored against the same float model and labels.
+
+    ``workers`` above 1 runs each .tflite/.onnx file in that many worker processes at once, each
+    on a contiguous share of the batches (this machine's Python, or the emulated ARM one): the
+    same outputs and metrics as one process, and a shard whose worker died runs again.
     """
     import numpy as np
 
@@ -69,20 +74,25 @@ def evaluate_build(
             raise MobiledeployError(f"{entry['file']}: input {runners[entry['file']].input_shape} differs from the "
                                     f"build's {expected}; compare files made for the same input size")
     step = f"evaluate {len(runners)} artifacts"
+    retried: list[str] = []  # the shards whose worker died and ran again
     with tempfile.TemporaryDirectory(prefix="mobiledeploy-eval-") as tmp:
         saved: list[str] = []
         batches = datasets.iter_batches(dataset, preprocessing, batch_size)
-        if arm is not None:  # the emulated runs read the very same preprocessed batches
+        sharded = arm is None and workers > 1  # this CPU's files in worker processes
+        if arm is not None or sharded:  # the worker processes read the very same preprocessed batches
             batches = _saving(batches, Path(tmp), saved)
         seconds: dict[str, float] = {}
-        outputs = evaluate.collect(runners, batches, lambda done: report(step, done, total), seconds)
+        here = {reference_name: runners[reference_name]} if sharded else runners
+        outputs = evaluate.collect(here, batches, lambda done: report(step, done, total), seconds)
         x86 = dict(outputs)
-        if arm is not None:
+        if arm is not None or sharded:
+            process = arm.process() if arm is not None else Process()
+            where = f"on {arm.device} (emulated)" if arm is not None else f"in {workers} worker processes"
             for done, entry in enumerate(e for e in files if e["format"] != "keras"):
-                report(f"run on {arm.device} (emulated)", done, len(files) - 1)
+                report(f"run {where}", done, len(files) - 1)
                 started = time.perf_counter()
-                outputs[entry["file"]] = outputs_of(entry["path"], entry["format"], saved, Path(tmp),
-                                                    arm.process())
+                outputs[entry["file"]] = outputs_of(entry["path"], entry["format"], saved, Path(tmp), process,
+                                                    workers, retried.append)
                 seconds[entry["file"]] = time.perf_counter() - started
     for entry in (e for e in files if e.get("compared")):
         outputs[entry["file"]] = _same_classes(entry, outputs[entry["file"]], outputs[reference_name].shape[1])
@@ -112,7 +122,7 @@ def evaluate_build(
     for row in (r for r in rows if r.get("compared")):
         row["paired_ci95"] = {ours: evaluate.paired_intervals(hits[ours], hits[row["artifact"]]) for ours in own_int8}
     per_sample = {e["file"]: hits[e["file"]] for e in files if not e.get("compared")}
-    warnings = sanity.calibrated_on(dataset.items, build.manifest.calibrated_on)
+    warnings = retried + sanity.calibrated_on(dataset.items, build.manifest.calibrated_on)
     warnings += sanity.float_model(reference, head, "evaluation images")
     warnings += sanity.int8_files(tuple(evaluate.drift(e["file"], reference, outputs[e["file"]], head)
                                         for e in files if e["precision"] != "float32"))
@@ -133,12 +143,13 @@ def check_build(
     progress: Progress | None = None,
     device: str = "cpu",
     compare: tuple[str | Path, ...] = (),
+    workers: int = 1,
 ) -> GateResult:
     """The CI gate: evaluate the build (and the ``compare`` files), then apply ``rules``, against
     ``baseline`` when given. ``update_baseline`` writes the baseline instead of reading it."""
     if update_baseline and baseline is None:
         raise MobiledeployError("updating a baseline needs its path (--baseline FILE)")
-    report = evaluate_build(build_dir, data, labels_file, batch_size, progress, device, compare)
+    report = evaluate_build(build_dir, data, labels_file, batch_size, progress, device, compare, workers)
     stored = gate.read_baseline(Path(baseline), report) if baseline is not None and not update_baseline else None
     result = GateResult(report, tuple(gate.evaluate_rules(report, rules, stored)))
     if update_baseline:

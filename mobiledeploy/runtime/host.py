@@ -10,6 +10,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -26,8 +27,16 @@ class Process:
     device: str = "cpu"
 
 
+class WorkerDied(MobiledeployError):
+    """The worker process ended without a result (killed, crashed, out of memory): not the input's fault."""
+
+
+RETRIES = 1  # a shard whose worker died runs again this many times before the command fails
+
+
 def run_worker(spec: dict, workdir: Path, process: Process, label: str) -> dict:
-    """Write ``spec``, run the worker, return its JSON result; user errors are re-raised."""
+    """Write ``spec``, run the worker, return its JSON result; user errors are re-raised, a
+    worker that ended without a result raises ``WorkerDied``."""
     spec = {**spec, "result": str(workdir / "result.json")}
     spec_file = workdir / "spec.json"
     spec_file.write_text(json.dumps(spec))
@@ -40,19 +49,45 @@ def run_worker(spec: dict, workdir: Path, process: Process, label: str) -> dict:
         raise MobiledeployError(result["error"])
     if done.returncode != 0 or not result:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        raise MobiledeployError(f"{label}: the {process.device} worker process failed (exit {done.returncode}): "
-                                f"{tail}")
+        raise WorkerDied(f"{label}: the {process.device} worker process failed (exit {done.returncode}): {tail}")
     return result
 
 
-def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: Process) -> np.ndarray:
-    """One artifact's outputs for the batches saved as .npy files, computed by a worker
-    process (the emulated ARM one in practice), flattened to (N, features)."""
+def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: Process, workers: int = 1,
+               on_retry: Callable[[str], None] | None = None) -> np.ndarray:
+    """One artifact's outputs for the batches saved as .npy files, computed by worker processes
+    (the emulated ARM one, or this machine's Python), flattened to (N, features).
+
+    ``workers`` processes run at once, each on a contiguous share of the batches (a shard); their
+    outputs are joined in batch order, so the result is the one a single process gives, whatever
+    the number of shards: every batch runs through the same kernels either way. A shard whose
+    worker died runs again (``RETRIES`` times), and ``on_retry`` hears of it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     # unique: a file compared with a build's own may share its name (model_int8.tflite)
     work = Path(tempfile.mkdtemp(prefix=f"{path.name}.{process.device.replace(':', '-')}.", dir=workdir))
     outputs = [str(work / f"out_{i:05d}.npy") for i in range(len(inputs))]
-    spec = {"mode": "run", **artifact_spec(path, fmt), "inputs": inputs, "outputs": outputs}
-    run_worker(spec, work, process, str(path))
+    bounds = np.linspace(0, len(inputs), min(max(workers, 1), max(len(inputs), 1)) + 1).astype(int)
+    shards = [(start, end) for start, end in zip(bounds, bounds[1:]) if end > start]
+
+    def run_shard(index: int, start: int, end: int) -> None:
+        spec = {"mode": "run", **artifact_spec(path, fmt), "inputs": inputs[start:end], "outputs": outputs[start:end]}
+        for attempt in range(RETRIES + 1):
+            folder = work / f"shard_{index:03d}_{attempt}"
+            folder.mkdir()
+            try:
+                run_worker(spec, folder, process, str(path))
+                return
+            except WorkerDied as died:
+                if attempt == RETRIES:
+                    raise
+                if on_retry is not None:
+                    on_retry(f"{path.name}: the worker running batches {start + 1}-{end} of {len(inputs)} died "
+                             f"({died}); that shard ran again")
+
+    with ThreadPoolExecutor(len(shards), thread_name_prefix="shard") as pool:  # each thread waits on its process
+        for running in [pool.submit(run_shard, i, start, end) for i, (start, end) in enumerate(shards)]:
+            running.result()
     result = np.concatenate([np.load(o, allow_pickle=False) for o in outputs])
     return result.reshape(len(result), -1).astype(np.float32)
 

@@ -65,6 +65,17 @@ def test_eval_on_arm_matches_x86(arm_ready, reference_build, eval_subset, x86_ro
         assert rows[name]["x86_max_abs_diff"] < 1e-4
 
 
+def test_eval_on_arm_in_two_workers_reports_what_one_reports(arm_ready, reference_build, eval_subset):
+    """--workers 2: each emulated file runs in two qemu processes, each on half of the batches;
+    every metric, the bit-exactness against this CPU's outputs included, is the single process's."""
+    runs = [cli("eval", reference_build, "--data", eval_subset, "--device", "arm:cortex-a53", "--batch-size", 32,
+                "--workers", workers, "--json") for workers in (1, 2)]
+    assert all(run.exit_code == 0 for run in runs), [run.output for run in runs]
+    one, two = (json.loads(run.output) for run in runs)
+    assert one["rows"] == two["rows"] and one["samples"] == two["samples"] == 200
+    assert {row["device"] for row in two["rows"]} == {"cpu", "arm:cortex-a53"}
+
+
 def test_compared_file_runs_on_arm_too(arm_ready, reference_build, eval_subset, tmp_path):
     """A --compare file named like the build's own (model_int8.tflite) gets its own emulated run."""
     other = tmp_path / "other" / "model_int8.tflite"
