@@ -45,6 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     if not MODEL.is_file():
         sys.exit(f"no shared model at {MODEL}")
+    args.work.mkdir(parents=True, exist_ok=True)
     build = args.work / "build"
     if not (build / "manifest.json").is_file():
         mobiledeploy("quantize", str(MODEL), "--calib", str(IMAGES), "-o", str(build), "--overwrite")

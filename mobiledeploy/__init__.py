@@ -90,7 +90,6 @@ def check_build(build_dir: Path, data: Path, labels: Path | None = None, max_dro
 
 def _workers(workers: int) -> int:
     """``workers`` checked as the CLI's --workers is: a whole number from 1 to MAX_WORKERS."""
-
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
         raise MobiledeployError(f"workers={workers!r}: expected a whole number of processes from 1 to {MAX_WORKERS}")
     return workers

@@ -70,8 +70,10 @@ def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: 
     bounds = np.linspace(0, len(inputs), min(max(workers, 1), max(len(inputs), 1)) + 1).astype(int)
     shards = [(start, end) for start, end in zip(bounds, bounds[1:]) if end > start]
 
+    artifact = artifact_spec(path, fmt)
+
     def run_shard(index: int, start: int, end: int) -> None:
-        spec = {"mode": "run", **artifact_spec(path, fmt), "inputs": inputs[start:end], "outputs": outputs[start:end]}
+        spec = {"mode": "run", **artifact, "inputs": inputs[start:end], "outputs": outputs[start:end]}
         for attempt in range(RETRIES + 1):
             folder = work / f"shard_{index:03d}_{attempt}"
             folder.mkdir()
@@ -85,7 +87,7 @@ def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: 
                     on_retry(f"{path.name}: the worker running batches {start + 1}-{end} of {len(inputs)} died "
                              f"({died}); that shard ran again")
 
-    with ThreadPoolExecutor(len(shards), thread_name_prefix="shard") as pool:  # each thread waits on its process
+    with ThreadPoolExecutor(max(len(shards), 1), thread_name_prefix="shard") as pool:  # each thread waits on its process
         for running in [pool.submit(run_shard, i, start, end) for i, (start, end) in enumerate(shards)]:
             running.result()
     result = np.concatenate([np.load(o, allow_pickle=False) for o in outputs])
