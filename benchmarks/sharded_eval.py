@@ -8,7 +8,7 @@ with N = 1 and 2, alternated over --rounds rounds (1, 2, 2, 1, ...: this machine
 its speed drifts), each in a fresh process. Prints each run's seconds, the median time of each N,
 their ratio, and whether the reports' rows are identical (they must be). Under ARM emulation each
 worker is one qemu process on one core; on this CPU (--device cpu) the runtimes already use every
-core, so more workers mostly add process start-up. ~6 minutes for arm:cortex-a76 on 2 cores.
+core, so more workers mostly add process start-up. ~25 minutes for arm:cortex-a76 on 2 cores.
 """
 
 from __future__ import annotations
