@@ -152,6 +152,19 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def eval_subset(tmp_path_factory) -> Path:
+    """The first 20 images of each class of the reference model's evaluation split (200 images)."""
+    import shutil
+
+    dst = tmp_path_factory.mktemp("eval_subset")
+    for folder in sorted(p for p in (ROOT / "eval_data").iterdir() if p.is_dir()):
+        (dst / folder.name).mkdir()
+        for f in sorted(folder.iterdir())[:20]:
+            shutil.copy(f, dst / folder.name / f.name)
+    return dst
+
+
+@pytest.fixture(scope="session")
 def reference_build(tmp_path_factory) -> Path:
     """The committed reference model quantized once per test session (read-only for tests)."""
     from click.testing import CliRunner

@@ -3,7 +3,6 @@ images, with the same results as one process; a shard whose worker dies runs aga
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -17,18 +16,6 @@ from mobiledeploy.errors import MobiledeployError
 from mobiledeploy.runtime.host import Process, WorkerDied, outputs_of
 from conftest import cli
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def small_eval(tmp_path_factory):
-    """20 images of each class of the reference model's evaluation split."""
-    dst = tmp_path_factory.mktemp("eval_small")
-    for folder in sorted(p for p in (ROOT / "eval_data").iterdir() if p.is_dir()):
-        (dst / folder.name).mkdir()
-        for f in sorted(folder.iterdir())[:20]:
-            shutil.copy(f, dst / folder.name / f.name)
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +40,9 @@ def test_shards_give_the_single_process_outputs(reference_build, saved_batches, 
         assert sharded.shape == (35, 10) and np.array_equal(sharded, single), workers
 
 
-def test_eval_with_workers_reports_what_one_process_reports(reference_build, small_eval):
-    one = mobiledeploy.evaluate_build(reference_build, small_eval, batch_size=16)
-    three = mobiledeploy.evaluate_build(reference_build, small_eval, batch_size=16, workers=3)
+def test_eval_with_workers_reports_what_one_process_reports(reference_build, eval_subset):
+    one = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=16)
+    three = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=16, workers=3)
     assert one.samples == three.samples == 200
     assert one.rows == three.rows and one.warnings == three.warnings
     assert one.per_sample.keys() == three.per_sample.keys()
@@ -64,15 +51,15 @@ def test_eval_with_workers_reports_what_one_process_reports(reference_build, sma
         assert all(np.array_equal(hits[k], three.per_sample[name][k]) for k in hits)
 
 
-def test_check_takes_workers_and_refuses_a_bad_count(reference_build, small_eval):
-    result = cli("check", reference_build, "--data", small_eval, "--workers", 2, "--json")
+def test_check_takes_workers_and_refuses_a_bad_count(reference_build, eval_subset):
+    result = cli("check", reference_build, "--data", eval_subset, "--workers", 2, "--json")
     assert result.exit_code == 0, result.output
     assert all(rule["passed"] for rule in json.loads(result.output)["rules"])
-    bad = cli("eval", reference_build, "--data", small_eval, "--workers", 0)
+    bad = cli("eval", reference_build, "--data", eval_subset, "--workers", 0)
     assert bad.exit_code == 2 and "--workers" in bad.output
     for workers in (0, 1.5, True, 10_000):
         with pytest.raises(MobiledeployError, match="workers="):
-            mobiledeploy.evaluate_build(reference_build, small_eval, workers=workers)
+            mobiledeploy.evaluate_build(reference_build, eval_subset, workers=workers)
 
 
 def _worker_pids(marker: str) -> list[int]:
@@ -89,7 +76,7 @@ def _worker_pids(marker: str) -> list[int]:
 
 
 @pytest.mark.slow  # processes killed from outside: the full tier (.ci/run)
-def test_a_shard_whose_worker_is_killed_runs_again(reference_build, small_eval):
+def test_a_shard_whose_worker_is_killed_runs_again(reference_build, eval_subset):
     """SIGKILL the first worker of the first shard (a real process, killed from outside): the
     shard runs again, the report says so, and the results are those of an undisturbed run."""
     killed: list[int] = []
@@ -105,11 +92,11 @@ def test_a_shard_whose_worker_is_killed_runs_again(reference_build, small_eval):
 
     watcher = threading.Thread(target=kill_first_shard)
     watcher.start()
-    disturbed = mobiledeploy.evaluate_build(reference_build, small_eval, batch_size=2, workers=2)
+    disturbed = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=2, workers=2)
     watcher.join()
     assert killed, "no worker of the first shard was seen running"
     assert any("died" in w and "ran again" in w for w in disturbed.warnings), disturbed.warnings
-    calm = mobiledeploy.evaluate_build(reference_build, small_eval, batch_size=2)
+    calm = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=2)
     assert disturbed.rows == calm.rows
 
 

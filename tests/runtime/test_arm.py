@@ -5,7 +5,6 @@ Provisioning runs once per session (the user cache keeps it between runs; ~10 s 
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -17,23 +16,12 @@ from conftest import cli
 
 pytestmark = pytest.mark.arm
 
-ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_LSB = 1 / 256  # the int8 softmax output's scale
 
 
 @pytest.fixture(scope="session")
 def arm_ready():
     return provisioning.setup()
-
-
-@pytest.fixture(scope="module")
-def eval_subset(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("arm_eval")
-    for folder in sorted(p for p in (ROOT / "eval_data").iterdir() if p.is_dir()):
-        (dst / folder.name).mkdir()
-        for f in sorted(folder.iterdir())[:20]:
-            shutil.copy(f, dst / folder.name / f.name)
-    return dst
 
 
 @pytest.fixture(scope="module")
