@@ -145,8 +145,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     def settings_before(name: str) -> frozenset:
         """What a layer's rounding depends on besides the model and the images: how the layer and
         every layer before it are kept, rounded and ranged."""
-        return frozenset((a, a in keep_float, a in sixteen_bit, (ranges or {}).get(a)) for a in ancestors[name]
-                         if a in keep_float or a in sixteen_bit or a in (ranges or {}))
+        return frozenset((a, a in keep_float, a in sixteen_bit, tuple(map(float, (ranges or {}).get(a, ()))))
+                         for a in ancestors[name] if a in keep_float or a in sixteen_bit or a in (ranges or {}))
 
     done = 0
     # the float model's layers run a layer ahead in a thread: their outputs do not depend on the refinement
