@@ -17,10 +17,9 @@ from mobiledeploy.runtime.host import Process, WorkerDied, outputs_of
 from conftest import cli
 
 
-
 @pytest.fixture(scope="module")
 def saved_batches(tmp_path_factory, reference_build):
-    """Seven batches of evaluation images as the worker processes read them (.npy files)."""
+    """Seven batches of seeded inputs in [-1, 1], saved as the worker processes read them (.npy files)."""
     folder = tmp_path_factory.mktemp("batches")
     rng = np.random.default_rng(4)
     paths = []
