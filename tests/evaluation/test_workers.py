@@ -62,14 +62,17 @@ def test_check_takes_workers_and_refuses_a_bad_count(reference_build, eval_subse
 
 
 def _worker_pids(marker: str) -> list[int]:
-    """Worker processes whose spec lies in a folder named ``marker``."""
+    """This process's own worker processes whose spec lies in a folder named ``marker`` (not
+    those of tests running beside it, whose shards have the same folder names)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if b"mobiledeploy.runtime.worker" in command and any(marker.encode() in part for part in command):
+        if parent == os.getpid() and b"mobiledeploy.runtime.worker" in command \
+                and any(marker.encode() in part for part in command):
             found.append(int(entry.name))
     return found
 
