@@ -41,7 +41,7 @@ from .passes.folding import fold_batchnorm, verify_fold
 from .passes.logit_floor import floor_logits, floored
 from .passes.ranges import mse_ranges
 from .quiet import import_tensorflow
-from .reports import Artifact, Fallback, QuantizeResult
+from .reports import Artifact, Fallback, QuantizeResult, stage_records
 from .runtime.runners import KerasRunner, open_runner
 from .stage_clock import StageClock
 
@@ -176,7 +176,7 @@ def quantize(
                 "quantization_aware": learned.to_dict() if learned is not None else None,
                 "drift": {"measured_on": which, "rows": [d.to_dict() for d in drift]},
                 "versions": manifest.library_versions(),
-                manifest.TIMINGS: {"stages": [{"step": step, "seconds": round(seconds, 3)} for step, seconds in stages],
+                manifest.TIMINGS: {"stages": stage_records(stages),
                                    "total_seconds": round(time.perf_counter() - started, 3)},
             }))
     return QuantizeResult(str(output_dir), artifacts, fold, cset, drift, time.perf_counter() - started, refinement,

@@ -138,6 +138,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     fallbacks: list[tuple[str, str]] = []
     weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED and name not in keep_float]
     cache = rounding_cache if rounding_cache is not None else {}
+    ranges = ranges or {}
     ancestors: dict[str, frozenset[str]] = {}
     for name, node in graph.items():
         ancestors[name] = frozenset({name}).union(*(ancestors[p] for p in node["inputs"]))
@@ -145,8 +146,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     def settings_before(name: str) -> frozenset:
         """What a layer's rounding depends on besides the model and the images: how the layer and
         every layer before it are kept, rounded and ranged."""
-        return frozenset((a, a in keep_float, a in sixteen_bit, tuple(map(float, (ranges or {}).get(a, ()))))
-                         for a in ancestors[name] if a in keep_float or a in sixteen_bit or a in (ranges or {}))
+        return frozenset((a, a in keep_float, a in sixteen_bit, tuple(map(float, ranges.get(a, ()))))
+                         for a in ancestors[name] if a in keep_float or a in sixteen_bit or a in ranges)
 
     done = 0
     # the float model's layers run a layer ahead in a thread: their outputs do not depend on the refinement
@@ -188,7 +189,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                     twin.max_value = clips[name] = mse_clip(x_float, float(twin.max_value))
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             if name in rounded:
-                low, high = (ranges or {}).get(name, (x_float.min(), min(x_float.max(), clips.get(name, np.inf))))
+                low, high = ranges.get(name, (x_float.min(), min(x_float.max(), clips.get(name, np.inf))))
                 x_quant = round_activations(x_quant, low, high, 16 if name in sixteen_bit else activation_bits,
                                             in_place=True)  # run_layer's own array
         float_out[name], quant_out[name] = x_float, x_quant

@@ -263,5 +263,10 @@ class QuantizeResult:
             "calibration": {k: v for k, v in self.calibration.summary().items() if not k.endswith("_items")},
             "drift": [d.to_dict() for d in self.drift],
             "seconds": round(self.seconds, 2),
-            "stages": [{"step": step, "seconds": round(seconds, 3)} for step, seconds in self.stages],
+            "stages": stage_records(self.stages),
         }
+
+
+def stage_records(stages: tuple[tuple[str, float], ...]) -> list[dict]:
+    """Each step's seconds as --json and the manifest's timings give them."""
+    return [{"step": step, "seconds": round(seconds, 3)} for step, seconds in stages]

@@ -67,8 +67,8 @@ def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: 
     # unique: a file compared with a build's own may share its name (model_int8.tflite)
     work = Path(tempfile.mkdtemp(prefix=f"{path.name}.{process.device.replace(':', '-')}.", dir=workdir))
     outputs = [str(work / f"out_{i:05d}.npy") for i in range(len(inputs))]
-    bounds = np.linspace(0, len(inputs), min(max(workers, 1), max(len(inputs), 1)) + 1).astype(int)
-    shards = [(start, end) for start, end in zip(bounds, bounds[1:]) if end > start]
+    bounds = np.linspace(0, len(inputs), max(1, min(workers, len(inputs))) + 1).astype(int)
+    shards = [(start, end) for start, end in zip(bounds, bounds[1:]) if end > start]  # none for no batches
 
     artifact = artifact_spec(path, fmt)
 
@@ -87,7 +87,8 @@ def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: 
                     on_retry(f"{path.name}: the worker running batches {start + 1}-{end} of {len(inputs)} died "
                              f"({died}); that shard ran again")
 
-    with ThreadPoolExecutor(max(len(shards), 1), thread_name_prefix="shard") as pool:  # each thread waits on its process
+    # a thread per shard, each waiting on its process
+    with ThreadPoolExecutor(max(len(shards), 1), thread_name_prefix="shard") as pool:
         for running in [pool.submit(run_shard, i, start, end) for i, (start, end) in enumerate(shards)]:
             running.result()
     result = np.concatenate([np.load(o, allow_pickle=False) for o in outputs])
