@@ -61,22 +61,24 @@ def quantize(model_path: Path, calib: Path, output_dir: Path = "build", options:
 
 def evaluate_build(build_dir: Path, data: Path, labels: Path | None = None, batch_size: int = 64,
                    device: str = "cpu", progress: Progress | None = None, compare: Sequence[Path] = (),
-                   workers: int = 1) -> EvalReport:
+                   workers: int = 1, remote_python: str | None = None) -> EvalReport:
     """``mobiledeploy eval``: every file of the build (and the ``compare`` files) on the images in
     ``data``, scored against the build's float model and the labels; ``device="arm:CPU"`` runs the
-    .tflite/.onnx files under ARM emulation; ``workers`` runs them in that many processes, each on
-    a share of the images (the same results)."""
+    .tflite/.onnx files under ARM emulation, ``device="ssh://user@host"`` on that board (with its
+    Python at ``remote_python``, or one set up there); ``workers`` runs them in that many
+    processes, each on a share of the images (the same results)."""
     from .evaluation import builds
 
     return builds.evaluate_build(build_dir, data, labels, batch_size, progress, device, tuple(compare),
-                                 _workers(workers))
+                                 _workers(workers), remote_python)
 
 
 def check_build(build_dir: Path, data: Path, labels: Path | None = None, max_drop: float = GateRules.max_drop,
                 min_agreement: float = GateRules.min_agreement, baseline: Path | None = None,
                 tolerance: float = GateRules.tolerance, sqnr_tolerance: float = GateRules.sqnr_tolerance,
                 compare: Sequence[Path] = (), update_baseline: bool = False, batch_size: int = 64,
-                device: str = "cpu", progress: Progress | None = None, workers: int = 1) -> GateResult:
+                device: str = "cpu", progress: Progress | None = None, workers: int = 1,
+                remote_python: str | None = None) -> GateResult:
     """``mobiledeploy check``: evaluate the build, then apply the CI gate's rules (top-1 at most
     ``max_drop`` points below float, agreement at least ``min_agreement``, no regression against
     ``baseline``, no loss against the ``compare`` files). A failed rule is in the result
@@ -85,7 +87,7 @@ def check_build(build_dir: Path, data: Path, labels: Path | None = None, max_dro
 
     rules = GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
     return builds.check_build(build_dir, data, rules, labels, baseline, update_baseline, batch_size, progress,
-                              device, tuple(compare), _workers(workers))
+                              device, tuple(compare), _workers(workers), remote_python)
 
 
 def _workers(workers: int) -> int:
@@ -96,17 +98,18 @@ def _workers(workers: int) -> int:
 
 
 def bench_build(target: Path, data: Path | None = None, include_keras: bool = False, device: str = "cpu",
-                progress: Progress | None = None, **settings) -> BenchReport:
+                progress: Progress | None = None, remote_python: str | None = None, **settings) -> BenchReport:
     """``mobiledeploy bench``: the latency of every file of a build folder (or of one file), each
-    timed in its own process. ``settings`` are ``BenchSettings`` fields (``num_threads``,
-    ``num_runs``, ...); the ones not given take ``device``'s defaults, as the command does."""
+    timed in its own process (on ``device``: this CPU, ``arm:CPU`` emulated, ``ssh://user@host``
+    a board). ``settings`` are ``BenchSettings`` fields (``num_threads``, ``num_runs``, ...); the
+    ones not given take ``device``'s defaults, as the command does."""
     from .evaluation import latency
 
     if "batch" in settings:  # the old name, for one release
         warnings.warn("bench_build(batch=...) is now batch_size=...", DeprecationWarning, stacklevel=2)
         settings["batch_size"] = settings.pop("batch")
     return latency.bench_build(target, BenchSettings.for_device(device, **settings), data, include_keras, progress,
-                               device)
+                               device, remote_python)
 
 
 def inspect_model(model: Path, alpha: float = 1.0, rho: float = 1.0, trust_model_code: bool = False,

@@ -115,8 +115,8 @@ class BenchSettings:
                    min_secs: float | None = None, **given) -> "BenchSettings":
         """The settings for ``device``, with the run counts it needs by default: an emulated ARM CPU
         runs 100-500x slower, so it warms up once and times 10 runs (and no minimum time) where this
-        machine warms up 5 times and times 50 runs for at least a second."""
-        emulated = device != "cpu"
+        machine (and a real board over SSH) warms up 5 times and times 50 runs for at least a second."""
+        emulated = device.startswith("arm")
         return cls(warmup_runs=warmup_runs if warmup_runs is not None else (1 if emulated else 5),
                    num_runs=num_runs if num_runs is not None else (10 if emulated else 50),
                    min_secs=min_secs if min_secs is not None else (0.0 if emulated else 1.0), **given)

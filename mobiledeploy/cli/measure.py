@@ -24,7 +24,8 @@ from .params import PATH, SEED, Finite, batch_size_option, device_option, input_
 
 @click.command(epilog="More: docs/commands/bench.md")
 @click.argument("target", type=PATH)
-@device_option(" Emulated time is 100-500x slower than hardware and is labelled as such.")
+@device_option(" Emulated time is 100-500x slower than hardware and is labelled as such; a board's is device "
+               "latency.")
 @click.option("--num-threads", default=1, show_default=True, type=click.IntRange(min=1, max=256),
               help="Threads per runtime; 1 matches a phone app's inference thread and is the steadiest.")
 @click.option("--warmup-runs", type=click.IntRange(min=0, max=10000), help="Untimed runs first [default: 5; 1 on arm].")
@@ -43,7 +44,7 @@ from .params import PATH, SEED, Finite, batch_size_option, device_option, input_
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path, allow_dash=True),
               help="Write one CSV row per file to this file ('-' for stdout).")
 @click.pass_context
-def bench(ctx: click.Context, target: Path, device: str, num_threads: int, warmup_runs: int | None,
+def bench(ctx: click.Context, target: Path, device: str, remote_python: str | None, num_threads: int, warmup_runs: int | None,
           num_runs: int | None, min_secs: float | None, max_secs: float, batch_size: int, data: Path | None,
           include_keras: bool, profile: bool, top_ops: int, seed: int, as_json: bool, csv_path: Path | None) -> None:
     """Latency, memory and size of every file in TARGET (a build folder or one file).
@@ -56,7 +57,7 @@ def bench(ctx: click.Context, target: Path, device: str, num_threads: int, warmu
                                         max_secs=max_secs, batch_size=renamed(ctx, "batch_size", batch_size),
                                         profile=profile, top_ops=top_ops, seed=seed)
     with Progress(enabled=not as_json) as progress:
-        report = bench_build(target, settings, data, include_keras, progress.update, device)
+        report = bench_build(target, settings, data, include_keras, progress.update, device, remote_python)
     if csv_path is not None:
         terminal.write_csv(report, csv_path)
     if as_json:

@@ -11,7 +11,8 @@ import click
 
 from ..errors import MobiledeployError
 from ..limits import MAX_WORKERS
-from ..runtime.arm.emulation import CPUS, DEFAULT_CPU, parse_device
+from ..runtime import devices
+from ..runtime.arm.emulation import CPUS, DEFAULT_CPU
 
 
 
@@ -44,7 +45,7 @@ def parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
 
 def _device(ctx, param, value: str) -> str:
     try:
-        parse_device(value)
+        devices.check(value)
     except MobiledeployError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
@@ -76,8 +77,7 @@ def renamed(ctx: click.Context, name: str, value):
 
 DATA_HELP = ("Labelled images: a folder with one sub-folder per class (classes in sorted order, or as "
              "--labels lists them), or an .npz with x and y. A plain image folder gives label-free drift.")
-DEVICE_HELP = (f"cpu: this machine. arm[:CPU]: the .tflite/.onnx files run under qemu ARM emulation (set up on "
-               f"first use). CPU: {', '.join(CPUS)} (default {DEFAULT_CPU}).")
+DEVICE_HELP = f"{devices.HELP} CPU: {', '.join(CPUS)} (default {DEFAULT_CPU})."
 
 
 def data_options(command):
@@ -88,7 +88,16 @@ def data_options(command):
 
 
 def device_option(extra: str = ""):
-    return click.option("--device", default="cpu", show_default=True, callback=_device, help=DEVICE_HELP + extra)
+    """--device, and --remote-python for a board over SSH."""
+    def decorate(command):
+        command = click.option(
+            "--remote-python", metavar="PATH",
+            help="With --device ssh://...: the Python on the board to run the files with (it needs numpy, "
+                 "onnxruntime and ai-edge-litert). Without it, mobiledeploy sets up its own there on first use, "
+                 "with this machine's versions of them.")(command)
+        return click.option("--device", default="cpu", show_default=True, callback=_device,
+                            help=DEVICE_HELP + extra)(command)
+    return decorate
 
 
 def workers_option():

@@ -13,6 +13,7 @@ import click
 from ..options import WEIGHT_ONLY
 from ..reports import HEADS, SCALINGS, Head
 from ..evaluation.costs import separable_blocks
+from ..runtime import devices
 from ..staging import write_text_atomic
 from .console import fitted_table, make_console
 from .html import format_db, format_spread
@@ -20,8 +21,8 @@ from .html import format_db, format_spread
 
 def print_eval(report) -> None:
     labelled = report.labelled
-    arm = report.device != "cpu"
-    where = f"; .tflite/.onnx on {report.device} (emulated)" if arm else ""
+    arm = report.device != "cpu"  # another device: emulated ARM or a board
+    where = f"; .tflite/.onnx on {report.device} ({devices.kind(report.device)})" if arm else ""
     columns = ["artifact", *(["device", "same as x86", "max |diff| vs x86"] if arm else []),
                *(["top-1", "vs float (95%)", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
                *(["classes changed"] if labelled else [])]
@@ -239,8 +240,9 @@ def print_analyze(report, top: int) -> None:
 
 def print_bench(report) -> None:
     settings = report.settings
-    emulated = report.device != "cpu"
-    title_device = f"{report.device} EMULATED by qemu (not device latency)" if emulated else report.device
+    emulated = devices.kind(report.device) == "emulated"
+    title_device = {"emulated": f"{report.device} EMULATED by qemu (not device latency)",
+                    "board": f"{report.device} (device latency)"}.get(devices.kind(report.device), report.device)
     columns = ["artifact", "runtime", "KiB", "init", "first", "median", "p90", "p99", "std", "inf/s", "peak MB",
                "GMAC/s", "vs float", "agreement"]
     rows = []
@@ -264,6 +266,14 @@ def print_bench(report) -> None:
     cpu = report.rows[0].cpu if report.rows else ""
     if not emulated and cpu:
         console.print(f"CPU: {cpu} (the features that pick the int8 kernels)")
+    board = report.rows[0].board if report.rows else {}
+    if board:
+        console.print("board: " + ", ".join(part for part in (
+            f"{board['cores']} cores" if board.get("cores") else "",
+            f"governor {board['governor']}" if board.get("governor") else "",
+            f"{board['temperature_c']:.0f} °C" if board.get("temperature_c") is not None else "",
+            " ".join(f"{name} {board[name]}" for name in ("numpy", "onnxruntime", "ai-edge-litert") if name in board),
+        ) if part))
     if emulated:
         console.print(f"emulated CPU: {cpu}. Trust from emulation: the kernel family those features "
                       "select, MACs, file sizes and outputs; not the times, which are 100-500x slower than "

@@ -18,7 +18,7 @@ from ..reports import EvalReport, GateResult
 from ..data import datasets
 from ..model.heads import head_for
 from ..quiet import import_tensorflow
-from ..runtime.arm import provisioning
+from ..runtime import devices
 from ..runtime.host import Process, outputs_of
 from ..runtime.runners import is_quantized, open_runner
 from ..staging import write_text_atomic
@@ -33,13 +33,15 @@ def evaluate_build(
     device: str = "cpu",
     compare: tuple[str | Path, ...] = (),
     workers: int = 1,
+    remote_python: str | None = None,
 ) -> EvalReport:
     """Run every artifact listed in ``build_dir/manifest.json`` on ``data``; compare with float.
 
     The preprocessing comes from the manifest, and each file's sha256 is checked against it
     first, so a changed or truncated artifact is refused by name. With ``device="arm[:cpu]"``
-    the .tflite/.onnx files also run under ARM emulation: their metrics come from the ARM
-    outputs, and each row says how many outputs were bit-identical to this CPU's. ``compare``
+    the .tflite/.onnx files also run under ARM emulation, with ``device="ssh://user@host"`` on
+    that board (its Python: ``remote_python``, or one set up there): their metrics come from
+    those outputs, and each row says how many outputs were bit-identical to this CPU's. ``compare``
     adds .tflite/.onnx files from elsewhere (an int8 file published with the model, another
     tool's) to the same run and table, scored against the same float model and labels.
 
@@ -64,7 +66,7 @@ def evaluate_build(
         raise MobiledeployError(f"{build_dir}/manifest.json lists no Keras float model to compare with; "
                                 "re-run mobiledeploy quantize")
     total = len(dataset.items)
-    arm = provisioning.target_for(device, report)
+    target = devices.open_target(device, remote_python, report)
     runners = {entry["file"]: open_runner(entry["path"]) for entry in files}
     head = head_for(runners[reference_name].model, build.manifest.head)
     expected = runners[reference_name].input_shape
@@ -78,16 +80,16 @@ def evaluate_build(
     with tempfile.TemporaryDirectory(prefix="mobiledeploy-eval-") as tmp:
         saved: list[str] = []
         batches = datasets.iter_batches(dataset, preprocessing, batch_size)
-        sharded = arm is None and workers > 1  # this CPU's files in worker processes
-        if arm is not None or sharded:  # the worker processes read the very same preprocessed batches
+        sharded = target is None and workers > 1  # this CPU's files in worker processes
+        if target is not None or sharded:  # the worker processes read the very same preprocessed batches
             batches = _saving(batches, Path(tmp), saved)
         seconds: dict[str, float] = {}
         here = {reference_name: runners[reference_name]} if sharded else runners
         outputs = evaluate.collect(here, batches, lambda done: report(step, done, total), seconds)
         x86 = dict(outputs)
-        if arm is not None or sharded:
-            process = arm.process() if arm is not None else Process()
-            where = f"on {arm.device} (emulated)" if arm is not None else f"in {workers} worker processes"
+        if target is not None or sharded:
+            process = target.process() if target is not None else Process()
+            where = f"on {target.device} ({target.kind})" if target is not None else f"in {workers} worker processes"
             for done, entry in enumerate(e for e in files if e["format"] != "keras"):
                 report(f"run {where}", done, len(files) - 1)
                 started = time.perf_counter()
@@ -113,8 +115,8 @@ def evaluate_build(
                **({k: e[k] for k in ("compared", "background_dropped") if k in e}),
                **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels, head,
                                            hits[e["file"]], hits[reference_name])}
-        if arm is not None:
-            row["device"] = "cpu" if e["format"] == "keras" else arm.device
+        if target is not None:
+            row["device"] = "cpu" if e["format"] == "keras" else target.device
             if e["format"] != "keras":
                 row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]], head))
         rows.append(row)
@@ -128,7 +130,7 @@ def evaluate_build(
                                         for e in files if e["precision"] != "float32"))
     return EvalReport(str(build_dir), str(data), dataset.digest, build.manifest.model.sha256,
                       total, dataset.labelled, reference_name, tuple(rows), preprocessing.to_dict(),
-                      arm.device if arm is not None else "cpu", head.kind, per_sample,
+                      target.device if target is not None else "cpu", head.kind, per_sample,
                       {name: round(spent, 3) for name, spent in seconds.items()}, tuple(warnings))
 
 
@@ -144,12 +146,14 @@ def check_build(
     device: str = "cpu",
     compare: tuple[str | Path, ...] = (),
     workers: int = 1,
+    remote_python: str | None = None,
 ) -> GateResult:
     """The CI gate: evaluate the build (and the ``compare`` files), then apply ``rules``, against
     ``baseline`` when given. ``update_baseline`` writes the baseline instead of reading it."""
     if update_baseline and baseline is None:
         raise MobiledeployError("updating a baseline needs its path (--baseline FILE)")
-    report = evaluate_build(build_dir, data, labels_file, batch_size, progress, device, compare, workers)
+    report = evaluate_build(build_dir, data, labels_file, batch_size, progress, device, compare, workers,
+                            remote_python)
     stored = gate.read_baseline(Path(baseline), report) if baseline is not None and not update_baseline else None
     result = GateResult(report, tuple(gate.evaluate_rules(report, rules, stored)))
     if update_baseline:
@@ -185,7 +189,7 @@ def _same_classes(entry: dict, outputs, classes: int):
 
 
 def _saving(batches, folder: Path, saved: list[str]):
-    """Pass batches through, keeping each as a .npy file for the emulated worker."""
+    """Pass batches through, keeping each as a .npy file for the worker processes."""
     import numpy as np
 
     for i, batch in enumerate(batches):

@@ -15,7 +15,7 @@ from ..options import BenchSettings, Progress
 from ..reports import Artifact, BenchReport, LatencyReport
 from ..runtime import timing
 from ..runtime.runners import QUANTIZED_ONNX_OPS, TFLiteRunner
-from ..runtime.arm import provisioning
+from ..runtime import devices
 from . import costs
 
 
@@ -26,20 +26,22 @@ def bench_build(
     include_keras: bool = False,
     progress: Progress | None = None,
     device: str = "cpu",
+    remote_python: str | None = None,
 ) -> BenchReport:
     """Latency of every artifact in a build folder (or of one .tflite/.onnx file), each timed
     in its own process, with speed-ups of int8 over the float file of the same format.
 
     ``device="arm[:cpu]"`` times them under qemu: emulated time, which neither predicts device
-    latency nor ranks float vs int8 as hardware does; the report says so."""
+    latency nor ranks float vs int8 as hardware does; the report says so. ``device="ssh://..."``
+    times them on that board (its Python: ``remote_python``, or one set up there): device latency."""
     settings = settings or BenchSettings()
     report = progress or (lambda step, done, total: None)
     target = Path(target)
     build, entries = _bench_entries(target)
-    arm = provisioning.target_for(device, report)
-    if include_keras and arm is not None:
-        raise MobiledeployError("--keras cannot run under ARM emulation (no TensorFlow for the emulated "
-                                "Python); drop --keras or use --device cpu")
+    if include_keras and devices.kind(device) != "cpu":
+        raise MobiledeployError(f"--keras cannot run on {device} (the worker there has no TensorFlow); drop --keras "
+                                "or use --device cpu")
+    runs_on = devices.open_target(device, remote_python, report)
     if not include_keras:
         entries = [e for e in entries if e[0].format != "keras"]
     macs = costs.model_costs(float_model(build.directory)).macs if build is not None else None
@@ -52,12 +54,12 @@ def bench_build(
     for done, (entry, path) in enumerate(entries):
         report("benchmark", done, len(entries))
         row = timing.measure(path, entry.format, entry.precision, settings, inputs,
-                             arm.process() if arm is not None else None, entry.details.get("tensor_map"))
+                             runs_on.process() if runs_on is not None else None, entry.details.get("tensor_map"))
         rows.append(dataclasses.replace(row, macs=macs))
     report("benchmark", len(entries), len(entries))
     agreement = _agreements(build)
     rows = [dataclasses.replace(r, agreement=agreement.get(r.artifact)) for r in rows]
-    return BenchReport(str(target), arm.device if arm is not None else "cpu", source, settings,
+    return BenchReport(str(target), runs_on.device if runs_on is not None else "cpu", source, settings,
                        _with_speedups(rows))
 
 

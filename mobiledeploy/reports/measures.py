@@ -174,6 +174,9 @@ class LatencyReport:
     # and the share of the operators' time no layer took (after the last layer's tensor)
     layer_ms: dict = field(default_factory=dict)
     layer_ms_unattributed: float | None = None
+    # on a board over SSH: its cores, frequency governor, hottest thermal zone (°C) and runtime
+    # versions, where readable; empty elsewhere
+    board: dict = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:

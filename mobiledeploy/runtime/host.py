@@ -1,16 +1,18 @@
 """The host side of a worker process: write its spec, start it (this machine's Python or the
-emulated ARM one), read its JSON result and its output arrays. ``worker`` is the child side."""
+emulated ARM one; ``board`` starts it on a board over SSH), read its JSON result and its output
+arrays. ``worker`` is the child side."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -18,42 +20,63 @@ from ..errors import MobiledeployError
 from .onnx_session import disabled_optimizers
 
 
+class WorkerDied(MobiledeployError):
+    """The worker process ended without a result (killed, crashed, out of memory, its board's
+    connection dropped): not the input's fault."""
+
+
+class Launcher(Protocol):
+    """Where a worker runs: ``run`` writes the spec, runs the worker, returns its JSON result."""
+
+    device: str  # "cpu", "arm:<cpu>", "ssh://..."
+    kind: str  # "cpu", "emulated" or "board"
+
+    def run(self, spec: dict, workdir: Path, label: str) -> dict:
+        """The worker's result for ``spec``; its output files written where the spec names them."""
+
+
 @dataclass(frozen=True)
 class Process:
-    """How to start the worker: the interpreter command, its environment, the device label."""
+    """A worker process on this machine: the interpreter command, its environment, the device."""
 
     command: tuple[str, ...] = (sys.executable,)
     env: dict = field(default_factory=dict)  # empty: this process's environment
     device: str = "cpu"
+    kind: str = "cpu"
+
+    def run(self, spec: dict, workdir: Path, label: str) -> dict:
+        spec = {**spec, "result": str(workdir / "result.json")}
+        spec_file = workdir / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        env = self.env or {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([*self.command, "-m", "mobiledeploy.runtime.worker", str(spec_file)],
+                              capture_output=True, text=True, env=env, check=False)
+        result_file = Path(spec["result"])
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        return checked_result(result, done.returncode, done.stderr, self.device, label)
 
 
-class WorkerDied(MobiledeployError):
-    """The worker process ended without a result (killed, crashed, out of memory): not the input's fault."""
+def checked_result(result: dict, returncode: int, stderr: str, device: str, label: str) -> dict:
+    """A worker's result: its user error re-raised, a worker that ended without a result as
+    ``WorkerDied`` with the last line it printed."""
+    if "error" in result:
+        raise MobiledeployError(result["error"])
+    if returncode != 0 or not result:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1][:200]
+        raise WorkerDied(f"{label}: the {device} worker process failed (exit {returncode}): {tail}")
+    return result
 
 
 RETRIES = 1  # a shard whose worker died runs again this many times before the command fails
 
 
-def run_worker(spec: dict, workdir: Path, process: Process, label: str) -> dict:
-    """Write ``spec``, run the worker, return its JSON result; user errors are re-raised, a
-    worker that ended without a result raises ``WorkerDied``."""
-    spec = {**spec, "result": str(workdir / "result.json")}
-    spec_file = workdir / "spec.json"
-    spec_file.write_text(json.dumps(spec))
-    env = process.env or {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([*process.command, "-m", "mobiledeploy.runtime.worker", str(spec_file)],
-                          capture_output=True, text=True, env=env, check=False)
-    result_file = Path(spec["result"])
-    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    if "error" in result:
-        raise MobiledeployError(result["error"])
-    if done.returncode != 0 or not result:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        raise WorkerDied(f"{label}: the {process.device} worker process failed (exit {done.returncode}): {tail}")
-    return result
+def run_worker(spec: dict, workdir: Path, process: Launcher, label: str) -> dict:
+    """Run the worker for ``spec`` where ``process`` says and return its JSON result; user errors
+    are re-raised, a worker that ended without a result raises ``WorkerDied``."""
+    return process.run(spec, workdir, label)
 
 
-def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: Process, workers: int = 1,
+def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: Launcher, workers: int = 1,
                on_retry: Callable[[str], None] | None = None) -> np.ndarray:
     """One artifact's outputs for the batches saved as .npy files, computed by worker processes
     (the emulated ARM one, or this machine's Python), flattened to (N, features).
@@ -65,7 +88,8 @@ def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: 
     from concurrent.futures import ThreadPoolExecutor
 
     # unique: a file compared with a build's own may share its name (model_int8.tflite)
-    work = Path(tempfile.mkdtemp(prefix=f"{path.name}.{process.device.replace(':', '-')}.", dir=workdir))
+    device = re.sub(r"[^A-Za-z0-9._-]+", "-", process.device)  # ssh://user@host:22 -> ssh-user-host-22
+    work = Path(tempfile.mkdtemp(prefix=f"{path.name}.{device}.", dir=workdir))
     outputs = [str(work / f"out_{i:05d}.npy") for i in range(len(inputs))]
     bounds = np.linspace(0, len(inputs), max(1, min(workers, len(inputs))) + 1).astype(int)
     shards = [(start, end) for start, end in zip(bounds, bounds[1:]) if end > start]  # none for no batches

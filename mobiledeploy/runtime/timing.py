@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import MobiledeployError
 from ..options import BenchSettings
 from ..reports import LatencyReport
-from .host import Process, artifact_spec, run_worker
+from .host import Launcher, Process, artifact_spec, run_worker
 from .onnx_session import float_ops_in, save_optimized_onnx
 from .profile_layers import attribute, layer_times
 from .runners import open_artifact
@@ -64,9 +64,9 @@ def timed_runs(call: Callable[[], object], settings: BenchSettings,
 
 
 def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, inputs: np.ndarray | None = None,
-            process: Process | None = None, tensor_map: dict[str, str] | None = None) -> LatencyReport:
+            process: Launcher | None = None, tensor_map: dict[str, str] | None = None) -> LatencyReport:
     """Time one artifact in a process of its own: this machine's Python by default, or the
-    emulated ARM interpreter that ``process`` describes. With ``settings.profile`` and the
+    emulated ARM interpreter or the board that ``process`` describes. With ``settings.profile`` and the
     build's ``tensor_map`` of an ONNX file, also each layer's share of the operators' time."""
     process = process or Process()
     with tempfile.TemporaryDirectory(prefix="mobiledeploy-bench-") as tmp:
@@ -89,6 +89,7 @@ def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, input
         **result["timing"], peak_rss_mb=result["peak_rss_mb"],
         profile=tuple(result.get("profile", ())), profile_note=result.get("profile_note", ""),
         cpu=result.get("cpu", ""), runtime_float_ops=unfused, layer_ms=layers, layer_ms_unattributed=unplaced,
+        board=result.get("board", {}) if process.kind == "board" else {},
     )
 
 

@@ -9,7 +9,9 @@ TensorFlow does not.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,14 +77,55 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+def board_info() -> dict:
+    """What bears on this machine's latency, where readable: cores, the frequency governor, the
+    hottest thermal zone (a board that throttles runs slower), and the runtimes' versions."""
+    from importlib import metadata
+
+    info: dict = {"cores": os.cpu_count()}
+    try:
+        info["governor"] = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
+    except OSError:
+        pass
+    temperatures = []
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp")):
+        try:
+            temperatures.append(int(zone.read_text().strip()) / 1000.0)
+        except (OSError, ValueError):
+            continue
+    if temperatures:
+        info["temperature_c"] = max(temperatures)
+    for name in ("numpy", "onnxruntime", "ai-edge-litert"):
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return info
+
+
+def check_sha256(spec: dict) -> None:
+    """The artifact is the one the host sent: its sha256 as the spec gives it (copies to a board)."""
+    if "sha256" not in spec:
+        return
+    digest = hashlib.sha256()
+    with open(spec["path"], "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != spec["sha256"]:
+        raise MobiledeployError(f"{Path(spec['path']).name}: the copy here has sha256 {digest.hexdigest()[:12]}..., "
+                                f"not the host's {spec['sha256'][:12]}...; it is removed, run the command again")
+
+
 def main(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     try:
+        check_sha256(spec)
         if spec["mode"] == "bench":
             result = measure_here(spec)
         else:
             result = run_outputs(spec)
         result["cpu"] = cpu_features()
+        result["board"] = board_info()
     except MobiledeployError as exc:
         result = {"error": str(exc)}
     Path(spec["result"]).write_text(json.dumps(result))

@@ -51,6 +51,8 @@ class ArmTarget:
     code: Path  # a folder holding only the mobiledeploy package
     cpu: str
 
+    kind = "emulated"
+
     @property
     def device(self) -> str:
         return f"arm:{self.cpu}"
@@ -61,7 +63,7 @@ class ArmTarget:
 
     def process(self) -> Process:
         """How the worker is started on this emulated CPU."""
-        return Process(tuple(self.command()), self.env(), self.device)
+        return Process(tuple(self.command()), self.env(), self.device, self.kind)
 
     def command(self) -> list[str]:
         return [str(self.qemu), str(self.prefix / PYTHON)]
@@ -85,7 +87,7 @@ def parse_device(device: str) -> str | None:
         return None
     kind, _, cpu = device.partition(":")
     if kind != "arm":
-        raise MobiledeployError(f"unknown device '{device}'; expected cpu, arm or arm:<cpu>")
+        raise MobiledeployError(f"unknown device '{device}'; expected cpu, arm, arm:<cpu> or ssh://user@host[:port]")
     cpu = cpu or DEFAULT_CPU
     if cpu == "max":
         raise MobiledeployError(
