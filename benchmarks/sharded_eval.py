@@ -1,14 +1,18 @@
-"""eval with --workers: wall time of 1 and 2 worker processes, side by side in one run.
+"""eval with --workers and --ray: wall time of 1 and 2 local worker processes and of 2 shards on a
+Ray cluster, side by side in one run.
 
     python benchmarks/sharded_eval.py [--work /tmp/md-sharded] [--device arm:cortex-a76] [--rounds 2]
+                                      [--no-ray]
 
 Quantizes the shared ImageNet MobileNet v1 0.25 once (defaults, into --work), then runs
 ``mobiledeploy eval BUILD --data IMAGES --device DEVICE --workers N --json`` on its 500 dev images
-with N = 1 and 2, alternated over --rounds rounds (1, 2, 2, 1, ...: this machine is shared and
-its speed drifts), each in a fresh process. Prints each run's seconds, the median time of each N,
-their ratio, and whether the reports' rows are identical (they must be). Under ARM emulation each
-worker is one qemu process on one core; on this CPU (--device cpu) the runtimes already use every
-core, so more workers mostly add process start-up. ~25 minutes for arm:cortex-a76 on 2 cores.
+with N = 1 and 2, and with ``--ray ADDRESS --workers 2`` against a Ray head this script starts on
+127.0.0.1 with 2 CPUs (stopped at the end), alternated over --rounds rounds (1, 2, ray, ray, 2,
+1, ...: this machine is shared and its speed drifts), each in a fresh process. Prints each run's
+seconds, the median time of each, the ratios to 1 worker, and whether the reports' rows are
+identical (they must be). Under ARM emulation each worker is one qemu process on one core; on
+this CPU (--device cpu) the runtimes already use every core, so more workers mostly add process
+start-up. ~35 minutes for arm:cortex-a76 on 2 cores.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +44,32 @@ def mobiledeploy(*args: str) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - started, run
 
 
+@contextmanager
+def ray_head():
+    """A Ray head on 127.0.0.1 with 2 CPUs for the run; its address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp,
+                             "--object-store-memory", str(200 << 20)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(10)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/md-sharded"))
     parser.add_argument("--device", default="arm:cortex-a76")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-ray", action="store_true", help="only the local workers")
     args = parser.parse_args()
     if not MODEL.is_file():
         sys.exit(f"no shared model at {MODEL}")
@@ -49,18 +77,22 @@ def main() -> None:
     build = args.work / "build"
     if not (build / "manifest.json").is_file():
         mobiledeploy("quantize", str(MODEL), "--calib", str(IMAGES), "-o", str(build), "--overwrite")
-    times: dict[int, list[float]] = {1: [], 2: []}
-    rows: dict[int, list] = {}
-    order = [n for r in range(args.rounds) for n in ((1, 2) if r % 2 == 0 else (2, 1))]
-    for workers in order:
-        seconds, run = mobiledeploy("eval", str(build), "--data", str(IMAGES), "--device", args.device,
-                                    "--workers", str(workers), "--json")
-        times[workers].append(seconds)
-        rows.setdefault(workers, json.loads(run.stdout)["rows"])
-        print(f"--workers {workers}: {seconds:.1f} s", flush=True)
-    one, two = statistics.median(times[1]), statistics.median(times[2])
-    print(f"\n{args.device}, 500 images: --workers 1 {one:.1f} s, --workers 2 {two:.1f} s (medians); "
-          f"1 / 2 workers: {one / two:.2f}x; rows identical: {rows[1] == rows[2]}")
+    runs = ["1", "2"] + ([] if args.no_ray else ["ray"])
+    order = [n for r in range(args.rounds) for n in (runs if r % 2 == 0 else runs[::-1])]
+    times: dict[str, list[float]] = {n: [] for n in runs}
+    rows: dict[str, list] = {}
+    with ray_head() if not args.no_ray else nullcontext() as address:
+        for name in order:
+            where = ["--workers", "2", "--ray", address] if name == "ray" else ["--workers", name]
+            seconds, run = mobiledeploy("eval", str(build), "--data", str(IMAGES), "--device", args.device,
+                                        *where, "--json")
+            times[name].append(seconds)
+            rows.setdefault(name, json.loads(run.stdout)["rows"])
+            print(f"{' '.join(where)}: {seconds:.1f} s", flush=True)
+    medians = {name: statistics.median(spent) for name, spent in times.items()}
+    print(f"\n{args.device}, 500 images (medians): " + ", ".join(
+        f"{'Ray, 2 shards' if n == 'ray' else f'--workers {n}'} {t:.1f} s ({medians['1'] / t:.2f}x of 1 worker)"
+        for n, t in medians.items()) + f"; rows identical: {all(r == rows['1'] for r in rows.values())}")
 
 
 if __name__ == "__main__":

@@ -61,16 +61,17 @@ def quantize(model_path: Path, calib: Path, output_dir: Path = "build", options:
 
 def evaluate_build(build_dir: Path, data: Path, labels: Path | None = None, batch_size: int = 64,
                    device: str = "cpu", progress: Progress | None = None, compare: Sequence[Path] = (),
-                   workers: int = 1, remote_python: str | None = None) -> EvalReport:
+                   workers: int = 1, remote_python: str | None = None, ray: str | None = None) -> EvalReport:
     """``mobiledeploy eval``: every file of the build (and the ``compare`` files) on the images in
     ``data``, scored against the build's float model and the labels; ``device="arm:CPU"`` runs the
     .tflite/.onnx files under ARM emulation, ``device="ssh://user@host"`` on that board (with its
     Python at ``remote_python``, or one set up there); ``workers`` runs them in that many
-    processes, each on a share of the images (the same results)."""
+    processes, each on a share of the images (the same results); ``ray`` (an address, or "auto")
+    runs those shards as tasks on a Ray cluster."""
     from .evaluation import builds
 
     return builds.evaluate_build(build_dir, data, labels, batch_size, progress, device, tuple(compare),
-                                 _workers(workers), remote_python)
+                                 _workers(workers), remote_python, ray)
 
 
 def check_build(build_dir: Path, data: Path, labels: Path | None = None, max_drop: float = GateRules.max_drop,
@@ -78,7 +79,7 @@ def check_build(build_dir: Path, data: Path, labels: Path | None = None, max_dro
                 tolerance: float = GateRules.tolerance, sqnr_tolerance: float = GateRules.sqnr_tolerance,
                 compare: Sequence[Path] = (), update_baseline: bool = False, batch_size: int = 64,
                 device: str = "cpu", progress: Progress | None = None, workers: int = 1,
-                remote_python: str | None = None) -> GateResult:
+                remote_python: str | None = None, ray: str | None = None) -> GateResult:
     """``mobiledeploy check``: evaluate the build, then apply the CI gate's rules (top-1 at most
     ``max_drop`` points below float, agreement at least ``min_agreement``, no regression against
     ``baseline``, no loss against the ``compare`` files). A failed rule is in the result
@@ -87,7 +88,7 @@ def check_build(build_dir: Path, data: Path, labels: Path | None = None, max_dro
 
     rules = GateRules(max_drop, min_agreement, tolerance, sqnr_tolerance)
     return builds.check_build(build_dir, data, rules, labels, baseline, update_baseline, batch_size, progress,
-                              device, tuple(compare), _workers(workers), remote_python)
+                              device, tuple(compare), _workers(workers), remote_python, ray)
 
 
 def _workers(workers: int) -> int:

@@ -31,7 +31,8 @@ BATCH_HELP = "Images per runtime call; larger is faster, smaller uses less memor
 @json_option("the report")
 @click.pass_context
 def eval_command(ctx: click.Context, build: Path, data: Path, labels: Path | None, batch_size: int, device: str,
-                 remote_python: str | None, workers: int, compare: tuple[Path, ...], as_json: bool) -> None:
+                 remote_python: str | None, workers: int, ray: str | None, compare: tuple[Path, ...],
+                 as_json: bool) -> None:
     """Accuracy and drift of every file in BUILD against its float model.
 
     The file list and the preprocessing come from BUILD/manifest.json; a file whose sha256 no
@@ -40,7 +41,7 @@ def eval_command(ctx: click.Context, build: Path, data: Path, labels: Path | Non
     """
     with Progress(enabled=not as_json) as progress:
         report = evaluate_build(build, data, labels, renamed(ctx, "batch_size", batch_size), progress.update,
-                                device, compare, workers, remote_python)
+                                device, compare, workers, remote_python, ray)
     if as_json:
         click.echo(dumps(report.to_dict(), "eval"))
     else:
@@ -72,7 +73,7 @@ def eval_command(ctx: click.Context, build: Path, data: Path, labels: Path | Non
 def check(ctx: click.Context, build: Path, data: Path, labels: Path | None, max_drop: float, min_agreement: float,
           baseline: Path | None, tolerance: float, sqnr_tolerance: float, compare: tuple[Path, ...],
           update_baseline: bool, report_path: Path | None, junit_xml: Path | None, batch_size: int, device: str,
-          remote_python: str | None, workers: int, as_json: str | None) -> None:
+          remote_python: str | None, workers: int, ray: str | None, as_json: str | None) -> None:
     """CI gate: exit 3 when quantized accuracy regresses.
 
     Rules, per int8 file: top-1 at most --max-drop points below float; agreement with float at
@@ -97,7 +98,7 @@ def check(ctx: click.Context, build: Path, data: Path, labels: Path | None, max_
     rules = GateRules(max_drop, min_agreement / 100, tolerance, sqnr_tolerance)
     with Progress(enabled=as_json is None) as progress:
         result = check_build(build, data, rules, labels, baseline, update_baseline, renamed(ctx, "batch_size", batch_size),
-                             progress.update, device, compare, workers, remote_python)
+                             progress.update, device, compare, workers, remote_python, ray)
     text = dumps({**gate.results_json(result), "report": result.report.to_dict()}, "check")
     if report_path is not None:
         write_text_atomic(report_path, text + "\n")

@@ -11,7 +11,7 @@ import click
 
 from ..errors import MobiledeployError
 from ..limits import MAX_WORKERS
-from ..runtime import devices
+from ..runtime import cluster, devices
 from ..runtime.arm.emulation import CPUS, DEFAULT_CPU
 
 
@@ -48,6 +48,15 @@ def _device(ctx, param, value: str) -> str:
         devices.check(value)
     except MobiledeployError as exc:
         raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _ray(ctx, param, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            cluster.check_address(value)
+        except MobiledeployError as exc:
+            raise click.BadParameter(str(exc)) from None
     return value
 
 
@@ -101,12 +110,21 @@ def device_option(extra: str = ""):
 
 
 def workers_option():
-    """--workers: eval's and check's files in N worker processes, each on a share of the images."""
-    return click.option(
-        "--workers", default=1, show_default=True, type=click.IntRange(min=1, max=MAX_WORKERS), metavar="N",
-        help="Run the .tflite/.onnx files in N processes at once, each on a share of the images; the results "
-             "are the same as with 1. Worth it under ARM emulation (--device arm:...), where each process uses "
-             "one core: pick the number of cores. On this CPU the runtimes already use every core.")
+    """--workers and --ray: eval's and check's files in N worker processes (here, on a board or on
+    a Ray cluster), each on a share of the images."""
+    def decorate(command):
+        command = click.option(
+            "--ray", metavar="ADDRESS", callback=_ray,
+            help="Run the shards as tasks on a Ray cluster: 'auto' (the one started on this machine with ray "
+                 "start, or $RAY_ADDRESS), host:6379 or ray://host:10001. Each node runs its share on its own "
+                 "CPU (or emulated --device arm:CPU) with the same results; --workers defaults to the "
+                 "cluster's CPUs. Needs pip install 'mobiledeploy[ray]' here and on the nodes.")(command)
+        return click.option(
+            "--workers", default=1, show_default=True, type=click.IntRange(min=1, max=MAX_WORKERS), metavar="N",
+            help="Run the .tflite/.onnx files in N processes at once, each on a share of the images; the results "
+                 "are the same as with 1. Worth it under ARM emulation (--device arm:...), where each process uses "
+                 "one core: pick the number of cores. On this CPU the runtimes already use every core.")(command)
+    return decorate
 
 
 def batch_size_option(default: int, about: str):

@@ -18,7 +18,7 @@ from ..reports import EvalReport, GateResult
 from ..data import datasets
 from ..model.heads import head_for
 from ..quiet import import_tensorflow
-from ..runtime import devices
+from ..runtime import cluster, devices
 from ..runtime.host import Process, outputs_of
 from ..runtime.runners import is_quantized, open_runner
 from ..staging import write_text_atomic
@@ -34,6 +34,7 @@ def evaluate_build(
     compare: tuple[str | Path, ...] = (),
     workers: int = 1,
     remote_python: str | None = None,
+    ray: str | None = None,
 ) -> EvalReport:
     """Run every artifact listed in ``build_dir/manifest.json`` on ``data``; compare with float.
 
@@ -47,7 +48,9 @@ def evaluate_build(
 
     ``workers`` above 1 runs each .tflite/.onnx file in that many worker processes at once, each
     on a contiguous share of the batches (this machine's Python, or the emulated ARM one): the
-    same outputs and metrics as one process, and a shard whose worker died runs again.
+    same outputs and metrics as one process, and a shard whose worker died runs again. ``ray``
+    (an address, or "auto") runs the shards as tasks on that Ray cluster's nodes instead, as many
+    as it has CPUs unless ``workers`` says otherwise.
     """
     import numpy as np
 
@@ -66,7 +69,9 @@ def evaluate_build(
         raise MobiledeployError(f"{build_dir}/manifest.json lists no Keras float model to compare with; "
                                 "re-run mobiledeploy quantize")
     total = len(dataset.items)
-    target = devices.open_target(device, remote_python, report)
+    if ray is not None and remote_python is not None:
+        raise MobiledeployError("--remote-python is for --device ssh://...; --ray runs the cluster's own Python")
+    target = cluster.connect(ray, device) if ray is not None else devices.open_target(device, remote_python, report)
     runners = {entry["file"]: open_runner(entry["path"]) for entry in files}
     head = head_for(runners[reference_name].model, build.manifest.head)
     expected = runners[reference_name].input_shape
@@ -80,21 +85,24 @@ def evaluate_build(
     with tempfile.TemporaryDirectory(prefix="mobiledeploy-eval-") as tmp:
         saved: list[str] = []
         batches = datasets.iter_batches(dataset, preprocessing, batch_size)
-        sharded = target is None and workers > 1  # this CPU's files in worker processes
-        if target is not None or sharded:  # the worker processes read the very same preprocessed batches
+        elsewhere = target is not None and target.kind != "cpu"  # another CPU: rows compare with this one's
+        pooled = target is not None or workers > 1  # worker processes, which read the very same batches
+        if pooled:
             batches = _saving(batches, Path(tmp), saved)
         seconds: dict[str, float] = {}
-        here = {reference_name: runners[reference_name]} if sharded else runners
+        here = runners if elsewhere or not pooled else {reference_name: runners[reference_name]}
         outputs = evaluate.collect(here, batches, lambda done: report(step, done, total), seconds)
         x86 = dict(outputs)
-        if target is not None or sharded:
+        if pooled:
             process = target.process() if target is not None else Process()
-            where = f"on {target.device} ({target.kind})" if target is not None else f"in {workers} worker processes"
+            shards = target.cpus if ray is not None and workers == 1 else workers
+            where = (f"in {shards} shards on the Ray cluster at {ray}" if ray is not None else
+                     f"on {target.device} ({target.kind})" if target is not None else f"in {workers} worker processes")
             for done, entry in enumerate(e for e in files if e["format"] != "keras"):
                 report(f"run {where}", done, len(files) - 1)
                 started = time.perf_counter()
                 outputs[entry["file"]] = outputs_of(entry["path"], entry["format"], saved, Path(tmp), process,
-                                                    workers, retried.append)
+                                                    shards, retried.append)
                 seconds[entry["file"]] = time.perf_counter() - started
     for entry in (e for e in files if e.get("compared")):
         outputs[entry["file"]] = _same_classes(entry, outputs[entry["file"]], outputs[reference_name].shape[1])
@@ -115,7 +123,7 @@ def evaluate_build(
                **({k: e[k] for k in ("compared", "background_dropped") if k in e}),
                **evaluate.artifact_metrics(e["file"], reference, outputs[e["file"]], labels, head,
                                            hits[e["file"]], hits[reference_name])}
-        if target is not None:
+        if elsewhere:
             row["device"] = "cpu" if e["format"] == "keras" else target.device
             if e["format"] != "keras":
                 row.update(evaluate.bit_exactness(x86[e["file"]], outputs[e["file"]], head))
@@ -147,13 +155,14 @@ def check_build(
     compare: tuple[str | Path, ...] = (),
     workers: int = 1,
     remote_python: str | None = None,
+    ray: str | None = None,
 ) -> GateResult:
     """The CI gate: evaluate the build (and the ``compare`` files), then apply ``rules``, against
     ``baseline`` when given. ``update_baseline`` writes the baseline instead of reading it."""
     if update_baseline and baseline is None:
         raise MobiledeployError("updating a baseline needs its path (--baseline FILE)")
     report = evaluate_build(build_dir, data, labels_file, batch_size, progress, device, compare, workers,
-                            remote_python)
+                            remote_python, ray)
     stored = gate.read_baseline(Path(baseline), report) if baseline is not None and not update_baseline else None
     result = GateResult(report, tuple(gate.evaluate_rules(report, rules, stored)))
     if update_baseline:
