@@ -27,12 +27,12 @@ from typing import Sequence
 from .errors import MobiledeployError
 from .limits import MAX_WORKERS
 from .options import PRESETS, BenchSettings, GateRules, Progress, QuantizeOptions
-from .reports import AnalyzeReport, BenchReport, CostReport, EvalReport, GateResult, QuantizeResult
+from .reports import AnalyzeReport, BenchReport, CostReport, EvalReport, GateResult, QuantizeResult, SweepReport
 from .version import __version__
 
-__all__ = ["quantize", "evaluate_build", "check_build", "bench_build", "inspect_model", "analyze_build",
+__all__ = ["quantize", "evaluate_build", "check_build", "bench_build", "inspect_model", "analyze_build", "sweep",
            "QuantizeOptions", "BenchSettings", "GateRules", "PRESETS", "QuantizeResult", "EvalReport", "GateResult",
-           "BenchReport", "CostReport", "AnalyzeReport", "MobiledeployError", "__version__"]
+           "BenchReport", "CostReport", "AnalyzeReport", "SweepReport", "MobiledeployError", "__version__"]
 
 Path = str | PathLike
 # The functions import their stages when called: the worker that runs files under ARM emulation
@@ -129,3 +129,15 @@ def analyze_build(build_dir: Path, data: Path, max_images: int = 200,
     from .evaluation import layers
 
     return layers.analyze_build(build_dir, data, max_images, progress=progress)
+
+
+def sweep(sweep_file: Path, output_dir: Path = "sweep", workers: int = 1, ray: str | None = None,
+          trust_model_code: bool = False, progress: Progress | None = None) -> SweepReport:
+    """``mobiledeploy sweep``: every cell (model x setting x device x evaluation set) of the TOML
+    file ``sweep_file``, each build, evaluation and measurement cached in ``output_dir`` under
+    the hash of its inputs; ``workers`` tasks at once in local processes, or on the Ray cluster
+    at ``ray``. A failed cell is in the report (``report.failed``), not raised."""
+    from .sweeps.plan import read_plan
+    from .sweeps.run import run_sweep
+
+    return run_sweep(read_plan(sweep_file), output_dir, _workers(workers), ray, trust_model_code, progress)

@@ -19,6 +19,7 @@ RANKS = [
     ("export",),
     ("evaluation",),
     ("pipeline",),
+    ("sweeps",),
     ("cli",),
     ("__init__", "__main__"),
 ]

@@ -18,6 +18,7 @@ from .arm import arm
 from .evaluate import check, eval_command
 from .measure import analyze, bench, inspect
 from .quantize import quantize
+from .sweep import sweep
 
 
 class _Group(click.Group):
@@ -66,6 +67,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     mobiledeploy bench build/ --device cpu                  # latency (or --device arm)
     mobiledeploy analyze build/ --data eval_images/ --html drift.html
     mobiledeploy inspect model.h5 --alpha 0.5               # params and MACs per layer
+    mobiledeploy sweep sweep.toml -o sweep/                 # models x settings x devices
     """
     ctx.meta["debug"] = debug
     _quiet_libraries()
@@ -85,4 +87,5 @@ main.add_command(check)
 main.add_command(bench)
 main.add_command(inspect)
 main.add_command(analyze)
+main.add_command(sweep)
 main.add_command(arm)

@@ -352,3 +352,25 @@ def print_costs(report) -> None:
         ratio = sum(b["macs"] for b in blocks.values()) / sum(b["standard_macs"] for b in blocks.values())
         console.print(f"{len(blocks)} depthwise-separable blocks cost {ratio:.3f} of standard convolutions "
                       f"({1 / ratio:.1f}x fewer mult-adds)")
+
+
+def print_sweep(report) -> None:
+    """One row per quantized file of each cell, then where the files are."""
+    rows = []
+    for r in report.rows:
+        if r["artifact"] is None:
+            rows.append([r["model"], r["setting"], r["device"] or "", r["data"] or "", "-", "-", "-", "-", "-", "-",
+                         r["error"]])
+            continue
+        change, sqnr, latency = r["top1_change"], r["sqnr_db"], r["median_ms"]
+        rows.append([r["model"], r["setting"], r["device"], r["data"], r["artifact"], f"{r['agreement']:.1%}",
+                     "-" if change is None else f"{change:+.1f}", "inf" if sqnr is None else f"{sqnr:.1f}",
+                     f"{r['size_kib']:.0f}", "-" if latency is None else f"{latency:.3f}", r["error"] or ""])
+    console = make_console()
+    console.print(fitted_table(
+        console, f"sweep {report.source}: tasks run {report.tasks_run}, from the cache {report.tasks_cached}, "
+                 f"failed {report.tasks_failed}", ["model", "setting", "device", "data", "file", "agreement",
+                                                   "top-1 change", "SQNR (dB)", "KiB", "median ms", "note"],
+        rows, names=("file",), left=("setting", "device", "data", "note"),
+        optional=("note", "KiB", "median ms", "SQNR (dB)", "data")))
+    console.print(f"results: {report.output_dir}/results.csv, results.json and sweep.html ({report.seconds:.1f} s)")

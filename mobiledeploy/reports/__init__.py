@@ -2,7 +2,7 @@
 the rest of the package, so any module may import it."""
 
 from .measures import (AnalyzeReport, BenchReport, CostReport, EvalReport, GateResult, LatencyReport, LayerCost,
-                       LayerDrift, RuleResult)
+                       LayerDrift, RuleResult, SweepReport)
 from .stages import (DitherReport, Drift, EqualizeReport, Fallback, FoldReport, LogitFloorReport, MixedPrecisionReport,
                      QuantizeResult, RefineReport, ScalingReport, stage_records)
 from .values import HEADS, SCALINGS, Artifact, CalibrationSet, Head, Preprocessing, Scaling
@@ -10,4 +10,4 @@ from .values import HEADS, SCALINGS, Artifact, CalibrationSet, Head, Preprocessi
 __all__ = ["AnalyzeReport", "Artifact", "BenchReport", "CalibrationSet", "CostReport", "DitherReport", "Drift",
            "EqualizeReport", "EvalReport", "Fallback", "FoldReport", "GateResult", "HEADS", "Head", "LatencyReport", "LayerCost",
            "LayerDrift", "LogitFloorReport", "MixedPrecisionReport", "Preprocessing", "QuantizeResult",
-           "RefineReport", "RuleResult", "SCALINGS", "Scaling", "ScalingReport", "stage_records"]
+           "RefineReport", "RuleResult", "SCALINGS", "Scaling", "ScalingReport", "SweepReport", "stage_records"]

@@ -246,3 +246,25 @@ class AnalyzeReport:
     def to_dict(self) -> dict:
         return {"build_dir": self.build_dir, "data_source": self.data_source, "samples": self.samples,
                 "layers": {name: [r.to_dict() for r in rows] for name, rows in self.layers.items()}}
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """``mobiledeploy sweep``: a row per quantized file of each cell (model x setting x device x
+    evaluation set), and how many tasks ran, came from the cache or failed."""
+
+    source: str  # the sweep file
+    output_dir: str
+    rows: tuple[dict, ...]  # sweeps.cells.COLUMNS; a failed task's row has its error and no artifact
+    tasks_run: int
+    tasks_cached: int
+    tasks_failed: int
+    seconds: float
+    versions: dict  # library -> version: part of every cell's cache key
+
+    @property
+    def failed(self) -> bool:
+        return self.tasks_failed > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -105,3 +105,15 @@ def test_bad_ray_addresses_are_refused_in_one_line(reference_build, eval_subset)
         mobiledeploy.evaluate_build(reference_build, eval_subset, ray=f"127.0.0.1:{_free_port()}")
     with pytest.raises(MobiledeployError, match="pick one of them"):
         mobiledeploy.evaluate_build(reference_build, eval_subset, ray="auto", device="ssh://pi@board")
+
+
+def test_a_sweep_on_ray_gives_the_local_cells(tiny_model_file, calib_folder, ray_cluster, tmp_path):
+    address, _ = ray_cluster
+    toml = tmp_path / "sweep.toml"
+    toml.write_text(f'[[models]]\npath = "{tiny_model_file}"\n[data]\ncalib = "{calib_folder}"\n'
+                    f'eval = "{calib_folder}"\n[settings.default]\nnum_calib = 20\nnum_holdout = 10\n'
+                    '[settings.plain]\npreset = "plain"\nnum_calib = 20\nnum_holdout = 10\n[bench]\nenabled = false\n')
+    local = mobiledeploy.sweep(toml, tmp_path / "local")
+    on_ray = mobiledeploy.sweep(toml, tmp_path / "ray", ray=address)
+    assert on_ray.tasks_run == local.tasks_run == 4 and not on_ray.failed
+    assert on_ray.rows == local.rows
