@@ -49,7 +49,10 @@ def printable(text: str) -> str:
 
 
 def _what_was_written(interruption: BaseException) -> str:
-    """What an interrupted run leaves: nothing, or (stopped just after publishing) its output."""
+    """What an interrupted run leaves: nothing, or (stopped just after publishing) its output, or
+    what the command says it keeps (a sweep's finished tasks)."""
+    if getattr(interruption, "kept", None):
+        return interruption.kept
     return "the output folder was written before it stopped" if published(interruption) else "nothing was written"
 
 

@@ -51,7 +51,7 @@ def _device(ctx, param, value: str) -> str:
     return value
 
 
-def _ray(ctx, param, value: str | None) -> str | None:
+def ray_address(ctx, param, value: str | None) -> str | None:
     if value is not None:
         try:
             cluster.check_address(value)
@@ -114,7 +114,7 @@ def workers_option():
     a Ray cluster), each on a share of the images."""
     def decorate(command):
         command = click.option(
-            "--ray", metavar="ADDRESS", callback=_ray,
+            "--ray", metavar="ADDRESS", callback=ray_address,
             help="Run the shards as tasks on a Ray cluster: 'auto' (the one started on this machine with ray "
                  "start, or $RAY_ADDRESS), host:6379 or ray://host:10001. Each node runs its share on its own "
                  "CPU (or emulated --device arm:CPU) with the same results; --workers defaults to the "

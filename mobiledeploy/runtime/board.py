@@ -56,17 +56,20 @@ class Board:
         """Copy the artifact (unless the board has it) and the inputs over, run the worker there,
         fetch its outputs into the paths ``spec`` names. A dropped connection is ``WorkerDied``
         (a shard runs again); a board that cannot be reached again is ``BoardUnreachable``."""
-        with Connection(self.address) as board:
-            folder = board.check(quote("mkdir", "-p", f"{self.root}/runs") + " && "
-                                 + quote("mktemp", "-d", f"{self.root}/runs/XXXXXXXX"),
-                                 "make a folder for the run", "check the board's disk space").strip()
+        with Connection(self.address) as board:  # a board that cannot be reached: raised as it is
             try:
-                return self._run_in(board, folder, spec, workdir, label)
-            finally:
+                folder = board.check(quote("mkdir", "-p", f"{self.root}/runs") + " && "
+                                     + quote("mktemp", "-d", f"{self.root}/runs/XXXXXXXX"),
+                                     "make a folder for the run", "check the board's disk space").strip()
                 try:
-                    board.run(quote("rm", "-rf", folder))
-                except BoardUnreachable:
-                    pass  # gone with the connection; the next run on a reachable board is unaffected
+                    return self._run_in(board, folder, spec, workdir, label)
+                finally:
+                    try:
+                        board.run(quote("rm", "-rf", folder))
+                    except BoardUnreachable:
+                        pass  # gone with the connection; the board's next run is unaffected
+            except BoardUnreachable as lost:  # dropped mid-run: the worker's result is lost, not wrong
+                raise WorkerDied(f"{label}: {lost}") from None
 
     def _run_in(self, board: Connection, folder: str, spec: dict, workdir: Path, label: str) -> dict:
         remote = {**spec, **self._artifact(board, spec), "result": f"{folder}/result.json"}
@@ -83,12 +86,9 @@ class Board:
         board.put_bytes(json.dumps(remote).encode(), f"{folder}/spec.json")
         command = (f"cd {quote(folder)} && env PYTHONPATH={quote(self.code)} PYTHONNOUSERSITE=1 "
                    f"PYTHONDONTWRITEBYTECODE=1 {quote(self.python, '-m', WORKER, 'spec.json')}")
-        try:
-            status, _, stderr = board.run(command)
-        except BoardUnreachable as lost:
-            raise WorkerDied(f"{label}: {lost}") from None
+        status, _, stderr = board.run(command)
         result = json.loads(board.read_bytes(remote["result"]) or b"{}") if board.exists(remote["result"]) else {}
-        if "error" in result and "sha256" in result["error"]:
+        if result.get("damaged"):
             board.run(quote("rm", "-f", remote["path"]))  # a damaged copy: sent again next time
         result = checked_result(result, status, stderr, self.device, label)
         for local, there in zip(spec.get("outputs", ()), remote.get("outputs", ())):

@@ -52,7 +52,7 @@ class RayCluster:
         task = _shard_task()
         batches = [np.load(path, allow_pickle=False) for path in spec["inputs"]]
         settings = {k: v for k, v in spec.items() if k in ("format", "onnx_disabled")}
-        artifact = _artifact_ref(spec["path"], Path(spec["path"]).stat().st_mtime_ns)
+        artifact = ray.put(Path(spec["path"]).read_bytes())
         try:
             outputs = ray.get(task.remote(artifact, Path(spec["path"]).name, settings, batches, self.device))
         except ray.exceptions.RayTaskError as failed:
@@ -120,14 +120,6 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise MobiledeployError(f"--ray {address}: nothing answers there ({exc.strerror or exc}); start the head "
                                 "with ray start --head, or check the address") from None
-
-
-@functools.lru_cache(maxsize=32)
-def _artifact_ref(path: str, _modified: int):
-    """The artifact's bytes in the object store, put there once per file (and version of it)."""
-    import ray
-
-    return ray.put(Path(path).read_bytes())
 
 
 @functools.lru_cache(maxsize=1)

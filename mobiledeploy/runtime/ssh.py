@@ -67,7 +67,11 @@ class Connection:
         self.address = address
         config = _config_for(address.host)
         hostname = config.get("hostname", address.host)
-        port = address.port or int(config.get("port", 22))
+        try:
+            port = address.port or int(config.get("port", 22))
+        except ValueError:
+            raise BoardUnreachable(f"{address.label}: ~/.ssh/config gives Port '{config.get('port')}'; expected a "
+                                   "number") from None
         user = address.user or config.get("user") or getpass.getuser()
         self.client = paramiko.SSHClient()
         try:
@@ -79,7 +83,20 @@ class Connection:
             raise BoardUnreachable(f"{address.label}: cannot read known_hosts ({exc})") from None
         self.client.set_missing_host_key_policy(paramiko.RejectPolicy())  # never trust on first use
         try:
-            self.client.connect(hostname, port, user, key_filename=config.get("identityfile"), timeout=TIMEOUT,
+            self._connect(hostname, port, user, config)
+        except BaseException:
+            self.client.close()
+            raise
+        self.client.get_transport().set_keepalive(KEEPALIVE)
+        self._sftp = None
+
+    def _connect(self, hostname: str, port: int, user: str, config: dict) -> None:
+        import paramiko
+
+        address = self.address
+        try:
+            keys = [str(Path(k).expanduser()) for k in config.get("identityfile", [])] or None
+            self.client.connect(hostname, port, user, key_filename=keys, timeout=TIMEOUT,
                                 banner_timeout=TIMEOUT, auth_timeout=TIMEOUT, allow_agent=True, look_for_keys=True)
         except paramiko.BadHostKeyException:
             raise BoardUnreachable(
@@ -99,8 +116,6 @@ class Connection:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise BoardUnreachable(f"{address.label}: cannot connect to {hostname}:{port} ({reason[:160]}); "
                                    "check that the board is on and sshd runs") from None
-        self.client.get_transport().set_keepalive(KEEPALIVE)
-        self._sftp = None
 
     def __enter__(self) -> Connection:
         return self

@@ -103,6 +103,10 @@ def board_info() -> dict:
     return info
 
 
+class CopyDamaged(MobiledeployError):
+    """The artifact here is not the one the host sent (a board's kept copy changed)."""
+
+
 def check_sha256(spec: dict) -> None:
     """The artifact is the one the host sent: its sha256 as the spec gives it (copies to a board)."""
     if "sha256" not in spec:
@@ -112,7 +116,7 @@ def check_sha256(spec: dict) -> None:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != spec["sha256"]:
-        raise MobiledeployError(f"{Path(spec['path']).name}: the copy here has sha256 {digest.hexdigest()[:12]}..., "
+        raise CopyDamaged(f"{Path(spec['path']).name}: the copy here has sha256 {digest.hexdigest()[:12]}..., "
                                 f"not the host's {spec['sha256'][:12]}...; it is removed, run the command again")
 
 
@@ -127,7 +131,7 @@ def main(spec_file: str) -> None:
         result["cpu"] = cpu_features()
         result["board"] = board_info()
     except MobiledeployError as exc:
-        result = {"error": str(exc)}
+        result = {"error": str(exc), **({"damaged": True} if isinstance(exc, CopyDamaged) else {})}
     Path(spec["result"]).write_text(json.dumps(result))
 
 

@@ -119,7 +119,9 @@ def html_page(report: SweepReport) -> str:
 <html lang=en><head><meta charset=utf-8><title>mobiledeploy sweep: {text(Path(report.source).name)}</title>
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #222 }}
-table {{ border-collapse: collapse }} th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: left }}
+table {{ border-collapse: collapse }}
+th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: left; white-space: nowrap }}
+td:last-child {{ white-space: normal }}
 th {{ background: #f4f4f4 }} td.num {{ text-align: right; font-variant-numeric: tabular-nums }}
 td.bar {{ position: relative; min-width: 140px }} td.bar span {{ position: absolute; left: 0; top: 3px; bottom: 3px;
   background: #9ecae1; z-index: -1 }} td.bad {{ color: #b00 }} tr.failed td {{ color: #b00 }}

@@ -24,6 +24,7 @@ from ..jsonout import dumps
 from ..options import Progress
 from ..reports import SweepReport
 from ..staging import write_text_atomic
+from ..version import __version__
 from . import backends, cells
 from .plan import Plan
 
@@ -125,8 +126,8 @@ def _sweep_folder(out: Path, plan: Plan) -> Path:
 
 def library_versions() -> dict[str, str]:
     """The versions that make a result: a new one computes the cells again."""
-    versions = {}
-    for name in LIBRARIES:
+    versions = {"mobiledeploy": __version__}  # this code's own, whatever metadata an old install left
+    for name in LIBRARIES[1:]:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -5,7 +5,10 @@ so that a process pool or Ray can carry them."""
 from __future__ import annotations
 
 from ..errors import MobiledeployError, first_line
+from ..evaluation.builds import evaluate_build
+from ..evaluation.latency import bench_build
 from ..options import BenchSettings, QuantizeOptions
+from ..pipeline import quantize
 
 
 def run_task(task: dict) -> dict:
@@ -13,18 +16,12 @@ def run_task(task: dict) -> dict:
     the task failed (the sweep goes on with the other cells)."""
     try:
         if task["kind"] == "build":
-            from ..pipeline import quantize
-
             quantize(task["model"], task["calib"], task["output"], QuantizeOptions(**task["options"]))
             return {}
         if task["kind"] == "eval":
-            from ..evaluation.builds import evaluate_build
-
             report = evaluate_build(task["build"], task["data"], device=task["device"],
                                     remote_python=task["remote_python"])
             return {"report": report.to_dict()}
-        from ..evaluation.latency import bench_build
-
         settings = BenchSettings.for_device(task["device"], **task["bench"])
         report = bench_build(task["build"], settings, device=task["device"], remote_python=task["remote_python"])
         return {"report": report.to_dict()}

@@ -159,3 +159,44 @@ def test_local_worker_processes_give_the_same_cells(tiny_model_file, calib_folde
     assert two.tasks_run == one.tasks_run == 4 and two.rows == one.rows
     shutil.rmtree(tmp_path / "two" / "results")  # the builds stay: only the evaluations run again
     assert mobiledeploy.sweep(toml, tmp_path / "two", workers=2).tasks_run == 2
+
+
+def test_the_minimal_file_works_as_written(tmp_path):
+    """The issue's minimal sweep file: two models, one calibration and one evaluation folder; every
+    other table takes its default."""
+    for name in ("models/a.h5", "other/b.keras"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    for folder in ("calibration_data", "eval_data"):
+        (tmp_path / folder).mkdir()
+    plan = read_plan(_write(tmp_path, '[[models]]\npath = "models/a.h5"\n[[models]]\npath = "other/b.keras"\n'
+                                      '[data]\ncalib = "calibration_data/"\neval = "eval_data/"\n'))
+    assert [(m.name, m.path) for m in plan.models] == [("a", tmp_path / "models/a.h5"), ("b", tmp_path / "other/b.keras")]
+    assert [s.name for s in plan.settings] == ["default"] and [(d.name, d.device) for d in plan.devices] == [("cpu", "cpu")]
+    assert plan.evals == (("eval", tmp_path / "eval_data"),) and plan.bench == () and plan.cells == 2
+    assert plan.options_for(plan.models[0], plan.settings[0]) == mobiledeploy.PRESETS["default"]
+
+
+@pytest.mark.slow  # a sweep stopped with SIGTERM in a child process: the full tier (.ci/run)
+def test_an_interrupted_sweep_resumes_where_it_stopped(tiny_model_file, calib_folder, labelled, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    toml = _write(tmp_path, _sweep(tiny_model_file, calib_folder, labelled, SETTINGS, "[bench]\nenabled = false\n"))
+    out = tmp_path / "out"
+    running = subprocess.Popen([sys.executable, "-m", "mobiledeploy", "sweep", str(toml), "-o", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((out / "builds").glob("*/manifest.json")):  # the first build is published
+        assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+        time.sleep(0.05)
+    running.send_signal(signal.SIGTERM)
+    _, stderr = running.communicate(timeout=120)
+    assert running.returncode == 143 and "run the same command again to resume" in stderr, stderr
+    kept = len(list((out / "builds").glob("*/manifest.json"))) + len(list((out / "results").glob("*.json")))
+    assert 1 <= kept < 4 and not list((out / "builds").glob(".*.partial-*"))  # whole builds only
+    resumed = mobiledeploy.sweep(toml, out)
+    assert (resumed.tasks_run, resumed.tasks_cached) == (4 - kept, kept) and not resumed.failed
+    assert _untimed(resumed.rows) == _untimed(mobiledeploy.sweep(toml, tmp_path / "calm").rows)
