@@ -87,9 +87,11 @@ class Board:
         command = (f"cd {quote(folder)} && env PYTHONPATH={quote(self.code)} PYTHONNOUSERSITE=1 "
                    f"PYTHONDONTWRITEBYTECODE=1 {quote(self.python, '-m', WORKER, 'spec.json')}")
         status, _, stderr = board.run(command)
-        result = json.loads(board.read_bytes(remote["result"]) or b"{}") if board.exists(remote["result"]) else {}
-        if result.get("damaged"):
-            board.run(quote("rm", "-f", remote["path"]))  # a damaged copy: sent again next time
+        result = _parsed(board.read_bytes(remote["result"])) if board.exists(remote["result"]) else {}
+        if result.get("damaged"):  # removed, so that the next run sends it again
+            board.run(quote("rm", "-f", remote["path"]))
+            raise MobiledeployError(f"{label}: the copy kept on {self.device} no longer matches the file's sha256 "
+                                    f"({result['error']}); it was removed: run the command again to send it anew")
         result = checked_result(result, status, stderr, self.device, label)
         for local, there in zip(spec.get("outputs", ()), remote.get("outputs", ())):
             board.get(there, local)
@@ -105,6 +107,15 @@ class Board:
         if not board.exists(there):
             board.put(local, there)
         return {"path": there, "sha256": digest}
+
+
+def _parsed(raw: bytes) -> dict:
+    """A worker's result as the board wrote it; anything but a JSON object counts as no result."""
+    try:
+        result = json.loads(raw)
+    except ValueError:
+        return {}
+    return result if isinstance(result, dict) else {}
 
 
 def open_board(device: str, remote_python: str | None = None, say: Callable[[str], None] | None = None) -> Board:

@@ -117,7 +117,7 @@ def check_sha256(spec: dict) -> None:
             digest.update(block)
     if digest.hexdigest() != spec["sha256"]:
         raise CopyDamaged(f"{Path(spec['path']).name}: the copy here has sha256 {digest.hexdigest()[:12]}..., "
-                                f"not the host's {spec['sha256'][:12]}...; it is removed, run the command again")
+                          f"not the host's {spec['sha256'][:12]}...")
 
 
 def main(spec_file: str) -> None:

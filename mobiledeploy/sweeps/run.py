@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..data import datasets
-from ..errors import OutputError
+from ..errors import MobiledeployError, OutputError
 from ..jsonout import dumps
 from ..options import Progress
 from ..reports import SweepReport
@@ -66,14 +66,14 @@ def run_sweep(plan: Plan, output_dir: str | Path, workers: int = 1, ray: str | N
             for name, data in plan.evals:
                 result = out / "results" / f"eval-{_key({'build': key, 'data': evals[name], **where})[:24]}.json"
                 measurements[model, setting, device.name, name] = result
-                if not result.is_file():
+                if not _cached(result):
                     todo.append({"kind": "eval", "build": str(folder), "data": str(data), **where,
                                  "result": str(result)})
             if plan.bench is not None:
                 bench = {"bench": dict(plan.bench)}
                 result = out / "results" / f"bench-{_key({'build': key, **where, **bench})[:24]}.json"
                 measurements[model, setting, device.name, "bench"] = result
-                if not result.is_file():
+                if not _cached(result):
                     todo.append({"kind": "bench", "build": str(folder), **where, **bench, "result": str(result)})
     ran += _execute(todo, workers, ray, report, "evaluate and time", failed)
     rows = cells.rows(plan, builds, measurements, failed)
@@ -100,6 +100,19 @@ def _execute(tasks: list[dict], workers: int, ray: str | None, report, step: str
 
     backends.execute(tasks, workers, ray, finished)
     return len(tasks)
+
+
+def _cached(result: Path) -> bool:
+    """Whether a task's result is in the cache and readable; a damaged one is removed (and the
+    task runs again) instead of failing the whole table."""
+    if not result.is_file():
+        return False
+    try:
+        cells.read_result(result)
+        return True
+    except MobiledeployError:
+        result.unlink()
+        return False
 
 
 def _sweep_folder(out: Path, plan: Plan) -> Path:

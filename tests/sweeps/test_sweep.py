@@ -75,13 +75,15 @@ def test_a_sweep_runs_every_cell_then_reruns_only_what_changed(tiny_model_file, 
     assert _untimed(again["rows"]) == _untimed(rows) and [r["median_ms"] for r in again["rows"]] == \
         [r["median_ms"] for r in rows]  # the measurements too come from the cache
 
-    # a setting added, one result lost (an interrupted sweep): only those run
-    next((out / "results").glob("eval-*.json")).unlink()
+    # a setting added, one result lost (an interrupted sweep) and one damaged: only those run
+    lost, damaged = sorted((out / "results").glob("eval-*.json"))
+    lost.unlink()
+    damaged.write_text('{"rows": ')
     toml.write_text(_sweep(tiny_model_file, calib_folder, labelled, SETTINGS + '[settings.bias]\nrefine = "bias"\n'
                            "num_calib = 20\nnum_holdout = 10\n", "[bench]\nnum_runs = 3\nmin_secs = 0\n"
                            "warmup_runs = 0\n"))
     third = mobiledeploy.sweep(toml, out)
-    assert (third.tasks_run, third.tasks_cached, third.tasks_failed) == (4, 5, 0)  # bias: build, eval, bench; the lost eval
+    assert (third.tasks_run, third.tasks_cached, third.tasks_failed) == (5, 4, 0)  # bias: 3 tasks; the 2 evals
     assert _untimed(third.rows[:4]) == _untimed(rows) and {r["setting"] for r in third.rows} == {"default", "plain",
                                                                                                  "bias"}
 
