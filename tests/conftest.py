@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -36,6 +38,32 @@ def strict_json(text: str, kind: str) -> dict:
     jsonschema = pytest.importorskip("jsonschema")  # a dev dependency
     jsonschema.validate(data, json.loads((ROOT / "docs" / "schemas" / f"{kind}.schema.json").read_text()))
     return data
+
+
+@contextmanager
+def killing_first(find: Callable[[], list[int]], within: float = 120.0):
+    """While the block runs, SIGKILL the first process ``find()`` names (polled every 10 ms, for
+    at most ``within`` seconds); yields the list that then holds its pid."""
+    import signal
+    import threading
+    import time
+
+    killed: list[int] = []
+
+    def watch():
+        deadline = time.monotonic() + within
+        while not killed and time.monotonic() < deadline:
+            for pid in find()[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield killed
+    finally:
+        watcher.join()
 
 
 def cli(*args):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import MobiledeployError
+from ..manifest import sha256
 from .arm.emulation import WHEELS, wheel_versions
 from .host import WorkerDied, checked_result
 from .ssh import Address, BoardUnreachable, Connection, parse_address, quote
@@ -102,7 +103,7 @@ class Board:
     def _artifact(self, board: Connection, spec: dict) -> dict:
         """The artifact's path on the board and its sha256, copied there unless already kept."""
         local = Path(spec["path"])
-        digest = _sha256(local)
+        digest = sha256(local)
         there = f"{self.root}/artifacts/{digest}{local.suffix.lower()}"
         if not board.exists(there):
             board.put(local, there)
@@ -190,11 +191,3 @@ def _code_zip() -> tuple[bytes, str]:
             archive.writestr(info, path.read_bytes())
     data = buffer.getvalue()
     return data, hashlib.sha256(data).hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -3,13 +3,10 @@ test on 127.0.0.1 with two CPUs, stopped afterwards), with the results of one lo
 No mocks of Ray."""
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import pytest
 
 import mobiledeploy
 from mobiledeploy.errors import MobiledeployError
-from conftest import cli
+from conftest import cli, killing_first
 from ssh_server import command_line, descendants
 
 
@@ -75,22 +72,11 @@ def test_a_shard_whose_worker_is_killed_on_the_cluster_runs_again(reference_buil
     """SIGKILL the first worker process a Ray task starts (a real process on the cluster, killed
     from outside): its shard runs again, the report says so, the results are undisturbed ones."""
     address, head = ray_cluster
-    killed: list[int] = []
+    def workers_on_the_cluster() -> list[int]:
+        return [pid for pid in descendants(head.pid) if "mobiledeploy.runtime.worker" in command_line(pid)]
 
-    def kill_first_worker():
-        deadline = time.monotonic() + 120
-        while not killed and time.monotonic() < deadline:
-            for pid in descendants(head.pid):
-                if "mobiledeploy.runtime.worker" in command_line(pid):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    break
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=kill_first_worker)
-    watcher.start()
-    disturbed = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=2, ray=address)
-    watcher.join()
+    with killing_first(workers_on_the_cluster) as killed:
+        disturbed = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=2, ray=address)
     assert killed, "no worker process was seen running on the cluster"
     assert any("died" in w and "ran again" in w for w in disturbed.warnings), disturbed.warnings
     calm = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=2)

@@ -3,9 +3,6 @@ images, with the same results as one process; a shard whose worker dies runs aga
 
 import json
 import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import pytest
 import mobiledeploy
 from mobiledeploy.errors import MobiledeployError
 from mobiledeploy.runtime.host import Process, WorkerDied, outputs_of
-from conftest import cli
+from conftest import cli, killing_first
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +78,8 @@ def _worker_pids(marker: str) -> list[int]:
 def test_a_shard_whose_worker_is_killed_runs_again(reference_build, eval_subset):
     """SIGKILL the first worker of the first shard (a real process, killed from outside): the
     shard runs again, the report says so, and the results are those of an undisturbed run."""
-    killed: list[int] = []
-
-    def kill_first_shard():
-        deadline = time.monotonic() + 120
-        while not killed and time.monotonic() < deadline:
-            for pid in _worker_pids("shard_000_0"):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                break
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=kill_first_shard)
-    watcher.start()
-    disturbed = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=2, workers=2)
-    watcher.join()
+    with killing_first(lambda: _worker_pids("shard_000_0")) as killed:
+        disturbed = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=2, workers=2)
     assert killed, "no worker of the first shard was seen running"
     assert any("died" in w and "ran again" in w for w in disturbed.warnings), disturbed.warnings
     calm = mobiledeploy.evaluate_build(reference_build, eval_subset, batch_size=2)
