@@ -109,21 +109,22 @@ def device_option(extra: str = ""):
     return decorate
 
 
-def workers_option():
-    """--workers and --ray: eval's and check's files in N worker processes (here, on a board or on
-    a Ray cluster), each on a share of the images."""
+SHARDS_HELP = ("Run the .tflite/.onnx files in N processes at once, each on a share of the images; the results are "
+               "the same as with 1. Worth it under ARM emulation (--device arm:...), where each process uses one "
+               "core: pick the number of cores. On this CPU the runtimes already use every core.")
+SHARDS_RAY_HELP = ("Run the shards as tasks on a Ray cluster: 'auto' (the one started on this machine with ray start, "
+                   "or $RAY_ADDRESS), host:6379 or ray://host:10001. Each node runs its share on its own CPU (or "
+                   "emulated --device arm:CPU) with the same results; --workers defaults to the cluster's CPUs. "
+                   "Needs pip install 'mobiledeploy[ray]' here and on the nodes.")
+
+
+def workers_option(workers_help: str = SHARDS_HELP, ray_help: str = SHARDS_RAY_HELP):
+    """--workers and --ray: N local processes at once, or a Ray cluster (eval's and check's shares
+    of the images by default; a command with other work says what its workers do)."""
     def decorate(command):
-        command = click.option(
-            "--ray", metavar="ADDRESS", callback=ray_address,
-            help="Run the shards as tasks on a Ray cluster: 'auto' (the one started on this machine with ray "
-                 "start, or $RAY_ADDRESS), host:6379 or ray://host:10001. Each node runs its share on its own "
-                 "CPU (or emulated --device arm:CPU) with the same results; --workers defaults to the "
-                 "cluster's CPUs. Needs pip install 'mobiledeploy[ray]' here and on the nodes.")(command)
-        return click.option(
-            "--workers", default=1, show_default=True, type=click.IntRange(min=1, max=MAX_WORKERS), metavar="N",
-            help="Run the .tflite/.onnx files in N processes at once, each on a share of the images; the results "
-                 "are the same as with 1. Worth it under ARM emulation (--device arm:...), where each process uses "
-                 "one core: pick the number of cores. On this CPU the runtimes already use every core.")(command)
+        command = click.option("--ray", metavar="ADDRESS", callback=ray_address, help=ray_help)(command)
+        return click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1, max=MAX_WORKERS),
+                            metavar="N", help=workers_help)(command)
     return decorate
 
 

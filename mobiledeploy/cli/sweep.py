@@ -14,8 +14,7 @@ from ..sweeps.plan import read_plan
 from ..sweeps.run import run_sweep
 from . import terminal
 from .console import Progress
-from ..limits import MAX_WORKERS
-from .params import PATH, json_option, ray_address, trust_option
+from .params import PATH, json_option, trust_option, workers_option
 
 
 @click.command(epilog="More: docs/commands/sweep.md")
@@ -23,12 +22,10 @@ from .params import PATH, json_option, ray_address, trust_option
 @click.option("-o", "--output-dir", default="sweep", show_default=True, type=PATH,
               help="The sweep's folder: its builds, cached results, results.csv, results.json and sweep.html. "
                    "Run again with the same folder to compute only what changed (or resume).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1, max=MAX_WORKERS), metavar="N",
-              help="Run N tasks (builds, evaluations, measurements) at once, each in a fresh local process. A build "
-                   "already uses every core; more workers pay for emulated devices, which use one core each.")
-@click.option("--ray", metavar="ADDRESS", callback=ray_address,
-              help="Run the tasks on a Ray cluster instead: auto, host:6379 or ray://host:10001. Every node needs "
-                   "mobiledeploy and must see the sweep's paths (a shared folder).")
+@workers_option("Run N tasks (builds, evaluations, measurements) at once, each in a fresh local process. A build "
+                "already uses every core; more workers pay for emulated devices, which use one core each.",
+                "Run the tasks on a Ray cluster instead: auto, host:6379 or ray://host:10001. Every node needs "
+                "mobiledeploy and must see the sweep's paths (a shared folder).")
 @trust_option
 @json_option("the results")
 def sweep(sweep_file: Path, output_dir: Path, workers: int, ray: str | None, trust_model_code: bool,

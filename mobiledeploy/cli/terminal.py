@@ -21,16 +21,16 @@ from .html import format_db, format_spread
 
 def print_eval(report) -> None:
     labelled = report.labelled
-    arm = report.device != "cpu"  # another device: emulated ARM or a board
-    where = f"; .tflite/.onnx on {report.device} ({devices.kind(report.device)})" if arm else ""
-    columns = ["artifact", *(["device", "same as x86", "max |diff| vs x86"] if arm else []),
+    elsewhere = report.device != "cpu"  # emulated ARM or a board: rows compare with this CPU's
+    where = f"; .tflite/.onnx on {report.device} ({devices.kind(report.device)})" if elsewhere else ""
+    columns = ["artifact", *(["device", "same as x86", "max |diff| vs x86"] if elsewhere else []),
                *(["top-1", "vs float (95%)", "top-5"] if labelled else []), "agreement", "SQNR (dB)", "mean KL",
                *(["classes changed"] if labelled else [])]
     rows = []
     for row in report.rows:
         sqnr = "inf" if math.isinf(row["sqnr_db"]) else f"{row['sqnr_db']:.1f}"
         cells = [Path(row["artifact"]).name + " *" if row.get("compared") else row["artifact"]]
-        if arm:
+        if elsewhere:
             exact = "x86_identical" in row
             cells += [row["device"], f"{row['x86_identical']:.2%}" if exact else "-",
                       f"{row['x86_max_abs_diff']:.2g}" if exact else "-"]

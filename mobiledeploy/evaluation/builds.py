@@ -18,7 +18,7 @@ from ..reports import EvalReport, GateResult
 from ..data import datasets
 from ..model.heads import head_for
 from ..quiet import import_tensorflow
-from ..runtime import cluster, devices
+from ..runtime import devices
 from ..runtime.host import Process, outputs_of
 from ..runtime.runners import is_quantized, open_runner
 from ..staging import write_text_atomic
@@ -69,9 +69,7 @@ def evaluate_build(
         raise MobiledeployError(f"{build_dir}/manifest.json lists no Keras float model to compare with; "
                                 "re-run mobiledeploy quantize")
     total = len(dataset.items)
-    if ray is not None and remote_python is not None:
-        raise MobiledeployError("--remote-python is for --device ssh://...; --ray runs the cluster's own Python")
-    target = cluster.connect(ray, device) if ray is not None else devices.open_target(device, remote_python, report)
+    target = devices.open_target(device, remote_python, report, ray)
     runners = {entry["file"]: open_runner(entry["path"]) for entry in files}
     head = head_for(runners[reference_name].model, build.manifest.head)
     expected = runners[reference_name].input_shape

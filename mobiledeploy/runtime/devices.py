@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import MobiledeployError
+from . import cluster
 from .arm import provisioning
 from .arm.emulation import parse_device
 from .board import open_board
@@ -34,12 +35,15 @@ def check(device: str) -> None:
 
 
 def open_target(device: str, remote_python: str | None = None,
-                progress: Callable[[str, int, int], None] | None = None):
+                progress: Callable[[str, int, int], None] | None = None, ray: str | None = None):
     """The target for ``device`` (None for this CPU): ARM emulation set up on first use, or a
-    board connected to and made ready. ``remote_python`` is the board's interpreter to use."""
+    board connected to and made ready; with ``ray``, that Ray cluster running ``device`` on its
+    nodes. ``remote_python`` is the board's interpreter to use."""
     check(device)
     if remote_python is not None and kind(device) != "board":
         raise MobiledeployError("--remote-python names the Python on a board; use it with --device ssh://...")
+    if ray is not None:
+        return cluster.connect(ray, device)
     if kind(device) == "board":
         return open_board(device, remote_python, lambda step: progress(step, 0, 1) if progress else None)
     return provisioning.target_for(device, progress)

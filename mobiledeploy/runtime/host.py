@@ -70,12 +70,6 @@ def checked_result(result: dict, returncode: int, stderr: str, device: str, labe
 RETRIES = 1  # a shard whose worker died runs again this many times before the command fails
 
 
-def run_worker(spec: dict, workdir: Path, process: Launcher, label: str) -> dict:
-    """Run the worker for ``spec`` where ``process`` says and return its JSON result; user errors
-    are re-raised, a worker that ended without a result raises ``WorkerDied``."""
-    return process.run(spec, workdir, label)
-
-
 def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: Launcher, workers: int = 1,
                on_retry: Callable[[str], None] | None = None) -> np.ndarray:
     """One artifact's outputs for the batches saved as .npy files, computed by worker processes
@@ -102,7 +96,7 @@ def outputs_of(path: Path, fmt: str, inputs: list[str], workdir: Path, process: 
             folder = work / f"shard_{index:03d}_{attempt}"
             folder.mkdir()
             try:
-                run_worker(spec, folder, process, str(path))
+                process.run(spec, folder, str(path))
                 return
             except WorkerDied as died:
                 if attempt == RETRIES:

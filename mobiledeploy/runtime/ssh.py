@@ -162,22 +162,21 @@ class Connection:
         return self._sftp
 
     def put(self, local: str | Path, remote: str) -> None:
-        """Copy a file to the board: to a temporary name, then renamed, so no half-copied file
-        ever has the final name."""
-        partial = f"{remote}.partial"
-        try:
-            self.sftp.put(str(local), partial)
-            self.sftp.posix_rename(partial, remote)
-        except (OSError, EOFError) as exc:
-            raise BoardUnreachable(f"{self.address.label}: copying {Path(local).name} failed ({exc})") from None
+        """Copy a file to the board."""
+        with open(local, "rb") as stream:
+            self._upload(stream, remote)
 
     def put_bytes(self, data: bytes, remote: str) -> None:
         """``put`` for bytes held in memory."""
         import io
 
+        self._upload(io.BytesIO(data), remote)
+
+    def _upload(self, stream, remote: str) -> None:
+        """To a temporary name, then renamed: no half-copied file ever has the final name."""
         partial = f"{remote}.partial"
         try:
-            self.sftp.putfo(io.BytesIO(data), partial)
+            self.sftp.putfo(stream, partial)
             self.sftp.posix_rename(partial, remote)
         except (OSError, EOFError) as exc:
             raise BoardUnreachable(f"{self.address.label}: writing {remote} failed ({exc})") from None

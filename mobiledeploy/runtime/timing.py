@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import MobiledeployError
 from ..options import BenchSettings
 from ..reports import LatencyReport
-from .host import Launcher, Process, artifact_spec, run_worker
+from .host import Launcher, Process, artifact_spec
 from .onnx_session import float_ops_in, save_optimized_onnx
 from .profile_layers import attribute, layer_times
 from .runners import open_artifact
@@ -77,7 +77,7 @@ def measure(path: Path, fmt: str, precision: str, settings: BenchSettings, input
         if inputs is not None:
             np.save(Path(tmp) / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
             spec["inputs"] = str(Path(tmp) / "inputs.npy")
-        result = run_worker(spec, Path(tmp), process, str(path))
+        result = process.run(spec, Path(tmp), str(path))
         unfused, layers, unplaced = {}, {}, None
         if spec["optimized_graph"] and precision != "float32":
             unfused = float_ops_in(Path(tmp) / OPTIMIZED)

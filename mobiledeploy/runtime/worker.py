@@ -9,7 +9,6 @@ TensorFlow does not.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MobiledeployError
+from ..manifest import sha256
 from .runners import open_artifact
 from .timing import measure_here
 
@@ -111,12 +111,9 @@ def check_sha256(spec: dict) -> None:
     """The artifact is the one the host sent: its sha256 as the spec gives it (copies to a board)."""
     if "sha256" not in spec:
         return
-    digest = hashlib.sha256()
-    with open(spec["path"], "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != spec["sha256"]:
-        raise CopyDamaged(f"{Path(spec['path']).name}: the copy here has sha256 {digest.hexdigest()[:12]}..., "
+    digest = sha256(spec["path"])
+    if digest != spec["sha256"]:
+        raise CopyDamaged(f"{Path(spec['path']).name}: the copy here has sha256 {digest[:12]}..., "
                           f"not the host's {spec['sha256'][:12]}...")
 
 

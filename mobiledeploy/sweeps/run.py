@@ -21,6 +21,7 @@ from pathlib import Path
 from ..data import datasets
 from ..errors import MobiledeployError, OutputError
 from ..jsonout import dumps
+from ..manifest import sha256
 from ..options import Progress
 from ..reports import SweepReport
 from ..staging import write_text_atomic
@@ -150,14 +151,10 @@ def library_versions() -> dict[str, str]:
 
 def content_hash(path: Path) -> str:
     """sha256 of a model file, or of a SavedModel folder's files (their names and bytes)."""
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else "").encode())
-        with open(file, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    if path.is_file():
+        return sha256(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return _key({str(file.relative_to(path)): sha256(file) for file in files})
 
 
 def _digest(folder: Path) -> str:
