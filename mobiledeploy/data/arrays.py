@@ -81,6 +81,9 @@ def _npz_member(path: Path, key: str | None, error) -> np.ndarray:
                         f"{repr('x') if key is None else repr(key)}; save the images as x (N, H, W, C), "
                         "e.g. np.savez(file, x=images)")
         info = archive.getinfo(f"{key}.npy")
+        if info.flag_bits & 0x1:  # zipfile would ask for a password (RuntimeError)
+            raise error(f"{path}: '{key}' is encrypted in this .npz; save the arrays without a password, "
+                        "e.g. np.savez(file, x=images)")
         with archive.open(info) as member:
             shape, dtype, order, offset = _header(member, path, error, f"'{key}' in this .npz")
         _check(shape, dtype, path, error)

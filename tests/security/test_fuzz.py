@@ -160,3 +160,17 @@ def test_regression_array_header_with_a_negative_size(tmp_path, suffix):
     path.write_bytes(data)
     with pytest.raises(MobiledeployError, match="negative size"):
         calibration.scan(path, Preprocessing(24, 24, 3, "mobilenet"), num_calib=1)
+
+
+def test_regression_npz_member_marked_encrypted(tmp_path):
+    """Found by the array target: an .npz member whose flags say it is encrypted makes Python's
+    zip reader raise RuntimeError (a password is required), which escaped as a crash."""
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((2, 24, 24, 3), np.float32))
+    data = bytearray(buffer.getvalue())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 8] |= 0x1  # the central directory's general-purpose flags: encrypted
+    path = tmp_path / "images.npz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(MobiledeployError, match="'x' is encrypted in this .npz"):
+        calibration.scan(path, Preprocessing(24, 24, 3, "mobilenet"), num_calib=1)
