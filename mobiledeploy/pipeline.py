@@ -21,20 +21,16 @@ from pathlib import Path
 from . import manifest, staging
 from .data import calibration, datasets
 from .data.input_scaling import SAMPLES, read_scaling
-from .errors import FoldingError, MobiledeployError, first_line
-from .evaluation import layers as analyze
+from .errors import FoldingError, MobiledeployError
 from .evaluation.costs import model_costs
-from .evaluation import metrics as evaluate
 from .evaluation import sanity
-from .export import onnx as onnx_export
-from .export import tflite as tflite_export
 from .export import tflite_metadata
 from .manifest import Manifest, ModelSource
 from .model.heads import head_for
 from .model.loading import load_model
 from .option_checks import check_options
-from .options import ACTIVATION_BITS, ExportSettings, Progress, QuantizeOptions
-from .passes import mixed, refine
+from .options import Progress, QuantizeOptions
+from .passes import mixed
 from .passes.dither import AUTO_MAX_CHANNELS, dither_first_layer
 from .passes.equalize import equalize
 from .passes.folding import fold_batchnorm, verify_fold
@@ -42,10 +38,9 @@ from .passes.logit_floor import floor_logits, floored
 from .passes.ranges import mse_ranges
 from .quiet import import_tensorflow
 from .reports import Artifact, Fallback, QuantizeResult, stage_records
-from .runtime.runners import KerasRunner, open_runner
+from .rounds import FOLDED_FILE, Rounds, optional
 from .stage_clock import StageClock
 
-FOLDED_FILE = "model_folded.keras"
 # the equalized float model: the same function as the folded one, with rescaled channels; the
 # int8 files' intermediate tensors mirror it, so analyze compares them with this one
 EQUALIZED_FILE = "model_equalized.keras"
@@ -122,13 +117,13 @@ def quantize(
 
     head = head_for(folded, options.head)  # how agreement reads the outputs (a single output is a binary decision)
     fallbacks: list[Fallback] = []
-    equalized, equalization = _optional(fallbacks, "cross-layer equalization", (folded, None),
+    equalized, equalization = optional(fallbacks, "cross-layer equalization", (folded, None),
                                         _equalize, folded, samples, options, report)
     # what the int8 converters start from: the same function as the folded model
-    prepared, dither = _optional(fallbacks, "dithered copies", (equalized, None),
+    prepared, dither = optional(fallbacks, "dithered copies", (equalized, None),
                                  _dither, equalized, samples, options, report)
-    floor = _optional(fallbacks, "logit floor", None, _logit_floor, prepared, samples, options, report)
-    ranges = _optional(fallbacks, "activation ranges", {}, _tensor_ranges, prepared, floor, samples, options, report)
+    floor = optional(fallbacks, "logit floor", None, _logit_floor, prepared, samples, options, report)
+    ranges = optional(fallbacks, "activation ranges", {}, _tensor_ranges, prepared, floor, samples, options, report)
     if learned is not None:
         ranges = {name: (low, high, low, high) for name, (low, high) in learned.layers.items()}
     which = "holdout" if cset.holdout else "calib"
@@ -140,9 +135,12 @@ def quantize(
         if dither:
             save_keras(prepared, work / DITHERED_FILE)
         warnings: list[str] = []
-        artifacts, drift, refinement, settings, keep = _build_within_budget(
-            work, folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks, warnings,
-            learned.input if learned is not None else _pixel_range(preprocessing) if options.io == "uint8" else None)
+        rounds = Rounds(folded, head, prepared, floor, ranges, batches, samples, which, options, report, fallbacks,
+                        learned.input if learned is not None else _pixel_range(preprocessing) if options.io == "uint8"
+                        else None)
+        built = rounds.within_budget(work, warnings)
+        artifacts, drift, refinement, settings, keep = (built.artifacts, built.drift, built.refinement, built.settings,
+                                                        list(built.keep))
         warnings += sanity.int8_files(drift)
         if options.metadata:
             artifacts = tflite_metadata.embed_in_build(work, artifacts, loaded.model.name, preprocessing, labels)
@@ -185,16 +183,6 @@ def quantize(
                           tuple(warnings), stages, learned.to_dict() if learned is not None else None)
 
 
-def _optional(fallbacks: list[Fallback], setting: str, plain, stage, *args):
-    """``stage(*args)``, or ``plain`` when it fails: an optional refinement never fails a build.
-    The failure goes to ``fallbacks`` (the terminal and the manifest show it)."""
-    try:
-        return stage(*args)
-    except Exception as exc:  # noqa: BLE001 - any failure of an optional stage; SIGTERM and Ctrl-C still stop
-        fallbacks.append(Fallback("(model)", setting, f"{type(exc).__name__}: {first_line(exc)}; used the plain setting"))
-        return plain
-
-
 def _reference_entry(work: Path, stage_report, file: str) -> dict | None:
     """What a stage that rewrote the float model's channels did, and the float model it wrote,
     which analyze compares the int8 tensors with (checked like the artifacts, but not one: eval
@@ -204,69 +192,6 @@ def _reference_entry(work: Path, stage_report, file: str) -> dict | None:
     entry = {k: v for k, v in stage_report.to_dict().items() if k != "seconds"}
     entry["reference"] = manifest.describe(work, Artifact(file, "keras", "float32")).to_dict()
     return entry
-
-
-def _build_within_budget(work: Path, folded, head, prepared, floor, ranges: dict, batches, samples, which: str,
-                         options: QuantizeOptions, report: Progress, fallbacks: list[Fallback], warnings: list[str],
-                         input_range: tuple[float, float] | None):
-    """Refine (and floor the logits), export and measure; with ``--max-disagreement``, keep one more
-    layer in float (with --precision mixed: give its output 16-bit activations) and do it again
-    while a quantized file is over budget (``mixed``). The last
-    round's files stay in ``work``. The logit floor is applied to the refined model: what the
-    int8 converters see, and what analyze compares the int8 tensors with. What the first round's
-    float outputs say about the model goes to ``warnings``."""
-    keep = list(dict.fromkeys(options.keep_float))
-    write_float = True
-    rounding_cache: dict = {}  # a layer's rounding, fitted once for the settings before it (refine.py)
-    while True:
-        # a kept layer's output (and the weightless layers after it) leaves int8: float, or 16 bits
-        left = mixed.float_layers(folded, keep)
-        wide = left if options.precision == "mixed" else frozenset()
-        float_layers = frozenset() if wide else left
-        int8_ranges = {name: r[:2] for name, r in ranges.items() if name not in left}
-        refined, refinement = _optional(fallbacks, "refinement", (prepared, None), _refine, prepared, samples,
-                                        options, report, frozenset() if wide else frozenset(keep), int8_ranges, wide,
-                                        rounding_cache)
-        refined = floored(refined, floor)
-        settings = ExportSettings(precision=options.precision, io=options.io, input_range=input_range,
-                                  onnx_activations=options.onnx_activations, per_channel=options.per_channel,
-                                  float_layers=tuple(sorted(float_layers)), int16_layers=tuple(sorted(wide)),
-                                  tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
-        artifacts, drift = _export_and_measure(work, folded, head, refined, batches, which, settings, report,
-                                               write_float, warnings if write_float else None)
-        write_float = False  # the float files stay as the first round wrote them
-        if options.max_disagreement is None or mixed.worst_loss(drift) <= options.max_disagreement \
-                or len(keep) >= len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
-            return artifacts, drift, refinement, settings, keep
-        report(f"mixed precision: find the layer that loses most ({len(keep) + 1} "
-               f"{'with 16-bit activations' if options.precision == 'mixed' else 'in float'})", 0, 1)
-        int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in artifacts if a.quantized}
-        per_layer = _optional(fallbacks, "mixed precision search", {}, analyze.analyze, floored(prepared, floor),
-                              int8_files, batches(which))
-        candidate = mixed.most_sensitive(per_layer, keep)
-        if candidate is None:
-            return artifacts, drift, refinement, settings, keep
-        keep.append(candidate)
-
-
-def _export_and_measure(work: Path, folded, head, int8_model, batches, which: str, settings: ExportSettings,
-                        report: Progress, write_float: bool = True, warnings: list[str] | None = None):
-    """Write the four TFLite/ONNX files to ``work`` (the int8 files only, ``write_float=False``:
-    a later round of the mixed-precision search, whose float files do not change); the int8
-    files' drift against ``folded``, their outputs read as ``head`` says."""
-    report("export TFLite", 0, 1)
-    artifacts = [_keras_artifact()]
-    artifacts += tflite_export.export(folded, batches, work, settings, int8_model, write_float)
-    report("export ONNX", 0, 1)
-    artifacts += onnx_export.export(folded, batches, work, settings, int8_model, write_float)
-    report("measure drift", 0, 1)
-    runners = {FOLDED_FILE: KerasRunner(folded)}
-    runners.update({a.file: open_runner(work / a.file) for a in artifacts if a.quantized})
-    outputs = evaluate.collect(runners, batches(which))
-    reference = outputs.pop(FOLDED_FILE)
-    if warnings is not None:
-        warnings += sanity.float_model(reference, head, f"{'held-out' if which == 'holdout' else 'calibration'} images")
-    return artifacts, tuple(evaluate.drift(name, reference, out, head) for name, out in outputs.items())
 
 
 def _labels(model, options: QuantizeOptions) -> tuple[str, ...]:
@@ -370,24 +295,3 @@ def _tensor_ranges(model, floor, samples, options: QuantizeOptions, report: Prog
         return {}
     report("choose int8 ranges", 0, 1)
     return mse_ranges(floored(model, floor), samples())
-
-
-def _refine(folded, samples, options: QuantizeOptions, report: Progress, keep_float: frozenset[str],
-            ranges: dict[str, tuple[float, float]], sixteen_bit: frozenset[str] = frozenset(),
-            rounding_cache: dict | None = None):
-    """The model the exporters see: the folded model, refined for int8 unless refine='none'."""
-    if options.refine == "none":
-        return folded, None
-    step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
-    return refine.refine_for_int8(
-        folded, samples(), progress=lambda done, total: report(step, done, total),
-        adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
-        positions_per_weight=options.rounding_positions_per_weight,
-        clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
-        keep_float=keep_float, ranges=ranges, activation_bits=ACTIVATION_BITS[options.precision],
-        sixteen_bit=sixteen_bit, rounding_cache=rounding_cache,
-    )
-
-
-def _keras_artifact() -> Artifact:
-    return Artifact(FOLDED_FILE, "keras", "float32", details={"runtime": "Keras", "batchnorm_folded": True})

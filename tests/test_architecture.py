@@ -18,6 +18,7 @@ RANKS = [
     ("runtime",),
     ("export",),
     ("evaluation",),
+    ("rounds",),
     ("pipeline",),
     ("sweeps",),
     ("cli",),
