@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..model.graph import WEIGHTED, layer_graph, layer_outputs, run_layer
+from ..model.graph import WEIGHTED, layer_graph, layer_outputs, relu_cap, run_layer
 from ..reports import RefineReport
 from .rounding import adaround, quantize_weights, rounding_images
 
@@ -175,7 +175,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                     quantize_weights(twin, per_channel)
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
                 if twin.use_bias:  # after folding every layer that had a BatchNorm has one
-                    error = (x_quant - x_float).reshape(-1, x_float.shape[-1]).mean(axis=0)
+                    error = channel_mean_difference(x_quant, x_float)
                     weights = twin.get_weights()
                     weights[-1] = (weights[-1] - error).astype(np.float32)
                     twin.set_weights(weights)
@@ -187,9 +187,12 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
             else:
                 if clip_activations and _clippable(twin):
                     twin.max_value = clips[name] = mse_clip(x_float, float(twin.max_value))
-                x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
+                x_quant = _relu_in_place(twin, node, quant_out, float_out, remaining)
+                if x_quant is None:
+                    x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
             if name in rounded:
-                low, high = ranges.get(name, (x_float.min(), min(x_float.max(), clips.get(name, np.inf))))
+                low, high = ranges[name] if name in ranges else \
+                    (x_float.min(), min(x_float.max(), clips.get(name, np.inf)))
                 x_quant = round_activations(x_quant, low, high, 16 if name in sixteen_bit else activation_bits,
                                             in_place=True)  # run_layer's own array
         float_out[name], quant_out[name] = x_float, x_quant
@@ -206,6 +209,23 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     )
 
 
+def _relu_in_place(layer, node: dict, quant_out: dict, float_out: dict, remaining: dict) -> np.ndarray | None:
+    """A plain ReLU (or ReLU6) of the int8 side computed in its input's array when that is this
+    layer's alone (no other layer reads it, and it is not the float side's): the values
+    ``run_layer`` gives, without a new array of the size of the layer's output. None otherwise."""
+    cap = relu_cap(layer)
+    if cap is False or len(node["inputs"]) != 1:
+        return None
+    parent = node["inputs"][0]
+    x = quant_out[parent]
+    if remaining[parent] != 1 or x is float_out[parent] or x.dtype != np.float32 or not x.flags.writeable:
+        return None
+    np.maximum(x, np.float32(0), out=x)
+    if cap is not None:
+        np.minimum(x, np.float32(cap), out=x)
+    return x
+
+
 def _round_adaptively(twin, output_shape: tuple[int, ...], x_quant: np.ndarray, x_float: np.ndarray,
                       rounding_samples: int, positions_per_weight: float,
                       per_channel: bool) -> tuple[bool, bool, str | None]:
@@ -220,6 +240,23 @@ def _round_adaptively(twin, output_shape: tuple[int, ...], x_quant: np.ndarray, 
     except Exception as exc:  # noqa: BLE001 - an optional refinement: this layer falls back
         quantize_weights(twin, per_channel)
         return not images, False, f"adaptive rounding: {type(exc).__name__}: {str(exc)[:120]}; rounded to nearest"
+
+
+def channel_mean_difference(a: np.ndarray, b: np.ndarray, values: int = 1 << 20) -> np.ndarray:
+    """The mean of ``a - b`` over every axis but the last (channels), in float64: a slice of about
+    ``values`` values at a time is subtracted into one buffer and its column sums taken as a
+    matrix-vector product (numpy's own reduction over the leading axis adds one row at a time, in
+    float32, and is several times slower on the few channels of an early layer)."""
+    channels = a.shape[-1]
+    a, b = a.reshape(-1, channels), b.reshape(-1, channels)
+    rows = max(1, min(len(a), values // channels))
+    ones, buffer = np.ones(rows, np.float32), np.empty((rows, channels), np.float32)
+    total = np.zeros(channels, np.float64)
+    for start in range(0, len(a), rows):
+        part = buffer[:min(rows, len(a) - start)]
+        np.subtract(a[start:start + len(part)], b[start:start + len(part)], out=part)
+        total += ones[:len(part)] @ part
+    return total / max(len(a), 1)
 
 
 def mse_clip(values: np.ndarray, current: float, samples: int = 200_000, seed: int = 0) -> float:

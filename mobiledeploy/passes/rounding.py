@@ -121,8 +121,8 @@ def _layer_moments(layer, xq: np.ndarray, xf: np.ndarray) -> list[np.ndarray]:
         return _moments(xq.reshape(-1, xq.shape[-1]), xf.reshape(-1, xf.shape[-1]))
     if kind == "DepthwiseConv2D":
         return [np.repeat(m, layer.depth_multiplier, axis=0)  # one per output channel
-                for m in _conv_moments(layer, xq, xf, depthwise=True)]
-    return _conv_moments(layer, xq, xf, depthwise=False)
+                for m in _depthwise_moments(layer, xq, xf)]
+    return _conv_moments(layer, xq, xf)
 
 
 def _held_out_error(wq: np.ndarray, w: np.ndarray, moments: list[np.ndarray]) -> float:
@@ -196,30 +196,70 @@ def _moments(xq: np.ndarray, xf: np.ndarray) -> list[np.ndarray]:
     return [xq.T @ xq / len(xq), xq.T @ xf / len(xq), xq.mean(axis=0), xf.mean(axis=0)]
 
 
-def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, depthwise: bool, chunk: int = 4) -> list[np.ndarray]:
+def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, chunk: int = 4) -> list[np.ndarray]:
     """``_moments`` over all input patches, accumulated a few images at a time (patches of a
-    whole calibration set would take gigabytes). Depthwise: one (k, k) pair and (k,) means
-    per channel, E[xq xfᵀ]'s in a second thread while this one computes E[xq xqᵀ] (numpy's
-    einsum runs on one core and lets the other thread run)."""
+    whole calibration set would take gigabytes); the matrix products use every core themselves."""
+    sums = None
+    count = 0
+    for start in range(0, len(xq), chunk):
+        pq = _patches(layer, xq[start:start + chunk])
+        pf = _patches(layer, xf[start:start + chunk])
+        parts = [np.asarray(x, np.float64) for x in (pq.T @ pq, pq.T @ pf, pq.sum(axis=0), pf.sum(axis=0))]
+        sums = parts if sums is None else [s + x for s, x in zip(sums, parts)]
+        count += len(pq)
+    return [s / count for s in sums]
+
+
+def _depthwise_moments(layer, xq: np.ndarray, xf: np.ndarray, chunk: int = 4) -> list[np.ndarray]:
+    """A depthwise layer's ``_moments``, one (k, k) pair and (k,) means per input channel, a few
+    images at a time. Each entry is read straight off two of the kernel taps' views of the padded
+    input (``_tap_views``), with no patch array; E[xq xqᵀ]'s symmetric half only, and E[xq xfᵀ] in
+    a second thread meanwhile (numpy's einsum runs on one core and lets the other thread run)."""
     from concurrent.futures import ThreadPoolExecutor
 
     sums = None
     count = 0
     with ThreadPoolExecutor(1, thread_name_prefix="moments") as pool:
         for start in range(0, len(xq), chunk):
-            pq = _patches(layer, xq[start:start + chunk])
-            pf = _patches(layer, xf[start:start + chunk])
-            if depthwise:
-                channels = xq.shape[-1]
-                pq, pf = pq.reshape(len(pq), -1, channels), pf.reshape(len(pf), -1, channels)
-                cross = pool.submit(np.einsum, "pkc,plc->ckl", pq, pf)
-                parts = [np.einsum("pkc,plc->ckl", pq, pq), cross.result(), pq.sum(axis=0).T, pf.sum(axis=0).T]
-            else:  # matrix products: the BLAS library uses every core itself
-                parts = [pq.T @ pq, pq.T @ pf, pq.sum(axis=0), pf.sum(axis=0)]
+            vq, vf = _tap_views(layer, xq[start:start + chunk]), _tap_views(layer, xf[start:start + chunk])
+            cross = pool.submit(_tap_products, vq, vf, False)
+            square = _tap_products(vq, vq, True)
+            parts = [square, cross.result(), np.stack([v.sum(axis=(0, 1, 2)) for v in vq], axis=1),
+                     np.stack([v.sum(axis=(0, 1, 2)) for v in vf], axis=1)]
             parts = [np.asarray(x, np.float64) for x in parts]
             sums = parts if sums is None else [s + x for s, x in zip(sums, parts)]
-            count += len(pq)
+            count += int(np.prod(vq[0].shape[:3]))
     return [s / count for s in sums]
+
+
+def _tap_products(a: list[np.ndarray], b: list[np.ndarray], symmetric: bool) -> np.ndarray:
+    """(C, k, k): the sum over images and positions of a[k] * b[l], per channel; with
+    ``symmetric`` (a is b) each pair once."""
+    out = np.empty((a[0].shape[-1], len(a), len(b)), np.float32)
+    for k in range(len(a)):
+        for m in range(k if symmetric else 0, len(b)):
+            out[:, k, m] = np.einsum("nhwc,nhwc->c", a[k], b[m])
+            if symmetric:
+                out[:, m, k] = out[:, k, m]
+    return out
+
+
+def _tap_views(layer, x: np.ndarray) -> list[np.ndarray]:
+    """For each kernel tap (in the kernel's (kh, kw) order), the view of the padded input that the
+    tap reads at every output position: what a patch array holds, as kh*kw strided views. Padding
+    as TensorFlow's: 'same' pads the total (output - 1) * stride + reach - size, the smaller half first."""
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+    x = np.asarray(x, np.float32)
+    size = x.shape[1:3]
+    reach = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+    if layer.padding == "same":
+        out = [-(-n // s) for n, s in zip(size, (sh, sw))]
+        pad = [max((o - 1) * s + r - n, 0) for o, s, r, n in zip(out, (sh, sw), reach, size)]
+        x = np.pad(x, ((0, 0), (pad[0] // 2, pad[0] - pad[0] // 2), (pad[1] // 2, pad[1] - pad[1] // 2), (0, 0)))
+    else:
+        out = [(n - r) // s + 1 for n, r, s in zip(size, reach, (sh, sw))]
+    return [x[:, a * dh:a * dh + (out[0] - 1) * sh + 1:sh, b * dw:b * dw + (out[1] - 1) * sw + 1:sw, :]
+            for a in range(kh) for b in range(kw)]
 
 
 def _patches(layer, x: np.ndarray) -> np.ndarray:

@@ -292,6 +292,35 @@ def test_pointwise_patches_are_the_pixels_tensorflow_extracts(height, width, str
     assert np.array_equal(_patches(layer, x), np.asarray(expected, np.float32).reshape(-1, 5))
 
 
+@pytest.mark.parametrize("kernel, stride, padding, dilation, size", [(3, 1, "same", 1, (14, 14)), (3, 2, "same", 1, (15, 12)),
+                                                                   (3, 2, "valid", 1, (15, 15)), (5, 2, "same", 1, (16, 13)),
+                                                                   (3, 1, "same", 2, (13, 13))])
+def test_depthwise_moments_are_those_of_tensorflows_patches(kernel, stride, padding, dilation, size):
+    """A depthwise layer's moments are read off strided views of the padded input (no patch
+    array): per channel, the moments of the patches tf.image.extract_patches gives."""
+    import keras
+    import tensorflow as tf
+
+    from mobiledeploy.passes.rounding import _depthwise_moments
+
+    rng = np.random.default_rng(0)
+    xq = rng.normal(size=(5, *size, 3)).astype(np.float32)
+    xf = xq + rng.normal(0, 0.1, xq.shape).astype(np.float32)
+    layer = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, dilation_rate=dilation)
+    layer.build((None, *size, 3))
+
+    def patches(x):
+        found = tf.image.extract_patches(x, sizes=[1, kernel, kernel, 1], strides=[1, stride, stride, 1],
+                                         rates=[1, dilation, dilation, 1], padding=padding.upper())
+        return np.asarray(found, np.float64).reshape(-1, kernel * kernel, 3)
+
+    pq, pf = patches(xq), patches(xf)
+    expected = [np.einsum("pkc,plc->ckl", pq, pq) / len(pq), np.einsum("pkc,plc->ckl", pq, pf) / len(pq),
+                pq.mean(axis=0).T, pf.mean(axis=0).T]
+    for found, wanted in zip(_depthwise_moments(layer, xq, xf, chunk=2), expected):
+        np.testing.assert_allclose(found, wanted, rtol=1e-5, atol=1e-6)
+
+
 def test_fake_quantize_in_float32_rounds_as_in_float64():
     """Activations are rounded in place in float32; the result must be the float64 formula's,
     value for value, also at ranges that do not hold 0 and for values far outside the range."""
