@@ -22,5 +22,6 @@ MAX_IMAGE_PIXELS = 64_000_000  # pixels of a decoded image, and of the image aft
 MAX_IMAGE_BYTES = 128 << 20  # an image file, read into memory before it is decoded
 MAX_ARRAY_BYTES_PER_SAMPLE = 64 << 20  # one sample of a .npy/.npz array
 MAX_WORKERS = 256  # worker processes eval and check start at once (--workers)
+MAX_DECODED_BYTES = 1 << 30  # decoded calibration images a build keeps to read again (more: decoded each time)
 MAX_SWEEP_BYTES = 1 << 20  # a sweep file (TOML): real ones are a few hundred bytes
 MAX_SWEEP_CELLS = 10_000  # models x settings x devices x evaluation sets in one sweep

@@ -96,8 +96,7 @@ def quantize(
     if options.max_disagreement is not None and not cset.holdout:
         raise MobiledeployError("--max-disagreement is measured on held-out calibration images; set --num-holdout above 0")
 
-    def batches(which: str = "calib"):
-        return calibration.iter_batches(cset, which, options.batch_size)
+    batches = calibration.DecodedBatches(cset, options.batch_size)  # each set decoded once
 
     @functools.cache
     def samples():  # what equalization and every refinement round read: decoded once

@@ -2,7 +2,9 @@
 
 A ``CalibrationSet`` records *which* samples were picked (file paths or row indices, chosen
 by a seeded permutation); pixels are decoded batch by batch whenever a stage asks, so memory
-depends on the batch size, never on the size of the folder.
+depends on the batch size, never on the size of the folder. A build reads its sets several times
+(fold check, refinement, each exporter's calibration, drift): ``DecodedBatches`` keeps a set it
+has read whole, within ``limits.MAX_DECODED_BYTES``, and hands the same batches out again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import CalibrationError
+from ..limits import MAX_DECODED_BYTES
 from .arrays import open_array
 from .images import IMAGE_EXTENSIONS, list_images, load_image
 from ..reports import SCALINGS, CalibrationSet, Preprocessing
@@ -114,6 +117,33 @@ def iter_batches(cset: CalibrationSet, which: str = "calib", batch_size: int = 1
     array = None if cset.kind == "images" else _open_array(Path(cset.source))[0]
     for start in range(0, len(items), batch_size):
         yield read_batch(items[start:start + batch_size], cset.preprocessing, array)
+
+
+class DecodedBatches:
+    """``iter_batches`` of one calibration set that decodes each of its sets once: a pass that reads
+    a set ("calib" or "holdout") to its end keeps its batches, read-only, when together they fit
+    in ``budget`` bytes, and later passes replay them. A pass stopped early keeps nothing."""
+
+    def __init__(self, cset: CalibrationSet, batch_size: int, budget: int = MAX_DECODED_BYTES):
+        self.cset, self.batch_size, self.budget = cset, batch_size, budget
+        self._kept: dict[str, list[np.ndarray]] = {}
+
+    def __call__(self, which: str = "calib") -> Iterator[np.ndarray]:
+        if which in self._kept:
+            yield from self._kept[which]
+            return
+        kept: list[np.ndarray] | None = []
+        size = 0
+        for batch in iter_batches(self.cset, which, self.batch_size):
+            size += batch.nbytes
+            if kept is not None and size <= self.budget:
+                batch.flags.writeable = False  # shared by every later pass
+                kept.append(batch)
+            else:
+                kept = None
+            yield batch
+        if kept is not None:
+            self._kept[which] = kept
 
 
 def read_batch(items, preprocessing: Preprocessing, array: np.ndarray | None = None) -> np.ndarray:

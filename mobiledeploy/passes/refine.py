@@ -243,20 +243,24 @@ def _round_adaptively(twin, output_shape: tuple[int, ...], x_quant: np.ndarray, 
 
 
 def channel_mean_difference(a: np.ndarray, b: np.ndarray, values: int = 1 << 20) -> np.ndarray:
-    """The mean of ``a - b`` over every axis but the last (channels), in float64: a slice of about
-    ``values`` values at a time is subtracted into one buffer and its column sums taken as a
-    matrix-vector product (numpy's own reduction over the leading axis adds one row at a time, in
-    float32, and is several times slower on the few channels of an early layer)."""
+    """``(a - b).reshape(-1, channels).mean(axis=0)``, the same float32 values, without an array of
+    the size of ``a``: a slice of about ``values`` values at a time is subtracted into one buffer,
+    below a row that holds the sum so far, and the buffer summed down its rows (numpy adds the rows
+    of a leading-axis sum one after the other, so the order of the additions is the whole array's)."""
     channels = a.shape[-1]
     a, b = a.reshape(-1, channels), b.reshape(-1, channels)
     rows = max(1, min(len(a), values // channels))
-    ones, buffer = np.ones(rows, np.float32), np.empty((rows, channels), np.float32)
-    total = np.zeros(channels, np.float64)
+    buffer = np.empty((rows + 1, channels), np.float32)
+    total = None
     for start in range(0, len(a), rows):
-        part = buffer[:min(rows, len(a) - start)]
-        np.subtract(a[start:start + len(part)], b[start:start + len(part)], out=part)
-        total += ones[:len(part)] @ part
-    return total / max(len(a), 1)
+        count = min(rows, len(a) - start)
+        np.subtract(a[start:start + count], b[start:start + count], out=buffer[1:1 + count])
+        if total is None:
+            total = np.add.reduce(buffer[1:1 + count], axis=0)
+        else:
+            buffer[0] = total
+            total = np.add.reduce(buffer[:1 + count], axis=0)
+    return np.true_divide(total, len(a), dtype=np.float32)
 
 
 def mse_clip(values: np.ndarray, current: float, samples: int = 200_000, seed: int = 0) -> float:

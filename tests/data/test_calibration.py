@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_images
-from mobiledeploy.data.calibration import iter_batches, preprocessing_for, scan, scale
+from mobiledeploy.data.calibration import DecodedBatches, iter_batches, preprocessing_for, scan, scale
 from mobiledeploy.data.images import load_image
 from mobiledeploy.errors import CalibrationError
 from mobiledeploy.reports import Preprocessing
@@ -34,6 +34,32 @@ def test_batches_are_streamed_preprocessed_and_shaped(calib_folder):
     assert [len(b) for b in batches] == [8, 8, 4]
     assert batches[0].shape == (8, 24, 24, 3) and batches[0].dtype == np.float32
     assert batches[0].min() >= -1.0 and batches[0].max() <= 1.0 and batches[0].min() < -0.2
+
+
+def test_a_set_read_whole_is_decoded_once_within_the_budget(tmp_path):
+    """The images deleted after a whole pass, the next pass still gets the same batches (read-only:
+    every pass shares them); a pass stopped early, or a set over the budget, keeps nothing."""
+    import shutil
+
+    def fresh(name):
+        write_images(tmp_path / name, 12, size=24)
+        return tmp_path / name, scan(tmp_path / name, PRE, 8, 4, seed=0)
+
+    folder, cset = fresh("kept")
+    batches = DecodedBatches(cset, 3)
+    first = [b.copy() for b in batches("calib")]
+    held = list(batches("holdout"))
+    shutil.rmtree(folder)
+    again = list(batches("calib"))
+    assert [len(b) for b in again] == [3, 3, 2] and all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not again[0].flags.writeable and np.array_equal(np.concatenate(held), np.concatenate(list(batches("holdout"))))
+    for budget, read in ((1 << 30, lambda b: next(b("calib"))), (1000, lambda b: list(b("calib")))):
+        folder, cset = fresh(f"not-kept-{budget}")
+        batches = DecodedBatches(cset, 3, budget=budget)
+        read(batches)
+        shutil.rmtree(folder)
+        with pytest.raises(CalibrationError):  # decoded again: the files are gone
+            list(batches("calib"))
 
 
 def test_scalings():

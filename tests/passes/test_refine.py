@@ -350,6 +350,19 @@ def test_fake_quantize_of_a_tensor_larger_than_a_slice_in_place_or_not():
     assert np.array_equal(in_place, expected) and np.shares_memory(in_place, values)
 
 
+@pytest.mark.parametrize("shape", [(5, 61, 67, 9), (3, 7, 7, 1024), (40, 1000), (2, 3, 3, 1)])
+def test_bias_correction_mean_is_numpys_value_for_value(shape):
+    """The mean error, a slice at a time (slices of 1000 values here, the last one short): the
+    float32 values of numpy's mean of the whole difference, so refined files stay the same."""
+    from mobiledeploy.passes.refine import channel_mean_difference
+
+    rng = np.random.default_rng(3)
+    a = (rng.normal(size=shape) + 0.5).astype(np.float32)
+    b = a + rng.normal(0, 0.02, shape).astype(np.float32)
+    expected = (a - b).reshape(-1, shape[-1]).mean(axis=0)
+    assert np.array_equal(channel_mean_difference(a, b, values=1000), expected)
+
+
 def _descend_reference(w, a, b, sweeps):
     """Coordinate descent as first written: every output channel's gradient moves at each step."""
     q = np.round(w)
