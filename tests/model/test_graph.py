@@ -18,3 +18,23 @@ def test_layer_outputs_are_the_models_own_intermediate_outputs(tiny_model):
     for (name, value), expected in zip(outputs[1:], probe(images, training=False)):
         np.testing.assert_allclose(value, np.asarray(expected), rtol=1e-5, atol=1e-5, err_msg=name)
     np.testing.assert_allclose(outputs[-1][1], np.asarray(tiny_model(images, training=False)), rtol=1e-5, atol=1e-6)
+
+
+def test_relus_and_zero_padding_run_in_numpy_give_the_layers_values():
+    """ReLU, ReLU6 (both spellings) and zero padding are computed by numpy in run_layer, not by the
+    layer: the values must be the layer's own, bit for bit; a leaky ReLU still runs as a layer."""
+    import keras
+
+    from mobiledeploy.model.graph import _in_numpy, run_layer
+
+    x = (np.random.default_rng(0).normal(size=(5, 6, 7, 3)) * 5).astype(np.float32)
+    x[0, 0, 0] = [-0.0, 6.0, 1e30]
+    layers = [keras.layers.ReLU(), keras.layers.ReLU(max_value=6.0), keras.layers.Activation("relu6"),
+              keras.layers.Activation("relu"), keras.layers.ZeroPadding2D(((1, 2), (0, 3))),
+              keras.layers.ZeroPadding2D(1)]
+    for layer in layers:
+        assert _in_numpy(layer, [x]) is not None
+        expected = np.asarray(layer(x), np.float32)
+        found = run_layer(layer, [x], chunk=2)
+        assert found.shape == expected.shape and np.array_equal(found, expected), layer.name
+    assert _in_numpy(keras.layers.ReLU(negative_slope=0.1), [x]) is None
