@@ -75,9 +75,9 @@ CHOICES = {"preprocess": ("auto", "mobilenet", "unit", "raw"), "refine": ("adaro
 @click.option("--keep-float", multiple=True, metavar="LAYER",
               help="Keep this conv/Dense layer in float (repeatable).")
 @click.option("--max-disagreement", type=Finite(min=0, max=100), metavar="PERCENT",
-              help="Keep the fewest layers in float (with --precision mixed: give them 16-bit activations) "
-                   "that bring the quantized files to disagree with float on at most PERCENT of the held-out "
-                   "images; up to 8, chosen by the SQNR they lose, each trial a whole build [mixed's default: 1].")
+              help="Keep layers in float (with --precision mixed: give them 16-bit activations) until the "
+                   "quantized files disagree with float on at most PERCENT of the held-out images "
+                   "[mixed's default: 1].")
 @click.option("--max-drop", "max_drop_old", type=Finite(min=0, max=100), cls=Renamed, new="--max-disagreement",
               target="max_disagreement", note=" (a share of disagreeing images, not check's top-1 drop)")
 @click.option("--head", default=DEFAULTS.head, show_default=True, type=click.Choice(["auto", *HEADS]),

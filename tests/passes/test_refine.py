@@ -274,10 +274,11 @@ def test_rounded_outputs_are_the_tensors_the_converters_round(tiny_model):
         "image", "stem_relu", "dw_relu", "pw_relu", "sep", "residual", "pool", "logits", "probs"}
 
 
-@pytest.mark.parametrize("height, width, stride, padding", [(14, 14, 1, "same"), (15, 13, 2, "same"),
-                                                             (16, 16, 2, "valid"), (7, 9, 2, "valid")])
-def test_pointwise_patches_are_the_pixels_tensorflow_extracts(height, width, stride, padding):
-    """A 1x1 kernel's patches are read off the input directly (no TensorFlow call): they must be
+@pytest.mark.parametrize("kernel, height, width, stride, padding", [
+    (1, 14, 14, 1, "same"), (1, 15, 13, 2, "same"), (1, 16, 16, 2, "valid"), (1, 7, 9, 2, "valid"),
+    (3, 15, 13, 2, "same"), (3, 16, 16, 2, "valid"), (5, 12, 11, 1, "same")])
+def test_patches_are_the_pixels_tensorflow_extracts(kernel, height, width, stride, padding):
+    """A convolution's patches are read off the input directly (no TensorFlow call): they must be
     exactly what tf.image.extract_patches gives, in the same order."""
     import keras
     import tensorflow as tf
@@ -285,11 +286,11 @@ def test_pointwise_patches_are_the_pixels_tensorflow_extracts(height, width, str
     from mobiledeploy.passes.rounding import _patches
 
     x = np.random.default_rng(0).normal(size=(3, height, width, 5)).astype(np.float32)
-    layer = keras.layers.Conv2D(4, 1, strides=stride, padding=padding)
+    layer = keras.layers.Conv2D(4, kernel, strides=stride, padding=padding)
     layer.build((None, height, width, 5))
-    expected = tf.image.extract_patches(x, sizes=[1, 1, 1, 1], strides=[1, stride, stride, 1], rates=[1, 1, 1, 1],
-                                        padding=padding.upper())
-    assert np.array_equal(_patches(layer, x), np.asarray(expected, np.float32).reshape(-1, 5))
+    expected = tf.image.extract_patches(x, sizes=[1, kernel, kernel, 1], strides=[1, stride, stride, 1],
+                                        rates=[1, 1, 1, 1], padding=padding.upper())
+    assert np.array_equal(_patches(layer, x), np.asarray(expected, np.float32).reshape(-1, kernel * kernel * 5))
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation, size", [(3, 1, "same", 1, (14, 14)), (3, 2, "same", 1, (15, 12)),
@@ -352,8 +353,7 @@ def test_fake_quantize_of_a_tensor_larger_than_a_slice_in_place_or_not():
 
 @pytest.mark.parametrize("shape", [(5, 61, 67, 9), (3, 7, 7, 1024), (40, 1000), (2, 3, 3, 1)])
 def test_bias_correction_mean_is_numpys_value_for_value(shape):
-    """The mean error, a slice at a time (slices of 1000 values here, the last one short): the
-    float32 values of numpy's mean of the whole difference, so refined files stay the same."""
+    """The mean error a slice at a time (1000 values, the last short): numpy's float32 mean's values."""
     from mobiledeploy.passes.refine import channel_mean_difference
 
     rng = np.random.default_rng(3)
