@@ -10,11 +10,11 @@ images: ``keras_applications.build``). Prints, per model, each stage's seconds i
 (``QuantizeResult.stages``), the totals and their ratio. Calibration images are decoded once, in
 the first stage that reads a set whole (fold verification for the calibration images, drift for
 the held-out ones), not in "read calibration images", which only lists and checks them. About 5
-minutes on 2 cores; 10 with --search.
+minutes on 2 cores; 15 with --search.
 
---search also builds with ``--max-disagreement 1`` (the mixed-precision search: the fewest of the
-layers that lose most SQNR kept in float that bring both int8 files within 1% disagreement on the
-held-out images, trying all 8 first) and prints its stages and its time against the default build's.
+--search also builds with ``--max-disagreement 1`` (the mixed-precision search: one more layer in
+float per round while an int8 file disagrees with float on more than 1% of the held-out images)
+and prints its stages and its time against the default build's.
 """
 
 from __future__ import annotations

@@ -1,20 +1,14 @@
 """A build's rounds: refine the prepared model, export the four files and measure the int8 files'
-drift (``Rounds.build``); and ``--max-disagreement``'s search over such rounds for the fewest
-layers out of int8 (``Rounds.within_budget``).
-
-The search builds full int8 first. Over budget, it analyzes that build once (``mobiledeploy
-analyze``: the SQNR each weighted layer's output loses in the int8 files), ranks the layers by it
-(``mixed.ranked``) and tries the top ones out of int8: all ``mixed.MAX_FLOAT_LAYERS`` first, so a
-budget out of reach costs one more build, then as few as ``mixed.fewest`` finds. Each trial
-builds into a folder of its own; the chosen trial's int8 files replace the first round's. The
-trials share what does not change between them: the float files, the float model's outputs on
-the held-out images and the rounding of the layers before the first one taken out of int8
-(refine.py).
+drift (``Rounds.build``); and ``--max-disagreement``'s search over such rounds (``Rounds.within_budget``):
+while an int8 file is over budget, analyze the round's files (``mobiledeploy analyze``: the SQNR
+each weighted layer's output loses) and build again with the layer that loses most out of int8,
+up to ``mixed.MAX_FLOAT_LAYERS`` layers. The rounds share what does not change between them: the
+float files, the float model's outputs on the held-out images, the decoded images and the rounding
+of the layers before the first one taken out of int8 (refine.py).
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +26,6 @@ from .reports import Artifact, Drift, Fallback, RefineReport
 from .runtime.runners import KerasRunner, open_runner
 
 FOLDED_FILE = "model_folded.keras"
-TRIALS = ".search"  # the search's trial builds, each in a folder named by its count; removed after it
 
 
 @dataclass(frozen=True)
@@ -78,38 +71,24 @@ class Rounds:
     reference: dict = field(default_factory=dict)  # the folded model's outputs on the drift's images, run once
 
     def within_budget(self, work: Path, warnings: list[str]) -> Round:
-        """The first round in ``work``; with ``--max-disagreement`` and a file over it, the round of
-        the search's choice, its int8 files moved into ``work``. What the first round's float outputs
-        say about the model goes to ``warnings``."""
+        """The rounds in ``work``, the last one's files kept; one round without --max-disagreement.
+        What the first round's float outputs say about the model goes to ``warnings``."""
         options = self.options
         keep = tuple(dict.fromkeys(options.keep_float))
-        first = self.build(work, keep, warnings)
-        if options.max_disagreement is None or self._met(first):
-            return first
-        self.report("mixed precision: rank the layers by the SQNR they lose", 0, 1)
-        int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in first.artifacts if a.quantized}
-        per_layer = optional(self.fallbacks, "mixed precision search", {}, analyze.analyze,
-                             floored(self.prepared, self.floor), int8_files, self.batches(self.which))
-        ranking = mixed.ranked(per_layer, keep)[:mixed.MAX_FLOAT_LAYERS]
-        trials: dict[int, Round] = {}
-        where = "with 16-bit activations" if options.precision == "mixed" else "in float"
-
-        def met(count: int) -> bool:
-            self.report(f"mixed precision: try {count} layer{'s' if count > 1 else ''} {where}", 0, 1)
-            directory = work / TRIALS / str(count)
-            directory.mkdir(parents=True)
-            trials[count] = self.build(directory, keep + tuple(ranking[:count]))
-            return self._met(trials[count])
-
-        count = mixed.fewest(len(ranking), met)
-        if not trials:
-            return first
-        chosen = count if count is not None else len(ranking)
-        for artifact in trials[chosen].artifacts:
-            if artifact.quantized:
-                (work / TRIALS / str(chosen) / artifact.file).replace(work / artifact.file)
-        shutil.rmtree(work / TRIALS)
-        return trials[chosen]
+        built = self.build(work, keep, warnings)
+        while options.max_disagreement is not None and not self._met(built) \
+                and len(keep) < len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
+            where = "with 16-bit activations" if options.precision == "mixed" else "in float"
+            self.report(f"mixed precision: find the layer that loses most ({len(keep) + 1} {where})", 0, 1)
+            int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in built.artifacts if a.quantized}
+            per_layer = optional(self.fallbacks, "mixed precision search", {}, analyze.analyze,
+                                 floored(self.prepared, self.floor), int8_files, self.batches(self.which))
+            candidate = mixed.most_sensitive(per_layer, keep)
+            if candidate is None:
+                break
+            keep += (candidate,)
+            built = self.build(work, keep)
+        return built
 
     def _met(self, result: Round) -> bool:
         return mixed.worst_loss(result.drift) <= self.options.max_disagreement
