@@ -56,16 +56,29 @@ def fake_quantize(x: np.ndarray, low: float, high: float, in_place: bool = False
     values = ((np.arange(-128, 128, dtype=np.float64) - zero_point) * scale).astype(np.float32)
     flat = np.ascontiguousarray(x).reshape(-1)
     out = flat if in_place else np.empty_like(flat)  # a slice is read before its result is written
-    q, codes = np.empty(min(SLICE, flat.size), np.float32), np.empty(min(SLICE, flat.size), np.int16)
-    for start in range(0, flat.size, SLICE):
-        part = flat[start:start + SLICE]
-        qs, cs = q[:len(part)], codes[:len(part)]
-        np.divide(part, np.float32(scale), out=qs)
-        np.round(qs, out=qs)
-        qs += np.float32(zero_point + 128)  # the code's index in ``values``
-        np.clip(qs, 0, 255, out=qs)
-        cs[...] = qs
-        np.take(values, cs, out=out[start:start + len(part)])
+
+    def round_slices(begin: int, end: int) -> None:
+        q, codes = np.empty(min(SLICE, end - begin), np.float32), np.empty(min(SLICE, end - begin), np.int16)
+        for start in range(begin, end, SLICE):
+            part = flat[start:min(start + SLICE, end)]
+            qs, cs = q[:len(part)], codes[:len(part)]
+            np.divide(part, np.float32(scale), out=qs)
+            np.round(qs, out=qs)
+            qs += np.float32(zero_point + 128)  # the code's index in ``values``
+            np.clip(qs, 0, 255, out=qs)
+            cs[...] = qs
+            np.take(values, cs, out=out[start:start + len(part)])
+
+    if flat.size < 8 * SLICE:
+        round_slices(0, flat.size)
+    else:  # every value on its own: the second half in a second thread (numpy lets it run)
+        from concurrent.futures import ThreadPoolExecutor
+
+        middle = flat.size // 2 // SLICE * SLICE
+        with ThreadPoolExecutor(1, thread_name_prefix="rounding") as pool:
+            second = pool.submit(round_slices, middle, flat.size)
+            round_slices(0, middle)
+            second.result()
     return out.reshape(np.shape(x))
 
 

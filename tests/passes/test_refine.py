@@ -335,12 +335,12 @@ def test_fake_quantize_in_float32_rounds_as_in_float64():
 
 
 def test_fake_quantize_of_a_tensor_larger_than_a_slice_in_place_or_not():
-    """Rounded a slice at a time (refine.SLICE values): every slice, the last one short, gives the
-    float64 formula's values, in a new array or in the tensor's own memory."""
+    """Rounded a slice at a time (refine.SLICE values), each half in a thread of its own: every
+    slice, the last one short, gives the float64 formula's values, in a new array or in place."""
     from mobiledeploy.passes.refine import SLICE
 
-    values = (np.random.default_rng(2).normal(size=(5, 61, 67, 9)) * 3).astype(np.float32)
-    assert values.size > 2 * SLICE and values.size % SLICE
+    values = (np.random.default_rng(2).normal(size=(9, 97, 101, 9)) * 3).astype(np.float32)
+    assert values.size > 8 * SLICE and values.size % SLICE
     low, high = -2.5, 7.0
     scale = (high - low) / 255.0
     zero_point = np.round(-128 - low / scale)
