@@ -68,7 +68,7 @@ class Rounds:
     fallbacks: list[Fallback]
     input_range: tuple[float, float] | None
     rounding_cache: dict = field(default_factory=dict)  # a layer's rounding, fitted once for the settings before it
-    reference: dict = field(default_factory=dict)  # the folded model's outputs on the drift's images, run once
+    reference: Any = None  # the folded model's outputs on the drift's images, run once
 
     def within_budget(self, work: Path, warnings: list[str]) -> Round:
         """The rounds in ``work``, the last one's files kept; one round without --max-disagreement.
@@ -80,7 +80,8 @@ class Rounds:
                 and len(keep) < len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
             where = "with 16-bit activations" if options.precision == "mixed" else "in float"
             self.report(f"mixed precision: find the layer that loses most ({len(keep) + 1} {where})", 0, 1)
-            int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in built.artifacts if a.quantized}
+            int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {}))
+                          for a in built.artifacts if a.quantized}
             per_layer = optional(self.fallbacks, "mixed precision search", {}, analyze.analyze,
                                  floored(self.prepared, self.floor), int8_files, self.batches(self.which))
             candidate = mixed.most_sensitive(per_layer, keep)
@@ -141,15 +142,16 @@ class Rounds:
         artifacts += onnx_export.export(self.folded, self.batches, directory, settings, int8_model, write_float)
         self.report("measure drift", 0, 1)
         runners = {a.file: open_runner(directory / a.file) for a in artifacts if a.quantized}
-        if not self.reference:
+        if self.reference is None:
             runners[FOLDED_FILE] = KerasRunner(self.folded)
         outputs = evaluate.collect(runners, self.batches(self.which))
-        self.reference.setdefault("outputs", outputs.pop(FOLDED_FILE, None))
-        reference = self.reference["outputs"]
+        if self.reference is None:
+            self.reference = outputs.pop(FOLDED_FILE)
         if warnings is not None:
             images = "held-out" if self.which == "holdout" else "calibration"
-            warnings += sanity.float_model(reference, self.head, f"{images} images")
-        return tuple(artifacts), tuple(evaluate.drift(name, reference, out, self.head) for name, out in outputs.items())
+            warnings += sanity.float_model(self.reference, self.head, f"{images} images")
+        drift = tuple(evaluate.drift(name, self.reference, out, self.head) for name, out in outputs.items())
+        return tuple(artifacts), drift
 
 
 def keras_artifact() -> Artifact:
