@@ -45,7 +45,8 @@ def optional(fallbacks: list[Fallback], setting: str, plain, stage, *args):
     try:
         return stage(*args)
     except Exception as exc:  # noqa: BLE001 - any failure of an optional stage; SIGTERM and Ctrl-C still stop
-        fallbacks.append(Fallback("(model)", setting, f"{type(exc).__name__}: {first_line(exc)}; used the plain setting"))
+        why = f"{type(exc).__name__}: {first_line(exc)}; used the plain setting"
+        fallbacks.append(Fallback("(model)", setting, why))
         return plain
 
 
@@ -119,7 +120,8 @@ class Rounds:
         options = self.options
         if options.refine == "none":
             return self.prepared, None
-        step = "refine: " + ("adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction")
+        method = "adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction"
+        step = f"refine: {method}"
         return refine.refine_for_int8(
             self.prepared, self.samples(), progress=lambda done, total: self.report(step, done, total),
             adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,

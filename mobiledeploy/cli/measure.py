@@ -45,8 +45,9 @@ from .params import PATH, SEED, Finite, batch_size_option, device_option, input_
               help="Write one CSV row per file to this file ('-' for stdout).")
 @click.pass_context
 def bench(ctx: click.Context, target: Path, device: str, remote_python: str | None, num_threads: int,
-          warmup_runs: int | None, num_runs: int | None, min_secs: float | None, max_secs: float, batch_size: int, data: Path | None,
-          include_keras: bool, profile: bool, top_ops: int, seed: int, as_json: bool, csv_path: Path | None) -> None:
+          warmup_runs: int | None, num_runs: int | None, min_secs: float | None, max_secs: float, batch_size: int,
+          data: Path | None, include_keras: bool, profile: bool, top_ops: int, seed: int, as_json: bool,
+          csv_path: Path | None) -> None:
     """Latency, memory and size of every file in TARGET (a build folder or one file).
 
     Each file runs in a process of its own, so one runtime's threads and memory do not skew the

@@ -84,6 +84,15 @@ def run_layer(layer, inputs: list, chunk: int):
     return result
 
 
+def relu(x, cap: float | None, out):
+    """max(x, 0), capped at ``cap`` unless it is None (ReLU6: 6), written to ``out`` (may be ``x``):
+    the values of the framework's ReLU, bit for bit."""
+    import numpy as np
+
+    np.maximum(x, np.float32(0), out=out)
+    return out if cap is None else np.minimum(out, np.float32(cap), out=out)
+
+
 def _in_numpy(layer, inputs: list):
     """``layer`` on ``inputs`` computed by numpy when it is a plain ReLU (or ReLU6) or a
     channels-last ZeroPadding2D of one float32 tensor; None for anything else."""
@@ -94,8 +103,7 @@ def _in_numpy(layer, inputs: list):
     x = inputs[0]
     cap = relu_cap(layer)
     if cap is not False:
-        out = np.maximum(x, np.float32(0))
-        return out if cap is None else np.minimum(out, np.float32(cap), out=out)
+        return relu(x, cap, np.empty_like(x))
     if type(layer).__name__ == "ZeroPadding2D" and layer.data_format == "channels_last" and x.ndim == 4:
         (top, bottom), (left, right) = layer.padding
         out = np.zeros((len(x), x.shape[1] + top + bottom, x.shape[2] + left + right, x.shape[3]), np.float32)

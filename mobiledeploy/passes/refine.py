@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..model.graph import WEIGHTED, layer_graph, layer_outputs, relu_cap, run_layer
+from ..model.graph import WEIGHTED, layer_graph, layer_outputs, relu, relu_cap, run_layer
 from ..reports import RefineReport
 from .rounding import adaround, quantize_weights, rounding_images
 
@@ -233,10 +233,7 @@ def _relu_in_place(layer, node: dict, quant_out: dict, float_out: dict, remainin
     x = quant_out[parent]
     if remaining[parent] != 1 or x is float_out[parent] or x.dtype != np.float32 or not x.flags.writeable:
         return None
-    np.maximum(x, np.float32(0), out=x)
-    if cap is not None:
-        np.minimum(x, np.float32(cap), out=x)
-    return x
+    return relu(x, cap, out=x)
 
 
 def _round_adaptively(twin, output_shape: tuple[int, ...], x_quant: np.ndarray, x_float: np.ndarray,

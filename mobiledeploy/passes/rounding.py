@@ -265,10 +265,6 @@ def _tap_views(layer, x: np.ndarray) -> list[np.ndarray]:
 def _patches(layer, x: np.ndarray) -> np.ndarray:
     """Input patches of a convolution, (positions, kh*kw*C) in the kernel's (kh, kw, C) order: the
     kernel taps' views of the padded input (``_tap_views``) side by side, what
-    tf.image.extract_patches gives. A 1x1 kernel's patches are its input's pixels (every
-    ``stride``-th, no padding either way)."""
+    tf.image.extract_patches gives (a 1x1 kernel's: every ``stride``-th pixel, no padding)."""
     kh, kw = layer.kernel_size
-    sh, sw = layer.strides
-    if kh == kw == 1:
-        return np.ascontiguousarray(np.asarray(x, np.float32)[:, ::sh, ::sw, :]).reshape(-1, x.shape[-1])
     return np.stack(_tap_views(layer, x), axis=3).reshape(-1, kh * kw * x.shape[-1])
