@@ -158,6 +158,8 @@ def test_the_board_python_is_set_up_on_first_use_with_the_host_versions(board):
     assert dict(first.runtimes) == {name: metadata.version(name) for name in ("ai-edge-litert", "numpy",
                                                                                   "onnxruntime")}
     assert first.python.startswith(str(cache)) and Path(first.python).is_file()
-    started = time.monotonic()
-    assert open_board(device).python == first.python  # kept: the second time sets nothing up
-    assert time.monotonic() - started < 30
+    complete = Path(first.python).parents[1] / "complete"
+    made = complete.stat().st_mtime_ns
+    said = []
+    assert open_board(device, say=said.append).python == first.python  # kept: the second time sets nothing up
+    assert said == [f"connect to {device}"] and complete.stat().st_mtime_ns == made
