@@ -1,8 +1,9 @@
 """A build's rounds: refine the prepared model, export the four files and measure the int8 files'
 drift (``Rounds.build``); and ``--max-disagreement``'s search over such rounds (``Rounds.within_budget``):
-while an int8 file is over budget, analyze the round's files (``mobiledeploy analyze``: the SQNR
-each weighted layer's output loses) and build again with the layer that loses most out of int8,
-up to ``mixed.MAX_FLOAT_LAYERS`` layers. The rounds share what does not change between them: the
+while an int8 file is over budget, build again with the layer whose output loses the most SQNR
+out of int8, up to ``mixed.MAX_FLOAT_LAYERS`` layers. The round's refinement measures that loss
+on its own simulation of the int8 files; without a refinement, the round's files are analyzed
+(``mobiledeploy analyze``). The rounds share what does not change between them: the
 float files, the float model's outputs on the held-out images, the decoded images and the rounding
 of the layers before the first one taken out of int8 (refine.py).
 """
@@ -37,6 +38,7 @@ class Round:
     refinement: RefineReport | None
     settings: ExportSettings
     keep: tuple[str, ...]
+    lost_db: tuple[tuple[str, float], ...] = ()  # per weighted layer, from the refinement (mixed.lost_db)
 
 
 def optional(fallbacks: list[Fallback], setting: str, plain, stage, *args):
@@ -81,16 +83,19 @@ class Rounds:
                 and len(keep) < len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
             where = "with 16-bit activations" if options.precision == "mixed" else "in float"
             self.report(f"mixed precision: find the layer that loses most ({len(keep) + 1} {where})", 0, 1)
-            int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {}))
-                          for a in built.artifacts if a.quantized}
-            per_layer = optional(self.fallbacks, "mixed precision search", {}, analyze.analyze,
-                                 floored(self.prepared, self.floor), int8_files, self.batches(self.which))
-            candidate = mixed.most_sensitive(per_layer, keep)
+            candidate = mixed.most_sensitive(dict(built.lost_db) or self._analyzed(work, built), keep)
             if candidate is None:
                 break
             keep += (candidate,)
             built = self.build(work, keep)
         return built
+
+    def _analyzed(self, work: Path, built: Round) -> dict[str, float]:
+        """What each weighted layer's output loses in the round's int8 files, analyzed."""
+        int8_files = {a.file: (work / a.file, a.details.get("tensor_map", {})) for a in built.artifacts if a.quantized}
+        per_layer = optional(self.fallbacks, "mixed precision search", {}, analyze.analyze,
+                             floored(self.prepared, self.floor), int8_files, self.batches(self.which))
+        return mixed.summed_lost_db(per_layer)
 
     def _met(self, result: Round) -> bool:
         return mixed.worst_loss(result.drift) <= self.options.max_disagreement
@@ -105,17 +110,19 @@ class Rounds:
         wide = left if options.precision == "mixed" else frozenset()
         float_layers = frozenset() if wide else left
         int8_ranges = {name: r[:2] for name, r in self.ranges.items() if name not in left}
+        errors = {} if options.max_disagreement is not None else None  # what the search reads
         refined, refinement = optional(self.fallbacks, "refinement", (self.prepared, None), self._refine,
-                                       frozenset() if wide else frozenset(keep), int8_ranges, wide)
+                                       frozenset() if wide else frozenset(keep), int8_ranges, wide, errors)
         settings = ExportSettings(precision=options.precision, io=options.io, input_range=self.input_range,
                                   onnx_activations=options.onnx_activations, per_channel=options.per_channel,
                                   float_layers=tuple(sorted(float_layers)), int16_layers=tuple(sorted(wide)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
         artifacts, drift = self._export_and_measure(directory, floored(refined, self.floor), settings, warnings)
-        return Round(artifacts, drift, refinement, settings, keep)
+        lost = mixed.lost_db(errors, self.prepared) if errors and refinement is not None else {}
+        return Round(artifacts, drift, refinement, settings, keep, tuple(lost.items()))
 
     def _refine(self, keep_float: frozenset[str], ranges: dict[str, tuple[float, float]],
-                sixteen_bit: frozenset[str]):
+                sixteen_bit: frozenset[str], errors: dict | None):
         """The model the exporters see: the prepared model, refined for int8 unless refine='none'."""
         options = self.options
         if options.refine == "none":
@@ -128,7 +135,7 @@ class Rounds:
             positions_per_weight=options.rounding_positions_per_weight,
             clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
             keep_float=keep_float, ranges=ranges, activation_bits=ACTIVATION_BITS[options.precision],
-            sixteen_bit=sixteen_bit, rounding_cache=self.rounding_cache,
+            sixteen_bit=sixteen_bit, rounding_cache=self.rounding_cache, errors=errors,
         )
 
     def _export_and_measure(self, directory: Path, int8_model, settings: ExportSettings,

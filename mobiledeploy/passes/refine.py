@@ -104,7 +104,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                  per_channel: bool = True, keep_float: frozenset[str] = frozenset(),
                  ranges: dict[str, tuple[float, float]] | None = None,
                  activation_bits: int | None = 8, sixteen_bit: frozenset[str] = frozenset(),
-                 rounding_cache: dict | None = None) -> tuple[Any, RefineReport]:
+                 rounding_cache: dict | None = None, errors: dict | None = None) -> tuple[Any, RefineReport]:
     """A copy of the folded ``model`` with int8-grid weights and empirically corrected biases.
 
     With ``adaptive_rounding`` each weight is rounded up or down (not to nearest) so that the
@@ -133,7 +133,12 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     ``rounding_cache`` (a dict the caller keeps between calls on the same model and images: the
     rounds of the mixed-precision search) holds each layer's rounding under the settings of it and
     the layers before it; a later call whose settings there are the same takes it from there
-    instead of fitting it again (the same weights: the fit reads only those layers' outputs)."""
+    instead of fitting it again (the same weights: the fit reads only those layers' outputs).
+
+    ``errors`` (a dict, when given) receives, in graph order, each rounded layer output's (signal,
+    error) (the input's aside): the sums of x_float² and (x_quant - x_float)² over the images, the int8 side as
+    refined. The SQNR they give is what ``mobiledeploy analyze`` measures on the files, from the
+    refinement's own simulation of them (``mixed.lost_db``)."""
     import keras
 
     started = time.perf_counter()
@@ -208,6 +213,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                     (x_float.min(), min(x_float.max(), clips.get(name, np.inf)))
                 x_quant = round_activations(x_quant, low, high, 16 if name in sixteen_bit else activation_bits,
                                             in_place=True)  # run_layer's own array
+                if errors is not None:
+                    errors[name] = squared_error(x_quant, x_float)
         float_out[name], quant_out[name] = x_float, x_quant
         for parent in node["inputs"]:  # free what no later layer needs
             remaining[parent] -= 1
@@ -271,6 +278,18 @@ def channel_mean_difference(a: np.ndarray, b: np.ndarray, values: int = 1 << 20)
             buffer[0] = total
             total = np.add.reduce(buffer[:1 + count], axis=0)
     return np.true_divide(total, len(a), dtype=np.float32)
+
+
+def squared_error(a: np.ndarray, b: np.ndarray, values: int = 1 << 20) -> tuple[float, float]:
+    """(sum of b², sum of (a - b)²) in float64, a slice of about ``values`` values at a time."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    signal = error = 0.0
+    for start in range(0, b.size, values):
+        reference = b[start:start + values].astype(np.float64)
+        difference = a[start:start + values] - reference
+        signal += float(np.dot(reference, reference))
+        error += float(np.dot(difference, difference))
+    return signal, error
 
 
 def mse_clip(values: np.ndarray, current: float, samples: int = 200_000, seed: int = 0) -> float:

@@ -95,9 +95,55 @@ def test_most_sensitive_layer_comes_from_the_lost_db():
                      LayerDrift("pool", 3, "GlobalAveragePooling2D", 26.0, -1.0, 1.0, None)),
         "a.onnx": (LayerDrift("pw1_relu", 1, "ReLU", 28.0, 4.0, 1.0, "pw1"),),
     }
-    assert mixed.most_sensitive(rows, []) == "pw1"  # 2 + 4 dB beats 5 dB
-    assert mixed.most_sensitive(rows, ["pw1"]) == "dw2"
-    assert mixed.most_sensitive(rows, ["pw1", "dw2"]) is None
+    lost = mixed.summed_lost_db(rows)
+    assert mixed.most_sensitive(lost, []) == "pw1"  # 2 + 4 dB beats 5 dB
+    assert mixed.most_sensitive(lost, ["pw1"]) == "dw2"
+    assert mixed.most_sensitive(lost, ["pw1", "dw2"]) is None
+
+
+def test_the_refinement_measures_the_sqnr_the_int8_file_loses(tiny_model, tmp_path):
+    """The search reads each layer's lost SQNR off the refinement's simulation of the int8 files
+    instead of analyzing them: it must match what analyze measures on the real file."""
+    import math
+
+    from mobiledeploy.evaluation import layers as analyze
+    from mobiledeploy.export import tflite as tflite_export
+    from mobiledeploy.options import ExportSettings
+    from mobiledeploy.passes.folding import fold_batchnorm
+    from mobiledeploy.passes.refine import refine_for_int8
+
+    folded = fold_batchnorm(tiny_model)[0]
+    calib = np.random.default_rng(0).uniform(-1, 1, (64, 24, 24, 3)).astype(np.float32)
+    batches = lambda which="calib": iter(np.split(calib, 4))  # noqa: E731
+    errors = {}
+    refined, _ = refine_for_int8(folded, calib, errors=errors)
+    artifacts = tflite_export.export(folded, batches, tmp_path, ExportSettings(), refined, write_float=False)
+    int8 = {a.file: (tmp_path / a.file, a.details["tensor_map"]) for a in artifacts if a.quantized}
+    rows = analyze.analyze(folded, int8, batches())
+    measured = {row.layer: row.sqnr_db for row in rows["model_int8.tflite"]}
+    simulated = {name: 10 * math.log10(signal / error) for name, (signal, error) in errors.items() if error}
+    assert list(errors) == list(measured)  # the tensors the file holds, in graph order
+    for layer in ("stem_relu", "dw_relu", "pw_relu"):  # plain conv -> ReLU chains: the file's SQNR to 0.2 dB
+        assert simulated[layer] == pytest.approx(measured[layer], abs=0.2)
+    for layer in measured:  # the separable conv's inner tensor and the softmax's fixed grid: a few dB
+        assert simulated[layer] == pytest.approx(measured[layer], abs=4.0)
+    lost = mixed.lost_db(errors, folded)
+    assert set(lost) == {"dw", "pw", "sep", "logits"}  # each tensor's loss goes to the layer that made it
+    assert mixed.most_sensitive(lost, []) == mixed.most_sensitive(mixed.summed_lost_db(rows), []) == "sep"
+
+
+def test_lost_db_is_each_tensors_sqnr_minus_the_one_before(tiny_model):
+    from mobiledeploy.passes.folding import fold_batchnorm
+
+    folded = fold_batchnorm(tiny_model)[0]
+    db = lambda sqnr: (10 ** (sqnr / 10), 1.0)  # noqa: E731 - (signal, error) with that SQNR
+    errors = {"stem_relu": db(40), "dw_relu": db(35), "pw_relu": db(36), "pool": db(30),
+              "logits": db(28)}
+    lost = mixed.lost_db(errors, folded)
+    # the first tensor has nothing before it (stem); a gain counts as 0; the pool's loss is no layer's
+    assert lost == pytest.approx({"dw": 5.0, "pw": 0.0, "logits": 2.0})
+    assert mixed.most_sensitive(lost, []) == "dw" and mixed.most_sensitive(lost, ["dw"]) == "logits"
+    assert mixed.most_sensitive(lost, ["dw", "pw", "logits"]) is None
 
 
 def test_float_region_follows_a_kept_layer_until_an_int8_layer(tiny_model):
