@@ -78,16 +78,16 @@ class Rounds:
         What the first round's float outputs say about the model goes to ``warnings``."""
         options = self.options
         keep = tuple(dict.fromkeys(options.keep_float))
-        built = self.build(work, keep, warnings)
-        while options.max_disagreement is not None and not self._met(built) \
-                and len(keep) < len(options.keep_float) + mixed.MAX_FLOAT_LAYERS:
+        limit = len(keep) + mixed.MAX_FLOAT_LAYERS
+        built = self.build(work, keep, limit, warnings)
+        while options.max_disagreement is not None and not self._met(built.drift) and len(keep) < limit:
             where = "with 16-bit activations" if options.precision == "mixed" else "in float"
             self.report(f"mixed precision: find the layer that loses most ({len(keep) + 1} {where})", 0, 1)
             candidate = mixed.most_sensitive(dict(built.lost_db) or self._analyzed(work, built), keep)
             if candidate is None:
                 break
             keep += (candidate,)
-            built = self.build(work, keep)
+            built = self.build(work, keep, limit)
         return built
 
     def _analyzed(self, work: Path, built: Round) -> dict[str, float]:
@@ -97,32 +97,44 @@ class Rounds:
                              floored(self.prepared, self.floor), int8_files, self.batches(self.which))
         return mixed.summed_lost_db(per_layer)
 
-    def _met(self, result: Round) -> bool:
-        return mixed.worst_loss(result.drift) <= self.options.max_disagreement
+    def _met(self, drift: tuple[Drift, ...]) -> bool:
+        return mixed.worst_loss(drift) <= self.options.max_disagreement
 
-    def build(self, directory: Path, keep: tuple[str, ...], warnings: list[str] | None = None) -> Round:
+    def build(self, directory: Path, keep: tuple[str, ...], limit: int = 0,
+              warnings: list[str] | None = None) -> Round:
         """Refine with ``keep`` out of int8 (into float, or with --precision mixed into 16-bit
         activations), export and measure, into ``directory``. The float files only with
-        ``warnings`` (the first round), which gets what the float outputs say about the model."""
+        ``warnings`` (the first round), which gets what the float outputs say about the model.
+        A later round of a search with another round to come (fewer than ``limit`` layers kept, and
+        a layer left to take) writes its ONNX file first, and its TFLite file only if the ONNX file
+        meets the budget: a round with one file over budget is not the search's last."""
         options = self.options
-        # a kept layer's output (and the weightless layers after it) leaves int8: float, or 16 bits
-        left = mixed.float_layers(self.folded, keep)
-        wide = left if options.precision == "mixed" else frozenset()
-        float_layers = frozenset() if wide else left
-        int8_ranges = {name: r[:2] for name, r in self.ranges.items() if name not in left}
+        left = self._left(keep)
+        wide = left["sixteen_bit"]
+        int8_ranges = {name: r[:2] for name, r in self.ranges.items() if name not in wide | left["float_tensors"]}
         errors = {} if options.max_disagreement is not None else None  # what the search reads
         refined, refinement = optional(self.fallbacks, "refinement", (self.prepared, None), self._refine,
-                                       frozenset() if wide else frozenset(keep), int8_ranges, wide, errors)
+                                       int8_ranges, left, errors)
+        lost = mixed.lost_db(errors, self.prepared) if errors and refinement is not None else {}
         settings = ExportSettings(precision=options.precision, io=options.io, input_range=self.input_range,
                                   onnx_activations=options.onnx_activations, per_channel=options.per_channel,
-                                  float_layers=tuple(sorted(float_layers)), int16_layers=tuple(sorted(wide)),
+                                  float_layers=tuple(sorted(left["float_tensors"])), int16_layers=tuple(sorted(wide)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
-        artifacts, drift = self._export_and_measure(directory, floored(refined, self.floor), settings, warnings)
-        lost = mixed.lost_db(errors, self.prepared) if errors and refinement is not None else {}
+        more = warnings is None and len(keep) < limit and mixed.most_sensitive(lost, keep) is not None
+        artifacts, drift = self._export_and_measure(directory, floored(refined, self.floor), settings, warnings, more)
         return Round(artifacts, drift, refinement, settings, keep, tuple(lost.items()))
 
-    def _refine(self, keep_float: frozenset[str], ranges: dict[str, tuple[float, float]],
-                sixteen_bit: frozenset[str], errors: dict | None):
+    def _left(self, keep: tuple[str, ...]) -> dict[str, frozenset[str]]:
+        """How ``keep`` leaves int8, as ``refine`` takes it: the kept layers' float weights and the
+        tensors that stay float after them, or (--precision mixed) those tensors in 16 bits (the
+        kept layers' output, and the weightless layers' after it: ``mixed.float_layers``)."""
+        left = mixed.float_layers(self.folded, keep)
+        if self.options.precision == "mixed":
+            return {"keep_float": frozenset(), "sixteen_bit": left, "float_tensors": frozenset()}
+        return {"keep_float": frozenset(keep), "sixteen_bit": frozenset(), "float_tensors": left}
+
+    def _refine(self, ranges: dict[str, tuple[float, float]], left: dict[str, frozenset[str]],
+                errors: dict | None):
         """The model the exporters see: the prepared model, refined for int8 unless refine='none'."""
         options = self.options
         if options.refine == "none":
@@ -134,21 +146,36 @@ class Rounds:
             adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
             positions_per_weight=options.rounding_positions_per_weight,
             clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
-            keep_float=keep_float, ranges=ranges, activation_bits=ACTIVATION_BITS[options.precision],
-            sixteen_bit=sixteen_bit, rounding_cache=self.rounding_cache, errors=errors,
+            ranges=ranges, activation_bits=ACTIVATION_BITS[options.precision], rounding_cache=self.rounding_cache,
+            errors=errors, **left,
         )
 
-    def _export_and_measure(self, directory: Path, int8_model, settings: ExportSettings,
-                            warnings: list[str] | None) -> tuple[tuple[Artifact, ...], tuple[Drift, ...]]:
+    def _export_and_measure(self, directory: Path, int8_model, settings: ExportSettings, warnings: list[str] | None,
+                            more: bool = False) -> tuple[tuple[Artifact, ...], tuple[Drift, ...]]:
         """Write the TFLite/ONNX files to ``directory`` (the int8 files only, but for the first
         round: later rounds' float files would be the same); the int8 files' drift against the
-        folded model, their outputs read as ``head`` says."""
+        folded model, their outputs read as ``head`` says. ``more``: another round follows if a
+        file misses the budget; the ONNX file (the faster to write) goes first, and the TFLite file
+        only if the ONNX file meets the budget."""
         write_float = warnings is not None
-        self.report("export TFLite", 0, 1)
-        artifacts = [keras_artifact()]
-        artifacts += tflite_export.export(self.folded, self.batches, directory, settings, int8_model, write_float)
-        self.report("export ONNX", 0, 1)
-        artifacts += onnx_export.export(self.folded, self.batches, directory, settings, int8_model, write_float)
+        artifacts: list[Artifact] = [keras_artifact()]
+        drift: tuple[Drift, ...] = ()
+        for exporter, name in ((onnx_export, "ONNX"), (tflite_export, "TFLite")) if more else \
+                ((tflite_export, "TFLite"), (onnx_export, "ONNX")):
+            self.report(f"export {name}", 0, 1)
+            written = exporter.export(self.folded, self.batches, directory, settings, int8_model, write_float)
+            artifacts += written
+            if more:
+                drift += self._measure(directory, written, warnings)
+                if not self._met(drift):
+                    break  # this round is not the last: the other file would change nothing
+        if not more:
+            drift = self._measure(directory, artifacts, warnings)
+        return tuple(artifacts), drift
+
+    def _measure(self, directory: Path, artifacts: list[Artifact], warnings: list[str] | None) -> tuple[Drift, ...]:
+        """The drift of the int8 files among ``artifacts`` (with the float model's outputs, the
+        first time, and what they say about the model in ``warnings``)."""
         self.report("measure drift", 0, 1)
         runners = {a.file: open_runner(directory / a.file) for a in artifacts if a.quantized}
         if self.reference is None:
@@ -159,8 +186,7 @@ class Rounds:
         if warnings is not None:
             images = "held-out" if self.which == "holdout" else "calibration"
             warnings += sanity.float_model(self.reference, self.head, f"{images} images")
-        drift = tuple(evaluate.drift(name, self.reference, out, self.head) for name, out in outputs.items())
-        return tuple(artifacts), drift
+        return tuple(evaluate.drift(name, self.reference, out, self.head) for name, out in outputs.items())
 
 
 def keras_artifact() -> Artifact:

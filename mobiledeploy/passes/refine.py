@@ -104,7 +104,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                  per_channel: bool = True, keep_float: frozenset[str] = frozenset(),
                  ranges: dict[str, tuple[float, float]] | None = None,
                  activation_bits: int | None = 8, sixteen_bit: frozenset[str] = frozenset(),
-                 rounding_cache: dict | None = None, errors: dict | None = None) -> tuple[Any, RefineReport]:
+                 rounding_cache: dict | None = None, float_tensors: frozenset[str] = frozenset(),
+                 errors: dict | None = None) -> tuple[Any, RefineReport]:
     """A copy of the folded ``model`` with int8-grid weights and empirically corrected biases.
 
     With ``adaptive_rounding`` each weight is rounded up or down (not to nearest) so that the
@@ -128,7 +129,9 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     range of a layer's output where the exporters are told to use it instead of the
     calibration min/max (ranges.py). ``activation_bits`` is how the files hold activations
     (``round_activations``): 16 for int16x8, None for int8 weights with float activations; the
-    outputs of the layers in ``sixteen_bit`` round at 16 bits whatever it says (--precision mixed).
+    outputs of the layers in ``sixteen_bit`` round at 16 bits whatever it says (--precision mixed),
+    those in ``float_tensors`` stay float (the layers kept in float and the ones after them that
+    only pass their output on: ``mixed.float_layers``).
 
     ``rounding_cache`` (a dict the caller keeps between calls on the same model and images: the
     rounds of the mixed-precision search) holds each layer's rounding under the settings of it and
@@ -211,8 +214,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
             if name in rounded:
                 low, high = ranges[name] if name in ranges else \
                     (x_float.min(), min(x_float.max(), clips.get(name, np.inf)))
-                x_quant = round_activations(x_quant, low, high, 16 if name in sixteen_bit else activation_bits,
-                                            in_place=True)  # run_layer's own array
+                bits = None if name in float_tensors else 16 if name in sixteen_bit else activation_bits
+                x_quant = round_activations(x_quant, low, high, bits, in_place=True)  # run_layer's own array
                 if errors is not None:
                     errors[name] = squared_error(x_quant, x_float)
         float_out[name], quant_out[name] = x_float, x_quant
@@ -280,13 +283,15 @@ def channel_mean_difference(a: np.ndarray, b: np.ndarray, values: int = 1 << 20)
     return np.true_divide(total, len(a), dtype=np.float32)
 
 
-def squared_error(a: np.ndarray, b: np.ndarray, values: int = 1 << 20) -> tuple[float, float]:
-    """(sum of b², sum of (a - b)²) in float64, a slice of about ``values`` values at a time."""
+def squared_error(a: np.ndarray, b: np.ndarray, values: int = 1 << 16) -> tuple[float, float]:
+    """(sum of b², sum of (a - b)²), a slice of ``values`` values at a time: each slice's float32
+    dot product, the slices added up in float64."""
     a, b = a.reshape(-1), b.reshape(-1)
+    buffer = np.empty(min(values, b.size), np.float32)
     signal = error = 0.0
     for start in range(0, b.size, values):
-        reference = b[start:start + values].astype(np.float64)
-        difference = a[start:start + values] - reference
+        reference = b[start:start + values]
+        difference = np.subtract(a[start:start + values], reference, out=buffer[:len(reference)])
         signal += float(np.dot(reference, reference))
         error += float(np.dot(difference, difference))
     return signal, error

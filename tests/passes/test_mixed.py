@@ -132,6 +132,24 @@ def test_the_refinement_measures_the_sqnr_the_int8_file_loses(tiny_model, tmp_pa
     assert mixed.most_sensitive(lost, []) == mixed.most_sensitive(mixed.summed_lost_db(rows), []) == "sep"
 
 
+def test_a_kept_layers_output_stays_float_in_the_refinements_simulation(tiny_model):
+    """The files keep a kept layer's output float (mixed.float_layers): so does the simulation the
+    refinement corrects the later layers for, and whose errors the search reads."""
+    from mobiledeploy.passes.folding import fold_batchnorm
+    from mobiledeploy.passes.refine import refine_for_int8
+
+    folded = fold_batchnorm(tiny_model)[0]
+    calib = np.random.default_rng(1).uniform(-1, 1, (48, 24, 24, 3)).astype(np.float32)
+    keep = frozenset({"pw"})
+    left = mixed.float_layers(folded, keep)
+    rounded, unrounded = {}, {}
+    refine_for_int8(folded, calib, keep_float=keep, errors=rounded)
+    refine_for_int8(folded, calib, keep_float=keep, float_tensors=left, errors=unrounded)
+    assert rounded["stem_relu"] == unrounded["stem_relu"] and rounded["dw_relu"] == unrounded["dw_relu"]
+    power = lambda errors, name: errors[name][1] / errors[name][0]  # noqa: E731 - a tensor's error power
+    assert power(unrounded, "pw_relu") < 0.5 * power(rounded, "pw_relu")  # only what reaches it from int8
+
+
 def test_lost_db_is_each_tensors_sqnr_minus_the_one_before(tiny_model):
     from mobiledeploy.passes.folding import fold_batchnorm
 
@@ -151,6 +169,7 @@ def test_float_region_follows_a_kept_layer_until_an_int8_layer(tiny_model):
     tail = mixed.float_layers(tiny_model, ["logits"])
     assert tail == {"logits", "probs"}
     assert mixed.worst_loss((Drift("a", 10, 0.97, 30.0, 0.1), Drift("b", 10, 0.9, 20.0, 0.2))) == pytest.approx(10.0)
+    assert mixed.worst_loss((Drift("a", 100, 99 / 100, 30.0, 0.1),)) <= 1.0  # a budget of 1 met by 99 of 100
 
 
 def test_unknown_layer_and_budget_without_holdout_are_clear_errors(tmp_path):
