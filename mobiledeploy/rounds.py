@@ -156,22 +156,23 @@ class Rounds:
         round: later rounds' float files would be the same); the int8 files' drift against the
         folded model, their outputs read as ``head`` says. ``more``: another round follows if a
         file misses the budget; the ONNX file (the faster to write) goes first, and the TFLite file
-        only if the ONNX file meets the budget."""
+        only if the ONNX file meets the budget. Either way the files are listed TFLite first."""
         write_float = warnings is not None
-        artifacts: list[Artifact] = [keras_artifact()]
-        drift: tuple[Drift, ...] = ()
-        for exporter, name in ((onnx_export, "ONNX"), (tflite_export, "TFLite")) if more else \
-                ((tflite_export, "TFLite"), (onnx_export, "ONNX")):
+        exporters = {"TFLite": tflite_export, "ONNX": onnx_export}
+        written: dict[str, list[Artifact]] = {}
+        drift: dict[str, tuple[Drift, ...]] = {}
+        for name in ("ONNX", "TFLite") if more else ("TFLite", "ONNX"):
             self.report(f"export {name}", 0, 1)
-            written = exporter.export(self.folded, self.batches, directory, settings, int8_model, write_float)
-            artifacts += written
+            written[name] = exporters[name].export(self.folded, self.batches, directory, settings, int8_model,
+                                                   write_float)
             if more:
-                drift += self._measure(directory, written, warnings)
-                if not self._met(drift):
+                drift[name] = self._measure(directory, written[name], warnings)
+                if not self._met(drift[name]):
                     break  # this round is not the last: the other file would change nothing
+        artifacts = [keras_artifact(), *written.get("TFLite", ()), *written.get("ONNX", ())]
         if not more:
-            drift = self._measure(directory, artifacts, warnings)
-        return tuple(artifacts), drift
+            return tuple(artifacts), self._measure(directory, artifacts, warnings)
+        return tuple(artifacts), (*drift.get("TFLite", ()), *drift.get("ONNX", ()))
 
     def _measure(self, directory: Path, artifacts: list[Artifact], warnings: list[str] | None) -> tuple[Drift, ...]:
         """The drift of the int8 files among ``artifacts`` (with the float model's outputs, the

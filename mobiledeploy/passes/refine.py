@@ -139,9 +139,9 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     instead of fitting it again (the same weights: the fit reads only those layers' outputs).
 
     ``errors`` (a dict, when given) receives, in graph order, each rounded layer output's (signal,
-    error) (the input's aside): the sums of x_float² and (x_quant - x_float)² over the images, the int8 side as
-    refined. The SQNR they give is what ``mobiledeploy analyze`` measures on the files, from the
-    refinement's own simulation of them (``mixed.lost_db``)."""
+    error), the input's aside: the sums of x_float² and (x_quant - x_float)² over the images, the
+    int8 side as refined. The SQNR they give is what ``mobiledeploy analyze`` measures on the
+    files, from the refinement's own simulation of them (``mixed.lost_db``)."""
     import keras
 
     started = time.perf_counter()

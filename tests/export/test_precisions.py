@@ -186,6 +186,10 @@ def test_mixed_gives_the_layers_the_search_chose_16_bit_activations_and_meets_it
     _, out, result = mode_build
     search = result["mixed_precision"]
     assert search["kept_in"] == "int16" and search["met"] and search["agreement_loss"] == 0
+    # its last round wrote the ONNX file first (rounds.py), and lists the files as every build does
+    assert [d["artifact"] for d in result["drift"]] == ["model_mixed.tflite", "model_mixed.onnx"]
+    assert [a.file for a in manifest.read(out).files][1:] == ["model_float.tflite", "model_mixed.tflite",
+                                                              "model_float.onnx", "model_mixed.onnx"]
     chosen = search["float_layers"]
     assert 1 <= len(chosen) <= 8
     files = {a.file: a for a in manifest.read(out).files}
