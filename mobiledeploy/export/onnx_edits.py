@@ -22,7 +22,8 @@ def canonical(proto):
     initializers, differ; within one process, so do the symbolic sizes ("unk__<n>", the batch).
     Renumbering those suffixes in order of first use and ordering the initializers by first use
     makes repeated exports byte-identical, and keeps every name that carries a Keras layer name
-    readable.
+    readable. A Reshape's target shape is a constant named "<tensor>/shape" in one export and
+    "<tensor>/shape__<n>" in another (seen on the shared MobileNet v1 0.25): both count as counted.
     """
     pattern = re.compile(r"__\d+")
     first_use: dict[str, int] = {}
@@ -32,7 +33,7 @@ def canonical(proto):
     constants = {t.name for t in proto.graph.initializer}
     mapping = {}
     for name in sorted(first_use, key=first_use.get):
-        if pattern.search(name):
+        if pattern.search(name) or (name in constants and name.endswith("/shape")):
             # tf2onnx shares one constant (e.g. ReLU6's 0 and 6) among layers and names it after
             # whichever layer it met first: a layer-free name is both stable and honest
             base = "const" if name in constants else pattern.sub("", name)

@@ -5,7 +5,7 @@ dynamic batch included, is unchanged."""
 import numpy as np
 import pytest
 
-from mobiledeploy.export.onnx_edits import fixed_reshapes
+from mobiledeploy.export.onnx_edits import canonical, fixed_reshapes
 from qdq_files import qdq_conv
 
 
@@ -55,6 +55,31 @@ def test_a_constant_reshape_is_left_as_it_is():
     proto = fixed_reshapes(_dynamic_reshape())
     before = proto.SerializeToString()
     assert fixed_reshapes(proto).SerializeToString() == before
+
+
+def _reshape_named(shape_name: str, clip_name: str):
+    """x -> Reshape (target: a constant named ``shape_name``) -> Clip(0, 6): tf2onnx's names."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Reshape", ["x", shape_name], ["m/reshape/Reshape:0"]),
+             helper.make_node("Clip", ["m/reshape/Reshape:0", clip_name, "m/relu/Relu6__9"], ["y"])]
+    constants = [numpy_helper.from_array(np.array([-1, 3, 4], np.int64), shape_name),
+                 numpy_helper.from_array(np.array(0, np.float32), clip_name),
+                 numpy_helper.from_array(np.array(6, np.float32), "m/relu/Relu6__9")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])], constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_two_exports_that_named_their_constants_differently_become_the_same_bytes():
+    """tf2onnx names a Reshape's target "<tensor>/shape" in one process and "<tensor>/shape__<n>"
+    in another, and numbers its constants on from whatever it made before."""
+    first = canonical(_reshape_named("m/reshape/Reshape:0/shape", "const_fold_opt__12"))
+    second = canonical(_reshape_named("m/reshape/Reshape:0/shape__57", "const_fold_opt__3"))
+    assert first.SerializeToString() == second.SerializeToString()
+    assert [t.name for t in first.graph.initializer] == ["const__0", "const__1", "const__2"]
+    x = np.random.default_rng(0).normal(size=(2, 12)).astype(np.float32) * 5
+    assert np.array_equal(_run(first, x), np.clip(x.reshape(2, 3, 4), 0, 6))
 
 
 def test_a_float_conv_fused_with_its_relu_counts_as_run_in_float(tmp_path):
