@@ -100,8 +100,7 @@ class Rounds:
     def _met(self, drift: tuple[Drift, ...]) -> bool:
         return mixed.worst_loss(drift) <= self.options.max_disagreement
 
-    def build(self, directory: Path, keep: tuple[str, ...], limit: int = 0,
-              warnings: list[str] | None = None) -> Round:
+    def build(self, directory: Path, keep: tuple[str, ...], limit: int, warnings: list[str] | None = None) -> Round:
         """Refine with ``keep`` out of int8 (into float, or with --precision mixed into 16-bit
         activations), export and measure, into ``directory``. The float files only with
         ``warnings`` (the first round), which gets what the float outputs say about the model.
