@@ -5,7 +5,6 @@ attacks start from (a tiny Keras 2 model, images and a build of it, made once pe
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,30 +28,46 @@ class Run:
     peak_mb: float
 
 
+# Starts the CLI under the memory limit and reports its peak. A child's ru_maxrss counts what the
+# process it was forked from held at the fork (the kernel keeps the pre-exec high-water mark), so a
+# pytest worker that has grown to 2 GB would be charged to every child it forks: this small launcher
+# forks the CLI instead, and prints the CLI's own peak (kB) on its last line of stderr.
+LAUNCHER = """
+import os, resource, signal, subprocess, sys
+limit = int(sys.argv[1])
+child = subprocess.Popen(sys.argv[2:], preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+_, status, usage = os.wait4(child.pid, 0)
+sys.stderr.write(f"\\n{usage.ru_maxrss}\\n")
+sys.stderr.flush()
+code = os.waitstatus_to_exitcode(status)
+if code < 0:  # killed by a signal: die by the same one, as the CLI did
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
 def run_cli(*args, cwd: Path | None = None, timeout: float = 240) -> Run:
     """The real CLI in a child process with its address space limited; its own peak memory."""
+    import signal
     import tempfile
-    import threading
-
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "mobiledeploy", *(os.fsdecode(a) if isinstance(a, (Path, bytes)) else str(a)
+                                                        for a in args)]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen([sys.executable, "-m", "mobiledeploy", *(os.fsdecode(a) if isinstance(a, (Path, bytes)) else str(a) for a in args)], cwd=cwd, env=env,
-                                 preexec_fn=limit, stdout=out, stderr=err)
-        timer = threading.Timer(timeout, child.kill)
-        timer.start()
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(ADDRESS_SPACE), *command], cwd=cwd, env=env,
+                                    stdout=out, stderr=err, start_new_session=True)
         try:
-            _, status, usage = os.wait4(child.pid, 0)  # this child's own resource use
-        finally:
-            timer.cancel()
-        child.returncode = os.waitstatus_to_exitcode(status)
+            code = launcher.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+            pytest.fail(f"mobiledeploy {' '.join(map(str, args))} hung for {timeout} s")
         out.seek(0), err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if child.returncode == -9:
-        pytest.fail(f"mobiledeploy {' '.join(map(str, args))} hung for {timeout} s")
-    return Run(child.returncode, stdout, stderr, usage.ru_maxrss / 1024)
+    stderr, _, peak = stderr.rstrip("\n").rpartition("\n")
+    return Run(code, stdout, stderr, int(peak) / 1024)
 
 
 def one_line_error(run: Run, *phrases: str, code: int = 1) -> None:
