@@ -121,8 +121,10 @@ def quantize(
     # what the int8 converters start from: the same function as the folded model
     prepared, dither = optional(fallbacks, "dithered copies", (equalized, None),
                                  _dither, equalized, samples, options, report)
-    floor = optional(fallbacks, "logit floor", None, _logit_floor, prepared, samples, options, report)
-    ranges = optional(fallbacks, "activation ranges", {}, _tensor_ranges, prepared, floor, samples, options, report)
+    logits: dict = {}  # the softmax's logits, read once: by the floor, and by the ranges when there is no floor
+    floor = optional(fallbacks, "logit floor", None, _logit_floor, prepared, samples, options, report, logits)
+    ranges = optional(fallbacks, "activation ranges", {}, _tensor_ranges, prepared, floor, samples, options, report,
+                      logits)
     if learned is not None:
         ranges = {name: (low, high, low, high) for name, (low, high) in learned.layers.items()}
     which = "holdout" if cset.holdout else "calib"
@@ -280,17 +282,19 @@ def _dither(model, samples, options: QuantizeOptions, report: Progress):
                               grow=options.dither != "spare")
 
 
-def _logit_floor(model, samples, options: QuantizeOptions, report: Progress):
-    """The floor under the softmax's logits for the int8 files ('auto'), or None."""
+def _logit_floor(model, samples, options: QuantizeOptions, report: Progress, logits: dict):
+    """The floor under the softmax's logits for the int8 files ('auto'), or None; ``logits``
+    receives the logits it read (``floor_logits``)."""
     if options.logit_floor == "off":
         return None
     report("floor the softmax's logits", 0, 1)
-    return floor_logits(model, samples())
+    return floor_logits(model, samples(), read=logits)
 
 
-def _tensor_ranges(model, floor, samples, options: QuantizeOptions, report: Progress) -> dict:
-    """With --activation-ranges auto or mse, the narrower int8 ranges of the tensors no ReLU bounds."""
+def _tensor_ranges(model, floor, samples, options: QuantizeOptions, report: Progress, logits: dict) -> dict:
+    """With --activation-ranges auto or mse, the narrower int8 ranges of the tensors no ReLU bounds
+    (the floor's ``logits`` reused when no floor changed them)."""
     if options.activation_ranges == "minmax":
         return {}
     report("choose int8 ranges", 0, 1)
-    return mse_ranges(floored(model, floor), samples())
+    return mse_ranges(floored(model, floor), samples(), known=None if floor else logits)

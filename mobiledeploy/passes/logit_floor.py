@@ -94,9 +94,11 @@ def floored(model, report: LogitFloorReport | None):
     return apply_floor(model, report.layer, report.split_softmax, report.floor) if report else model
 
 
-def floor_logits(model, calib: np.ndarray, chunk: int = 32) -> LogitFloorReport | None:
+def floor_logits(model, calib: np.ndarray, chunk: int = 32, read: dict | None = None) -> LogitFloorReport | None:
     """Find the softmax's logits in ``model`` and choose their floor on ``calib``; None when the
-    model has no such softmax or no floor lowers the error."""
+    model has no such softmax or no floor lowers the error. ``read`` (a dict, when given) receives
+    the logits under their layer's name when that layer's own output is the logits (no softmax
+    fused into it): ``mse_ranges`` takes them from there instead of running the model again."""
     import keras
 
     found = softmax_logits(model)
@@ -108,6 +110,8 @@ def floor_logits(model, calib: np.ndarray, chunk: int = 32) -> LogitFloorReport 
     probe = keras.Model(split.inputs[0], split.get_layer(name).output)
     logits = np.concatenate([np.asarray(probe(calib[i:i + chunk], training=False)).reshape(
         len(calib[i:i + chunk]), -1) for i in range(0, len(calib), chunk)])
+    if read is not None and not fused:
+        read[name] = logits
     floor = choose_floor(logits)
     if floor is None:
         return None

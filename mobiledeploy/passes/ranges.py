@@ -34,21 +34,28 @@ def unbounded_tensors(model) -> list[str]:
             and (node["kind"] == "Add" or model.get_layer(name).get_config().get("activation", "linear") == "linear")]
 
 
-def mse_ranges(model, calib: np.ndarray, chunk: int = 25) -> dict[str, tuple[float, float, float, float]]:
+def mse_ranges(model, calib: np.ndarray, chunk: int = 25,
+               known: dict[str, np.ndarray] | None = None) -> dict[str, tuple[float, float, float, float]]:
     """{layer: (low, high, calibrated low, calibrated high)} for every unbounded tensor whose
-    MSE-optimal int8 range on ``calib`` is narrower than its calibration min/max."""
+    MSE-optimal int8 range on ``calib`` is narrower than its calibration min/max. ``known`` holds
+    layer outputs already computed on ``calib`` (the logits ``floor_logits`` read): the model runs
+    only for the others, and not at all when it holds every one."""
     import keras
 
     names = unbounded_tensors(model)
     if not names:
         return {}
-    probe = keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
+    known = {name: values for name, values in (known or {}).items() if name in names and len(values) == len(calib)}
+    unknown = [name for name in names if name not in known]
+    probe = keras.Model(model.inputs[0], [model.get_layer(n).output for n in unknown]) if unknown else None
     rng = np.random.default_rng(0)
     drawn: dict[str, list[np.ndarray]] = {n: [] for n in names}
     bounds = {n: (np.inf, -np.inf) for n in names}
     for start in range(0, len(calib), chunk):
-        outs = probe(calib[start:start + chunk], training=False)
-        for name, out in zip(names, outs if isinstance(outs, (list, tuple)) else [outs]):
+        outs = probe(calib[start:start + chunk], training=False) if probe is not None else []
+        computed = dict(zip(unknown, outs if isinstance(outs, (list, tuple)) else [outs]))
+        for name in names:  # in the same order whichever are known: the same draws
+            out = computed[name] if name in computed else known[name][start:start + chunk]
             values = np.asarray(out).reshape(len(out), -1)
             bounds[name] = (min(bounds[name][0], float(values.min())), max(bounds[name][1], float(values.max())))
             picks = rng.integers(0, values.shape[1], (len(values), min(SAMPLES_PER_IMAGE, values.shape[1])))

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mobiledeploy.cli.main import main
-from mobiledeploy.passes.logit_floor import apply_floor, choose_floor, softmax_logits
+from mobiledeploy.passes.logit_floor import apply_floor, choose_floor, floor_logits, softmax_logits
 
 
 def softmax(x):
@@ -93,6 +93,21 @@ def _classifier(head: str, classes: int = 50, seed: int = 0):
                                          ("relu", None), ("branch", None), ("logits", None)])
 def test_floor_applies_only_to_a_linear_layer_feeding_the_softmax(head, found):
     assert softmax_logits(_classifier(head)) == found
+
+
+@pytest.mark.parametrize("head", ["conv", "fused"])
+def test_the_logits_read_are_handed_over_only_when_they_are_the_layers_own_output(head):
+    import keras
+
+    model = _classifier(head)
+    images = np.random.default_rng(3).uniform(-1, 1, (40, 8, 8, 3)).astype(np.float32)
+    read: dict = {}
+    floor_logits(model, images, read=read)
+    if head == "fused":  # the layer's output is the softmax: its logits are no tensor of the model
+        assert read == {}
+    else:
+        expected = np.asarray(keras.Model(model.inputs[0], model.get_layer("conv_preds").output)(images))
+        assert list(read) == ["conv_preds"] and np.array_equal(read["conv_preds"], expected.reshape(40, -1))
 
 
 @pytest.mark.parametrize("head", ["conv", "fused"])

@@ -10,7 +10,7 @@ import pytest
 from int8_scales import onnx_scales as _onnx_scales
 from int8_scales import tflite_scales as _tflite_scales
 
-from mobiledeploy.passes.ranges import narrowest_error, unbounded_tensors
+from mobiledeploy.passes.ranges import mse_ranges, narrowest_error, unbounded_tensors
 from mobiledeploy.passes.refine import fake_quantize
 
 
@@ -35,6 +35,26 @@ def test_only_tensors_without_a_relu_are_candidates(tiny_model):
     folded, _ = fold_batchnorm(tiny_model)
     # stem, dw and pw outputs go through a ReLU; the separable conv, the Add and the logits do not
     assert unbounded_tensors(folded) == ["sep", "residual", "logits"]
+
+
+def test_outputs_already_read_are_taken_as_given_and_the_rest_computed():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((24, 24, 3))
+    model = keras.Model(image, keras.layers.Conv2D(4, 1, name="logits")(keras.layers.Conv2D(8, 1, name="proj")(image)))
+    calib = np.random.default_rng(1).laplace(0, 1, (40, 24, 24, 3)).astype(np.float32)  # long tails in both
+    computed = mse_ranges(model, calib)
+    assert set(computed) == {"proj", "logits"}
+    logits = np.asarray(keras.Model(image, model.get_layer("logits").output)(calib))
+    # the logits as the floor hands them over: the same ranges as computing them
+    assert mse_ranges(model, calib, known={"logits": logits}) == computed
+    # other values are taken as they are (their own min/max), and the rest is computed
+    given = mse_ranges(model, calib, known={"logits": 3 * logits})
+    assert given["logits"][2:] == (float((3 * logits).min()), float((3 * logits).max()))
+    assert given["proj"] == computed["proj"]
+    # values for another number of images than calib's are not taken
+    assert mse_ranges(model, calib, known={"logits": 3 * logits[:10]}) == computed
 
 
 def _tensor_map(folder, name) -> dict[str, str]:
