@@ -234,14 +234,31 @@ def _depthwise_moments(layer, xq: np.ndarray, xf: np.ndarray, chunk: int = 4) ->
 
 def _tap_products(a: list[np.ndarray], b: list[np.ndarray], symmetric: bool) -> np.ndarray:
     """(C, k, k): the sum over images and positions of a[k] * b[l], per channel; with
-    ``symmetric`` (a is b) each pair once."""
-    out = np.empty((a[0].shape[-1], len(a), len(b)), np.float32)
+    ``symmetric`` (a is b) each pair once. A view whose pixels and channels lie side by side in
+    each row (stride 1) is summed as rows of width x channels values, and the row's sums then
+    per channel: a long inner loop where a thin layer's channels alone make a short one."""
+    channels = a[0].shape[-1]
+    out = np.empty((channels, len(a), len(b)), np.float32)
+    rows_a = [_rows(v) for v in a]
+    rows_b = rows_a if symmetric else [_rows(v) for v in b]
     for k in range(len(a)):
         for m in range(k if symmetric else 0, len(b)):
-            out[:, k, m] = np.einsum("nhwc,nhwc->c", a[k], b[m])
+            if rows_a[k] is not None and rows_b[m] is not None:
+                out[:, k, m] = np.einsum("nhx,nhx->x", rows_a[k], rows_b[m]).reshape(-1, channels).sum(axis=0)
+            else:
+                out[:, k, m] = np.einsum("nhwc,nhwc->c", a[k], b[m])
             if symmetric:
                 out[:, m, k] = out[:, k, m]
     return out
+
+
+def _rows(view: np.ndarray) -> np.ndarray | None:
+    """``view`` (n, h, w, c) as (n, h, w * c), the same memory, or None when a row's pixels are
+    not adjacent (a strided tap)."""
+    n, h, w, c = view.shape
+    if view.strides[3] != view.itemsize or view.strides[2] != c * view.itemsize:
+        return None
+    return np.lib.stride_tricks.as_strided(view, (n, h, w * c), (*view.strides[:2], view.itemsize), writeable=False)
 
 
 def _tap_views(layer, x: np.ndarray) -> list[np.ndarray]:
