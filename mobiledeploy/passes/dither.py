@@ -191,7 +191,10 @@ def _spare_channels(model, chain, calib: np.ndarray, chunk: int) -> tuple[np.nda
     low, high = 0.0, 0.0
     for start in range(0, len(calib), chunk):
         x = np.asarray(probe(calib[start:start + chunk], training=False))
-        low, high = np.minimum(low, x.min(axis=(0, 1, 2))), np.maximum(high, x.max(axis=(0, 1, 2)))
+        # each channel's min and max in one long strided pass: a reduction over the first three axes
+        # runs an inner loop as long as the channels are many, 3 for an image (20x slower)
+        low = np.minimum(low, np.array([x[..., c].min() for c in range(x.shape[-1])]))
+        high = np.maximum(high, np.array([x[..., c].max() for c in range(x.shape[-1])]))
     kernel, bias = _kernel_and_bias(model.get_layer(first))
     _, z_high = _interval(kernel, bias, low[:, None], high[:, None], axes=(0, 1, 2))
     cap = relu_cap(model.get_layer(relu))
