@@ -1,6 +1,7 @@
 """Where quantize spends its time: each stage of the default pipeline beside the plain one.
 
-    python benchmarks/quantize_stages.py [--work /tmp/md-stages] [--model shared|v1_100 ...] [--num-calib 200] [--search]
+    python benchmarks/quantize_stages.py [--work /tmp/md-stages] [--model shared|v1_100 ...] [--num-calib 200]
+                                         [--search] [--repeat N] [--against CHECKOUT]
 
 Runs ``mobiledeploy quantize MODEL --calib IMAGES --num-calib N --json`` with ``--preset plain``
 (the converters alone: no refinement, logit floor, narrowed ranges or dither) and with the
@@ -15,6 +16,11 @@ minutes on 2 cores; 15 with --search.
 --search also builds with ``--max-disagreement 1`` (the mixed-precision search: one more layer in
 float per round while an int8 file disagrees with float on more than 1% of the held-out images)
 and prints its stages and its time against the default build's.
+
+--repeat N runs every build N times (the machine's speed drifts by 20% between runs) and prints
+each run's ratio and the mean stage seconds. --against CHECKOUT also runs every build with the
+mobiledeploy of another checkout (a git worktree of an earlier commit), alternately first and
+second: before and after a change, side by side in one run.
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ def model_path(name: str, work: Path) -> Path:
     return path
 
 
-def quantize(model: Path, out: Path, num_calib: int, preset: str, *extra: str) -> tuple[float, dict[str, float]]:
+def quantize(model: Path, out: Path, num_calib: int, preset: str, *extra: str,
+             code: Path = ROOT) -> tuple[float, dict[str, float]]:
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "mobiledeploy", "quantize", str(model), "--calib", str(IMAGES),
                           "-o", str(out), "--overwrite", "--num-calib", str(num_calib), "--preset", preset, *extra,
-                          "--json"], capture_output=True, text=True, cwd=ROOT)
+                          "--json"], capture_output=True, text=True, cwd=code,
+                         env={**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "3"})
     wall = time.perf_counter() - started
     if run.returncode not in (0, 3):  # 3: a --max-disagreement budget not met, the files written
         sys.exit(f"quantize {model.name} --preset {preset} failed: {run.stderr.strip().splitlines()[-1]}")
@@ -61,27 +69,43 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=("shared", "v1_100"))
     parser.add_argument("--num-calib", type=int, default=200)
     parser.add_argument("--search", action="store_true", help="also time a --max-disagreement 1 build")
+    parser.add_argument("--repeat", type=int, default=1, help="run every build this many times")
+    parser.add_argument("--against", type=Path, help="another checkout of mobiledeploy to time alternately")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    codes = {"this": ROOT, **({"against": args.against.resolve()} if args.against else {})}
+    builds = {"plain": ("plain",), "default": ("default",),
+              **({"search": ("default", "--max-disagreement", "1")} if args.search else {})}
     for name in args.model or ("shared", "v1_100"):
         model = model_path(name, args.work)
-        plain_wall, plain = quantize(model, args.work / f"{name}-plain", args.num_calib, "plain")
-        default_wall, default = quantize(model, args.work / f"{name}-default", args.num_calib, "default")
-        print(f"\n{model.name}, {args.num_calib} calibration images\n\n| stage | plain s | default s |\n|---|---|---|")
-        for step in dict.fromkeys([*default, *plain]):
-            print(f"| {step} | {plain.get(step, 0):.1f} | {default.get(step, 0):.1f} |")
-        print(f"| **stages** | **{sum(plain.values()):.1f}** | **{sum(default.values()):.1f}** |")
-        print(f"| process (with imports) | {plain_wall:.1f} | {default_wall:.1f} |")
-        print(f"\ndefault / plain: {default_wall / plain_wall:.2f}x (process), "
-              f"{sum(default.values()) / sum(plain.values()):.2f}x (stages)", flush=True)
-        if args.search:
-            search_wall, search = quantize(model, args.work / f"{name}-search", args.num_calib, "default",
-                                           "--max-disagreement", "1")
-            print(f"\n--max-disagreement 1\n\n| stage | default s | search s |\n|---|---|---|")
-            for step in dict.fromkeys([*default, *search]):
-                print(f"| {step} | {default.get(step, 0):.1f} | {search.get(step, 0):.1f} |")
-            print(f"| process (with imports) | {default_wall:.1f} | {search_wall:.1f} |")
-            print(f"\nsearch / default: {search_wall / default_wall:.2f}x (process)", flush=True)
+        runs: dict[tuple[str, str], list[tuple[float, dict[str, float]]]] = {}
+        for repeat in range(args.repeat):
+            for build, options in builds.items():
+                for code in list(codes) if repeat % 2 == 0 else list(codes)[::-1]:  # who goes first alternates
+                    runs.setdefault((code, build), []).append(quantize(
+                        model, args.work / f"{name}-{code}-{build}", args.num_calib, *options, code=codes[code]))
+        columns = [(code, build) for code in codes for build in builds]
+
+        def title(code: str, build: str) -> str:
+            return f"{build} ({code})" if len(codes) > 1 else build
+
+        def mean(column: tuple[str, str], step: str) -> float:
+            return sum(stages.get(step, 0) for _, stages in runs[column]) / args.repeat
+
+        print(f"\n{model.name}, {args.num_calib} calibration images, mean of {args.repeat} run(s)\n")
+        print("| stage | " + " | ".join(f"{title(*c)} s" for c in columns) + " |")
+        print("|---" * (len(columns) + 1) + "|")
+        for step in dict.fromkeys(step for column in columns for _, stages in runs[column] for step in stages):
+            print(f"| {step} | " + " | ".join(f"{mean(c, step):.1f}" for c in columns) + " |")
+        print("| process (with imports) | " + " | ".join(f"{sum(w for w, _ in runs[c]) / args.repeat:.1f}"
+                                                      for c in columns) + " |")
+        for code in codes:
+            walls = {build: [w for w, _ in runs[code, build]] for build in builds}
+            for top, bottom in (("default", "plain"), ("search", "default")):
+                if top in walls:
+                    ratios = ", ".join(f"{t / b:.2f}x" for t, b in zip(walls[top], walls[bottom]))
+                    print(f"{title(code, top)} / {bottom}: {ratios} (process); "
+                          f"mean {sum(walls[top]) / sum(walls[bottom]):.2f}x", flush=True)
 
 
 if __name__ == "__main__":
