@@ -67,6 +67,8 @@ def run_cli(*args, cwd: Path | None = None, timeout: float = 240) -> Run:
         out.seek(0), err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     stderr, _, peak = stderr.rstrip("\n").rpartition("\n")
+    if not peak.isdigit():  # the launcher itself failed before it could report
+        pytest.fail(f"the CLI's launcher reported no peak memory; its stderr ends: {stderr[-500:]}{peak}")
     return Run(code, stdout, stderr, int(peak) / 1024)
 
 
