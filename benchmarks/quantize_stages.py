@@ -72,6 +72,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="run every build this many times")
     parser.add_argument("--against", type=Path, help="another checkout of mobiledeploy to time alternately")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be 1 or more, not {args.repeat}")
+    if args.against is not None and not (args.against / "mobiledeploy" / "__init__.py").is_file():
+        parser.error(f"--against {args.against}: expected a checkout of mobiledeploy (no mobiledeploy/__init__.py)")
     args.work.mkdir(parents=True, exist_ok=True)
     codes = {"this": ROOT, **({"against": args.against.resolve()} if args.against else {})}
     builds = {"plain": ("plain",), "default": ("default",),
