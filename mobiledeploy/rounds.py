@@ -4,8 +4,9 @@ while an int8 file is over budget, build again with the layer whose output loses
 out of int8, up to ``mixed.MAX_FLOAT_LAYERS`` layers. The round's refinement measures that loss
 on its own simulation of the int8 files; without a refinement, the round's files are analyzed
 (``mobiledeploy analyze``). The rounds share what does not change between them: the
-float files, the float model's outputs on the held-out images, the decoded images and the rounding
-of the layers before the first one taken out of int8 (refine.py).
+float files, the float model's outputs on the held-out images, the decoded images, and the rounding
+of the layers before the first one taken out of int8 (refine.py) and the refinement's state at
+its input (checkpoints.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .export import onnx as onnx_export
 from .export import tflite as tflite_export
 from .options import ACTIVATION_BITS, ExportSettings, Progress, QuantizeOptions
 from .passes import mixed, refine
+from .passes.checkpoints import Checkpoints
 from .passes.logit_floor import floored
 from .reports import Artifact, Drift, Fallback, RefineReport
 from .runtime.runners import KerasRunner, open_runner
@@ -71,6 +73,7 @@ class Rounds:
     fallbacks: list[Fallback]
     input_range: tuple[float, float] | None
     rounding_cache: dict = field(default_factory=dict)  # a layer's rounding, fitted once for the settings before it
+    checkpoints: Checkpoints = field(default_factory=Checkpoints)  # where the search's next refinement starts
     reference: Any = None  # the folded model's outputs on the drift's images, run once
 
     def within_budget(self, work: Path, warnings: list[str]) -> Round:
@@ -88,6 +91,7 @@ class Rounds:
                 break
             keep += (candidate,)
             built = self.build(work, keep, limit)
+        self.checkpoints.clear()  # up to checkpoints.BUDGET of activations
         return built
 
     def _analyzed(self, work: Path, built: Round) -> dict[str, float]:
@@ -146,7 +150,7 @@ class Rounds:
             positions_per_weight=options.rounding_positions_per_weight,
             clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
             ranges=ranges, activation_bits=ACTIVATION_BITS[options.precision], rounding_cache=self.rounding_cache,
-            errors=errors, **left,
+            errors=errors, checkpoints=self.checkpoints if options.max_disagreement is not None else None, **left,
         )
 
     def _export_and_measure(self, directory: Path, int8_model, settings: ExportSettings, warnings: list[str] | None,

@@ -112,25 +112,36 @@ def _in_numpy(layer, inputs: list):
     return None
 
 
-def layer_outputs(model, images, chunk: int):
+def uses_after(order: list, start: int) -> dict[str, int]:
+    """Layer name -> how many times its output is still read from position ``start`` of ``order``
+    (``layer_graph``'s items) on: by the layers there, and for good when it is a model output."""
+    left = {name: node["consumers"].count("<output>") for name, node in order}
+    for _, node in order[start:]:
+        for parent in node["inputs"]:
+            left[parent] += 1
+    return left
+
+
+def layer_outputs(model, images, chunk: int, start: int = 0, live: dict | None = None):
     """(layer name, its output on ``images``) for every layer of ``model``, in graph order (the
-    input layer's output is ``images``). The next layer runs in a background thread while the
-    caller works on the current one (the framework's kernels and numpy release the interpreter),
-    so a caller that does as much work per layer as the layer itself hides the forward pass. A
-    layer's output is released here once every layer that reads it has run."""
+    input layer's output is ``images``); from the ``start``-th layer on when ``live`` holds the
+    outputs of the layers before it that the rest still reads. The next layer runs in a background
+    thread while the caller works on the current one (the framework's kernels and numpy release the
+    interpreter), so a caller that does as much work per layer as the layer itself hides the
+    forward pass. A layer's output is released here once every layer that reads it has run."""
     from concurrent.futures import ThreadPoolExecutor
 
     graph = layer_graph(model)
     order = list(graph.items())
-    remaining = {name: len(node["consumers"]) for name, node in order}
-    values: dict = {}
+    remaining = uses_after(order, start)
+    values: dict = dict(live or {})
 
     def run(name: str, node: dict, inputs: list):
         return images if node["kind"] == "InputLayer" else run_layer(model.get_layer(name), inputs, chunk)
 
     with ThreadPoolExecutor(1, thread_name_prefix="forward") as pool:
-        pending = pool.submit(run, *order[0], [])
-        for i, (name, node) in enumerate(order):
+        pending = pool.submit(run, *order[start], [values[p] for p in order[start][1]["inputs"]])
+        for i, (name, node) in enumerate(order[start:], start):
             values[name] = output = pending.result()
             for parent in node["inputs"]:
                 remaining[parent] -= 1

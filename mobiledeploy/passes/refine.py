@@ -29,8 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..model.graph import WEIGHTED, layer_graph, layer_outputs, relu, relu_cap, run_layer
+from ..model.graph import WEIGHTED, layer_graph, layer_outputs, relu, relu_cap, run_layer, uses_after
 from ..reports import RefineReport
+from .checkpoints import Checkpoint, Checkpoints
 from .rounding import adaround, quantize_weights, rounding_images
 
 ACTIVATIONS = {"ReLU", "Activation"}
@@ -105,7 +106,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                  ranges: dict[str, tuple[float, float]] | None = None,
                  activation_bits: int | None = 8, sixteen_bit: frozenset[str] = frozenset(),
                  rounding_cache: dict | None = None, float_tensors: frozenset[str] = frozenset(),
-                 errors: dict | None = None) -> tuple[Any, RefineReport]:
+                 errors: dict | None = None, checkpoints: Checkpoints | None = None) -> tuple[Any, RefineReport]:
     """A copy of the folded ``model`` with int8-grid weights and empirically corrected biases.
 
     With ``adaptive_rounding`` each weight is rounded up or down (not to nearest) so that the
@@ -137,6 +138,9 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     rounds of the mixed-precision search) holds each layer's rounding under the settings of it and
     the layers before it; a later call whose settings there are the same takes it from there
     instead of fitting it again (the same weights: the fit reads only those layers' outputs).
+    ``checkpoints`` (kept between such calls too) goes further: a later call starts at the input of
+    the last weighted layer whose layers before it are refined as they were, with the activations,
+    weights and results saved there (``checkpoints.py``), instead of at the model's input.
 
     ``errors`` (a dict, when given) receives, in graph order, each rounded layer output's (signal,
     error), the input's aside: the sums of x_float² and (x_quant - x_float)² over the images, the
@@ -148,15 +152,10 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     refined = keras.Model.from_config(model.get_config())
     refined.set_weights(model.get_weights())
     graph = layer_graph(model)
+    order = list(graph.items())
     rounded = rounded_outputs(graph)
-    remaining = {name: len(node["consumers"]) for name, node in graph.items()}
-    float_out: dict[str, np.ndarray] = {}
-    quant_out: dict[str, np.ndarray] = {}
-    shifts: dict[str, float] = {}
-    clips: dict[str, float] = {}
-    validated: list[str] = []
-    nearest: list[str] = []
-    fallbacks: list[tuple[str, str]] = []
+    images = np.asarray(calib, np.float32).view()
+    images.setflags(write=False)  # the caller's images, the input layer's output on both sides
     weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED and name not in keep_float]
     cache = rounding_cache if rounding_cache is not None else {}
     ranges = ranges or {}
@@ -170,9 +169,36 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
         return frozenset((a, a in keep_float, a in sixteen_bit, tuple(map(float, ranges.get(a, ()))))
                          for a in ancestors[name] if a in keep_float or a in sixteen_bit or a in ranges)
 
-    done = 0
+    # what a checkpoint depends on: this call's settings, then how each layer is kept, rounded and ranged
+    settings = [(len(images), chunk, adaptive_rounding, rounding_samples, positions_per_weight, clip_activations,
+                 per_channel, activation_bits, errors is not None)]
+    settings += [(a in keep_float, a in sixteen_bit, a in float_tensors, tuple(map(float, ranges.get(a, ()))))
+                 for a, _ in order]
+    start, resumed = checkpoints.latest(settings) if checkpoints is not None else (0, None)
+    places = checkpoints.places(model, order, len(images)) if checkpoints is not None else frozenset()
+    results = resumed.results if resumed is not None else \
+        {"shifts": {}, "clips": {}, "validated": [], "nearest": [], "fallbacks": [], "errors": {}, "done": 0}
+    shifts, clips = dict(results["shifts"]), dict(results["clips"])
+    validated, nearest, fallbacks = list(results["validated"]), list(results["nearest"]), list(results["fallbacks"])
+    done = results["done"]
+    if errors is not None:
+        errors.update(results["errors"])
+    float_out: dict[str, np.ndarray] = dict(resumed.float_out) if resumed is not None else {}
+    quant_out: dict[str, np.ndarray] = dict(resumed.quant_out) if resumed is not None else {}
+    remaining = uses_after(order, start)
+    if resumed is not None:  # the layers before ``start`` as the call that saved it left them
+        for name, node in order[:start]:
+            if node["kind"] in WEIGHTED:
+                refined.get_layer(name).set_weights(checkpoints.weights[name])
+        for name, clip in clips.items():
+            refined.get_layer(name).max_value = clip
     # the float model's layers run a layer ahead in a thread: their outputs do not depend on the refinement
-    for (name, node), (_, x_float) in zip(graph.items(), layer_outputs(model, np.asarray(calib, np.float32), chunk)):
+    for index, ((name, node), (_, x_float)) in enumerate(zip(order[start:], layer_outputs(
+            model, images, chunk, start, float_out)), start):
+        if index in places and not (index == start and resumed is not None):  # not the one it resumed from
+            checkpoints.save(index, Checkpoint(tuple(settings[:index + 1]), dict(float_out), dict(quant_out), {
+                "shifts": dict(shifts), "clips": dict(clips), "validated": list(validated), "nearest": list(nearest),
+                "fallbacks": list(fallbacks), "errors": dict(errors or {}), "done": done}))
         twin = refined.get_layer(name)
         if node["kind"] == "InputLayer":
             x_quant = round_activations(x_float, x_float.min(), x_float.max(), activation_bits)
@@ -211,6 +237,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                 x_quant = _relu_in_place(twin, node, quant_out, float_out, remaining)
                 if x_quant is None:
                     x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
+            if node["kind"] in WEIGHTED and checkpoints is not None:  # what a later call resuming after it sets
+                checkpoints.weights[name] = twin.get_weights()
             if name in rounded:
                 low, high = ranges[name] if name in ranges else \
                     (x_float.min(), min(x_float.max(), clips.get(name, np.inf)))

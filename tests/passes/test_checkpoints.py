@@ -1,0 +1,61 @@
+"""The search's refinements pick up where the round before left them (passes/checkpoints.py): the
+same model, report and simulated errors as a fresh refinement, value for value, from the input
+of the last weighted layer refined as before."""
+
+import numpy as np
+
+from mobiledeploy.model.graph import layer_graph
+from mobiledeploy.passes import mixed
+from mobiledeploy.passes.checkpoints import Checkpoints
+from mobiledeploy.passes.folding import fold_batchnorm
+from mobiledeploy.passes.refine import refine_for_int8
+
+
+def _refine(folded, calib, keep, **kwargs):
+    errors: dict = {}
+    refined, report = refine_for_int8(folded, calib, keep_float=frozenset(keep), clip_activations=True,
+                                      float_tensors=mixed.float_layers(folded, keep), errors=errors, **kwargs)
+    return refined, report, errors
+
+
+def _same(a, b) -> bool:
+    (model_a, report_a, errors_a), (model_b, report_b, errors_b) = a, b
+    return all(np.array_equal(x, y) for x, y in zip(model_a.get_weights(), model_b.get_weights())) \
+        and all(getattr(model_a.get_layer(n), "max_value", None) == getattr(model_b.get_layer(n), "max_value", None)
+                for n in ("stem_relu", "dw_relu")) \
+        and (report_a.per_layer, report_a.clips, report_a.validated, report_a.rounded_to_nearest, report_a.fallbacks) \
+        == (report_b.per_layer, report_b.clips, report_b.validated, report_b.rounded_to_nearest, report_b.fallbacks) \
+        and list(errors_a.items()) == list(errors_b.items())
+
+
+def test_each_round_resumes_at_the_last_layer_refined_as_before_and_gives_a_fresh_refinement(tiny_model):
+    folded, _ = fold_batchnorm(tiny_model)
+    calib = np.random.default_rng(6).uniform(-1, 1, (48, 24, 24, 3)).astype(np.float32)
+    position = {name: i for i, name in enumerate(layer_graph(folded))}
+    checkpoints, cache = Checkpoints(), {}
+    # the search's rounds: a late layer first, then the first one, then one inside the residual block
+    rounds = [(), ("logits",), ("logits", "stem"), ("logits", "stem", "sep")]
+    for keep in rounds:
+        resumed = _refine(folded, calib, keep, checkpoints=checkpoints, rounding_cache=cache)
+        assert _same(resumed, _refine(folded, calib, keep)), keep
+    assert checkpoints.starts == [0, position["logits"], position["stem"], position["sep"]]
+    assert any(not a.flags.writeable for c in checkpoints.saved.values() for a in c.quant_out.values())
+    assert calib.flags.writeable  # the caller's images are left as they were
+
+
+def test_the_budget_keeps_the_latest_layers_and_a_round_before_them_starts_at_the_input(tiny_model):
+    folded, _ = fold_batchnorm(tiny_model)
+    calib = np.random.default_rng(7).uniform(-1, 1, (32, 24, 24, 3)).astype(np.float32)
+    order = list(layer_graph(folded).items())
+    position = {name: i for i, (name, _) in enumerate(order)}
+    everything = Checkpoints(budget=1 << 40).places(folded, order, len(calib))
+    assert everything == {i for i, (_, node) in enumerate(order) if node["kind"] in {"Conv2D", "DepthwiseConv2D",
+                                                                                     "SeparableConv2D", "Dense"}}
+    # the Dense layer's input: 16 pooled values an image, both sides, float32
+    small = Checkpoints(budget=16 * len(calib) * 4 * 2)
+    assert small.places(folded, order, len(calib)) == {position["logits"]}
+    for keep in ((), ("sep",), ("sep", "logits")):
+        resumed = _refine(folded, calib, keep, checkpoints=small)
+        assert _same(resumed, _refine(folded, calib, keep)), keep
+    assert small.starts == [0, 0, position["logits"]]
+    assert set(small.saved) == {position["logits"]}
