@@ -21,6 +21,7 @@ from .evaluation import metrics as evaluate
 from .evaluation import sanity
 from .export import onnx as onnx_export
 from .export import tflite as tflite_export
+from .export.onnx_template import Reconverter
 from .options import ACTIVATION_BITS, ExportSettings, Progress, QuantizeOptions
 from .passes import mixed, refine
 from .passes.checkpoints import Checkpoints
@@ -74,6 +75,7 @@ class Rounds:
     input_range: tuple[float, float] | None
     rounding_cache: dict = field(default_factory=dict)  # a layer's rounding, fitted once for the settings before it
     checkpoints: Checkpoints = field(default_factory=Checkpoints)  # where the search's next refinement starts
+    reconverter: Reconverter = field(default_factory=Reconverter)  # the rounds' int8 graph, tf2onnx'd once
     reference: Any = None  # the folded model's outputs on the drift's images, run once
 
     def within_budget(self, work: Path, warnings: list[str]) -> Round:
@@ -91,7 +93,7 @@ class Rounds:
                 break
             keep += (candidate,)
             built = self.build(work, keep, limit)
-        self.checkpoints.clear()  # up to checkpoints.BUDGET of activations
+        self.checkpoints.clear()  # up to limits.MAX_CHECKPOINT_BYTES of activations
         return built
 
     def _analyzed(self, work: Path, built: Round) -> dict[str, float]:
@@ -166,8 +168,9 @@ class Rounds:
         drift: dict[str, tuple[Drift, ...]] = {}
         for name in ("ONNX", "TFLite") if more else ("TFLite", "ONNX"):
             self.report(f"export {name}", 0, 1)
+            converted = {"reconverter": self.reconverter} if name == "ONNX" else {}  # a graph per search
             written[name] = exporters[name].export(self.folded, self.batches, directory, settings, int8_model,
-                                                   write_float)
+                                                   write_float, **converted)
             if more:
                 drift[name] = self._measure(directory, written[name], warnings)
                 if not self._met(drift[name]):

@@ -19,6 +19,7 @@ from ..options import WEIGHT_ONLY, ExportSettings
 from ..reports import Artifact, Fallback
 from . import tensor_map
 from .onnx_edits import canonical, clips_as_one_node, fixed_reshapes, own_constants
+from .onnx_template import Reconverter
 from .onnx_weights import weight_only
 
 FLOAT_FILE = "model_float.onnx"
@@ -26,10 +27,13 @@ INPUT_NAME = "input"  # the exported graphs' input, named in tf2onnx's input sig
 
 
 def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
-           settings: ExportSettings, int8_model=None, write_float: bool = True) -> list[Artifact]:
+           settings: ExportSettings, int8_model=None, write_float: bool = True,
+           reconverter: Reconverter | None = None) -> list[Artifact]:
     """model_float.onnx from ``model``; model_int8.onnx quantized from ``int8_model`` (the
     model refined for int8) when given, else from ``model`` too. ``write_float=False`` keeps the
-    model_float.onnx an earlier call wrote (as the TFLite exporter does)."""
+    model_float.onnx an earlier call wrote (as the TFLite exporter does). ``reconverter`` (kept
+    between the calls of one build) converts ``int8_model``s of the same graph once
+    (``onnx_template``)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -49,7 +53,12 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         QuantType.QUInt8 if settings.onnx_activations == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         source = Path(scratch) / "source.onnx"
-        proto = canonical(_to_onnx(int8_model, settings.opset)) if int8_model is not None else onnx.load(str(float_path))
+        if int8_model is None:
+            proto = onnx.load(str(float_path))
+        elif reconverter is not None:
+            proto = reconverter.convert(int8_model, lambda keras_model: canonical(_to_onnx(keras_model, settings.opset)))
+        else:
+            proto = canonical(_to_onnx(int8_model, settings.opset))
         onnx.save(proto, str(source))
         prepared = Path(scratch) / "prepared.onnx"
         # Symbolic shape inference needs sympy and adds nothing for fixed-size CNNs.

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..limits import MAX_CHECKPOINT_BYTES
 from ..model.graph import WEIGHTED
-
-BUDGET = 1 << 30  # bytes of saved activations, both sides
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class Checkpoint:
 class Checkpoints:
     """The states one refinement saved, for the next one on the same model and images."""
 
-    budget: int = BUDGET
+    budget: int = MAX_CHECKPOINT_BYTES  # bytes of saved activations, both sides
     saved: dict[int, Checkpoint] = field(default_factory=dict)  # position in graph order -> its state
     weights: dict[str, list[np.ndarray]] = field(default_factory=dict)  # each layer's refined weights, the last call's
     starts: list[int] = field(default_factory=list)  # where each call started (0: at the input)
