@@ -160,7 +160,7 @@ def analyze(float_model, artifacts: dict[str, tuple[Path, dict]], batches: Itera
     sums = {artifact: {layer: [0.0, 0.0, 1 << 31, -(1 << 31), 256] for layer in t.taps} for artifact, t in taps.items()}
     done = 0
     for batch in batches:
-        reference = dict(zip(wanted, (np.asarray(o, np.float32) for o in _as_list(probe(batch, training=False)))))
+        reference = dict(zip(wanted, (np.asarray(o, np.float32) for o in _as_list(probe.predict_on_batch(batch)))))
         for artifact, tap in taps.items():
             for layer, (values, codes) in tap.run(batch).items():
                 if layer not in reference or layer not in sums[artifact]:

@@ -91,7 +91,7 @@ def _peaks(model, names: list[str], calib: np.ndarray, chunk: int) -> dict[str, 
     probe = keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
     peaks = {n: None for n in names}
     for start in range(0, len(calib), chunk):
-        outs = probe(calib[start:start + chunk], training=False)
+        outs = probe.predict_on_batch(calib[start:start + chunk])
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for name, out in zip(names, outs):
             top = np.asarray(out).reshape(-1, out.shape[-1]).max(axis=0)

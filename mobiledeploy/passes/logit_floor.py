@@ -108,7 +108,7 @@ def floor_logits(model, calib: np.ndarray, chunk: int = 32, read: dict | None = 
     # a fused layer's own output is the softmax: split it off to read the logits
     split = _with_head(model, name, fused, "linear", 0.0) if fused else model
     probe = keras.Model(split.inputs[0], split.get_layer(name).output)
-    logits = np.concatenate([np.asarray(probe(calib[i:i + chunk], training=False)).reshape(
+    logits = np.concatenate([np.asarray(probe.predict_on_batch(calib[i:i + chunk])).reshape(
         len(calib[i:i + chunk]), -1) for i in range(0, len(calib), chunk)])
     if read is not None and not fused:
         read[name] = logits

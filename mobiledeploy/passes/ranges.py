@@ -52,7 +52,7 @@ def mse_ranges(model, calib: np.ndarray, chunk: int = 25,
     drawn: dict[str, list[np.ndarray]] = {n: [] for n in names}
     bounds = {n: (np.inf, -np.inf) for n in names}
     for start in range(0, len(calib), chunk):
-        outs = probe(calib[start:start + chunk], training=False) if probe is not None else []
+        outs = probe.predict_on_batch(calib[start:start + chunk]) if probe is not None else []
         computed = dict(zip(unknown, outs if isinstance(outs, (list, tuple)) else [outs]))
         for name in names:  # in the same order whichever are known: the same draws
             out = computed[name] if name in computed else known[name][start:start + chunk]
