@@ -51,24 +51,22 @@ def fake_quantize(x: np.ndarray, low: float, high: float, in_place: bool = False
         q = np.clip(np.round(x / scale) + zero_point, -128, 127)
         return ((q - zero_point) * scale).astype(np.float32)
     # float32 values (every activation): a slice at a time (one that stays in the CPU's cache), the
-    # codes in place in float32 (they and the zero point are integers, exact in float32), then each
-    # of the 256 codes' value, computed once as the float64 lines above compute it, looked up: the
-    # same values without float64 temporaries
-    values = ((np.arange(-128, 128, dtype=np.float64) - zero_point) * scale).astype(np.float32)
+    # code minus the zero point in float32 (integers, exact), clipped to the codes' range, then times
+    # the scale in float64, rounded to float32 on the way out: the lines above, value for value,
+    # without float64 temporaries
     flat = np.ascontiguousarray(x).reshape(-1)
     out = flat if in_place else np.empty_like(flat)  # a slice is read before its result is written
+    lowest, highest = np.float32(-128 - zero_point), np.float32(127 - zero_point)
 
     def round_slices(begin: int, end: int) -> None:
-        q, codes = np.empty(min(SLICE, end - begin), np.float32), np.empty(min(SLICE, end - begin), np.int16)
+        q = np.empty(min(SLICE, end - begin), np.float32)
         for start in range(begin, end, SLICE):
             part = flat[start:min(start + SLICE, end)]
-            qs, cs = q[:len(part)], codes[:len(part)]
+            qs = q[:len(part)]
             np.divide(part, np.float32(scale), out=qs)
             np.round(qs, out=qs)
-            qs += np.float32(zero_point + 128)  # the code's index in ``values``
-            np.clip(qs, 0, 255, out=qs)
-            cs[...] = qs
-            np.take(values, cs, out=out[start:start + len(part)])
+            np.clip(qs, lowest, highest, out=qs)
+            np.multiply(qs, np.float64(scale), out=out[start:start + len(part)], casting="same_kind")
 
     if flat.size < 8 * SLICE:
         round_slices(0, flat.size)
