@@ -86,11 +86,13 @@ def run_layer(layer, inputs: list, chunk: int):
 
 def relu(x, cap: float | None, out):
     """max(x, 0), capped at ``cap`` unless it is None (ReLU6: 6), written to ``out`` (may be ``x``):
-    the values of the framework's ReLU, bit for bit."""
+    the values of the framework's ReLU (a capped one in one pass over memory, which keeps the sign
+    of a -0.0: equal values, which no sum or rounding tells apart)."""
     import numpy as np
 
-    np.maximum(x, np.float32(0), out=out)
-    return out if cap is None else np.minimum(out, np.float32(cap), out=out)
+    if cap is None:
+        return np.maximum(x, np.float32(0), out=out)
+    return np.clip(x, np.float32(0), np.float32(cap), out=out)
 
 
 def _in_numpy(layer, inputs: list):

@@ -20,9 +20,27 @@ def test_layer_outputs_are_the_models_own_intermediate_outputs(tiny_model):
     np.testing.assert_allclose(outputs[-1][1], np.asarray(tiny_model(images, training=False)), rtol=1e-5, atol=1e-6)
 
 
+def test_layer_outputs_resume_from_the_outputs_the_rest_still_reads(tiny_model):
+    """From the k-th layer on, given the outputs of the earlier layers that later ones read (the
+    tiny model's residual block reads one from before the separable conv), the same outputs."""
+    from mobiledeploy.model.graph import layer_graph, layer_outputs, uses_after
+
+    images = np.random.default_rng(4).normal(size=(6, *tiny_model.inputs[0].shape[1:])).astype(np.float32)
+    whole = list(layer_outputs(tiny_model, images, chunk=4))
+    order = list(layer_graph(tiny_model).items())
+    start = [name for name, _ in order].index("sep")
+    live = {name: value for (name, value) in whole[:start] if uses_after(order, start)[name]}
+    assert set(live) == {"pw_relu"}  # read by the separable conv and by the residual Add
+    resumed = list(layer_outputs(tiny_model, images, 4, start, live))
+    assert [name for name, _ in resumed] == [name for name, _ in whole[start:]]
+    for (name, value), (_, expected) in zip(resumed, whole[start:]):
+        assert np.array_equal(value, expected), name
+
+
 def test_relus_and_zero_padding_run_in_numpy_give_the_layers_values():
     """ReLU, ReLU6 (both spellings) and zero padding are computed by numpy in run_layer, not by the
-    layer: the values must be the layer's own, bit for bit; a leaky ReLU still runs as a layer."""
+    layer: the values must be the layer's own, value for value (a -0.0 included); a leaky ReLU still
+    runs as a layer."""
     import keras
 
     from mobiledeploy.model.graph import _in_numpy, run_layer
