@@ -168,7 +168,9 @@ class Rounds:
         drift: dict[str, tuple[Drift, ...]] = {}
         for name in ("ONNX", "TFLite") if more else ("TFLite", "ONNX"):
             self.report(f"export {name}", 0, 1)
-            converted = {"reconverter": self.reconverter} if name == "ONNX" else {}  # a graph per search
+            # the search's rounds convert one graph with other weights
+            converted = {"reconverter": self.reconverter} if name == "ONNX" and self.options.max_disagreement is not None \
+                else {}
             written[name] = exporters[name].export(self.folded, self.batches, directory, settings, int8_model,
                                                    write_float, **converted)
             if more:

@@ -59,7 +59,10 @@ class Reconverter:
             self.outcomes.append("template")
             return self.template[1].filled(model.get_weights())
         if self.last is not None and self.last[0] == config:  # the second graph like it: try a template
-            template = _template(model, convert)
+            try:
+                template = _template(model, convert)
+            except Exception:  # noqa: BLE001 - an optimization: a failure here converts the plain way
+                template = None
             if template is not None and _serialized(template.filled(self.last[1])) == self.last[2]:
                 self.template = (config, template)
                 self.outcomes.append("checked")

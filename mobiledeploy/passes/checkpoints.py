@@ -42,6 +42,7 @@ class Checkpoints:
     saved: dict[int, Checkpoint] = field(default_factory=dict)  # position in graph order -> its state
     weights: dict[str, list[np.ndarray]] = field(default_factory=dict)  # each layer's refined weights, the last call's
     starts: list[int] = field(default_factory=list)  # where each call started (0: at the input)
+    unfinished: bool = False  # a call started and has not finished (it failed: what it saved may not match)
 
     def places(self, model, order: list, images: int) -> frozenset[int]:
         """The positions in ``order`` (``layer_graph``'s items) to save at: before weighted layers,
@@ -55,7 +56,10 @@ class Checkpoints:
                 last_read[name] = len(order)
         size: dict[str, int] = {}
         for name, _ in order:
-            shape = tuple(model.get_layer(name).output.shape[1:])
+            try:
+                shape = tuple(model.get_layer(name).output.shape[1:])
+            except (AttributeError, ValueError):  # a layer with several outputs, or used twice
+                return frozenset()
             if any(d is None for d in shape):
                 return frozenset()
             size[name] = int(np.prod(shape)) * images * 4 * 2
@@ -72,10 +76,18 @@ class Checkpoints:
 
     def latest(self, settings: list) -> tuple[int, Checkpoint | None]:
         """The last saved state whose settings are ``settings`` up to it (the call's settings,
-        then each layer's in graph order), and its position; (0, None) when there is none."""
+        then each layer's in graph order), and its position; (0, None) when there is none. A call
+        that did not finish (``finished``) leaves nothing to resume from: it may have saved some
+        layers' weights for other settings than the states it left."""
+        if self.unfinished:
+            self.clear()
+        self.unfinished = True
         index = max((i for i, c in self.saved.items() if c.settings == tuple(settings[:i + 1])), default=0)
         self.starts.append(index)
         return index, self.saved.get(index)
+
+    def finished(self) -> None:
+        self.unfinished = False
 
     def save(self, index: int, checkpoint: Checkpoint) -> None:
         for side in (checkpoint.float_out, checkpoint.quant_out):

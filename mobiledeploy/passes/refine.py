@@ -249,6 +249,8 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
             remaining[parent] -= 1
             if remaining[parent] == 0:
                 float_out.pop(parent), quant_out.pop(parent)
+    if checkpoints is not None:
+        checkpoints.finished()
     return refined, RefineReport(
         method="adaround+bias-correction" if adaptive_rounding else "bias-correction",
         layers=len(shifts), samples=len(calib),

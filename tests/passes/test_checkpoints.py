@@ -59,3 +59,24 @@ def test_the_budget_keeps_the_latest_layers_and_a_round_before_them_starts_at_th
         assert _same(resumed, _refine(folded, calib, keep)), keep
     assert small.starts == [0, 0, position["logits"]]
     assert set(small.saved) == {position["logits"]}
+
+
+def test_a_refinement_that_failed_midway_leaves_nothing_to_resume_from(tiny_model):
+    """A call that raised after refining some layers for its own settings (here its progress report
+    raises) had saved their weights: the next call must not resume from the states an earlier call
+    left after them, and gives a fresh refinement."""
+    import pytest
+
+    folded, _ = fold_batchnorm(tiny_model)
+    calib = np.random.default_rng(8).uniform(-1, 1, (32, 24, 24, 3)).astype(np.float32)
+    checkpoints = Checkpoints()
+    _refine(folded, calib, (), checkpoints=checkpoints)
+
+    def fail_after_two(done, total):
+        if done == 2:
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError):
+        _refine(folded, calib, ("stem",), checkpoints=checkpoints, progress=fail_after_two)
+    again = _refine(folded, calib, (), checkpoints=checkpoints)
+    assert checkpoints.starts[-1] == 0 and _same(again, _refine(folded, calib, ()))
