@@ -47,7 +47,7 @@ class Checkpoints:
     def places(self, model, order: list, images: int) -> frozenset[int]:
         """The positions in ``order`` (``layer_graph``'s items) to save at: before weighted layers,
         from the last one back, while the activations live there (both sides, float32) fit the
-        budget together. None when a layer's output size is unknown."""
+        budget together; none when a layer's output size is unknown."""
         last_read: dict[str, int] = {}
         for index, (name, node) in enumerate(order):
             for parent in node["inputs"]:

@@ -242,7 +242,7 @@ def _rounding_costs(model, relu: str, channels: np.ndarray, step: float, images:
     graph = layer_graph(model)
     order = list(graph)
     start, output = order.index(relu) + 1, model.outputs[0]._keras_history.operation.name
-    # the model's tail from the ReLU on, traced once (graph mode: 3x faster than layer calls one by one)
+    # the model's tail from the ReLU on, traced once: graph mode runs it faster than layer calls one by one
     tail = tf.function(lambda values: _run(model, graph, order, start, len(order), dict(values))[output],
                        reduce_retracing=True)
     errors = dict.fromkeys((int(c) for c in channels), 0.0)
