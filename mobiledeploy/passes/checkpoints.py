@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..limits import MAX_CHECKPOINT_BYTES
-from ..model.graph import WEIGHTED
+from ..model.graph import WEIGHTED, uses_after
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,6 @@ class Checkpoints:
         """The positions in ``order`` (``layer_graph``'s items) to save at: before weighted layers,
         from the last one back, while the activations live there (both sides, float32) fit the
         budget together; none when a layer's output size is unknown."""
-        last_read: dict[str, int] = {}
-        for index, (name, node) in enumerate(order):
-            for parent in node["inputs"]:
-                last_read[parent] = index
-            if "<output>" in node["consumers"]:
-                last_read[name] = len(order)
         size: dict[str, int] = {}
         for name, _ in order:
             try:
@@ -67,7 +61,8 @@ class Checkpoints:
         for index in reversed(range(len(order))):
             if order[index][1]["kind"] not in WEIGHTED:
                 continue
-            live = sum(size[name] for name, _ in order[:index] if last_read.get(name, -1) >= index)
+            reads = uses_after(order, index)  # what the layers before it leave for the rest
+            live = sum(size[name] for name, _ in order[:index] if reads[name])
             if total + live > self.budget:
                 break
             chosen.add(index)
