@@ -4,13 +4,15 @@ A FIFO, a device or a link to /dev/zero passed where a file belongs would block 
 or never end, so readers check ``is_regular`` first. Python's JSON parser recurses once per
 nesting level: a file of 100,000 ``[`` raises RecursionError, and code that later walks the value
 recursively would fail the same way. Every reader of a user's JSON (model configs, manifests,
-baselines, the ARM cache's state) goes through ``parse_json``: size and nesting checked, every
-failure one line.
+baselines, the ARM cache's state) goes through ``parse_json``: size, nesting and integers checked,
+every failure one line. Python reads a JSON integer of any length, and converting one of 400 digits
+to a float (``float``, ``math.isfinite``) raises OverflowError, so integers must fit 64 bits.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -36,7 +38,7 @@ def parse_json(raw: bytes | str, source: str, error: type[MobiledeployError] = M
         raise error(f"{source}: {len(raw):,} bytes of JSON, more than the {MAX_JSON_BYTES:,} allowed; {fix}")
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-        value = json.loads(text)
+        value = json.loads(text, parse_int=_integer)
     except RecursionError:
         raise error(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels; {fix}") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -44,6 +46,25 @@ def parse_json(raw: bytes | str, source: str, error: type[MobiledeployError] = M
     if depth(value) > MAX_JSON_DEPTH:
         raise error(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels; {fix}")
     return value
+
+
+def _integer(text: str) -> int:
+    """A JSON integer, refused (ValueError) beyond 64 bits: no size, count or seed is larger."""
+    value = int(text) if len(text.lstrip("-")) <= 20 else None  # 2**64 has 20 digits
+    if value is None or not -(1 << 63) <= value < 1 << 64:
+        raise ValueError(f"integer {text[:24]}{'...' if len(text) > 24 else ''} does not fit 64 bits")
+    return value
+
+
+def finite_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float (not a bool) that is finite as a float; an int too large
+    for a float is not (``math.isfinite`` would raise OverflowError on it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def depth(value: Any) -> int:

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import MobiledeployError
-from .inputs import read_json_file
+from .inputs import finite_number, read_json_file
 from .jsonout import dumps
 from .reports import HEADS, SCALINGS, Artifact, Fallback, Preprocessing
 
@@ -227,7 +227,7 @@ def parse(content: dict) -> Manifest:
             _artifact(records[stage].get("reference"), f"{stage}.reference")
     floor = records["logit_floor"]
     if floor is not None and not (isinstance(floor.get("layer"), str) and isinstance(floor.get("split_softmax"), bool)
-                                  and _number(floor.get("floor"))):
+                                  and finite_number(floor.get("floor"))):
         raise _Problem("'logit_floor' needs a layer name, split_softmax and a finite floor")
     return Manifest(
         created_by=_text(content, "created_by", "the manifest"), model=_model(content.get("model")),
@@ -282,12 +282,6 @@ def _text(content: dict, key: str, where: str) -> str:
     if not isinstance(value, str):
         raise _Problem(f"'{key}' of {where} is not text")
     return value
-
-
-def _number(value) -> bool:
-    import math
-
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _artifact(entry, where: str) -> Artifact:
@@ -345,7 +339,7 @@ def _preprocessing(value) -> Preprocessing:
     if value.get("scaling") not in SCALINGS:
         raise _Problem(f"preprocessing scaling {value.get('scaling')!r} is unknown")
     crop = value.get("crop_fraction", 0.875)
-    if not _number(crop) or not 0.1 <= crop <= 1:
+    if not finite_number(crop) or not 0.1 <= crop <= 1:
         raise _Problem(f"preprocessing crop_fraction {crop!r} is not in [0.1, 1]")
     if not isinstance(value.get("scaling_in_model", False), bool):
         raise _Problem("preprocessing scaling_in_model is not true or false")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from .errors import MobiledeployError
+from .inputs import finite_number
 from .options import PRECISIONS, QuantizeOptions
 from .reports import HEADS
 
@@ -37,7 +38,6 @@ def check_options(options: QuantizeOptions) -> None:
     for field, (value, low, high) in numbers.items():
         if value is None and field == "max_disagreement":
             continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                or value < low or (high is not None and value > high):
+        if not finite_number(value) or value < low or (high is not None and value > high):
             raise MobiledeployError(f"{field} {value!r}: expected a finite number from {low}"
                                     + (f" to {high}" if high is not None else " up"))

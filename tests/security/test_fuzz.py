@@ -174,3 +174,25 @@ def test_regression_npz_member_marked_encrypted(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(MobiledeployError, match="'x' is encrypted in this .npz"):
         calibration.scan(path, Preprocessing(24, 24, 3, "mobilenet"), num_calib=1)
+
+
+def test_regression_manifest_integer_too_large_for_a_float(tmp_path):
+    """Found by the manifest target: a crop_fraction of 400 digits reached math.isfinite, which
+    raised OverflowError. JSON integers beyond 64 bits are now refused where JSON is parsed, and the
+    finite-number checks of manifests and options say no to such an int instead of raising."""
+    from mobiledeploy import manifest
+    from mobiledeploy.inputs import finite_number, parse_json
+    from mobiledeploy.option_checks import check_options
+    from mobiledeploy.options import QuantizeOptions
+
+    (tmp_path / manifest.MANIFEST).write_text('{"schema": 2, "preprocessing": {"crop_fraction": 1' + "0" * 400 + "}}")
+    with pytest.raises(manifest.ManifestError, match=r"not valid JSON \(integer 10{23}\.\.\. does not fit 64 bits\); re-run"):
+        manifest.read(tmp_path)
+    assert parse_json(f"[{2**64 - 1}, {-2**63}, 1e400]", "x") == [2**64 - 1, -2**63, float("inf")]
+    for text in (str(2**64), str(-2**63 - 1), "1" * 5000):
+        with pytest.raises(MobiledeployError, match="does not fit 64 bits"):
+            parse_json(f'{{"a": {text}}}', "x")
+    assert not finite_number(10**400) and not finite_number(float("inf")) and not finite_number(True)
+    assert finite_number(2**64) and finite_number(-0.5)
+    with pytest.raises(MobiledeployError, match="crop_fraction 1000.*expected a finite number from 0.1 to 1.0"):
+        check_options(QuantizeOptions(crop_fraction=10**400))
