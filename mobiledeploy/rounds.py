@@ -110,9 +110,9 @@ class Rounds:
         """Refine with ``keep`` out of int8 (into float, or with --precision mixed into 16-bit
         activations), export and measure, into ``directory``. The float files only with
         ``warnings`` (the first round), which gets what the float outputs say about the model.
-        A later round of a search with another round to come (fewer than ``limit`` layers kept, and
-        a layer left to take) writes its ONNX file first, and its TFLite file only if the ONNX file
-        meets the budget: a round with one file over budget is not the search's last."""
+        A round of a search with another round to come (fewer than ``limit`` layers kept, and a
+        layer left to take) writes its ONNX files first, and its int8 TFLite file only if the ONNX
+        file meets the budget: a round with one file over budget is not the search's last."""
         options = self.options
         left = self._left(keep)
         wide = left["sixteen_bit"]
@@ -125,7 +125,7 @@ class Rounds:
                                   onnx_activations=options.onnx_activations, per_channel=options.per_channel,
                                   float_layers=tuple(sorted(left["float_tensors"])), int16_layers=tuple(sorted(wide)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
-        more = warnings is None and len(keep) < limit and mixed.most_sensitive(lost, keep) is not None
+        more = len(keep) < limit and mixed.most_sensitive(lost, keep) is not None
         artifacts, drift = self._export_and_measure(directory, floored(refined, self.floor), settings, warnings, more)
         return Round(artifacts, drift, refinement, settings, keep, tuple(lost.items()))
 
@@ -160,8 +160,9 @@ class Rounds:
         """Write the TFLite/ONNX files to ``directory`` (the int8 files only, but for the first
         round: later rounds' float files would be the same); the int8 files' drift against the
         folded model, their outputs read as ``head`` says. ``more``: another round follows if a
-        file misses the budget; the ONNX file (the faster to write) goes first, and the TFLite file
-        only if the ONNX file meets the budget. Either way the files are listed TFLite first."""
+        file misses the budget; the ONNX files (the faster to write) go first, and the int8 TFLite
+        file only if the ONNX file meets the budget (the float one is written either way in the
+        first round). Either way the files are listed TFLite first."""
         write_float = warnings is not None
         exporters = {"TFLite": tflite_export, "ONNX": onnx_export}
         written: dict[str, list[Artifact]] = {}
@@ -174,9 +175,12 @@ class Rounds:
             written[name] = exporters[name].export(self.folded, self.batches, directory, settings, int8_model,
                                                    write_float, **converted)
             if more:
-                drift[name] = self._measure(directory, written[name], warnings)
-                if not self._met(drift[name]):
-                    break  # this round is not the last: the other file would change nothing
+                drift[name] = self._measure(directory, written[name], None if drift else warnings)
+                if not self._met(drift[name]):  # this round is not the last: the int8 TFLite file would change nothing
+                    if write_float and name == "ONNX":
+                        self.report("export TFLite", 0, 1)
+                        tflite_export.export_float(self.folded, directory)
+                    break
         artifacts = [keras_artifact(), *written.get("TFLite", ()), *written.get("ONNX", ())]
         if not more:
             return tuple(artifacts), self._measure(directory, artifacts, warnings)

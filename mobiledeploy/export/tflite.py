@@ -24,6 +24,14 @@ BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 SHAPE_OPS = frozenset({"SHAPE"})  # read a tensor's shape, not its values: nothing computes in float
 
 
+def export_float(model, directory: Path) -> Artifact:
+    """model_float.tflite alone, from ``model``."""
+    import tensorflow as tf
+
+    (directory / FLOAT_FILE).write_bytes(_convert(tf.lite.TFLiteConverter.from_keras_model(model)))
+    return _float_artifact()
+
+
 def quantized_file(precision: str) -> str:
     """The quantized file's name: model_int8.tflite, model_int16x8.tflite, ..."""
     return f"model_{precision}.tflite"
@@ -44,7 +52,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     import tensorflow as tf
 
     if write_float:
-        (directory / FLOAT_FILE).write_bytes(_convert(tf.lite.TFLiteConverter.from_keras_model(model)))
+        export_float(model, directory)
 
     source = int8_model if int8_model is not None else model
     if settings.precision in WEIGHT_ONLY:

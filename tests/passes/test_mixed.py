@@ -181,3 +181,26 @@ def test_unknown_layer_and_budget_without_holdout_are_clear_errors(tmp_path):
                                            "-o", str(tmp_path / "out"), *extra])
         assert result.exit_code == 1 and expected in result.output, result.output
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # a whole search: the full tier (.ci/run)
+def test_a_search_round_with_another_to_come_writes_no_int8_tflite_file(tmp_path):
+    """Full int8 misses a budget of 0 on the reference model (99% agreement on these 100 held-out
+    images), so its rounds until the last write the ONNX files first and stop there; the first
+    one still writes the float TFLite file, which the last round's build lists."""
+    import mobiledeploy
+    from conftest import REFERENCE_MODEL, ROOT
+    from mobiledeploy import manifest
+
+    steps = []
+    result = mobiledeploy.quantize(REFERENCE_MODEL, ROOT / "calibration_data", tmp_path / "out", max_disagreement=0,
+                                   num_calib=200, num_holdout=100,
+                                   progress=lambda step, done, total: steps[-1:] == [step] or steps.append(step))
+    rounds = " ".join("R" if s.startswith("refine") else s.split()[-1][0] for s in steps if s.startswith(
+        ("refine", "export", "measure")))  # R refine, T/O export TFLite/ONNX, d measure drift
+    kept = len(result.mixed_precision.float_layers)
+    assert kept >= 1 and result.mixed_precision.met
+    assert rounds == "R O d T " + "R O d " * (kept - 1) + "R O d T d", steps
+    files = manifest.open_build(tmp_path / "out").verified_files()
+    assert [a.file for a in files] == ["model_folded.keras", "model_float.tflite", "model_int8.tflite",
+                                       "model_float.onnx", "model_int8.onnx"]
