@@ -84,25 +84,6 @@ def run_layer(layer, inputs: list, chunk: int):
     return result
 
 
-def images_per_call(model, images: int, budget: int) -> int:
-    """How many images ``run_layer`` should give each call of any layer of ``model`` so that the
-    largest layer output of one call stays within ``budget`` bytes: few large calls, since each
-    call converts its images into the framework and its output out again; at least 1, at most
-    ``images``. A model whose output sizes are not known (a dimension of None) gets 32."""
-    import numpy as np
-
-    largest = 0
-    for layer in model.layers:
-        try:
-            shapes = [tuple(t.shape[1:]) for t in (layer.output if isinstance(layer.output, list) else [layer.output])]
-        except (AttributeError, ValueError):
-            return min(images, 32)
-        if any(d is None for shape in shapes for d in shape):
-            return min(images, 32)
-        largest = max([largest, *(int(np.prod(shape)) * 4 for shape in shapes)])
-    return max(1, min(images, budget // max(largest, 1)))
-
-
 def relu(x, cap: float | None, out):
     """max(x, 0), capped at ``cap`` unless it is None (ReLU6: 6), written to ``out`` (may be ``x``):
     the values of the framework's ReLU (a capped one in one pass over memory, which keeps the sign

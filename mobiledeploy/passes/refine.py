@@ -29,9 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..limits import LAYER_CALL_BYTES
-from ..model.graph import (WEIGHTED, images_per_call, layer_graph, layer_outputs, relu, relu_cap, run_layer,
-                           uses_after)
+from ..model.graph import WEIGHTED, layer_graph, layer_outputs, relu, relu_cap, run_layer, uses_after
 from ..reports import RefineReport
 from .checkpoints import Checkpoint, Checkpoints
 from .rounding import adaround, quantize_weights, rounding_images
@@ -100,7 +98,7 @@ def round_activations(x: np.ndarray, low: float, high: float, bits: int | None =
 
 
 def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], None] | None = None,
-                 chunk: int | None = None, adaptive_rounding: bool = True,
+                 chunk: int = 32, adaptive_rounding: bool = True,
                  rounding_samples: int = 64, positions_per_weight: float = 64, clip_activations: bool = False,
                  per_channel: bool = True, keep_float: frozenset[str] = frozenset(),
                  ranges: dict[str, tuple[float, float]] | None = None,
@@ -142,9 +140,6 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     the last weighted layer whose layers before it are refined as they were, with the activations,
     weights and results saved there (``checkpoints.py``), instead of at the model's input.
 
-    ``chunk`` is how many images each call of a layer runs on (by default as many as keep the
-    largest layer output of a call within ``limits.LAYER_CALL_BYTES``).
-
     ``errors`` (a dict, when given) receives, in graph order, each rounded layer output's (signal,
     error), the input's aside: the sums of x_float² and (x_quant - x_float)² over the images, the
     int8 side as refined. The SQNR they give is what ``mobiledeploy analyze`` measures on the
@@ -159,7 +154,6 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     rounded = rounded_outputs(graph)
     images = np.asarray(calib, np.float32).view()
     images.setflags(write=False)  # the caller's images, the input layer's output on both sides
-    chunk = chunk or images_per_call(model, len(images), LAYER_CALL_BYTES)
     weighted = [name for name, node in graph.items() if node["kind"] in WEIGHTED and name not in keep_float]
     cache = rounding_cache if rounding_cache is not None else {}
     ranges = ranges or {}

@@ -56,22 +56,3 @@ def test_relus_and_zero_padding_run_in_numpy_give_the_layers_values():
         found = run_layer(layer, [x], chunk=2)
         assert found.shape == expected.shape and np.array_equal(found, expected), layer.name
     assert _in_numpy(keras.layers.ReLU(negative_slope=0.1), [x]) is None
-
-
-def test_images_per_call_keep_the_largest_output_of_a_call_within_the_budget(tiny_model):
-    """The refinement runs each layer on as many images at once as keep the largest layer output
-    of a call within its budget: the tiny model's largest outputs are 12x12 with 16 channels of
-    float32 per image (from its depthwise layer on); a model of unknown image size gets 32."""
-    import keras
-
-    from mobiledeploy.model.graph import images_per_call
-
-    largest = max(int(np.prod(layer.output.shape[1:])) * 4 for layer in tiny_model.layers)
-    assert largest == 12 * 12 * 16 * 4
-    assert images_per_call(tiny_model, 1000, 10 * largest) == 10
-    assert images_per_call(tiny_model, 1000, 10 * largest - 1) == 9
-    assert images_per_call(tiny_model, 1000, largest - 1) == 1
-    assert images_per_call(tiny_model, 7, 10 * largest) == 7
-    inputs = keras.Input((None, None, 3))
-    any_size = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))
-    assert images_per_call(any_size, 1000, 1 << 30) == 32
