@@ -176,7 +176,7 @@ class Rounds:
                                                    write_float, **converted)
             if more:
                 drift[name] = self._measure(directory, written[name], None if drift else warnings)
-                if not self._met(drift[name]):  # this round is not the last: the int8 TFLite file would change nothing
+                if not self._met(drift[name]):  # this round is not the last: its other int8 file would change nothing
                     if write_float and name == "ONNX":
                         self.report("export TFLite", 0, 1)
                         tflite_export.export_float(self.folded, directory)
