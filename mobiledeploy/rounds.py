@@ -169,9 +169,8 @@ class Rounds:
         drift: dict[str, tuple[Drift, ...]] = {}
         for name in ("ONNX", "TFLite") if more else ("TFLite", "ONNX"):
             self.report(f"export {name}", 0, 1)
-            # the search's rounds convert one graph with other weights
-            converted = {"reconverter": self.reconverter} if name == "ONNX" and self.options.max_disagreement is not None \
-                else {}
+            search = name == "ONNX" and self.options.max_disagreement is not None
+            converted = {"reconverter": self.reconverter} if search else {}  # the rounds' graph, other weights
             written[name] = exporters[name].export(self.folded, self.batches, directory, settings, int8_model,
                                                    write_float, **converted)
             if more:

@@ -24,12 +24,11 @@ BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 SHAPE_OPS = frozenset({"SHAPE"})  # read a tensor's shape, not its values: nothing computes in float
 
 
-def export_float(model, directory: Path) -> Artifact:
-    """model_float.tflite alone, from ``model``."""
+def export_float(model, directory: Path) -> None:
+    """model_float.tflite alone, from ``model`` (``export`` lists it)."""
     import tensorflow as tf
 
     (directory / FLOAT_FILE).write_bytes(_convert(tf.lite.TFLiteConverter.from_keras_model(model)))
-    return _float_artifact()
 
 
 def quantized_file(precision: str) -> str:
