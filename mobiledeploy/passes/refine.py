@@ -173,7 +173,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     settings += [(a in keep_float, a in sixteen_bit, a in float_tensors, tuple(map(float, ranges.get(a, ()))))
                  for a, _ in order]
     start, resumed = checkpoints.latest(settings) if checkpoints is not None else (0, None)
-    places = checkpoints.places(model, order, len(images)) if checkpoints is not None else frozenset()
+    places = checkpoints.places(model, order, len(images)) if checkpoints is not None else {}
     results = resumed.results if resumed is not None else \
         {"shifts": {}, "clips": {}, "validated": [], "nearest": [], "fallbacks": [], "errors": {}, "done": 0}
     shifts, clips = dict(results["shifts"]), dict(results["clips"])
@@ -181,7 +181,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     done = results["done"]
     if errors is not None:
         errors.update(results["errors"])
-    float_out: dict[str, np.ndarray] = dict(resumed.float_out) if resumed is not None else {}
+    float_out: dict[str, np.ndarray] = dict(resumed.float_out or {}) if resumed is not None else {}
     quant_out: dict[str, np.ndarray] = dict(resumed.quant_out) if resumed is not None else {}
     remaining = uses_after(order, start)
     if resumed is not None:  # the layers before ``start`` as the call that saved it left them
@@ -191,10 +191,13 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
         for name, clip in clips.items():
             refined.get_layer(name).max_value = clip
     # the float model's layers run a layer ahead in a thread: their outputs do not depend on the refinement
+    if resumed is not None and resumed.float_out is None:  # the int8 side alone was saved there
+        float_out = checkpoints.float_side(model, images, chunk, order, start)
     for index, ((name, node), (_, x_float)) in enumerate(zip(order[start:], layer_outputs(
             model, images, chunk, start, float_out)), start):
         if index in places and not (index == start and resumed is not None):  # not the one it resumed from
-            checkpoints.save(index, Checkpoint(tuple(settings[:index + 1]), dict(float_out), dict(quant_out), {
+            both = dict(float_out) if places[index] else None
+            checkpoints.save(index, Checkpoint(tuple(settings[:index + 1]), both, dict(quant_out), {
                 "shifts": dict(shifts), "clips": dict(clips), "validated": list(validated), "nearest": list(nearest),
                 "fallbacks": list(fallbacks), "errors": dict(errors or {}), "done": done}))
         twin = refined.get_layer(name)

@@ -49,11 +49,11 @@ def test_the_budget_keeps_the_latest_layers_and_a_round_before_them_starts_at_th
     order = list(layer_graph(folded).items())
     position = {name: i for i, (name, _) in enumerate(order)}
     everything = Checkpoints(budget=1 << 40).places(folded, order, len(calib))
-    assert everything == {i for i, (_, node) in enumerate(order) if node["kind"] in {"Conv2D", "DepthwiseConv2D",
-                                                                                     "SeparableConv2D", "Dense"}}
+    assert everything == {i: True for i, (_, node) in enumerate(order)
+                          if node["kind"] in {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}}
     # the Dense layer's input: 16 pooled values an image, both sides, float32
-    small = Checkpoints(budget=16 * len(calib) * 4 * 2)
-    assert small.places(folded, order, len(calib)) == {position["logits"]}
+    small = Checkpoints(budget=16 * len(calib) * 4 * 2, int8_budget=0)
+    assert small.places(folded, order, len(calib)) == {position["logits"]: True}
     for keep in ((), ("sep",), ("sep", "logits")):
         resumed = _refine(folded, calib, keep, checkpoints=small)
         assert _same(resumed, _refine(folded, calib, keep)), keep
@@ -80,3 +80,33 @@ def test_a_refinement_that_failed_midway_leaves_nothing_to_resume_from(tiny_mode
         _refine(folded, calib, ("stem",), checkpoints=checkpoints, progress=fail_after_two)
     again = _refine(folded, calib, (), checkpoints=checkpoints)
     assert checkpoints.starts[-1] == 0 and _same(again, _refine(folded, calib, ()))
+
+
+def test_earlier_places_keep_the_int8_side_alone_and_a_round_resumed_there_runs_the_float_side_again(tiny_model):
+    """Before the places that save both sides, the int8 side alone is saved (within its own budget):
+    a round resuming there runs the float model again up to it, as one traced graph once it gave
+    the layers' own values on the first images, else one layer at a time, and either way gives a
+    fresh refinement, value for value."""
+    folded, _ = fold_batchnorm(tiny_model)
+    calib = np.random.default_rng(9).uniform(-1, 1, (40, 24, 24, 3)).astype(np.float32)
+    order = list(layer_graph(folded).items())
+    position = {name: i for i, (name, _) in enumerate(order)}
+    places = Checkpoints(budget=16 * len(calib) * 4 * 2).places(folded, order, len(calib))  # both sides: Dense's input
+    assert places[position["logits"]] is True and places[position["sep"]] is False
+    assert set(places) == set(Checkpoints(budget=1 << 40).places(folded, order, len(calib)))
+    assert not Checkpoints(budget=0, int8_budget=0).places(folded, order, len(calib))
+    for traced in (None, False):  # None: checked on the first images, then traced; False: one layer at a time
+        checkpoints = Checkpoints(budget=16 * len(calib) * 4 * 2, traced=traced)
+        for keep in ((), ("logits",), ("logits", "sep")):
+            resumed = _refine(folded, calib, keep, checkpoints=checkpoints, chunk=16)  # chunks of 16, 16 and 8
+            assert _same(resumed, _refine(folded, calib, keep)), (traced, keep)
+        assert checkpoints.starts == [0, position["logits"], position["sep"]]
+        assert checkpoints.saved[position["sep"]].float_out is None
+        assert checkpoints.saved[position["logits"]].float_out is not None
+        assert checkpoints.traced is (traced is None)
+    # the float side a resumed round reads, both ways: the same arrays
+    checkpoints = Checkpoints()
+    traced = checkpoints.float_side(folded, calib, 16, order, position["sep"])
+    alone = Checkpoints(traced=False).float_side(folded, calib, 16, order, position["sep"])
+    assert checkpoints.traced and traced.keys() == alone.keys() and len(traced) >= 1
+    assert all(np.array_equal(traced[name], alone[name]) for name in traced)
