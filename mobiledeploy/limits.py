@@ -23,6 +23,6 @@ MAX_IMAGE_BYTES = 128 << 20  # an image file, read into memory before it is deco
 MAX_ARRAY_BYTES_PER_SAMPLE = 64 << 20  # one sample of a .npy/.npz array
 MAX_WORKERS = 256  # worker processes eval and check start at once (--workers)
 MAX_DECODED_BYTES = 1 << 30  # decoded calibration images a build keeps to read again (more: decoded each time)
-MAX_CHECKPOINT_BYTES = 1 << 30  # activations the search keeps to resume its next refinement, both sides (passes/checkpoints.py; half as much again of the int8 side alone)
+MAX_CHECKPOINT_BYTES = 1 << 30  # activations the search keeps to resume refinements, both sides (passes/checkpoints.py)
 MAX_SWEEP_BYTES = 1 << 20  # a sweep file (TOML): real ones are a few hundred bytes
 MAX_SWEEP_CELLS = 10_000  # models x settings x devices x evaluation sets in one sweep
