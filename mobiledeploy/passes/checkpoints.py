@@ -123,10 +123,10 @@ class Checkpoints:
             probe = None
         if probe is not None and self.traced is None:
             first = _traced(probe, wanted, images[:chunk], chunk)
-            alone = _one_at_a_time(model, images[:chunk], chunk, order, start)
+            alone = _one_at_a_time(model, images[:chunk], chunk, order[:start], reads)
             self.traced = all(np.array_equal(first[name], alone[name]) for name in wanted)
         if probe is None or not self.traced:
-            return _one_at_a_time(model, images, chunk, order, start)
+            return _one_at_a_time(model, images, chunk, order[:start], reads)
         return {**live, **_traced(probe, wanted, images, chunk)}
 
 
@@ -142,11 +142,11 @@ def _traced(probe, wanted: list[str], images: np.ndarray, chunk: int) -> dict[st
     return live
 
 
-def _one_at_a_time(model, images: np.ndarray, chunk: int, order: list, start: int) -> dict[str, np.ndarray]:
-    """What the layers from ``start`` on read, from the layers before it run one at a time."""
-    reads = uses_after(order, start)
+def _one_at_a_time(model, images: np.ndarray, chunk: int, before: list, reads: dict[str, int]) -> dict[str, np.ndarray]:
+    """The outputs among the layers ``before`` (the first of ``layer_graph``'s items) that are
+    still ``reads``, from those layers run one at a time."""
     forward = layer_outputs(model, images, chunk)
     try:
-        return {name: x for (name, _), (_, x) in zip(order[:start], forward) if reads[name]}
+        return {name: x for (name, _), (_, x) in zip(before, forward) if reads[name]}
     finally:
         forward.close()

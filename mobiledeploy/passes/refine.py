@@ -181,7 +181,10 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
     done = results["done"]
     if errors is not None:
         errors.update(results["errors"])
-    float_out: dict[str, np.ndarray] = dict(resumed.float_out or {}) if resumed is not None else {}
+    float_out: dict[str, np.ndarray] = {}
+    if resumed is not None:  # where the int8 side alone was saved, the float side runs again up to it
+        float_out = dict(resumed.float_out) if resumed.float_out is not None else \
+            checkpoints.float_side(model, images, chunk, order, start)
     quant_out: dict[str, np.ndarray] = dict(resumed.quant_out) if resumed is not None else {}
     remaining = uses_after(order, start)
     if resumed is not None:  # the layers before ``start`` as the call that saved it left them
@@ -191,8 +194,6 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
         for name, clip in clips.items():
             refined.get_layer(name).max_value = clip
     # the float model's layers run a layer ahead in a thread: their outputs do not depend on the refinement
-    if resumed is not None and resumed.float_out is None:  # the int8 side alone was saved there
-        float_out = checkpoints.float_side(model, images, chunk, order, start)
     for index, ((name, node), (_, x_float)) in enumerate(zip(order[start:], layer_outputs(
             model, images, chunk, start, float_out)), start):
         if index in places and not (index == start and resumed is not None):  # not the one it resumed from
