@@ -25,7 +25,7 @@ from .export.onnx_template import Reconverter
 from .options import ACTIVATION_BITS, ExportSettings, Progress, QuantizeOptions
 from .passes import mixed, refine
 from .passes.checkpoints import Checkpoints
-from .passes.logit_floor import floored
+from .passes.logit_floor import FlooredCopies, floored
 from .reports import Artifact, Drift, Fallback, RefineReport
 from .runtime.runners import KerasRunner, open_runner
 
@@ -76,6 +76,8 @@ class Rounds:
     rounding_cache: dict = field(default_factory=dict)  # a layer's rounding, fitted once for the settings before it
     checkpoints: Checkpoints = field(default_factory=Checkpoints)  # where the search's next refinement starts
     reconverter: Reconverter = field(default_factory=Reconverter)  # the rounds' int8 graph, tf2onnx'd once
+    refined: Any = None  # the last round's refined model, which the next refines again instead of a new copy
+    floored: FlooredCopies = field(default_factory=FlooredCopies)  # its copy with the floor, refilled each round
     reference: Any = None  # the folded model's outputs on the drift's images, run once
 
     def within_budget(self, work: Path, warnings: list[str]) -> Round:
@@ -126,7 +128,8 @@ class Rounds:
                                   float_layers=tuple(sorted(left["float_tensors"])), int16_layers=tuple(sorted(wide)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
         more = len(keep) < limit and mixed.most_sensitive(lost, keep) is not None
-        artifacts, drift = self._export_and_measure(directory, floored(refined, self.floor), settings, warnings, more)
+        artifacts, drift = self._export_and_measure(directory, self.floored.of(refined, self.floor), settings, warnings,
+                                                    more)
         return Round(artifacts, drift, refinement, settings, keep, tuple(lost.items()))
 
     def _left(self, keep: tuple[str, ...]) -> dict[str, frozenset[str]]:
@@ -146,14 +149,17 @@ class Rounds:
             return self.prepared, None
         method = "adaptive rounding + bias correction" if options.refine == "adaround" else "bias correction"
         step = f"refine: {method}"
-        return refine.refine_for_int8(
+        refined, report = refine.refine_for_int8(
             self.prepared, self.samples(), progress=lambda done, total: self.report(step, done, total),
             adaptive_rounding=options.refine == "adaround", rounding_samples=options.rounding_samples,
             positions_per_weight=options.rounding_positions_per_weight,
             clip_activations=options.activation_ranges == "mse", per_channel=options.per_channel,
             ranges=ranges, activation_bits=ACTIVATION_BITS[options.precision], rounding_cache=self.rounding_cache,
-            errors=errors, checkpoints=self.checkpoints if options.max_disagreement is not None else None, **left,
+            errors=errors, checkpoints=self.checkpoints if options.max_disagreement is not None else None,
+            into=self.refined, **left,
         )
+        self.refined = refined
+        return refined, report
 
     def _export_and_measure(self, directory: Path, int8_model, settings: ExportSettings, warnings: list[str] | None,
                             more: bool = False) -> tuple[tuple[Artifact, ...], tuple[Drift, ...]]:

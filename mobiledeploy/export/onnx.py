@@ -64,12 +64,17 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         # Symbolic shape inference needs sympy and adds nothing for fixed-size CNNs.
         with captured_output():
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        onnx.save(own_constants(onnx.load(str(prepared))), str(prepared))  # after its constant sharing
+        prepared_proto = own_constants(onnx.load(str(prepared)))  # after its constant sharing
+        onnx.save(prepared_proto, str(prepared))
         # the prepared graph is what the quantizer reads: settings go to its tensors and nodes
-        probe = tensor_map.probe_batch(representative)
         keras_model = int8_model if int8_model is not None else model
-        mapping = tensor_map.build_map(keras_model, tensor_map.layer_outputs(keras_model, probe),
-                                       tensor_map.onnx_graph(onnx.load(str(prepared)), probe))
+
+        def build_map():
+            probe = tensor_map.probe_batch(representative)
+            return tensor_map.build_map(keras_model, tensor_map.layer_outputs(keras_model, probe),
+                                        tensor_map.onnx_graph(prepared_proto, probe))
+
+        mapping = reconverter.tensor_map(keras_model, prepared_proto, build_map) if reconverter else build_map()
         fallbacks: list[Fallback] = []
         overrides = _range_overrides(settings.tensor_ranges, mapping, fallbacks)
         if settings.int16_layers:  # --precision mixed: these layers' output tensors in 16 bits

@@ -11,6 +11,11 @@ conversion gave for the model before; otherwise (tf2onnx computed a constant fro
 shared one between layers, or dropped the Add of a bias of zeros, which markers never are)
 every round converts. A later model whose weights tf2onnx would simplify (a bias that became
 zero) gets the template's graph: the same function, one Add more.
+
+It also keeps the last graph's tensor map (``tensor_map``): which tensor holds which layer's
+output depends on what the graph computes, not on its weights, so a later graph of the same
+nodes and initializer shapes, for a model of the same configuration, takes it instead of running
+both graphs on the probe images again.
 """
 
 from __future__ import annotations
@@ -51,6 +56,15 @@ class Reconverter:
     last: tuple | None = None  # (configuration, weights, serialized graph) of the last plain conversion
     template: tuple | None = None  # (configuration, Template)
     outcomes: list[str] = field(default_factory=list)  # per call: 'converted', 'template' or 'checked'
+    mapped: tuple | None = None  # (configuration, graph without its weights' values, tensor map) of the last map
+
+    def tensor_map(self, model, proto, build: Callable[[], Any]):
+        """``build()``, the tensor map of ``proto`` (ONNX) for ``model``; the last one when the graph
+        and the model's configuration are the same but for the weights' values."""
+        key = (json.dumps(model.get_config(), sort_keys=True, default=str), _structure(proto))
+        if self.mapped is None or self.mapped[:2] != key:
+            self.mapped = (*key, build())
+        return self.mapped[2]
 
     def convert(self, model, convert: Callable[[Any], Any]):
         """``convert(model)``'s graph, from the template when the model's configuration has one."""
@@ -75,6 +89,16 @@ class Reconverter:
 
 def _serialized(proto) -> bytes:
     return proto.SerializeToString(deterministic=True)
+
+
+def _structure(proto) -> bytes:
+    """``proto`` serialized without its initializers' values (their names, types and shapes kept)."""
+    bare = type(proto)()
+    bare.CopyFrom(proto)
+    for tensor in bare.graph.initializer:
+        for values in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(values)
+    return _serialized(bare)
 
 
 def _template(model, convert: Callable[[Any], Any]) -> Template | None:

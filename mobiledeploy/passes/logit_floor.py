@@ -24,6 +24,9 @@ stay as they were.
 from __future__ import annotations
 
 import copy
+import json
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +97,26 @@ def floored(model, report: LogitFloorReport | None):
     return apply_floor(model, report.layer, report.split_softmax, report.floor) if report else model
 
 
+@dataclass
+class FlooredCopies:
+    """``floored`` for a series of models of one configuration (the refined models of the search's
+    rounds): the copy built for the first is refilled with each later one's weights, the values a
+    new copy would get, without building the model again."""
+
+    key: tuple | None = None  # the configuration and the floor the copy was built for
+    copy: Any = None
+
+    def of(self, model, report: LogitFloorReport | None):
+        if report is None:
+            return model
+        key = (json.dumps(model.get_config(), sort_keys=True, default=str), report)
+        if key != self.key:
+            self.copy, self.key = floored(model, report), key
+        else:
+            _copy_weights(self.copy, model, report.layer, report.floor)
+        return self.copy
+
+
 def floor_logits(model, calib: np.ndarray, chunk: int = 32, read: dict | None = None) -> LogitFloorReport | None:
     """Find the softmax's logits in ``model`` and choose their floor on ``calib``; None when the
     model has no such softmax or no floor lowers the error. ``read`` (a dict, when given) receives
@@ -142,13 +165,18 @@ def _with_head(model, layer_name: str, fused: bool, activation: str, shift: floa
     if fused:
         _insert_softmax(config, entry)
     rebuilt = keras.Model.from_config(config)
+    _copy_weights(rebuilt, model, layer_name, shift)
+    return rebuilt
+
+
+def _copy_weights(rebuilt, model, layer_name: str, shift: float) -> None:
+    """``model``'s weights into ``rebuilt`` (``_with_head`` of it), ``shift`` off ``layer_name``'s bias."""
     for layer in rebuilt.layers:
         if layer.weights:
             weights = model.get_layer(layer.name).get_weights()
             if layer.name == layer_name:
                 weights[-1] = (weights[-1] - np.float32(shift)).astype(np.float32)
             layer.set_weights(weights)
-    return rebuilt
 
 
 def _insert_softmax(config: dict, entry: dict) -> None:

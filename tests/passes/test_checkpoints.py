@@ -110,3 +110,25 @@ def test_earlier_places_keep_the_int8_side_alone_and_a_round_resumed_there_runs_
     alone = Checkpoints(traced=False).float_side(folded, calib, 16, order, position["sep"])
     assert checkpoints.traced and traced.keys() == alone.keys() and len(traced) >= 1
     assert all(np.array_equal(traced[name], alone[name]) for name in traced)
+
+
+def test_a_refinement_into_the_model_an_earlier_call_returned_gives_a_fresh_refinement(tiny_model):
+    """The search refines each round into the model the round before returned (``into``): it must
+    get the float weights and the ReLU caps back first. Here a round that clips the caps is followed
+    by one that does not, and one that keeps a refined layer in float."""
+    folded, _ = fold_batchnorm(tiny_model)
+    calib = np.random.default_rng(9).uniform(-1, 1, (32, 24, 24, 3)).astype(np.float32)
+    reused = None
+    for keep, clip in (((), True), (("stem",), False), (("stem", "sep"), True)):
+        kwargs = dict(keep_float=frozenset(keep), float_tensors=mixed.float_layers(folded, keep),
+                      clip_activations=clip)
+        again, report = refine_for_int8(folded, calib, into=reused, **kwargs)
+        fresh, fresh_report = refine_for_int8(folded, calib, **kwargs)
+        assert reused is None or again is reused
+        assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), fresh.get_weights())), keep
+        caps = [(layer.name, getattr(layer, "max_value", None)) for layer in again.layers]
+        assert caps == [(layer.name, getattr(layer, "max_value", None)) for layer in fresh.layers], keep
+        assert (report.per_layer, report.clips) == (fresh_report.per_layer, fresh_report.clips)
+        if clip:  # the round really lowered a cap, which the next round must restore
+            assert report.clips and any(cap < 6.0 for _, cap in report.clips)
+        reused = again

@@ -172,3 +172,28 @@ def test_the_int8_files_get_the_finer_logit_step_and_a_closer_softmax(tmp_path, 
     for artifact, rows in report.layers.items():
         logits = next(row for row in rows if row.layer == layer)
         assert logits.sqnr_db > 20, (artifact, logits)
+
+
+def test_the_floored_copy_of_a_series_of_models_is_built_once_and_refilled_with_the_same_values():
+    """The search's rounds floor a refined model of the same configuration each round
+    (``FlooredCopies``): a later model's weights go into the copy made for the first, the values
+    of a fresh copy; a model of another configuration, or another floor, gets a copy of its own."""
+    import keras
+
+    from mobiledeploy.passes.logit_floor import FlooredCopies, floored
+    from mobiledeploy.reports import LogitFloorReport
+
+    first = _classifier("conv", seed=0)
+    second = keras.Model.from_config(first.get_config())  # the same configuration, other weights
+    second.set_weights(_classifier("conv", seed=1).get_weights())
+    report = LogitFloorReport("conv_preds", False, 0.5, (-3.0, 9.0), 1.2, 0.3)
+    copies = FlooredCopies()
+    copy = copies.of(first, report)
+    assert copies.of(second, report) is copy
+    assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), floored(second, report).get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), floored(first, report).get_weights()))
+    lower = LogitFloorReport("conv_preds", False, 0.25, (-3.0, 9.0), 1.2, 0.3)
+    other = copies.of(second, lower)
+    assert other is not copy and np.array_equal(other.get_layer("conv_preds").get_weights()[1],
+                                                second.get_layer("conv_preds").get_weights()[1] - np.float32(0.25))
+    assert copies.of(_classifier("fused"), None) is not other  # no floor: the model itself
