@@ -21,6 +21,7 @@ from .evaluation import metrics as evaluate
 from .evaluation import sanity
 from .export import onnx as onnx_export
 from .export import tflite as tflite_export
+from .export.onnx_calibration import Calibrations
 from .export.onnx_template import Reconverter
 from .options import ACTIVATION_BITS, ExportSettings, Progress, QuantizeOptions
 from .passes import mixed, refine
@@ -76,6 +77,7 @@ class Rounds:
     rounding_cache: dict = field(default_factory=dict)  # a layer's rounding, fitted once for the settings before it
     checkpoints: Checkpoints = field(default_factory=Checkpoints)  # where the search's next refinement starts
     reconverter: Reconverter = field(default_factory=Reconverter)  # the rounds' int8 graph, tf2onnx'd once
+    calibrations: Calibrations = field(default_factory=Calibrations)  # its ranges, calibrated once per tensor
     refined: Any = None  # the last round's refined model, which the next refines again instead of a new copy
     floored: FlooredCopies = field(default_factory=FlooredCopies)  # its copy with the floor, refilled each round
     reference: Any = None  # the folded model's outputs on the drift's images, run once
@@ -96,6 +98,7 @@ class Rounds:
             keep += (candidate,)
             built = self.build(work, keep, limit)
         self.checkpoints.clear()  # up to limits.MAX_CHECKPOINT_BYTES of activations
+        self.calibrations.clear()  # and up to half that in ONNX tensors
         return built
 
     def _analyzed(self, work: Path, built: Round) -> dict[str, float]:
@@ -127,9 +130,9 @@ class Rounds:
                                   onnx_activations=options.onnx_activations, per_channel=options.per_channel,
                                   float_layers=tuple(sorted(left["float_tensors"])), int16_layers=tuple(sorted(wide)),
                                   tensor_ranges=tuple((name, *r) for name, r in sorted(int8_ranges.items())))
-        more = len(keep) < limit and mixed.most_sensitive(lost, keep) is not None
+        following = mixed.most_sensitive(lost, keep) if len(keep) < limit else None  # the next round's layer
         artifacts, drift = self._export_and_measure(directory, self.floored.of(refined, self.floor), settings, warnings,
-                                                    more)
+                                                    following)
         return Round(artifacts, drift, refinement, settings, keep, tuple(lost.items()))
 
     def _left(self, keep: tuple[str, ...]) -> dict[str, frozenset[str]]:
@@ -162,21 +165,22 @@ class Rounds:
         return refined, report
 
     def _export_and_measure(self, directory: Path, int8_model, settings: ExportSettings, warnings: list[str] | None,
-                            more: bool = False) -> tuple[tuple[Artifact, ...], tuple[Drift, ...]]:
+                            following: str | None = None) -> tuple[tuple[Artifact, ...], tuple[Drift, ...]]:
         """Write the TFLite/ONNX files to ``directory`` (the int8 files only, but for the first
         round: later rounds' float files would be the same); the int8 files' drift against the
-        folded model, their outputs read as ``head`` says. ``more``: another round follows if a
-        file misses the budget; the ONNX files (the faster to write) go first, and the int8 TFLite
-        file only if the ONNX file meets the budget (the float one is written either way in the
+        folded model, their outputs read as ``head`` says. ``following``: the layer another round
+        takes if a file misses the budget; the ONNX files (the faster to write) go first, and the int8
+        TFLite file only if the ONNX file meets the budget (the float one is written either way in the
         first round). Either way the files are listed TFLite first."""
-        write_float = warnings is not None
+        write_float, more = warnings is not None, following is not None
         exporters = {"TFLite": tflite_export, "ONNX": onnx_export}
         written: dict[str, list[Artifact]] = {}
         drift: dict[str, tuple[Drift, ...]] = {}
         for name in ("ONNX", "TFLite") if more else ("TFLite", "ONNX"):
             self.report(f"export {name}", 0, 1)
             search = name == "ONNX" and self.options.max_disagreement is not None
-            converted = {"reconverter": self.reconverter} if search else {}  # the rounds' graph, other weights
+            converted = {"reconverter": self.reconverter, "calibrations": self.calibrations, "following": following} \
+                if search else {}  # the rounds' graph with other weights, and the ranges those leave as they were
             written[name] = exporters[name].export(self.folded, self.batches, directory, settings, int8_model,
                                                    write_float, **converted)
             if more:

@@ -19,6 +19,7 @@ from ..options import WEIGHT_ONLY, ExportSettings
 from ..reports import Artifact, Fallback
 from . import tensor_map
 from .onnx_edits import canonical, clips_as_one_node, fixed_reshapes, own_constants
+from .onnx_calibration import Calibrations, live_at
 from .onnx_template import Reconverter
 from .onnx_weights import weight_only
 
@@ -28,12 +29,15 @@ INPUT_NAME = "input"  # the exported graphs' input, named in tf2onnx's input sig
 
 def export(model, representative: Callable[[], Iterable[np.ndarray]], directory: Path,
            settings: ExportSettings, int8_model=None, write_float: bool = True,
-           reconverter: Reconverter | None = None) -> list[Artifact]:
+           reconverter: Reconverter | None = None, calibrations: Calibrations | None = None,
+           following: str | None = None) -> list[Artifact]:
     """model_float.onnx from ``model``; model_int8.onnx quantized from ``int8_model`` (the
     model refined for int8) when given, else from ``model`` too. ``write_float=False`` keeps the
     model_float.onnx an earlier call wrote (as the TFLite exporter does). ``reconverter`` (kept
     between the calls of one build) converts ``int8_model``s of the same graph once
-    (``onnx_template``)."""
+    (``onnx_template``); ``calibrations`` (kept likewise) calibrates again only the tensors the
+    changed weights reach, and keeps what the next call needs when it takes the layer ``following``
+    out of int8 (``onnx_calibration``)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -81,6 +85,14 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
             overrides = _sixteen_bit(overrides, settings.int16_layers, mapping, fallbacks)
         kept = [name for name in mapping.ops_of(settings.float_layers) if name]
         fallbacks += tensor_map.uncovered_float_layers(keras_model, settings.float_layers, mapping)
+        cache = None
+        if calibrations is not None and settings.precision == "int8":
+            keep = live_at(prepared_proto, mapping.ops.get(following, ())) if following else []
+            try:
+                with captured_output():
+                    cache = calibrations.cache_file(prepared_proto, INPUT_NAME, representative, keep, Path(scratch))
+            except Exception:  # noqa: BLE001 - an optimization: ONNX Runtime then calibrates the whole graph itself
+                calibrations.clear()
         try:
             with captured_output():
                 quantize_static(
@@ -92,6 +104,7 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
                     calibrate_method=CalibrationMethod.MinMax,
                     nodes_to_exclude=kept,
                     extra_options=overrides,
+                    calibration_cache_path=cache,
                 )
         except Exception as exc:
             raise ExportError(f"ONNX Runtime quantization failed: {str(exc).strip().splitlines()[0][:200]}") from None

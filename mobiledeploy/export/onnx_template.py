@@ -61,7 +61,7 @@ class Reconverter:
     def tensor_map(self, model, proto, build: Callable[[], Any]):
         """``build()``, the tensor map of ``proto`` (ONNX) for ``model``; the last one when the graph
         and the model's configuration are the same but for the weights' values."""
-        key = (json.dumps(model.get_config(), sort_keys=True, default=str), _structure(proto))
+        key = (json.dumps(model.get_config(), sort_keys=True, default=str), structure(proto))
         if self.mapped is None or self.mapped[:2] != key:
             self.mapped = (*key, build())
         return self.mapped[2]
@@ -91,7 +91,7 @@ def _serialized(proto) -> bytes:
     return proto.SerializeToString(deterministic=True)
 
 
-def _structure(proto) -> bytes:
+def structure(proto) -> bytes:
     """``proto`` serialized without its initializers' values (their names, types and shapes kept)."""
     bare = type(proto)()
     bare.CopyFrom(proto)
