@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import ExportError
+from ..model.graph import WEIGHTED, layer_graph
 from ..quiet import captured_output
 from ..runtime.onnx_session import (ORT_DISABLED_OPTIMIZERS, ORT_SESSION_CONFIG, float_compute_nodes,
                                     runtime_float_ops)
@@ -87,7 +88,9 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
         fallbacks += tensor_map.uncovered_float_layers(keras_model, settings.float_layers, mapping)
         cache = None
         if calibrations is not None and settings.precision == "int8":
-            keep = live_at(prepared_proto, mapping.ops.get(following, ())) if following else []
+            # where the next round's layer starts, then where each weighted layer does, from the last back
+            weighted = [name for name, node in layer_graph(keras_model).items() if node["kind"] in WEIGHTED]
+            keep = [live_at(prepared_proto, mapping.ops.get(name, ())) for name in [following, *weighted[::-1]] if name]
             try:
                 with captured_output():
                     cache = calibrations.cache_file(prepared_proto, INPUT_NAME, representative, keep, Path(scratch))

@@ -30,7 +30,7 @@ from .onnx_template import structure
 class Calibrations:
     """What one build's rounds keep between their ONNX calibrations."""
 
-    budget: int = MAX_CHECKPOINT_BYTES // 2  # bytes of tensor values kept for the next round
+    budget: int = MAX_CHECKPOINT_BYTES // 4  # bytes of tensor values kept for the next round
     graph: bytes | None = None  # the last calibrated graph without its weights' values
     digests: dict[str, str] = field(default_factory=dict)  # its initializers' values, hashed
     ranges: dict[str, tuple] = field(default_factory=dict)  # tensor -> (lowest, highest), as ONNX Runtime gave them
@@ -41,11 +41,13 @@ class Calibrations:
         """Forget everything: the next call calibrates the whole graph."""
         self.graph, self.digests, self.ranges, self.kept = None, {}, {}, {}
 
-    def cache_file(self, proto, feed: str, batches: Callable[[], Iterable[np.ndarray]], keep: list[str],
+    def cache_file(self, proto, feed: str, batches: Callable[[], Iterable[np.ndarray]], keep: list[list[str]],
                    scratch: Path) -> Path:
         """A calibration cache (``quantize_static(calibration_cache_path=)``) in ``scratch`` for the
-        graph ``proto`` fed ``batches`` at ``feed``; the values of the tensors ``keep`` are kept for
-        the next call when they fit the budget."""
+        graph ``proto`` fed ``batches`` at ``feed``. ``keep``: groups of tensors, the most wanted
+        first (where the layer the next call takes starts, then where each weighted layer starts,
+        from the last back); the values of as many groups as fit the budget are kept for the next
+        call."""
         from onnxruntime.quantization import CalibrationMethod, TensorsData, save_tensors_data
 
         graph = structure(proto)
@@ -53,34 +55,56 @@ class Calibrations:
                    for t in proto.graph.initializer}
         changed = _reached(proto, {n for n, d in digests.items() if self.digests.get(n) != d}) \
             if graph == self.graph and self.ranges else None
-        starts = _inputs_of(proto, changed) if changed else set()
-        valid = {name: values for name, values in self.kept.items() if changed is not None
-                 and not any(name in node.output for node in changed)}
-        if changed == []:
-            self.outcomes.append("unchanged")
+        nodes = proto.graph.node
+        stale = {out for i in changed or () for out in nodes[i].output}
+        # what the last call kept and no changed weight reaches; the images themselves
+        valid = {name: values for name, values in self.kept.items() if name not in stale} if changed is not None else {}
+        valid[feed] = list(batches())
+        self.kept = {}  # what is not valid any more goes before this call's tensors come
+        part = _with_producers(proto, changed, set(valid)) if changed else None
+        part = None if part is not None and len(part) == len(nodes) else part  # all of it: the whole graph
+        how = "unchanged" if changed == [] else "whole" if part is None else "part"
+        self.outcomes.append(how)
+        if how == "whole":
+            valid = {feed: valid[feed]}
+        available = set(valid)  # what this call has, or computes:
+        available |= {out for i in (range(len(nodes)) if how == "whole" else part or ()) for out in nodes[i].output}
+        chosen = self._chosen(proto, keep, available, sum(len(batch) for batch in valid[feed]), feed)
+        capture = [name for name in chosen if name not in valid]
+        if how == "unchanged":
             ranges, captured = dict(self.ranges), {}
-        elif changed and starts <= set(valid):
-            self.outcomes.append("part")
-            computed = {out for node in changed for out in node.output}
-            feeds = ({name: valid[name][i] for name in starts} for i in range(len(valid[min(starts)])))
-            part, captured = _calibrate(_part(proto, starts, changed), scratch, feeds,
-                                        [name for name in keep if name in computed])
-            if not {name for name in self.ranges if name in computed} <= set(part):
+        elif how == "part":
+            starts = _inputs_of(proto, part)
+            feeds = ({name: valid[name][i] for name in starts} for i in range(len(valid[feed])))
+            computed, captured = _calibrate(_part(proto, starts, part), scratch, feeds, capture)
+            if not {name for name in self.ranges if name in stale} <= set(computed):
                 raise ValueError("the partial calibration missed tensors the whole graph calibrates")
-            ranges = {**self.ranges, **{name: r for name, r in part.items() if name in self.ranges}}
+            ranges = {**self.ranges, **{name: r for name, r in computed.items() if name in self.ranges}}
         else:
-            self.outcomes.append("whole")
-            valid = {}
-            ranges, captured = _calibrate(_with_outputs(proto, keep), scratch,
-                                          ({feed: batch} for batch in batches()), keep)
-        kept = {name: captured.get(name, valid.get(name)) for name in keep}
-        fits = all(v is not None for v in kept.values()) and \
-            sum(a.nbytes for values in kept.values() for a in values) <= self.budget
+            ranges, captured = _calibrate(_with_outputs(proto, capture), scratch,
+                                          ({feed: batch} for batch in valid[feed]), capture)
         self.graph, self.digests, self.ranges = graph, digests, ranges
-        self.kept = kept if fits else {}
+        self.kept = {name: captured[name] if name in captured else valid[name] for name in chosen if name != feed}
         cache = scratch / "calibration.json"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, dict(ranges)), cache)
         return cache
+
+    def _chosen(self, proto, groups: list[list[str]], available: set[str], images: int, feed: str) -> list[str]:
+        """The tensors of the groups, in order, that this call has or computes and that fit the
+        budget together (a group too large is passed over for the smaller ones after it; the images
+        fed cost nothing: they are kept anyway)."""
+        sizes = {**_bytes_per_image(proto), feed: 0}
+        chosen: list[str] = []
+        total = 0
+        for group in groups:
+            new = [name for name in group if name not in chosen]
+            if not all(name in available and name in sizes for name in new):
+                continue
+            cost = images * sum(sizes[name] for name in new)
+            if total + cost <= self.budget:
+                chosen += new
+                total += cost
+        return chosen
 
 
 def live_at(proto, nodes: Iterable[str]) -> list[str]:
@@ -97,21 +121,53 @@ def live_at(proto, nodes: Iterable[str]) -> list[str]:
     return sorted({name for node in order[first:] for name in node.input if name in before})
 
 
-def _reached(proto, weights: set[str]) -> list:
-    """The nodes that read one of ``weights`` or a tensor such a node computes, in graph order."""
+def _bytes_per_image(proto) -> dict[str, int]:
+    """The bytes an image takes in each float32 tensor whose shape the graph declares (batch first)."""
+    from onnx import TensorProto
+
+    sizes = {}
+    for info in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
+        tensor = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim][1:]
+        if tensor.elem_type == TensorProto.FLOAT and dims and all(dims):
+            sizes[info.name] = 4 * int(np.prod(dims))
+    return sizes
+
+
+def _reached(proto, weights: set[str]) -> list[int]:
+    """The nodes (their positions) that read one of ``weights`` or a tensor such a node computes."""
     reached, tainted = [], set(weights)
-    for node in proto.graph.node:
+    for index, node in enumerate(proto.graph.node):
         if any(name in tainted for name in node.input):
-            reached.append(node)
+            reached.append(index)
             tainted.update(node.output)
     return reached
 
 
-def _inputs_of(proto, nodes: list) -> set[str]:
-    """What ``nodes`` read that none of them computes and no initializer holds."""
+def _with_producers(proto, nodes: list[int], have: set[str]) -> list[int] | None:
+    """``nodes`` and the nodes that compute what they read, back to the tensors in ``have``: what a
+    calibration fed ``have`` runs to reach them; None when that needs a tensor nothing computes."""
+    graph = proto.graph.node
+    producer = {out: index for index, node in enumerate(graph) for out in node.output}
     constants = {t.name for t in proto.graph.initializer}
-    computed = {out for node in nodes for out in node.output}
-    return {name for node in nodes for name in node.input if name and name not in computed and name not in constants}
+    part, todo = set(nodes), list(nodes)
+    while todo:
+        for name in graph[todo.pop()].input:
+            if not name or name in constants or name in have or producer.get(name) in part:
+                continue
+            if name not in producer:
+                return None
+            part.add(producer[name])
+            todo.append(producer[name])
+    return sorted(part)
+
+
+def _inputs_of(proto, nodes: list[int]) -> set[str]:
+    """What ``nodes`` read that none of them computes and no initializer holds."""
+    graph = proto.graph.node
+    constants = {t.name for t in proto.graph.initializer}
+    computed = {out for i in nodes for out in graph[i].output}
+    return {name for i in nodes for name in graph[i].input if name and name not in computed and name not in constants}
 
 
 def _with_outputs(proto, names: list[str]):
@@ -129,11 +185,12 @@ def _with_outputs(proto, names: list[str]):
     return copy
 
 
-def _part(proto, starts: set[str], nodes: list):
+def _part(proto, starts: set[str], nodes: list[int]):
     """The graph of ``nodes`` alone, fed ``starts``: every tensor they compute an output."""
     from onnx.utils import Extractor
 
-    return Extractor(proto).extract_model(sorted(starts), [out for node in nodes for out in node.output if out])
+    graph = proto.graph.node
+    return Extractor(proto).extract_model(sorted(starts), [out for i in nodes for out in graph[i].output if out])
 
 
 def _calibrate(proto, scratch: Path, feeds: Iterable[dict], keep: list[str]) -> tuple[dict, dict]:

@@ -1,7 +1,7 @@
 """ONNX Runtime's calibration once per tensor over a search's rounds (export/onnx_calibration.py):
-a round that takes a layer after the one the round before took calibrates only what its changed
-weights reach, from the tensors the round before kept, and writes the same int8 file, byte for
-byte, as a round that lets ONNX Runtime calibrate the whole graph."""
+a round calibrates only what its changed weights reach, from the tensors the round before kept
+(or the images), and writes the same int8 file, byte for byte, as a round that lets ONNX Runtime
+calibrate the whole graph."""
 
 import numpy as np
 import pytest
@@ -17,16 +17,21 @@ from mobiledeploy.passes.refine import refine_for_int8
 pytestmark = pytest.mark.slow  # eight ONNX exports
 
 
-def test_each_round_writes_the_file_a_whole_calibration_gives_calibrating_only_what_changed(tiny_model, tmp_path):
+@pytest.mark.parametrize("budget, outcomes", [(1 << 30, ["whole", "part", "part", "whole"]),
+                                             (0, ["whole", "whole", "whole", "whole"])])
+def test_each_round_writes_the_file_a_whole_calibration_gives_calibrating_only_what_changed(tiny_model, tmp_path,
+                                                                                          budget, outcomes):
+    """Rounds as a search takes them: a layer whose int8 layers after it are refined again (their
+    ranges change), then a layer after it (where it starts, the tensor the round before changed),
+    then the first layer (which changes every tensor but the input's transpose: the whole graph
+    again). Within the budget the round before kept the
+    tensors where each layer starts; with none kept, every round calibrates the whole graph."""
     folded, _ = fold_batchnorm(tiny_model)
     rng = np.random.default_rng(3)
     batches = [rng.uniform(-1, 1, (10, 24, 24, 3)).astype(np.float32) for _ in range(4)]
     calib = np.concatenate(batches)
-    # as a search takes them: a layer whose int8 layers after it are refined again (their ranges
-    # change), then a layer after it (whose input the round before computed and kept), then a layer
-    # before both (its input was not kept: the whole graph again)
-    rounds = [(), ("pw",), ("pw", "logits"), ("pw", "logits", "stem")]
-    reconverters, calibrations = {"kept": Reconverter(), "whole": Reconverter()}, Calibrations()
+    rounds = [(), ("pw",), ("pw", "sep"), ("pw", "sep", "stem")]
+    reconverters, calibrations = {"kept": Reconverter(), "whole": Reconverter()}, Calibrations(budget=budget)
     for index, keep in enumerate(rounds):
         left = mixed.float_layers(folded, keep)
         refined, _ = refine_for_int8(folded, calib, keep_float=frozenset(keep), float_tensors=left)
@@ -40,7 +45,8 @@ def test_each_round_writes_the_file_a_whole_calibration_gives_calibrating_only_w
                            reconverter=reconverters["whole"])
         kept = (tmp_path / f"kept{index}" / "model_int8.onnx").read_bytes()
         assert kept == (tmp_path / f"whole{index}" / "model_int8.onnx").read_bytes(), keep
-    assert calibrations.outcomes == ["whole", "part", "part", "whole"]
+        assert sum(a.nbytes for values in calibrations.kept.values() for a in values) <= budget
+    assert calibrations.outcomes == outcomes
 
 
 def test_the_tensors_live_at_a_node_are_those_computed_before_it_and_read_from_it_on():
