@@ -23,6 +23,8 @@ MAX_IMAGE_BYTES = 128 << 20  # an image file, read into memory before it is deco
 MAX_ARRAY_BYTES_PER_SAMPLE = 64 << 20  # one sample of a .npy/.npz array
 MAX_WORKERS = 256  # worker processes eval and check start at once (--workers)
 MAX_DECODED_BYTES = 1 << 30  # decoded calibration images a build keeps to read again (more: decoded each time)
-MAX_CHECKPOINT_BYTES = 1 << 30  # activations the search keeps to resume refinements, both sides (passes/checkpoints.py)
+# activations the search keeps to resume refinements, both sides (passes/checkpoints.py); a quarter more
+# in ONNX tensors to resume its calibrations (export/onnx_calibration.py)
+MAX_CHECKPOINT_BYTES = 1 << 30
 MAX_SWEEP_BYTES = 1 << 20  # a sweep file (TOML): real ones are a few hundred bytes
 MAX_SWEEP_CELLS = 10_000  # models x settings x devices x evaluation sets in one sweep

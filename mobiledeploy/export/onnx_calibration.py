@@ -4,13 +4,14 @@ Each round of the ``--max-disagreement`` search quantizes the same graph as the 
 other weights: those of the layer it takes out of int8 and of the layers refined again after it.
 Every tensor no changed weight reaches holds the same values as before, so it has the same range.
 ``Calibrations`` runs ONNX Runtime's own calibrator (its augmented graph, its session and its
-``compute_data``) the way ``quantize_static`` does, and keeps what the next round needs: the
-ranges, and the values of the tensors live where the layer the next round takes starts, batch
-by batch. The next round calibrates only the nodes its changed weights reach, fed those values,
-and takes every other range from the round before: the ranges a calibration of the whole graph
-gives, since ONNX Runtime runs the same kernels on the same inputs. Where the graph's nodes
-changed, or the tensors it would start from were not kept (a round that takes a layer before the
-one the round before took), it calibrates the whole graph.
+``compute_data``) the way ``quantize_static`` does, and keeps what the next rounds need: the
+ranges, and within a budget the values of the tensors live where weighted layers start (where the
+next round's layer starts first, then from the last layer back), batch by batch. A later round
+calibrates only the nodes its changed weights reach, and those that compute what they read and
+was not kept, fed the kept values; every other range is the round before's. These are the ranges
+a calibration of the whole graph gives, since ONNX Runtime runs the same kernels on the same
+inputs. Where that part is the whole graph (a round that takes the first layer, or starts where
+nothing was kept), or the graph's nodes changed, it calibrates the whole graph.
 """
 
 from __future__ import annotations

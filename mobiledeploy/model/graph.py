@@ -11,6 +11,7 @@ SHAPE_ONLY = {"Reshape", "Flatten", "Dropout"}  # change only the shape (or noth
 # between a ReLU and the layer it feeds: zero padding and identity keep relu(t·x) = t·relu(x)
 # and pass a channel and its copies through alike
 RELU_PASS_THROUGH = {"ZeroPadding2D", "Dropout"}
+ALIGNMENT = 64  # bytes: where TensorFlow's CPU kernels want a tensor's memory to start (EIGEN_MAX_ALIGN_BYTES)
 
 
 def layer_graph(model) -> dict[str, dict]:
@@ -66,22 +67,51 @@ def activation_name(layer) -> str:
 
 
 def run_layer(layer, inputs: list, chunk: int):
-    """Run one layer over a set of images in chunks (eager, inference mode): a new float32 array.
-    A plain ReLU and a 2-D zero padding are numpy's: the same values in one pass over memory, where
-    the framework would copy the images in and out."""
+    """Run one layer over a set of images in chunks (eager, inference mode): a new float32 array
+    (``empty_aligned``). A plain ReLU and a 2-D zero padding are numpy's: the same values in one pass
+    over memory, where the framework would copy the images in and out. A weighted layer reads its
+    input where it lies (``_lent``), without the copy TensorFlow makes of a numpy array."""
     import numpy as np
 
     simple = _in_numpy(layer, inputs)
     if simple is not None:
         return simple
+    lend = _lent if type(layer).__name__ in WEIGHTED else (lambda x: x)
     result = None
     for start in range(0, len(inputs[0]), chunk):
-        args = [x[start:start + chunk] for x in inputs]
+        args = [lend(x[start:start + chunk]) for x in inputs]
         out = np.asarray(layer(args[0] if len(args) == 1 else args, training=False), np.float32)
         if result is None:
-            result = np.empty((len(inputs[0]), *out.shape[1:]), np.float32)
+            result = empty_aligned((len(inputs[0]), *out.shape[1:]))
         result[start:start + len(out)] = out
     return result
+
+
+def empty_aligned(shape):
+    """An uninitialised float32 array of ``shape`` whose memory starts on an ``ALIGNMENT``-byte
+    boundary: one ``_lent`` can hand to TensorFlow (numpy's large arrays start 16 bytes past one)."""
+    import numpy as np
+
+    size = int(np.prod(shape)) * 4
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + size].view(np.float32).reshape(shape)
+
+
+def _lent(x):
+    """``x`` as a TensorFlow tensor on the same memory (DLPack) where TensorFlow can take it as it
+    is: a float32, C-contiguous array starting on an ``ALIGNMENT``-byte boundary (TensorFlow copies
+    any other, and its oneDNN kernels abort on an unaligned tensor), which numpy lends (writable).
+    Else ``x`` itself, which the layer copies. Only for the weighted layers, whose kernels write a
+    new output: an element-wise kernel may write its result into an input it holds alone."""
+    import numpy as np
+
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.size and x.flags.c_contiguous
+            and x.flags.writeable and x.ctypes.data % ALIGNMENT == 0):
+        return x
+    import tensorflow as tf
+
+    return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
 
 
 def relu(x, cap: float | None, out):
@@ -105,11 +135,14 @@ def _in_numpy(layer, inputs: list):
     x = inputs[0]
     cap = relu_cap(layer)
     if cap is not False:
-        return relu(x, cap, np.empty_like(x))
+        return relu(x, cap, empty_aligned(x.shape))
     if type(layer).__name__ == "ZeroPadding2D" and layer.data_format == "channels_last" and x.ndim == 4:
         (top, bottom), (left, right) = layer.padding
-        out = np.zeros((len(x), x.shape[1] + top + bottom, x.shape[2] + left + right, x.shape[3]), np.float32)
-        out[:, top:top + x.shape[1], left:left + x.shape[2]] = x
+        height, width = x.shape[1:3]
+        out = empty_aligned((len(x), height + top + bottom, width + left + right, x.shape[3]))
+        out[:, :top] = out[:, top + height:] = 0  # the rows of zeros, then the zeros beside the image
+        out[:, top:top + height, :left] = out[:, top:top + height, left + width:] = 0
+        out[:, top:top + height, left:left + width] = x
         return out
     return None
 

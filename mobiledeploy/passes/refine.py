@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..model.graph import WEIGHTED, layer_graph, layer_outputs, relu, relu_cap, run_layer, uses_after
+from ..model.graph import WEIGHTED, empty_aligned, layer_graph, layer_outputs, relu, relu_cap, run_layer, uses_after
 from ..reports import RefineReport
 from .checkpoints import Checkpoint, Checkpoints
 from .rounding import adaround, quantize_weights, rounding_images
@@ -55,7 +55,7 @@ def fake_quantize(x: np.ndarray, low: float, high: float, in_place: bool = False
     # the scale in float64, rounded to float32 on the way out: the lines above, value for value,
     # without float64 temporaries
     flat = np.ascontiguousarray(x).reshape(-1)
-    out = flat if in_place else np.empty_like(flat)  # a slice is read before its result is written
+    out = flat if in_place else empty_aligned(flat.shape)  # a slice is read before its result is written
     lowest, highest = np.float32(-128 - zero_point), np.float32(127 - zero_point)
 
     def round_slices(begin: int, end: int) -> None:

@@ -56,3 +56,34 @@ def test_relus_and_zero_padding_run_in_numpy_give_the_layers_values():
         found = run_layer(layer, [x], chunk=2)
         assert found.shape == expected.shape and np.array_equal(found, expected), layer.name
     assert _in_numpy(keras.layers.ReLU(negative_slope=0.1), [x]) is None
+
+
+def test_weighted_layers_read_aligned_arrays_where_they_lie_with_the_values_of_a_copy():
+    """run_layer lends a weighted layer an aligned, writable float32 array without a copy
+    (DLPack): the layer's values are those it gives on a copy, the array is left as it was, and
+    anything TensorFlow cannot take as it is (read-only, unaligned, strided) is copied as before."""
+    import keras
+
+    from mobiledeploy.model.graph import ALIGNMENT, _lent, empty_aligned, run_layer
+
+    rng = np.random.default_rng(1)
+    x = empty_aligned((6, 8, 8, 16))
+    x[...] = rng.normal(size=x.shape)
+    before = x.copy()
+    assert x.ctypes.data % ALIGNMENT == 0
+    layers = [keras.layers.Conv2D(4, 3, padding="same"), keras.layers.DepthwiseConv2D(3, strides=2),
+              keras.layers.Dense(5)]
+    for layer in layers:
+        expected = np.asarray(layer(before), np.float32)
+        found = run_layer(layer, [x], chunk=4)  # an aligned chunk of 4 images, then one of 2
+        assert np.array_equal(found, expected) and found.ctypes.data % ALIGNMENT == 0, layer.name
+        assert np.array_equal(x, before)
+    lent = _lent(x)
+    x[0, 0, 0, 0] = 123.0  # the tensor is the array's memory
+    assert not isinstance(lent, np.ndarray) and float(lent[0, 0, 0, 0]) == 123.0
+    read_only = before.copy()
+    read_only.flags.writeable = False
+    unaligned = np.empty(x.size + 1, np.float32)[1:].reshape(x.shape)
+    assert unaligned.ctypes.data % ALIGNMENT != 0
+    for other in (read_only, unaligned, x[:, ::2]):
+        assert _lent(other) is other
