@@ -12,6 +12,7 @@ SHAPE_ONLY = {"Reshape", "Flatten", "Dropout"}  # change only the shape (or noth
 # and pass a channel and its copies through alike
 RELU_PASS_THROUGH = {"ZeroPadding2D", "Dropout"}
 ALIGNMENT = 64  # bytes: where TensorFlow's CPU kernels want a tensor's memory to start (EIGEN_MAX_ALIGN_BYTES)
+WHOLE_CALL_BYTES = 256 << 20  # a weighted layer's output on all the images up to this size: one call, no copy
 
 
 def layer_graph(model) -> dict[str, dict]:
@@ -70,13 +71,18 @@ def run_layer(layer, inputs: list, chunk: int):
     """Run one layer over a set of images in chunks (eager, inference mode): a new float32 array
     (``empty_aligned``). A plain ReLU and a 2-D zero padding are numpy's: the same values in one pass
     over memory, where the framework would copy the images in and out. A weighted layer reads its
-    input where it lies (``_lent``), without the copy TensorFlow makes of a numpy array."""
+    input where it lies (``_lent``), without the copy TensorFlow makes of a numpy array, and when
+    its output fits ``WHOLE_CALL_BYTES`` runs once on all the images and hands back TensorFlow's own
+    output (``_writable``) instead of a copy."""
     import numpy as np
 
     simple = _in_numpy(layer, inputs)
     if simple is not None:
         return simple
-    lend = _lent if type(layer).__name__ in WEIGHTED else (lambda x: x)
+    weighted = type(layer).__name__ in WEIGHTED
+    if weighted and len(inputs) == 1 and _output_bytes(layer, inputs[0]) <= WHOLE_CALL_BYTES:
+        return _writable(layer(_lent(inputs[0]), training=False))
+    lend = _lent if weighted else (lambda x: x)
     result = None
     for start in range(0, len(inputs[0]), chunk):
         args = [lend(x[start:start + chunk]) for x in inputs]
@@ -85,6 +91,34 @@ def run_layer(layer, inputs: list, chunk: int):
             result = empty_aligned((len(inputs[0]), *out.shape[1:]))
         result[start:start + len(out)] = out
     return result
+
+
+def _output_bytes(layer, x) -> float:
+    """The bytes of ``layer``'s float32 output on all of ``x``; infinite when Keras cannot say."""
+    import numpy as np
+
+    try:
+        shape = layer.compute_output_shape(tuple(x.shape))
+        return 4.0 * len(x) * float(np.prod(shape[1:]))
+    except Exception:  # noqa: BLE001 - then the layer runs a chunk at a time
+        return float("inf")
+
+
+def _writable(tensor):
+    """A weighted layer's output on all the images as a writable float32 array on the tensor's own
+    memory (which it keeps alive): the layer's kernel wrote a new tensor nobody else holds, so the
+    refinement can round and correct it in place, where copying it into numpy would cost a pass
+    over memory and a page fault per page. Another dtype is converted."""
+    import ctypes
+
+    import numpy as np
+
+    values = np.asarray(tensor)  # read-only, on the tensor's memory
+    if values.dtype != np.float32 or not values.size:
+        return np.array(values, np.float32)
+    memory = (ctypes.c_char * values.nbytes).from_address(values.ctypes.data)
+    memory.owner = values  # the writable view's base keeps the tensor's memory
+    return np.frombuffer(memory, np.float32).reshape(values.shape)
 
 
 def empty_aligned(shape):

@@ -1,6 +1,7 @@
 """The layer graph's forward pass, a layer at a time (refinement's float side)."""
 
 import numpy as np
+import pytest
 
 
 def test_layer_outputs_are_the_models_own_intermediate_outputs(tiny_model):
@@ -58,14 +59,20 @@ def test_relus_and_zero_padding_run_in_numpy_give_the_layers_values():
     assert _in_numpy(keras.layers.ReLU(negative_slope=0.1), [x]) is None
 
 
-def test_weighted_layers_read_aligned_arrays_where_they_lie_with_the_values_of_a_copy():
+@pytest.mark.parametrize("whole", [True, False])
+def test_weighted_layers_read_aligned_arrays_where_they_lie_with_the_values_of_a_copy(monkeypatch, whole):
     """run_layer lends a weighted layer an aligned, writable float32 array without a copy
-    (DLPack): the layer's values are those it gives on a copy, the array is left as it was, and
-    anything TensorFlow cannot take as it is (read-only, unaligned, strided) is copied as before."""
+    (DLPack), and hands back the output of one call on all the images where it fits
+    WHOLE_CALL_BYTES (else a chunk at a time, copied): the layer's values on a copy either way, a
+    writable array of its own, the input left as it was; anything TensorFlow cannot take as it is
+    (read-only, unaligned, strided) is copied as before."""
     import keras
 
+    from mobiledeploy.model import graph
     from mobiledeploy.model.graph import ALIGNMENT, _lent, empty_aligned, run_layer
 
+    if not whole:
+        monkeypatch.setattr(graph, "WHOLE_CALL_BYTES", 0)
     rng = np.random.default_rng(1)
     x = empty_aligned((6, 8, 8, 16))
     x[...] = rng.normal(size=x.shape)
@@ -75,9 +82,13 @@ def test_weighted_layers_read_aligned_arrays_where_they_lie_with_the_values_of_a
               keras.layers.Dense(5)]
     for layer in layers:
         expected = np.asarray(layer(before), np.float32)
-        found = run_layer(layer, [x], chunk=4)  # an aligned chunk of 4 images, then one of 2
+        calls, call = [], layer.call
+        layer.call = lambda *args, **kwargs: (calls.append(len(args[0])), call(*args, **kwargs))[1]
+        found = run_layer(layer, [x], chunk=4)  # whole, or an aligned chunk of 4 images, then one of 2
+        assert calls == ([6] if whole else [4, 2])
         assert np.array_equal(found, expected) and found.ctypes.data % ALIGNMENT == 0, layer.name
-        assert np.array_equal(x, before)
+        found += 1.0  # the refinement rounds and corrects it in place
+        assert np.array_equal(found, expected + 1.0) and np.array_equal(x, before)
     lent = _lent(x)
     x[0, 0, 0, 0] = 123.0  # the tensor is the array's memory
     assert not isinstance(lent, np.ndarray) and float(lent[0, 0, 0, 0]) == 123.0
