@@ -98,7 +98,7 @@ class Rounds:
             keep += (candidate,)
             built = self.build(work, keep, limit)
         self.checkpoints.clear()  # up to limits.MAX_CHECKPOINT_BYTES of activations
-        self.calibrations.clear()  # and up to half that in ONNX tensors
+        self.calibrations.clear()  # and up to a quarter of that in ONNX tensors
         return built
 
     def _analyzed(self, work: Path, built: Round) -> dict[str, float]:
