@@ -68,8 +68,8 @@ class Calibrations:
         self.outcomes.append(how)
         if how == "whole":
             valid = {feed: valid[feed]}
-        available = set(valid)  # what this call has, or computes:
-        available |= {out for i in (range(len(nodes)) if how == "whole" else part or ()) for out in nodes[i].output}
+        computing = range(len(nodes)) if how == "whole" else part or ()
+        available = set(valid) | {out for i in computing for out in nodes[i].output}  # what it has or computes
         chosen = self._chosen(proto, keep, available, sum(len(batch) for batch in valid[feed]), feed)
         capture = [name for name in chosen if name not in valid]
         if how == "unchanged":

@@ -20,11 +20,12 @@ both graphs on the probe images again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from ..model.graph import configuration
 
 MARK = 2.0 ** 23  # float32 holds every integer in [2**23, 2**24) exactly, 1 apart
 MAX_VALUES = 1 << 23  # weights a template can mark
@@ -61,14 +62,14 @@ class Reconverter:
     def tensor_map(self, model, proto, build: Callable[[], Any]):
         """``build()``, the tensor map of ``proto`` (ONNX) for ``model``; the last one when the graph
         and the model's configuration are the same but for the weights' values."""
-        key = (json.dumps(model.get_config(), sort_keys=True, default=str), structure(proto))
+        key = (configuration(model), structure(proto))
         if self.mapped is None or self.mapped[:2] != key:
             self.mapped = (*key, build())
         return self.mapped[2]
 
     def convert(self, model, convert: Callable[[Any], Any]):
         """``convert(model)``'s graph, from the template when the model's configuration has one."""
-        config = json.dumps(model.get_config(), sort_keys=True, default=str)
+        config = configuration(model)
         if self.template is not None and self.template[0] == config:
             self.outcomes.append("template")
             return self.template[1].filled(model.get_weights())

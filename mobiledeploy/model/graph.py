@@ -45,6 +45,14 @@ def relu_cap(layer):
     return False
 
 
+def configuration(model) -> str:
+    """``model``'s Keras configuration as canonical JSON: two models with equal strings are built
+    alike (the same layers, settings and ReLU caps) and differ at most in their weights."""
+    import json
+
+    return json.dumps(model.get_config(), sort_keys=True, default=str)
+
+
 def only_consumer(graph: dict, name: str) -> str | None:
     """The one layer that reads ``name``'s output, or None when several do or it is the output."""
     consumers = graph[name]["consumers"]

@@ -24,14 +24,13 @@ stay as they were.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .folding import history_refs, plain_config, rewire
-from ..model.graph import SHAPE_ONLY, activation_name, layer_graph
+from ..model.graph import SHAPE_ONLY, activation_name, configuration, layer_graph
 from .refine import fake_quantize
 from ..reports import LogitFloorReport
 
@@ -109,7 +108,7 @@ class FlooredCopies:
     def of(self, model, report: LogitFloorReport | None):
         if report is None:
             return model
-        key = (json.dumps(model.get_config(), sort_keys=True, default=str), report)
+        key = (configuration(model), report)
         if key != self.key:
             self.copy, self.key = floored(model, report), key
         else:
