@@ -213,8 +213,9 @@ def _conv_moments(layer, xq: np.ndarray, xf: np.ndarray, chunk: int = 4) -> list
 def _depthwise_moments(layer, xq: np.ndarray, xf: np.ndarray, chunk: int = 4) -> list[np.ndarray]:
     """A depthwise layer's ``_moments``, one (k, k) pair and (k,) means per input channel, a few
     images at a time. Each entry is read straight off two of the kernel taps' views of the padded
-    input (``_tap_views``), with no patch array; E[xq xqᵀ]'s symmetric half only, and E[xq xfᵀ] in
-    a second thread meanwhile (numpy's einsum runs on one core and lets the other thread run)."""
+    input (``_tap_views``), with no patch array; E[xq xqᵀ]'s symmetric half only. The entries are
+    shared between this thread and a second one (numpy's einsum runs on one core and lets the other
+    thread run), each computed whole by one of them."""
     from concurrent.futures import ThreadPoolExecutor
 
     sums = None
@@ -222,34 +223,46 @@ def _depthwise_moments(layer, xq: np.ndarray, xf: np.ndarray, chunk: int = 4) ->
     with ThreadPoolExecutor(1, thread_name_prefix="moments") as pool:
         for start in range(0, len(xq), chunk):
             vq, vf = _tap_views(layer, xq[start:start + chunk]), _tap_views(layer, xf[start:start + chunk])
-            cross = pool.submit(_tap_products, vq, vf, False)
-            square = _tap_products(vq, vq, True)
-            parts = [square, cross.result(), np.stack([v.sum(axis=(0, 1, 2)) for v in vq], axis=1),
-                     np.stack([v.sum(axis=(0, 1, 2)) for v in vf], axis=1)]
-            parts = [np.asarray(x, np.float64) for x in parts]
+            parts = [np.asarray(x, np.float64) for x in _tap_sums(vq, vf, pool)]
             sums = parts if sums is None else [s + x for s, x in zip(sums, parts)]
             count += int(np.prod(vq[0].shape[:3]))
     return [s / count for s in sums]
 
 
-def _tap_products(a: list[np.ndarray], b: list[np.ndarray], symmetric: bool) -> np.ndarray:
-    """(C, k, k): the sum over images and positions of a[k] * b[l], per channel; with
-    ``symmetric`` (a is b) each pair once. A view whose pixels and channels lie side by side in
-    each row (stride 1) is summed as rows of width x channels values, and the row's sums then
-    per channel: a long inner loop where a thin layer's channels alone make a short one."""
-    channels = a[0].shape[-1]
-    out = np.empty((channels, len(a), len(b)), np.float32)
-    rows_a = [_rows(v) for v in a]
-    rows_b = rows_a if symmetric else [_rows(v) for v in b]
-    for k in range(len(a)):
-        for m in range(k if symmetric else 0, len(b)):
-            if rows_a[k] is not None and rows_b[m] is not None:
-                out[:, k, m] = np.einsum("nhx,nhx->x", rows_a[k], rows_b[m]).reshape(-1, channels).sum(axis=0)
-            else:
-                out[:, k, m] = np.einsum("nhwc,nhwc->c", a[k], b[m])
-            if symmetric:
-                out[:, m, k] = out[:, k, m]
-    return out
+def _tap_sums(vq: list[np.ndarray], vf: list[np.ndarray], pool) -> list[np.ndarray]:
+    """Over one chunk's tap views, per channel: the sums of vq[k] * vq[l] (C, k, k; each pair
+    once), of vq[k] * vf[l], of vq[k] and of vf[k] (C, k), every other entry computed in ``pool``'s
+    thread. A view whose pixels and channels lie side by side in each row (stride 1) is summed as
+    rows of width x channels values, and the row's sums then per channel: a long inner loop where
+    a thin layer's channels alone make a short one."""
+    taps, channels = len(vq), vq[0].shape[-1]
+    square, cross = (np.empty((channels, taps, taps), np.float32) for _ in range(2))
+    mean_q, mean_f = (np.empty((channels, taps), np.float32) for _ in range(2))
+    rows_q, rows_f = [_rows(v) for v in vq], [_rows(v) for v in vf]
+
+    def product(out: np.ndarray, k: int, m: int, b: list[np.ndarray], rows_b: list) -> None:
+        if rows_q[k] is not None and rows_b[m] is not None:
+            out[:, k, m] = np.einsum("nhx,nhx->x", rows_q[k], rows_b[m]).reshape(-1, channels).sum(axis=0)
+        else:
+            out[:, k, m] = np.einsum("nhwc,nhwc->c", vq[k], b[m])
+        if out is square:
+            out[:, m, k] = out[:, k, m]
+
+    def total(out: np.ndarray, k: int, views: list[np.ndarray]) -> None:
+        out[:, k] = views[k].sum(axis=(0, 1, 2))
+
+    entries = [(product, square, k, m, vq, rows_q) for k in range(taps) for m in range(k, taps)]
+    entries += [(product, cross, k, m, vf, rows_f) for k in range(taps) for m in range(taps)]
+    entries += [(total, mean_q, k, vq) for k in range(taps)] + [(total, mean_f, k, vf) for k in range(taps)]
+
+    def compute(some: list[tuple]) -> None:
+        for function, *args in some:
+            function(*args)
+
+    other = pool.submit(compute, entries[1::2])
+    compute(entries[0::2])
+    other.result()
+    return [square, cross, mean_q, mean_f]
 
 
 def _rows(view: np.ndarray) -> np.ndarray | None:
@@ -272,7 +285,8 @@ def _tap_views(layer, x: np.ndarray) -> list[np.ndarray]:
     if layer.padding == "same":
         out = [-(-n // s) for n, s in zip(size, (sh, sw))]
         pad = [max((o - 1) * s + r - n, 0) for o, s, r, n in zip(out, (sh, sw), reach, size)]
-        x = np.pad(x, ((0, 0), (pad[0] // 2, pad[0] - pad[0] // 2), (pad[1] // 2, pad[1] - pad[1] // 2), (0, 0)))
+        if any(pad):  # (np.pad copies even nothing)
+            x = np.pad(x, ((0, 0), (pad[0] // 2, pad[0] - pad[0] // 2), (pad[1] // 2, pad[1] - pad[1] // 2), (0, 0)))
     else:
         out = [(n - r) // s + 1 for n, r, s in zip(size, reach, (sh, sw))]
     return [x[:, a * dh:a * dh + (out[0] - 1) * sh + 1:sh, b * dw:b * dw + (out[1] - 1) * sw + 1:sw, :]
@@ -284,4 +298,7 @@ def _patches(layer, x: np.ndarray) -> np.ndarray:
     kernel taps' views of the padded input (``_tap_views``) side by side, what
     tf.image.extract_patches gives (a 1x1 kernel's: every ``stride``-th pixel, no padding)."""
     kh, kw = layer.kernel_size
-    return np.stack(_tap_views(layer, x), axis=3).reshape(-1, kh * kw * x.shape[-1])
+    views = _tap_views(layer, x)
+    if len(views) == 1:  # a 1x1 kernel: its one view, without the copy np.stack makes (when it is contiguous)
+        return views[0].reshape(-1, x.shape[-1])
+    return np.stack(views, axis=3).reshape(-1, kh * kw * x.shape[-1])
