@@ -203,9 +203,24 @@ def layer_outputs(model, images, chunk: int, start: int = 0, live: dict | None =
     """(layer name, its output on ``images``) for every layer of ``model``, in graph order (the
     input layer's output is ``images``); from the ``start``-th layer on when ``live`` holds the
     outputs of the layers before it that the rest still reads. The next layer runs in a background
-    thread while the caller works on the current one (the framework's kernels and numpy release the
-    interpreter), so a caller that does as much work per layer as the layer itself hides the
-    forward pass. A layer's output is released here once every layer that reads it has run."""
+    thread while the caller works on the current one (``forward``)."""
+    for name, take in forward(model, images, chunk, start, live):
+        yield name, take()
+
+
+def forward(model, images, chunk: int, start: int = 0, live: dict | None = None, in_place=None):
+    """(layer name, a function that returns its output on ``images``) for every layer of ``model``,
+    in graph order, as ``layer_outputs`` gives them; a layer's output is taken (waited for) before
+    the next one's. A layer runs in a background thread from when the caller took the layer before
+    it, so a caller that works on a layer before it takes the layer's output, as much as the layer
+    itself, hides the forward pass (the framework's kernels and numpy release the interpreter). A
+    layer's output is released here once every layer that reads it has run.
+
+    ``in_place`` (a function of a layer name, called when the caller takes the output of the one
+    layer that reads that layer's output, a plain ReLU): whether the caller is done with that
+    output, which the ReLU then overwrites with its own instead of writing a new array. Such a ReLU
+    runs when the caller takes its output rather than ahead: a pass over memory already in use."""
+    import numpy as np
     from concurrent.futures import ThreadPoolExecutor
 
     graph = layer_graph(model)
@@ -216,15 +231,41 @@ def layer_outputs(model, images, chunk: int, start: int = 0, live: dict | None =
     def run(name: str, node: dict, inputs: list):
         return images if node["kind"] == "InputLayer" else run_layer(model.get_layer(name), inputs, chunk)
 
+    def later(index: int) -> bool:  # a ReLU that may overwrite its input: it waits to be taken
+        name, node = order[index]
+        return in_place is not None and len(node["inputs"]) == 1 and remaining[node["inputs"][0]] == 1 \
+            and relu_cap(model.get_layer(name)) is not False
+
+    def submit(index: int):
+        if index >= len(order) or later(index):
+            return None
+        name, node = order[index]
+        return pool.submit(run, name, node, [values[p] for p in node["inputs"]])
+
     with ThreadPoolExecutor(1, thread_name_prefix="forward") as pool:
-        pending = pool.submit(run, *order[start], [values[p] for p in order[start][1]["inputs"]])
-        for i, (name, node) in enumerate(order[start:], start):
-            values[name] = output = pending.result()
-            for parent in node["inputs"]:
-                remaining[parent] -= 1
-                if remaining[parent] == 0:
-                    values.pop(parent)
-            if i + 1 < len(order):
-                following, its_node = order[i + 1]
-                pending = pool.submit(run, following, its_node, [values[p] for p in its_node["inputs"]])
-            yield name, output
+        pending = submit(start)
+        for index, (name, node) in enumerate(order[start:], start):
+            taken: list = []
+
+            def take(name=name, node=node, index=index, taken=taken):
+                nonlocal pending
+                if taken:
+                    return taken[0]
+                if pending is not None:
+                    output = pending.result()
+                else:
+                    x = values[node["inputs"][0]]
+                    writable = isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.writeable \
+                        and in_place(node["inputs"][0])
+                    output = relu(x, relu_cap(model.get_layer(name)), x) if writable else run(name, node, [x])
+                values[name] = output
+                for parent in node["inputs"]:
+                    remaining[parent] -= 1
+                    if remaining[parent] == 0:
+                        values.pop(parent)
+                pending = submit(index + 1)
+                taken.append(output)
+                return output
+
+            yield name, take
+            take()  # a caller that moves on without it: the next layers need it

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..model.graph import WEIGHTED, empty_aligned, layer_graph, layer_outputs, relu, relu_cap, run_layer, uses_after
+from ..model.graph import WEIGHTED, empty_aligned, forward, layer_graph, relu, relu_cap, run_layer, uses_after
 from ..reports import RefineReport
 from .checkpoints import Checkpoint, Checkpoints
 from .rounding import adaround, quantize_weights, rounding_images
@@ -202,26 +202,33 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                 refined.get_layer(name).set_weights(checkpoints.weights[name])
         for name, clip in clips.items():
             refined.get_layer(name).max_value = clip
-    # the float model's layers run a layer ahead in a thread: their outputs do not depend on the refinement
-    for index, ((name, node), (_, x_float)) in enumerate(zip(order[start:], layer_outputs(
-            model, images, chunk, start, float_out)), start):
+    def overwritable(parent: str) -> bool:  # the float side's output of ``parent``, read here for the last time
+        return remaining[parent] == 1 and quant_out.get(parent) is not float_out.get(parent)
+
+    # the float model's layers run in a thread meanwhile (their outputs do not depend on the refinement):
+    # a weighted layer's while its int8 side is fitted and run, a ReLU's in its input's array
+    for index, ((name, node), (_, take)) in enumerate(zip(order[start:], forward(
+            model, images, chunk, start, float_out, in_place=overwritable)), start):
         if index in places and not (index == start and resumed is not None):  # not the one it resumed from
             both = dict(float_out) if places[index] else None
             checkpoints.save(index, Checkpoint(tuple(settings[:index + 1]), both, dict(quant_out), {
                 "shifts": dict(shifts), "clips": dict(clips), "validated": list(validated), "nearest": list(nearest),
                 "fallbacks": list(fallbacks), "errors": dict(errors or {}), "done": done}))
         twin = refined.get_layer(name)
+        x_float = take() if node["kind"] not in WEIGHTED else None  # a weighted layer's: once its int8 side ran
         if node["kind"] == "InputLayer":
             x_quant = round_activations(x_float, x_float.min(), x_float.max(), activation_bits)
         else:
             if node["kind"] in WEIGHTED and name in keep_float:
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
+                x_float = take()
             elif node["kind"] in WEIGHTED:
                 if adaptive_rounding and len(node["inputs"]) == 1 and node["kind"] != "SeparableConv2D":
                     key = (name, settings_before(name))
                     if key not in cache:
                         parent = node["inputs"][0]
-                        outcome = _round_adaptively(twin, x_float.shape, quant_out[parent], float_out[parent],
+                        outcome = _round_adaptively(twin, _output_shape(twin, quant_out[parent], take),
+                                                    quant_out[parent], float_out[parent],
                                                     rounding_samples, positions_per_weight, per_channel)
                         cache[key] = (twin.get_weights(), outcome)
                     weights, (checked, to_nearest, failure) = cache[key]
@@ -232,6 +239,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                 else:
                     quantize_weights(twin, per_channel)
                 x_quant = run_layer(twin, [quant_out[p] for p in node["inputs"]], chunk)
+                x_float = take()
                 if twin.use_bias:  # after folding every layer that had a BatchNorm has one
                     error = channel_mean_difference(x_quant, x_float)
                     weights = twin.get_weights()
@@ -285,6 +293,18 @@ def _relu_in_place(layer, node: dict, quant_out: dict, float_out: dict, remainin
     if remaining[parent] != 1 or x is float_out[parent] or x.dtype != np.float32 or not x.flags.writeable:
         return None
     return relu(x, cap, out=x)
+
+
+def _output_shape(layer, x: np.ndarray, take: Callable[[], np.ndarray]) -> tuple[int, ...]:
+    """The shape of ``layer``'s output on ``x``, as Keras computes it, or else of its float output
+    (``take``, which waits for it)."""
+    try:
+        shape = tuple(layer.compute_output_shape(tuple(x.shape)))
+        if all(isinstance(d, int) for d in shape):
+            return shape
+    except Exception:  # noqa: BLE001 - the shape the float side gives
+        pass
+    return tuple(take().shape)
 
 
 def _round_adaptively(twin, output_shape: tuple[int, ...], x_quant: np.ndarray, x_float: np.ndarray,

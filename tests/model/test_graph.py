@@ -98,3 +98,40 @@ def test_weighted_layers_read_aligned_arrays_where_they_lie_with_the_values_of_a
     assert unaligned.ctypes.data % ALIGNMENT != 0
     for other in (read_only, unaligned, x[:, ::2]):
         assert _lent(other) is other
+
+
+def _relu_fork_model():
+    """conv_a -> relu_a, whose input the Add reads too; conv_b -> relu_b, read by it alone."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    x = keras.Input((6, 6, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="conv_a")(x)
+    relu_a = keras.layers.ReLU(name="relu_a")(a)
+    both = keras.layers.Add(name="add")([a, relu_a])
+    b = keras.layers.Conv2D(4, 1, name="conv_b")(both)
+    out = keras.layers.ReLU(6.0, name="relu_b")(b)
+    return keras.Model(x, out)
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_a_relu_overwrites_its_input_only_where_it_alone_reads_it_and_the_caller_is_done(allowed):
+    """``forward(in_place=...)``: a plain ReLU whose input no other layer reads asks the caller
+    (when its output is taken) whether it may write its output into that input's array, and does
+    so if allowed; a ReLU whose input another layer reads too never asks. The values are those of
+    ``layer_outputs`` either way."""
+    from mobiledeploy.model.graph import forward, layer_outputs
+
+    model = _relu_fork_model()
+    images = np.random.default_rng(6).normal(size=(5, 6, 6, 3)).astype(np.float32)
+    expected = dict(layer_outputs(model, images, chunk=2))
+    asked: list[str] = []
+    taken, values = {}, {}
+    for name, take in forward(model, images, 2, in_place=lambda parent: asked.append(parent) or allowed):
+        taken[name] = take()
+        values[name] = taken[name].copy()  # before a later ReLU may overwrite it
+    assert asked == ["conv_b"]
+    assert (taken["relu_b"] is taken["conv_b"]) is allowed
+    assert taken["relu_a"] is not taken["conv_a"]
+    for name, value in expected.items():
+        assert np.array_equal(values[name], value), name
