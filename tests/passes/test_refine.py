@@ -257,7 +257,8 @@ def test_rounded_outputs_are_the_tensors_the_converters_round(tiny_model):
     (3, 15, 13, 2, "same"), (3, 16, 16, 2, "valid"), (5, 12, 11, 1, "same")])
 def test_patches_are_the_pixels_tensorflow_extracts(kernel, height, width, stride, padding):
     """A convolution's patches are read off the input directly (no TensorFlow call): they must be
-    exactly what tf.image.extract_patches gives, in the same order."""
+    exactly what tf.image.extract_patches gives, in the same order (a 1x1 kernel's at stride 1,
+    the input's own memory)."""
     import keras
     import tensorflow as tf
 
@@ -269,6 +270,8 @@ def test_patches_are_the_pixels_tensorflow_extracts(kernel, height, width, strid
     expected = tf.image.extract_patches(x, sizes=[1, kernel, kernel, 1], strides=[1, stride, stride, 1],
                                         rates=[1, 1, 1, 1], padding=padding.upper())
     assert np.array_equal(_patches(layer, x), np.asarray(expected, np.float32).reshape(-1, kernel * kernel * 5))
+    if kernel == stride == 1:  # every pixel, in place: the input itself, not a copy
+        assert np.shares_memory(_patches(layer, x), x)
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation, size", [(3, 1, "same", 1, (14, 14)), (3, 2, "same", 1, (15, 12)),
