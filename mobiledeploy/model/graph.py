@@ -101,15 +101,22 @@ def run_layer(layer, inputs: list, chunk: int):
     return result
 
 
+def output_shape(layer, x) -> tuple[int, ...] | None:
+    """The shape of ``layer``'s output on ``x``, as Keras computes it; None when it cannot say."""
+    try:
+        shape = tuple(layer.compute_output_shape(tuple(x.shape)))
+    except Exception:  # noqa: BLE001 - a layer Keras cannot size ahead
+        return None
+    return shape if all(isinstance(d, int) for d in shape) else None
+
+
 def _output_bytes(layer, x) -> float:
-    """The bytes of ``layer``'s float32 output on all of ``x``; infinite when Keras cannot say."""
+    """The bytes of ``layer``'s float32 output on all of ``x``; infinite when Keras cannot say
+    (then the layer runs a chunk at a time)."""
     import numpy as np
 
-    try:
-        shape = layer.compute_output_shape(tuple(x.shape))
-        return 4.0 * len(x) * float(np.prod(shape[1:]))
-    except Exception:  # noqa: BLE001 - then the layer runs a chunk at a time
-        return float("inf")
+    shape = output_shape(layer, x)
+    return float("inf") if shape is None else 4.0 * float(np.prod(shape))
 
 
 def _writable(tensor):
@@ -220,8 +227,10 @@ def forward(model, images, chunk: int, start: int = 0, live: dict | None = None,
     layer that reads that layer's output, a plain ReLU): whether the caller is done with that
     output, which the ReLU then overwrites with its own instead of writing a new array. Such a ReLU
     runs when the caller takes its output rather than ahead: a pass over memory already in use."""
-    import numpy as np
+    import functools
     from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
 
     graph = layer_graph(model)
     order = list(graph.items())
@@ -245,12 +254,9 @@ def forward(model, images, chunk: int, start: int = 0, live: dict | None = None,
     with ThreadPoolExecutor(1, thread_name_prefix="forward") as pool:
         pending = submit(start)
         for index, (name, node) in enumerate(order[start:], start):
-            taken: list = []
-
-            def take(name=name, node=node, index=index, taken=taken):
+            @functools.cache  # the output, once: the caller's call and the one after it below
+            def take(name=name, node=node, index=index):
                 nonlocal pending
-                if taken:
-                    return taken[0]
                 if pending is not None:
                     output = pending.result()
                 else:
@@ -264,7 +270,6 @@ def forward(model, images, chunk: int, start: int = 0, live: dict | None = None,
                     if remaining[parent] == 0:
                         values.pop(parent)
                 pending = submit(index + 1)
-                taken.append(output)
                 return output
 
             yield name, take

@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..model.graph import WEIGHTED, empty_aligned, forward, layer_graph, relu, relu_cap, run_layer, uses_after
+from ..model.graph import (WEIGHTED, empty_aligned, forward, layer_graph, output_shape, relu, relu_cap, run_layer,
+                           uses_after)
 from ..reports import RefineReport
 from .checkpoints import Checkpoint, Checkpoints
 from .rounding import adaround, quantize_weights, rounding_images
@@ -227,7 +228,7 @@ def refine_for_int8(model, calib: np.ndarray, progress: Callable[[int, int], Non
                     key = (name, settings_before(name))
                     if key not in cache:
                         parent = node["inputs"][0]
-                        outcome = _round_adaptively(twin, _output_shape(twin, quant_out[parent], take),
+                        outcome = _round_adaptively(twin, output_shape(twin, quant_out[parent]) or take().shape,
                                                     quant_out[parent], float_out[parent],
                                                     rounding_samples, positions_per_weight, per_channel)
                         cache[key] = (twin.get_weights(), outcome)
@@ -295,25 +296,13 @@ def _relu_in_place(layer, node: dict, quant_out: dict, float_out: dict, remainin
     return relu(x, cap, out=x)
 
 
-def _output_shape(layer, x: np.ndarray, take: Callable[[], np.ndarray]) -> tuple[int, ...]:
-    """The shape of ``layer``'s output on ``x``, as Keras computes it, or else of its float output
-    (``take``, which waits for it)."""
-    try:
-        shape = tuple(layer.compute_output_shape(tuple(x.shape)))
-        if all(isinstance(d, int) for d in shape):
-            return shape
-    except Exception:  # noqa: BLE001 - the shape the float side gives
-        pass
-    return tuple(take().shape)
-
-
-def _round_adaptively(twin, output_shape: tuple[int, ...], x_quant: np.ndarray, x_float: np.ndarray,
+def _round_adaptively(twin, shape: tuple[int, ...], x_quant: np.ndarray, x_float: np.ndarray,
                       rounding_samples: int, positions_per_weight: float,
                       per_channel: bool) -> tuple[bool, bool, str | None]:
     """Adaptive rounding of ``twin``'s kernel from its input on the int8 side and the float side
     (``rounding_images`` of them): (checked on held-out folds, rounded to nearest after all, why
     it fell back to nearest rounding or None)."""
-    images = rounding_images(twin, output_shape, len(x_quant), rounding_samples, positions_per_weight)
+    images = rounding_images(twin, shape, len(x_quant), rounding_samples, positions_per_weight)
     try:
         adaptive = adaround(twin, x_quant[:images or None], x_float[:images or None], per_channel=per_channel,
                             validate=not images)
