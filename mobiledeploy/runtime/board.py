@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import MobiledeployError
+from ..inputs import parse_json
 from ..manifest import sha256
 from .arm.emulation import WHEELS, wheel_versions
 from .host import WorkerDied, checked_result
@@ -111,10 +112,11 @@ class Board:
 
 
 def _parsed(raw: bytes) -> dict:
-    """A worker's result as the board wrote it; anything but a JSON object counts as no result."""
+    """A worker's result as the board wrote it, read as hostile (``parse_json``: size, nesting,
+    integers); anything but a JSON object counts as no result."""
     try:
-        result = json.loads(raw)
-    except ValueError:
+        result = parse_json(raw, "the board's result")
+    except MobiledeployError:
         return {}
     return result if isinstance(result, dict) else {}
 
@@ -148,12 +150,14 @@ def _probe(board: Connection, python: str, code: str, given: bool) -> tuple[tupl
            "mobiledeploy set up its own" if given else "run again with --remote-python naming a Python that has them")
     out = board.check(f"env PYTHONPATH={quote(code)} {quote(python, '-c', script)}",
                       f"find numpy, onnxruntime and ai-edge-litert for {python}", fix, timeout=120)
+    lines = out.strip().splitlines()
     try:
-        versions = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise MobiledeployError(f"{board.address.label}: {python} printed no versions ({out[:120]!r}); {fix}") \
-            from None
-    return tuple(sorted((str(k), str(v)) for k, v in versions.items()))
+        versions = parse_json(lines[-1], "the versions") if lines else None
+    except MobiledeployError:
+        versions = None
+    if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
+        raise MobiledeployError(f"{board.address.label}: {python} printed no versions ({out[:120]!r}); {fix}")
+    return tuple(sorted((str(k), v) for k, v in versions.items()))
 
 
 def _provision(board: Connection, root: str, say: Callable[[str], None]) -> str:

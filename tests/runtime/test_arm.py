@@ -4,6 +4,7 @@ Provisioning runs once per session (the user cache keeps it between runs; ~10 s 
 """
 
 import json
+import os
 import shutil
 
 import pytest
@@ -156,3 +157,19 @@ def test_provisioning_errors_say_what_to_do(tmp_path, monkeypatch):
     result = cli("arm", "setup")
     assert result.exit_code == 1 and "install qemu-user-static" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000, b"not json", b"1" * 400, None],
+                         ids=["deep", "not JSON", "400 digits", "a FIFO"])
+def test_a_damaged_record_of_the_installed_wheels_means_installing_again(tmp_path, content):
+    """The cache's record of what it installed is read as hostile: damaged, it is no record (the
+    wheels install again) rather than a RecursionError, ValueError or a read that never ends."""
+    marker = tmp_path / ".mobiledeploy-wheels.json"
+    if content is None:
+        os.mkfifo(marker)
+    else:
+        marker.write_bytes(content)
+    assert provisioning._recorded(marker) is None
+    marker.unlink()
+    marker.write_text(json.dumps({"numpy": "2.4.6"}))
+    assert provisioning._recorded(marker) == {"numpy": "2.4.6"}

@@ -111,6 +111,36 @@ def test_a_python_without_the_runtimes_is_refused_in_one_line(reference_build, b
         mobiledeploy.bench_build(reference_build, remote_python=PYTHON)
 
 
+@pytest.mark.parametrize("printed", [b"[1]", b'{"numpy": 2}', b"[" * 100_000, b"1" * 400, b"\xff\xfe"],
+                         ids=["a list", "a number", "deep", "400 digits", "not UTF-8"])
+def test_a_python_that_prints_hostile_versions_is_refused_in_one_line(board, tmp_path, printed):
+    """The board's reply is read as hostile: a list, a number for a version, JSON nested 100,000
+    deep (RecursionError in json.loads), an integer of 400 digits, bytes that are not UTF-8."""
+    device, _, _ = board
+    (tmp_path / "reply").write_bytes(printed + b"\n")
+    fake = tmp_path / "python"  # what the board runs as its Python: it prints the reply
+    fake.write_text(f"#!/bin/sh\ncat '{tmp_path / 'reply'}'\n")
+    fake.chmod(0o755)
+    with pytest.raises(MobiledeployError, match="printed no versions") as raised:
+        open_board(device, str(fake))
+    assert "\n" not in str(raised.value)
+
+
+def test_a_hostile_result_from_the_board_is_one_line(reference_build, board, tmp_path):
+    """A board whose worker writes JSON nested 100,000 deep as its result (and exits 0): no result,
+    so the run fails in one line, where json.loads would raise RecursionError."""
+    device, _, _ = board
+    fake = tmp_path / "python"  # the real Python for the probe; as the worker, it writes the result
+    fake.write_text(f"#!/bin/sh\nif [ \"$1\" = -m ]; then exec '{PYTHON}' -c "
+                    "\"open('result.json', 'w').write('[' * 100000)\"; fi\n"
+                    f"exec '{PYTHON}' \"$@\"\n")
+    fake.chmod(0o755)
+    with pytest.raises(MobiledeployError, match="worker process failed") as raised:
+        mobiledeploy.bench_build(reference_build, device=device, remote_python=str(fake), num_runs=1,
+                                 min_secs=0.0, warmup_runs=0)
+    assert "\n" not in str(raised.value)
+
+
 @pytest.mark.parametrize("device", ["ssh://", "ssh://host/path", "ssh://user:secret@host", "ssh://host:0",
                                     "ssh://host:99999", "ssh://ho st", "ssh://-oProxyCommand=x", "sftp://host"])
 def test_bad_addresses_are_usage_errors(reference_build, device):

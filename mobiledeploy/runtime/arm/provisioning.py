@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ...errors import MobiledeployError
+from ...inputs import read_json_file
 from .emulation import (CPUS, DEFAULT_CPU, PYTHON, ArmTarget, EmulationError, Progress, arm_dir, parse_device,
                         read_state, target, wheel_versions)
 
@@ -136,11 +138,20 @@ def _provision_sysroot(root: Path) -> Path:
     return sysroot
 
 
+def _recorded(marker: Path):
+    """The versions a finished install recorded in ``marker``; None when there is none, or it is
+    damaged (not a regular file, or any JSON problem: the install runs again and writes it anew)."""
+    try:
+        return read_json_file(marker)
+    except MobiledeployError:
+        return None
+
+
 def _provision_wheels(root: Path) -> dict[str, str]:
     site = root / "site"
     versions = wheel_versions()
     marker = site / ".mobiledeploy-wheels.json"
-    if marker.is_file() and json.loads(marker.read_text()) == versions:
+    if _recorded(marker) == versions:
         return versions
     partial = root / "site.partial"
     shutil.rmtree(partial, ignore_errors=True)
