@@ -35,6 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     zoo, builds = args.work / "zoo", args.work / "builds"
     zoo.mkdir(parents=True, exist_ok=True)
+    builds.mkdir(parents=True, exist_ok=True)
     print("| family | format | names | exit | fold rel. error | float ops TFLite / ONNX | agreement TFLite / ONNX "
           "| fallbacks | quantize s |\n|---|---|---|---|---|---|---|---|---|", flush=True)
     for family in args.family or FAMILIES:
