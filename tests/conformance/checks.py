@@ -15,12 +15,13 @@ from mobiledeploy.runtime.onnx_session import float_compute_nodes
 from conftest import cli
 
 ROOT = Path(__file__).resolve().parents[2]
-# Agreement with float of both int8 files on the 100 held-out digits, at least. Set from the
-# measured agreement of each family (the same in every save format and with either names; see
-# docs/conformance.md) less 6 points: on 100 images one image is a point, and a build on another
-# CPU (AVX2 or VNNI, ARM) rounds a few values differently.
-FLOORS = {"v1": 0.75, "v1_grey": 0.71, "fd": 0.92, "v2": 0.81, "v2_wide": 0.81, "v3small": 0.94,
-          "v3large": 0.94, "efflite": 0.86, "dense": 0.92}
+# Agreement with float of both int8 files on the 100 held-out digits, at least: the lower of the
+# agreements measured on two CPUs (the same in every save format and with either names; see
+# docs/families.md) less 6 points. On 100 images one image is a point, and another CPU trains
+# another model (TensorFlow's kernels round differently): v1, whose many near-ties any rounding
+# tips, agreed 81% on an AMD EPYC and 73% on an Intel Xeon.
+FLOORS = {"v1": 0.67, "v1_grey": 0.70, "fd": 0.92, "v2": 0.81, "v2_wide": 0.81, "v3small": 0.91,
+          "v3large": 0.90, "efflite": 0.86, "dense": 0.90}
 
 
 def zoo(folder: Path, matrix) -> dict[tuple[str, str, str], Path]:
