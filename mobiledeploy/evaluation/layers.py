@@ -35,7 +35,6 @@ from ..passes.logit_floor import apply_floor
 from ..reports import AnalyzeReport, LayerDrift
 from ..runtime.onnx_session import disabled_optimizers, session_options
 from ..runtime.runners import TFLiteRunner, quantize
-from .metrics import sqnr_from_sums
 
 
 
@@ -188,7 +187,7 @@ def analyze(float_model, artifacts: dict[str, tuple[Path, dict]], batches: Itera
             if layer not in order:
                 continue
             signal, error, low, high, levels = per_layer[layer]
-            sqnr = sqnr_from_sums(signal, error)
+            sqnr = math.inf if error == 0 else 10 * math.log10(max(signal, 1e-30) / error)
             source, spread = spreads.get(layer, (None, None))
             rows.append(LayerDrift(
                 layer=layer, depth=order[layer], kind=type(float_model.get_layer(layer)).__name__,

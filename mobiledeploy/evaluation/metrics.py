@@ -59,12 +59,6 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def sqnr_from_sums(signal: float, error: float) -> float:
-    """``sqnr_db`` from a tensor's summed signal power and error power (kept per layer while
-    batches stream by); +inf when there is no error."""
-    return math.inf if error == 0 else 10 * math.log10(max(signal, 1e-30) / error)
-
-
 def drift(name: str, reference: np.ndarray, candidate: np.ndarray, head: Head = ARGMAX) -> Drift:
     if reference.shape != candidate.shape:
         raise ValueError(f"{name}: output shape {candidate.shape} differs from float {reference.shape}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 from ..errors import MobiledeployError
-from ..evaluation.metrics import sqnr_from_sums
 from ..model.graph import WEIGHTED, layer_graph
 from ..reports import CostReport, MixedPrecisionReport
 from ..reports import Drift
@@ -64,7 +63,7 @@ def lost_db(errors: dict[str, tuple[float, float]], model) -> dict[str, float]:
     lost: dict[str, float] = {}
     previous = math.inf
     for name, (signal, error) in errors.items():
-        sqnr = sqnr_from_sums(signal, error)
+        sqnr = math.inf if error == 0 else 10 * math.log10(max(signal, 1e-30) / error)
         parents = graph[name]["inputs"]
         owner = name if graph[name]["kind"] in WEIGHTED else \
             parents[0] if len(parents) == 1 and graph[parents[0]]["kind"] in WEIGHTED else None
