@@ -16,7 +16,7 @@ from ..errors import ExportError
 from ..quiet import captured_output
 from ..options import WEIGHT_ONLY, ExportSettings
 from ..reports import Artifact, Fallback
-from . import tensor_map
+from . import tensor_map, tflite_calibration
 from .tensor_map import TensorMap, uncovered_float_layers
 
 FLOAT_FILE = "model_float.tflite"
@@ -48,19 +48,13 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     the calibrated float graph can be matched to the Keras layers (``tensor_map``) in between:
     the narrowed ranges and the layers kept in float are applied to the tensors and operators
     that compute those layers, whatever the converter named them."""
-    import tensorflow as tf
-
     if write_float:
         export_float(model, directory)
 
     source = int8_model if int8_model is not None else model
     if settings.precision in WEIGHT_ONLY:
         return [_float_artifact(), _weight_only(source, directory, settings.precision)]
-    converter = _calibrating(source, representative, settings, tf.lite.OpsSet.TFLITE_BUILTINS_INT8)
-    if settings.io in ("int8", "uint8") and settings.precision == "int8":
-        converter.inference_input_type = converter.inference_output_type = getattr(tf, settings.io)
-    converter._experimental_calibrate_only = True
-    calibrated = _convert(converter)
+    calibrated = _calibrated(source, representative, settings)
     probe = tensor_map.probe_batch(representative)
     mapping = tensor_map.build_map(source, tensor_map.layer_outputs(source, probe),
                                    tensor_map.tflite_graph(calibrated, probe))
@@ -103,6 +97,23 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
 
 def _float_artifact() -> Artifact:
     return Artifact(FLOAT_FILE, "tflite", "float32", details={"runtime": "LiteRT"})
+
+
+def _calibrated(source, representative: Callable[[], Iterable[np.ndarray]], settings: ExportSettings) -> bytes:
+    """The converter's int8 calibration of ``source`` on the representative images: on the first
+    image, its statistics then taken over all of them on every core (``tflite_calibration``); the
+    converter's own calibration on all of them where that cannot run."""
+    import tensorflow as tf
+
+    def calibrate(images: Callable[[], Iterable[np.ndarray]]) -> bytes:
+        converter = _calibrating(source, images, settings, tf.lite.OpsSet.TFLITE_BUILTINS_INT8)
+        if settings.io in ("int8", "uint8") and settings.precision == "int8":
+            converter.inference_input_type = converter.inference_output_type = getattr(tf, settings.io)
+        converter._experimental_calibrate_only = True
+        return _convert(converter)
+
+    fast = tflite_calibration.statistics(calibrate(tflite_calibration.first_image(representative)), representative)
+    return fast if fast is not None else calibrate(representative)
 
 
 def _int16x8(source, representative: Callable[[], Iterable[np.ndarray]], settings: ExportSettings) -> bytes:
