@@ -46,6 +46,8 @@ def export(model, representative: Callable[[], Iterable[np.ndarray]], directory:
     float_path = directory / FLOAT_FILE
     if write_float:
         onnx.save(canonical(_to_onnx(model, settings.opset)), str(float_path))
+    if int8_model is model:  # nothing refined (the plain settings): the float file's graph, not tf2onnx again
+        int8_model = None
     int8_path = directory / quantized_file(settings.precision)
     if settings.precision in WEIGHT_ONLY:
         proto = canonical(_to_onnx(int8_model, settings.opset)) if int8_model is not None else onnx.load(str(float_path))

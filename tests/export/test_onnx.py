@@ -200,3 +200,18 @@ def test_a_lowered_relu_cap_is_one_clip_rounded_once(tmp_path):
     rounding = producer[producer[second.input[0]].input[0]]  # Conv <- DequantizeLinear <- QuantizeLinear
     assert rounding.op_type == "QuantizeLinear" and producer[rounding.input[0]].op_type == "Conv"
     assert float(constants[rounding.input[1]]) == pytest.approx(2.5 / 255, rel=1e-3)  # once, on [0, cap]
+
+
+def test_a_model_with_nothing_refined_is_converted_once(tmp_path, tiny_model, monkeypatch):
+    """The plain settings quantize the float model itself: its int8 file is quantized from the
+    float file's graph, not from a second tf2onnx conversion of the same model."""
+    from mobiledeploy.export import onnx as onnx_export
+    from mobiledeploy.options import ExportSettings
+
+    converted = []
+    convert = onnx_export._to_onnx
+    monkeypatch.setattr(onnx_export, "_to_onnx", lambda model, opset: converted.append(model) or convert(model, opset))
+    images = np.random.default_rng(0).normal(0, 1, (8, 24, 24, 3)).astype(np.float32)
+    files = onnx_export.export(tiny_model, lambda: [images], tmp_path, ExportSettings(), int8_model=tiny_model)
+    assert converted == [tiny_model]
+    assert [a.file for a in files] == ["model_float.onnx", "model_int8.onnx"] and (tmp_path / "model_int8.onnx").stat().st_size
