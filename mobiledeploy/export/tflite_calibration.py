@@ -10,13 +10,15 @@ image's. A min or a max does not depend on the order of the images, and the cali
 kept (NaN skipped, a max never below the smallest normal float32, where its logger starts it), so
 the statistics are the calibrator's and the file the same bytes (``tests/export/`` checks it).
 
-Only for graphs whose logged tensors are read by operators that never write into an input's
-memory (``IN_PLACE_FREE``): where TensorFlow Lite runs an operator in place (the ADD of a residual
-block writes its sum into one of its inputs), the calibrator logs that input after the operator
-overwrote it, so its statistics span the input's values and the output's, which a run that keeps
-every tensor apart does not reproduce. There, as where this cannot run at all (several subgraphs
-or inputs, a marked tensor the interpreter does not keep, no value but NaN, no TensorFlow
-interpreter), ``statistics`` says None and the converter calibrates the usual way.
+Where TensorFlow Lite runs an operator in place (the ADD of a residual block writes its sum into
+the memory of one of its inputs), the calibrator logs that input after the operator overwrote it:
+its statistics span the input's values and the output's. So does ``_in_place``'s rule, which gives
+the calibrator's statistics on every MobileNet family the tests build: an ADD or a MUL writes into
+its one input of the output's shape that no other operator reads and the graph does not take in or
+hand out. A graph with another operator that reads a logged tensor and may write into it (not in
+``IN_PLACE_FREE``), or an ADD or MUL the rule cannot decide, is calibrated the converter's way, as
+where this cannot run at all (several subgraphs or inputs, a logged tensor the interpreter does not
+keep, no value but NaN, no TensorFlow interpreter): ``statistics`` then says None.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ CEILING = np.finfo(np.float32).max  # and a min
 # operators that write only their own output (a RESHAPE may share its input's memory, unchanged;
 # a SHAPE reads its input's shape alone)
 IN_PLACE_FREE = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
-                           "MEAN", "SOFTMAX", "RESHAPE", "PAD", "CONCATENATION", "SHAPE"})
+                           "MEAN", "SOFTMAX", "RESHAPE", "PAD", "CONCATENATION", "SHAPE", "HARD_SWISH", "LOGISTIC"})
+IN_PLACE = frozenset({"ADD", "MUL"})  # operators that write into an input's memory (``_in_place``)
 
 
 def first_image(representative: Callable[[], Iterable[np.ndarray]]) -> Callable[[], Iterable[np.ndarray]]:
@@ -81,13 +84,12 @@ def _ranges(content: bytes, marked: list[int], representative: Callable[[], Iter
     if interpreter is None:
         return None
     inputs = interpreter.get_input_details()
-    if len(inputs) != 1 or any(op["op_name"] not in IN_PLACE_FREE and set(op["inputs"]) & set(marked)
-                               for op in interpreter._get_ops_details()):  # (TensorFlow Lite's only per-operator API)
-        return None  # an operator that may overwrite a tensor the calibrator logs
+    if len(inputs) != 1:
+        return None
     index = inputs[0]["index"]
     low = dict.fromkeys(marked, CEILING)
     high = dict.fromkeys(marked, -CEILING)
-    shape = None
+    shape = overwritten = None
     for batch in representative():
         for i in range(len(batch)):
             image = np.ascontiguousarray(batch[i:i + 1], np.float32)
@@ -97,6 +99,10 @@ def _ranges(content: bytes, marked: list[int], representative: Callable[[], Iter
                 shape = image.shape
             interpreter.set_tensor(index, image)
             interpreter.invoke()
+            if overwritten is None:  # once the tensors have their shapes
+                overwritten = _in_place(interpreter, set(marked))
+                if overwritten is None:
+                    return None
             for tensor in marked:
                 values = interpreter.tensor(tensor)()  # the interpreter's memory: read, not kept
                 if values is None or values.dtype != np.float32:
@@ -106,9 +112,38 @@ def _ranges(content: bytes, marked: list[int], representative: Callable[[], Iter
                     least, most = np.nanmin(values, initial=CEILING), np.nanmax(values, initial=-CEILING)
                 low[tensor], high[tensor] = min(low[tensor], least), max(high[tensor], most)
                 del values
-    if any(low[t] > high[t] for t in marked):  # a tensor with no value but NaN: the logger has none either
+    if overwritten is None or any(low[t] > high[t] for t in marked):  # no image, or no value but NaN
         return None
+    for tensor, output in overwritten.items():  # what the calibrator read there after the operator ran
+        low[tensor], high[tensor] = min(low[tensor], low[output]), max(high[tensor], high[output])
     return {t: (low[t], max(high[t], FLOOR)) for t in marked}
+
+
+def _in_place(interpreter, marked: set[int]) -> dict[int, int] | None:
+    """Logged tensor -> the logged output of the operator that overwrites it in place (an ADD or a
+    MUL: its one input of the output's shape that no other operator reads, nor the graph takes in or
+    hands out); None where an operator not known to keep its inputs reads a logged tensor, or an ADD
+    or a MUL has several such inputs."""
+    ops = interpreter._get_ops_details()  # (TensorFlow Lite's only per-operator API)
+    shapes = {d["index"]: tuple(d["shape"]) for d in interpreter.get_tensor_details()}
+    ends = {d["index"] for d in (*interpreter.get_input_details(), *interpreter.get_output_details())}
+    readers: dict[int, int] = {}
+    for op in ops:
+        for tensor in op["inputs"]:
+            readers[tensor] = readers.get(tensor, 0) + 1
+    overwritten = {}
+    for op in ops:
+        if op["op_name"] in IN_PLACE_FREE or not marked & set(op["inputs"]):
+            continue
+        output = op["outputs"][0] if len(op["outputs"]) == 1 else None
+        if op["op_name"] not in IN_PLACE or output not in marked:
+            return None
+        candidates = [t for t in op["inputs"] if t in marked and readers[t] == 1 and t not in ends
+                      and shapes.get(t) == shapes.get(output)]
+        if len(candidates) > 1:
+            return None
+        overwritten.update(dict.fromkeys(candidates, output))  # none: nothing it may write into
+    return overwritten
 
 
 def _interpreter(content: bytes, threads: int):
