@@ -24,6 +24,8 @@ def canonical(proto):
     makes repeated exports byte-identical, and keeps every name that carries a Keras layer name
     readable. A Reshape's target shape is a constant named "<tensor>/shape" in one export and
     "<tensor>/shape__<n>" in another (seen on the shared MobileNet v1 0.25): both count as counted.
+    So does a constant several nodes read, which tf2onnx names after whichever of their layers it
+    met first, not always the same one (hard-swish's 3 in MobileNetV3).
     """
     pattern = re.compile(r"__\d+")
     first_use: dict[str, int] = {}
@@ -31,11 +33,13 @@ def canonical(proto):
         for name in [*node.input, *node.output]:
             first_use.setdefault(name, len(first_use))
     constants = {t.name for t in proto.graph.initializer}
+    readers = Counter(name for node in proto.graph.node for name in node.input)
     mapping = {}
     for name in sorted(first_use, key=first_use.get):
-        if pattern.search(name) or (name in constants and name.endswith("/shape")):
-            # tf2onnx shares one constant (e.g. ReLU6's 0 and 6) among layers and names it after
-            # whichever layer it met first: a layer-free name is both stable and honest
+        if pattern.search(name) or (name in constants and (name.endswith("/shape") or readers[name] > 1)):
+            # tf2onnx shares one constant (e.g. ReLU6's 0 and 6, hard-swish's 3) among layers and names
+            # it after whichever layer it met first, which may differ from run to run: a layer-free
+            # name is both stable and honest
             base = "const" if name in constants else pattern.sub("", name)
             mapping[name] = f"{base}__{len(mapping)}"
 

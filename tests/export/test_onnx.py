@@ -202,6 +202,25 @@ def test_a_lowered_relu_cap_is_one_clip_rounded_once(tmp_path):
     assert float(constants[rounding.input[1]]) == pytest.approx(2.5 / 255, rel=1e-3)  # once, on [0, cap]
 
 
+def _shared_constant(name: str):
+    """x -> Add(three) -> Mul(three): one constant two layers read, named after one of them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Add", ["x", name], ["m/a/add:0"]), helper.make_node("Mul", ["m/a/add:0", name], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(np.array(3, np.float32), name)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_a_constant_two_layers_share_gets_the_same_name_whichever_layer_tf2onnx_met_first():
+    first = canonical(_shared_constant("m/activation_15/Const:0"))
+    second = canonical(_shared_constant("m/add_6/Cast_1/x:0"))
+    assert first.SerializeToString() == second.SerializeToString()
+    x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    assert np.array_equal(_run(first, x), (x + 3) * 3)
+
+
 def test_a_model_with_nothing_refined_is_converted_once(tmp_path, tiny_model, monkeypatch):
     """The plain settings quantize the float model itself: its int8 file is quantized from the
     float file's graph, not from a second tf2onnx conversion of the same model."""
