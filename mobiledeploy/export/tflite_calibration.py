@@ -60,9 +60,11 @@ def statistics(calibrated: bytes, representative: Callable[[], Iterable[np.ndarr
     if len(model.subgraphs) != 1:
         return None
     graph = model.subgraphs[0]
-    marked = [i for i, tensor in enumerate(graph.tensors)
-              if tensor.quantization is not None and tensor.quantization.min is not None
-              and len(tensor.quantization.min) == 1]
+    recorded = [(i, len(tensor.quantization.min)) for i, tensor in enumerate(graph.tensors)
+                if tensor.quantization is not None and tensor.quantization.min is not None]
+    if any(size != 1 for _, size in recorded):  # the calibrator keeps one min and max per tensor
+        return None
+    marked = [i for i, _ in recorded]
     try:
         ranges = _ranges(calibrated, marked, representative, threads)
     except Exception:  # noqa: BLE001 - a shortcut: where the interpreter fails, the converter calibrates
@@ -80,7 +82,8 @@ def _ranges(content: bytes, marked: list[int], representative: Callable[[], Iter
     """Each marked tensor's (min, max) over the images, as the calibrator's logger keeps them."""
     # at least two threads: TensorFlow Lite's one-thread kernels round a MEAN or a FULLY_CONNECTED
     # differently from the calibrator's
-    interpreter = _interpreter(content, threads or max(2, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    interpreter = _interpreter(content, threads or max(2, cores))
     if interpreter is None:
         return None
     inputs = interpreter.get_input_details()
@@ -114,8 +117,9 @@ def _ranges(content: bytes, marked: list[int], representative: Callable[[], Iter
                 del values
     if overwritten is None or any(low[t] > high[t] for t in marked):  # no image, or no value but NaN
         return None
+    values = dict(low), dict(high)  # each tensor's own values, before the unions below
     for tensor, output in overwritten.items():  # what the calibrator read there after the operator ran
-        low[tensor], high[tensor] = min(low[tensor], low[output]), max(high[tensor], high[output])
+        low[tensor], high[tensor] = min(low[tensor], values[0][output]), max(high[tensor], values[1][output])
     return {t: (low[t], max(high[t], FLOOR)) for t in marked}
 
 
