@@ -48,7 +48,10 @@ def ssh_server(folder: Path):
         f"AuthorizedKeysFile {folder / 'authorized_keys'}", f"PidFile {folder / 'sshd.pid'}", "UsePAM no",
         "StrictModes no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
-        f"SetEnv MOBILEDEPLOY_CACHE={cache}", "LogLevel ERROR", ""]))
+        # SHLVL=1: the board's bash does not read this machine's ~/.bashrc (bash reads it for a command
+        # sshd runs at shell level 1 only). Root's here runs `pyenv rehash`, which waits 60 s for a lock
+        # that a rehash killed with a test's process tree leaves behind, on every command after that.
+        f"SetEnv SHLVL=1 MOBILEDEPLOY_CACHE={cache}", "LogLevel ERROR", ""]))
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation folder
     server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
