@@ -108,7 +108,7 @@ def _ranges(content: bytes, marked: list[int], representative: Callable[[], Iter
                     return None
             for tensor in marked:
                 values = interpreter.tensor(tensor)()  # the interpreter's memory: read, not kept
-                if values is None or values.dtype != np.float32:
+                if values.dtype != np.float32:
                     return None
                 least, most = values.min(initial=CEILING), values.max(initial=-CEILING)
                 if np.isnan(least) or np.isnan(most):  # the logger skips NaN
@@ -117,9 +117,9 @@ def _ranges(content: bytes, marked: list[int], representative: Callable[[], Iter
                 del values
     if overwritten is None or any(low[t] > high[t] for t in marked):  # no image, or no value but NaN
         return None
-    values = dict(low), dict(high)  # each tensor's own values, before the unions below
+    own_low, own_high = dict(low), dict(high)  # each tensor's own values, before the unions below
     for tensor, output in overwritten.items():  # what the calibrator read there after the operator ran
-        low[tensor], high[tensor] = min(low[tensor], values[0][output]), max(high[tensor], values[1][output])
+        low[tensor], high[tensor] = min(low[tensor], own_low[output]), max(high[tensor], own_high[output])
     return {t: (low[t], max(high[t], FLOOR)) for t in marked}
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from mobiledeploy.export import tflite, tflite_calibration
 from mobiledeploy.options import ExportSettings
-from mobiledeploy.reports import Artifact
 from calibrations import calibrated, random_images, representative_of
 from conftest import build_tiny_mobilenet, randomize_batchnorm
 
@@ -109,5 +108,5 @@ def test_the_export_writes_the_int8_file_the_converters_calibration_gives(chain,
     assert len(taken) == 1 and taken[0] is not None  # the export took the fast route
     monkeypatch.setattr(tflite_calibration, "statistics", lambda *args, **kwargs: None)  # the converter's own way
     tflite.export(chain, representative_of(images), slow, ExportSettings())
-    int8 = next(a for a in written if isinstance(a, Artifact) and a.quantized).file
+    int8 = next(a for a in written if a.quantized).file
     assert (fast / int8).read_bytes() == (slow / int8).read_bytes()
