@@ -63,21 +63,33 @@ def quantize(model: Path, out: Path, num_calib: int, preset: str, *extra: str,
     return wall, {s["step"]: s["seconds"] for s in json.loads(run.stdout)["stages"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/md-stages"))
+def side_by_side_arguments(description: str, work: str) -> argparse.ArgumentParser:
+    """--work, --model, --repeat and --against, as this benchmark and refine_layers.py take them."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--work", type=Path, default=Path(work))
     parser.add_argument("--model", action="append", choices=("shared", "v1_100"))
-    parser.add_argument("--num-calib", type=int, default=200)
-    parser.add_argument("--search", action="store_true", help="also time a --max-disagreement 1 build")
     parser.add_argument("--repeat", type=int, default=1, help="run every build this many times")
     parser.add_argument("--against", type=Path, help="another checkout of mobiledeploy to time alternately")
-    args = parser.parse_args()
+    return parser
+
+
+def checkouts(parser: argparse.ArgumentParser, args) -> dict[str, Path]:
+    """{'this': this checkout, 'against': --against's} once --repeat and --against are checked, and
+    --work made."""
     if args.repeat < 1:
         parser.error(f"--repeat must be 1 or more, not {args.repeat}")
     if args.against is not None and not (args.against / "mobiledeploy" / "__init__.py").is_file():
         parser.error(f"--against {args.against}: expected a checkout of mobiledeploy (no mobiledeploy/__init__.py)")
     args.work.mkdir(parents=True, exist_ok=True)
-    codes = {"this": ROOT, **({"against": args.against.resolve()} if args.against else {})}
+    return {"this": ROOT, **({"against": args.against.resolve()} if args.against else {})}
+
+
+def main() -> None:
+    parser = side_by_side_arguments(__doc__.splitlines()[0], "/tmp/md-stages")
+    parser.add_argument("--num-calib", type=int, default=200)
+    parser.add_argument("--search", action="store_true", help="also time a --max-disagreement 1 build")
+    args = parser.parse_args()
+    codes = checkouts(parser, args)
     builds = {"plain": ("plain",), "default": ("default",),
               **({"search": ("default", "--max-disagreement", "1")} if args.search else {})}
     for name in args.model or ("shared", "v1_100"):

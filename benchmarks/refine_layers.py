@@ -19,14 +19,13 @@ an earlier commit), alternately first and second.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from quantize_stages import IMAGES, ROOT, model_path
+from quantize_stages import IMAGES, ROOT, checkouts, model_path, side_by_side_arguments
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -101,18 +100,9 @@ def refine(folder: Path, code: Path, weights: str) -> dict:
 def main() -> None:
     import numpy as np
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/md-refine"))
-    parser.add_argument("--model", action="append", choices=("shared", "v1_100"))
-    parser.add_argument("--repeat", type=int, default=1, help="refine this many times with each checkout")
-    parser.add_argument("--against", type=Path, help="another checkout of mobiledeploy to time alternately")
+    parser = side_by_side_arguments(__doc__.splitlines()[0], "/tmp/md-refine")
     args = parser.parse_args()
-    if args.repeat < 1:
-        parser.error(f"--repeat must be 1 or more, not {args.repeat}")
-    if args.against is not None and not (args.against / "mobiledeploy" / "__init__.py").is_file():
-        parser.error(f"--against {args.against}: expected a checkout of mobiledeploy (no mobiledeploy/__init__.py)")
-    args.work.mkdir(parents=True, exist_ok=True)
-    codes = {"this": ROOT, **({"against": args.against.resolve()} if args.against else {})}
+    codes = checkouts(parser, args)
     for name in args.model or ("v1_100",):
         folder = inputs(name, args.work)
         runs: dict[str, list[dict]] = {code: [] for code in codes}
