@@ -77,6 +77,11 @@ print(json.dumps({"layers": [[name, b - a, peaks.get(i + 1, 0)] for i, (name, a,
 """
 
 
+def _last_line(text: str) -> str:
+    """What a failed subprocess said last (its error), or that it said nothing."""
+    return (text.strip().splitlines() or ["no message"])[-1]
+
+
 def inputs(name: str, work: Path) -> Path:
     folder = work / name
     if not (folder / "settings.json").is_file():
@@ -85,7 +90,7 @@ def inputs(name: str, work: Path) -> Path:
                              cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
         if run.returncode or not (folder / "settings.json").is_file():
             sys.exit(f"the default build of {name} stopped before its refinement: "
-                     f"{(run.stderr.strip().splitlines() or ['no message'])[-1]}")
+                     f"{_last_line(run.stderr)}")
     return folder
 
 
@@ -93,7 +98,7 @@ def refine(folder: Path, code: Path, weights: str) -> dict:
     run = subprocess.run([sys.executable, "-c", REFINE, str(folder), weights], capture_output=True, text=True,
                          cwd=code, env={**ENV, "PYTHONPATH": str(code)})
     if run.returncode:
-        sys.exit(f"refine with {code} failed: {run.stderr.strip().splitlines()[-1]}")
+        sys.exit(f"refine with {code} failed: {_last_line(run.stderr)}")
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 

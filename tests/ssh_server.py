@@ -48,9 +48,9 @@ def ssh_server(folder: Path):
         f"AuthorizedKeysFile {folder / 'authorized_keys'}", f"PidFile {folder / 'sshd.pid'}", "UsePAM no",
         "StrictModes no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
-        # SHLVL=1: the board's bash does not read this machine's ~/.bashrc (bash reads it for a command
-        # sshd runs at shell level 1 only). Root's here runs `pyenv rehash`, which waits 60 s for a lock
-        # that a rehash killed with a test's process tree leaves behind, on every command after that.
+        # SHLVL=1: the board's bash starts at shell level 2 and so does not read this machine's ~/.bashrc
+        # (bash reads it for a command sshd runs only at level 1). Root's here runs `pyenv rehash`, which
+        # waits 60 s for a lock that a rehash killed with a test's process tree leaves behind.
         f"SetEnv SHLVL=1 MOBILEDEPLOY_CACHE={cache}", "LogLevel ERROR", ""]))
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation folder
